@@ -1,0 +1,75 @@
+//! Per-log settings. Every bound is a named field.
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Once the data is on stable storage: O_DIRECT write completed and
+    /// fdatasync returned. Concurrent appends share one fdatasync.
+    Fsync,
+    /// Once the O_DIRECT write completed. Survives a process or kernel crash,
+    /// not a power loss on a device with a volatile write cache.
+    Direct,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "direct" => Ok(Durability::Direct),
+            other => Err(format!("unknown durability {other:?} (expected fsync or direct)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Durability::Fsync => "fsync",
+            Durability::Direct => "direct",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Roll to a new segment when the active one would grow past this.
+    pub segment_bytes: u64,
+    /// Roll to a new segment when the active one is older than this.
+    pub segment_ms: u64,
+    /// Add an offset and a time index entry every this many bytes of batches.
+    pub index_interval_bytes: u32,
+    /// Delete the oldest segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Delete segments whose newest record is older than this.
+    pub retention_ms: Option<u64>,
+    pub durability: Durability,
+    /// Largest batch accepted by `append`.
+    pub max_batch_bytes: usize,
+    /// Appended but not yet written bytes above which `append` waits for a flush.
+    pub max_pending_bytes: usize,
+    /// Size of one O_DIRECT write; a flush issues several of these concurrently.
+    pub write_chunk_bytes: usize,
+    /// How many write chunks of one flush are in flight at once.
+    pub write_depth: usize,
+    /// Size of one O_DIRECT read when serving reads from disk.
+    pub read_chunk_bytes: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 << 20,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+            retention_bytes: None,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            durability: Durability::Fsync,
+            max_batch_bytes: 16 << 20,
+            max_pending_bytes: 32 << 20,
+            write_chunk_bytes: 256 << 10,
+            write_depth: 4,
+            read_chunk_bytes: 64 << 10,
+        }
+    }
+}

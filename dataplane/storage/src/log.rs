@@ -1,0 +1,1300 @@
+//! One partition's log: append, flush, read, recover, retain, truncate.
+//!
+//! Contract (after Redpanda's appender): `append` is logical — it validates the
+//! batch, assigns offsets and queues the bytes — and its future resolves only
+//! once the log's durability level covers the batch. Flushing is serialized by
+//! one permit: the task holding it writes *everything* queued so far, so
+//! appends that arrive while a write or fdatasync is in flight share the next
+//! one (group commit). Offsets obey `dirty >= written >= committed`, asserted
+//! on every update.
+//!
+//! Concurrency: a `Log` lives on one shard (glommio executor) and is used
+//! through `Rc`. State sits in a `RefCell` whose borrows never span an await.
+
+use crate::cache::{BatchCache, LogId};
+use crate::config::{Durability, LogConfig};
+use crate::env::{Clock, Faults, SystemClock};
+use crate::error::{Result, StorageError};
+use crate::index::{OffsetIndex, TimeIndex};
+use crate::segment::{
+    align_down, align_up, index_path, log_file_name, parse_log_file_name, scan, time_index_path,
+    DurablePoint, Segment, WindowReader, BLOCK_BYTES,
+};
+use bytes::{Bytes, BytesMut};
+use ferrolog_model::batch::{first_offset_at_or_after, set_base_offset, set_leader_epoch};
+use ferrolog_model::{BatchHeader, Epoch, Offset, TimestampMs};
+use futures_lite::StreamExt;
+use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use tracing::{info, warn};
+
+/// What every log of one shard shares: the batch cache and the seams.
+pub struct LogContext {
+    pub clock: Rc<dyn Clock>,
+    pub faults: Rc<Faults>,
+    pub cache: Rc<RefCell<BatchCache>>,
+    next_log_id: Cell<LogId>,
+}
+
+impl LogContext {
+    pub fn new(cache_bytes: usize) -> Rc<LogContext> {
+        Self::with_clock(cache_bytes, Rc::new(SystemClock))
+    }
+
+    pub fn with_clock(cache_bytes: usize, clock: Rc<dyn Clock>) -> Rc<LogContext> {
+        Rc::new(LogContext {
+            clock,
+            faults: Rc::new(Faults::default()),
+            cache: Rc::new(RefCell::new(BatchCache::new(cache_bytes))),
+            next_log_id: Cell::new(0),
+        })
+    }
+
+    fn new_log_id(&self) -> LogId {
+        let id = self.next_log_id.get();
+        self.next_log_id.set(id + 1);
+        id
+    }
+}
+
+/// Offsets of a log; `*_next` are exclusive ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogOffsets {
+    /// First offset still in the log.
+    pub start: Offset,
+    /// Next offset to assign: everything appended.
+    pub dirty_next: Offset,
+    /// Everything whose O_DIRECT write completed.
+    pub written_next: Offset,
+    /// Everything durable per the log's mode; reads stop here.
+    pub committed_next: Offset,
+}
+
+/// Where an appended batch landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// A read: whole batches from the one containing `offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadRequest {
+    pub offset: Offset,
+    /// Stop adding batches past this many bytes (the first batch always comes).
+    pub max_bytes: usize,
+    /// Exclusive upper bound; `None` means the committed end.
+    pub end: Option<Offset>,
+}
+
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    pub batches: Vec<Bytes>,
+    /// True if the batches came from the batch cache, not the disk.
+    pub from_cache: bool,
+}
+
+impl ReadOutcome {
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(|b| b.len()).sum()
+    }
+}
+
+/// What retention removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub deleted_segments: Vec<Offset>,
+    pub start: Offset,
+}
+
+/// What `open` found and repaired.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub truncated: Vec<Truncation>,
+    pub rebuilt_indexes: Vec<PathBuf>,
+    /// Damage found in sealed segments; reads that reach it get `Corrupt`.
+    pub corrupt: Vec<(PathBuf, u64, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Truncation {
+    pub path: PathBuf,
+    pub position: u64,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+struct Pending {
+    bytes: Bytes,
+}
+
+struct LogState {
+    segments: BTreeMap<Offset, Segment>,
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    dirty_next: Offset,
+    written_next: Offset,
+    committed_next: Offset,
+    /// Bumped whenever appended-but-uncommitted batches are discarded, so
+    /// their waiters learn that their batch is gone.
+    generation: u64,
+    last_flush_error: String,
+    /// Set while a roll is in progress: new appends wait for the new segment.
+    rolling: bool,
+    closed: bool,
+}
+
+impl LogState {
+    fn active(&self) -> &Segment {
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has a segment")
+    }
+
+    fn start(&self) -> Offset {
+        self.segments
+            .values()
+            .next()
+            .expect("a log always has a segment")
+            .base
+    }
+
+    fn check_invariants(&self) {
+        assert!(
+            self.dirty_next >= self.written_next && self.written_next >= self.committed_next,
+            "offset invariant broken: dirty {} written {} committed {}",
+            self.dirty_next,
+            self.written_next,
+            self.committed_next
+        );
+    }
+}
+
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    ctx: Rc<LogContext>,
+    id: LogId,
+    flush_permit: Semaphore,
+    state: RefCell<LogState>,
+}
+
+fn gio<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(glommio::GlommioError<()>) -> StorageError + 'a {
+    move |e| StorageError::io(op, path, e.into())
+}
+
+async fn open_rw(path: &Path, create_new: bool) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(create_new)
+        .dma_open(path)
+        .await
+        .map_err(gio("open", path))
+}
+
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let d = Directory::open(dir).await.map_err(gio("open dir", dir))?;
+    d.sync().await.map_err(gio("sync dir", dir))?;
+    d.close().await.map_err(gio("close dir", dir))
+}
+
+/// Writes a small file (an index) whole, padded to the block size.
+async fn write_small_file(path: &Path, data: &[u8]) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .dma_open(path)
+        .await
+        .map_err(gio("create", path))?;
+    let len = align_up(data.len() as u64).max(BLOCK_BYTES) as usize;
+    let mut buf = file.alloc_dma_buffer(len);
+    let dst = buf.as_bytes_mut();
+    dst[..data.len()].copy_from_slice(data);
+    dst[data.len()..].fill(0);
+    let n = file.write_at(buf, 0).await.map_err(gio("write", path))?;
+    if n != len {
+        return Err(StorageError::io(
+            "write",
+            path,
+            std::io::Error::other("short write"),
+        ));
+    }
+    file.close().await.map_err(gio("close", path))
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove", path, e)),
+    }
+}
+
+/// Copies `dst.len()` bytes of the concatenation of `parts`, starting at
+/// `from`, into `dst`; bytes past the end of `parts` become zero.
+fn fill_from_parts(dst: &mut [u8], from: usize, parts: &[&[u8]], part_starts: &[usize]) {
+    let mut written = 0;
+    let mut i = part_starts.partition_point(|&s| s <= from).saturating_sub(1);
+    let mut at = from;
+    while written < dst.len() && i < parts.len() {
+        let part = parts[i];
+        let off = at - part_starts[i];
+        if off >= part.len() {
+            i += 1;
+            continue;
+        }
+        let n = (part.len() - off).min(dst.len() - written);
+        dst[written..written + n].copy_from_slice(&part[off..off + n]);
+        written += n;
+        at += n;
+    }
+    dst[written..].fill(0);
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering it: indexes are
+    /// validated and rebuilt where missing or inconsistent, the active segment
+    /// is scanned from its last index entry and a torn or corrupt tail is
+    /// truncated.
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        ctx: Rc<LogContext>,
+    ) -> Result<(Rc<Log>, RecoveryReport)> {
+        let dir = dir.into();
+        assert!(
+            config.segment_bytes <= i32::MAX as u64 && config.segment_bytes >= BLOCK_BYTES,
+            "segment_bytes {} outside [4096, 2^31)",
+            config.segment_bytes
+        );
+        assert!(config.write_chunk_bytes as u64 % BLOCK_BYTES == 0 && config.write_chunk_bytes > 0);
+        assert!(config.write_depth > 0 && config.read_chunk_bytes > 0);
+        crate::probe::probe_direct_io(&dir).await?;
+        let mut report = RecoveryReport::default();
+
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| StorageError::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| StorageError::io("list", &dir, e))?;
+            if let Some(base) = entry.file_name().to_str().and_then(parse_log_file_name) {
+                bases.push(base);
+            }
+        }
+        bases.sort();
+
+        let now = ctx.clock.now_ms();
+        let mut segments = BTreeMap::new();
+        if bases.is_empty() {
+            let seg = create_segment(&dir, Offset(0), now).await?;
+            sync_dir(&dir).await?;
+            segments.insert(seg.base, seg);
+        }
+        let count = bases.len();
+        for (i, base) in bases.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let seg = recover_segment(&dir, base, last, &config, now, &mut report).await?;
+            segments.insert(base, seg);
+        }
+        report.segments = segments.len();
+
+        let next = segments
+            .values()
+            .next_back()
+            .map(|s| s.next_offset)
+            .unwrap_or(Offset(0));
+        let id = ctx.new_log_id();
+        let log = Rc::new(Log {
+            dir,
+            config,
+            ctx,
+            id,
+            flush_permit: Semaphore::new(1),
+            state: RefCell::new(LogState {
+                segments,
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                dirty_next: next,
+                written_next: next,
+                committed_next: next,
+                generation: 0,
+                last_flush_error: String::new(),
+                rolling: false,
+                closed: false,
+            }),
+        });
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        let st = self.state.borrow();
+        LogOffsets {
+            start: st.start(),
+            dirty_next: st.dirty_next,
+            written_next: st.written_next,
+            committed_next: st.committed_next,
+        }
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.state.borrow().segments.keys().copied().collect()
+    }
+
+    /// Total logical bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.values().map(|s| s.size).sum()
+    }
+
+    /// Appends one RecordBatch v2, keeping the producer's bytes and rewriting
+    /// only the base offset. Resolves once the batch is durable per the log's
+    /// durability mode. A rejected batch leaves the log unchanged.
+    pub async fn append(&self, batch: Bytes) -> Result<Appended> {
+        self.append_with_epoch(batch, None).await
+    }
+
+    /// Like `append`, also stamping the partition leader epoch.
+    pub async fn append_with_epoch(&self, batch: Bytes, leader_epoch: Option<Epoch>) -> Result<Appended> {
+        if batch.len() > self.config.max_batch_bytes {
+            return Err(StorageError::BatchTooLarge {
+                size: batch.len(),
+                max: self.config.max_batch_bytes,
+            });
+        }
+        let header = BatchHeader::parse_verified(&batch)?;
+        let len = batch.len();
+
+        // Back-pressure: bound the bytes queued but not yet written.
+        while self.pending_over_bound(len) {
+            self.flush().await?;
+        }
+        while self.needs_roll(len as u64)? {
+            self.roll(len as u64).await?;
+        }
+
+        // From here to the wait nothing awaits: the batch is appended atomically.
+        let (appended, generation) = {
+            let mut st = self.state.borrow_mut();
+            let base = st.dirty_next;
+            let mut bytes = batch.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+            set_base_offset(&mut bytes, base);
+            if let Some(epoch) = leader_epoch {
+                set_leader_epoch(&mut bytes, epoch);
+            }
+            let bytes = bytes.freeze();
+            let interval = u64::from(self.config.index_interval_bytes);
+            let seg = st.active_mut();
+            let position = seg.size;
+            let mut h = header;
+            h.base_offset = base;
+            seg.index_batch(&h, position, len as u64, interval);
+            seg.size += len as u64;
+            seg.next_offset = h.last_offset().plus(1);
+            st.dirty_next = h.last_offset().plus(1);
+            st.pending_bytes += len;
+            st.pending.push_back(Pending { bytes: bytes.clone() });
+            self.ctx.cache.borrow_mut().insert(self.id, base, bytes);
+            st.check_invariants();
+            (
+                Appended {
+                    base_offset: base,
+                    last_offset: h.last_offset(),
+                },
+                st.generation,
+            )
+        };
+        self.wait_committed(appended.last_offset.plus(1), generation)
+            .await?;
+        Ok(appended)
+    }
+
+    fn pending_over_bound(&self, len: usize) -> bool {
+        let st = self.state.borrow();
+        !st.pending.is_empty() && st.pending_bytes + len > self.config.max_pending_bytes
+    }
+
+    fn needs_roll(&self, len: u64) -> Result<bool> {
+        let st = self.state.borrow();
+        if st.closed {
+            return Err(StorageError::Closed);
+        }
+        if st.rolling {
+            return Ok(true);
+        }
+        let seg = st.active();
+        if seg.is_empty() {
+            return Ok(false);
+        }
+        let too_big = seg.size + len > self.config.segment_bytes;
+        let too_old = self.ctx.clock.now_ms() - seg.created_ms >= self.config.segment_ms as i64;
+        let rel_full = st.dirty_next.0 - seg.base.0 > i64::from(i32::MAX);
+        Ok(too_big || too_old || rel_full)
+    }
+
+    /// Waits until `end` is committed, flushing if no one else is.
+    async fn wait_committed(&self, end: Offset, generation: u64) -> Result<()> {
+        loop {
+            if self.committed_or_lost(end, generation)? {
+                return Ok(());
+            }
+            let _permit = self
+                .flush_permit
+                .acquire_permit(1)
+                .await
+                .map_err(|_| StorageError::Closed)?;
+            if self.committed_or_lost(end, generation)? {
+                return Ok(());
+            }
+            self.flush_locked().await?;
+        }
+    }
+
+    fn committed_or_lost(&self, end: Offset, generation: u64) -> Result<bool> {
+        let st = self.state.borrow();
+        if st.generation != generation {
+            return Err(StorageError::FlushFailed(st.last_flush_error.clone()));
+        }
+        Ok(st.committed_next >= end)
+    }
+
+    /// Writes (and per durability syncs) everything appended so far.
+    pub async fn flush(&self) -> Result<()> {
+        let _permit = self
+            .flush_permit
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        self.flush_locked().await
+    }
+
+    /// The flush itself; the caller holds `flush_permit`. On failure every
+    /// appended-but-uncommitted batch is rolled back and the log is exactly as
+    /// it was after the last successful flush.
+    async fn flush_locked(&self) -> Result<()> {
+        let plan = {
+            let mut st = self.state.borrow_mut();
+            if st.pending.is_empty() {
+                return Ok(());
+            }
+            let batches: Vec<Bytes> = st.pending.drain(..).map(|p| p.bytes).collect();
+            st.pending_bytes = 0;
+            let new_next = st.dirty_next;
+            let seg = st.active();
+            FlushPlan {
+                file: seg.file.clone(),
+                path: seg.path.clone(),
+                start: align_down(seg.durable.size),
+                tail: seg.durable.tail.clone(),
+                batches,
+                end_size: seg.size,
+                new_next,
+                max_timestamp: seg.max_timestamp,
+                bytes_since_index: seg.bytes_since_index,
+            }
+        };
+        match self.write_plan(&plan).await {
+            Ok(new_tail) => {
+                let mut st = self.state.borrow_mut();
+                st.written_next = plan.new_next;
+                st.committed_next = plan.new_next;
+                let seg = st.active_mut();
+                assert!(seg.file.is_same(&plan.file), "segment rolled during a flush");
+                seg.durable = DurablePoint {
+                    size: plan.end_size,
+                    max_timestamp: plan.max_timestamp,
+                    bytes_since_index: plan.bytes_since_index,
+                    tail: new_tail,
+                };
+                st.check_invariants();
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the plan's bytes in aligned chunks, `write_depth` at a time, then
+    /// fdatasyncs in `fsync` mode. Returns the new partial-block tail.
+    async fn write_plan(&self, plan: &FlushPlan) -> Result<Vec<u8>> {
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(plan.batches.len() + 1);
+        parts.push(&plan.tail);
+        parts.extend(plan.batches.iter().map(|b| &b[..]));
+        let mut part_starts = Vec::with_capacity(parts.len());
+        let mut acc = 0;
+        for p in &parts {
+            part_starts.push(acc);
+            acc += p.len();
+        }
+        let total = acc;
+        assert_eq!(
+            plan.start + total as u64,
+            plan.end_size,
+            "flush plan does not end at the segment's logical size"
+        );
+        let aligned_total = align_up(total as u64) as usize;
+        let tail_from = align_down(plan.end_size) - plan.start;
+        let new_tail_len = total - tail_from as usize;
+        let mut new_tail = vec![0u8; new_tail_len];
+        fill_from_parts(&mut new_tail, tail_from as usize, &parts, &part_starts);
+
+        let chunk = self.config.write_chunk_bytes;
+        let chunk_starts: Vec<usize> = (0..aligned_total).step_by(chunk).collect();
+        let writes = futures_lite::stream::iter(chunk_starts).map(|from| {
+            let len = chunk.min(aligned_total - from);
+            let mut buf = plan.file.alloc_dma_buffer(len);
+            fill_from_parts(buf.as_bytes_mut(), from, &parts, &part_starts);
+            let pos = plan.start + from as u64;
+            async move {
+                self.ctx
+                    .faults
+                    .before_write(len)
+                    .map_err(|e| StorageError::io("write", &plan.path, e))?;
+                let n = plan
+                    .file
+                    .write_at(buf, pos)
+                    .await
+                    .map_err(gio("write", &plan.path))?;
+                if n != len {
+                    let e = std::io::Error::other(format!("short write: {n} of {len} bytes at {pos}"));
+                    return Err(StorageError::io("write", &plan.path, e));
+                }
+                Ok(())
+            }
+        });
+        run_bounded(writes, self.config.write_depth).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            if self.config.durability == Durability::Direct {
+                st.written_next = plan.new_next;
+            } else {
+                // Written but not yet synced: visible to `offsets()` only.
+                st.written_next = st.written_next.max(plan.new_next.min(st.dirty_next));
+            }
+        }
+        if self.config.durability == Durability::Fsync {
+            self.sync_file(&plan.file, &plan.path).await?;
+        }
+        Ok(new_tail)
+    }
+
+    async fn sync_file(&self, file: &DmaFile, path: &Path) -> Result<()> {
+        self.ctx
+            .faults
+            .before_sync()
+            .map_err(|e| StorageError::io("fdatasync", path, e))?;
+        file.fdatasync().await.map_err(gio("fdatasync", path))
+    }
+
+    /// Returns the log to its last durable point after a failed flush.
+    fn rollback(&self, error: &StorageError) {
+        let mut st = self.state.borrow_mut();
+        let committed = st.committed_next;
+        warn!(
+            log = %self.dir.display(),
+            error = %error,
+            discarded_from = %committed,
+            discarded_to = %st.dirty_next,
+            "flush failed; rolling back unacknowledged appends"
+        );
+        st.pending.clear();
+        st.pending_bytes = 0;
+        st.dirty_next = committed;
+        st.written_next = committed;
+        st.generation += 1;
+        st.last_flush_error = error.to_string();
+        let seg = st.active_mut();
+        let rel = seg.rel(committed);
+        seg.size = seg.durable.size;
+        seg.next_offset = committed;
+        seg.max_timestamp = seg.durable.max_timestamp;
+        seg.bytes_since_index = seg.durable.bytes_since_index;
+        seg.index.truncate_from(rel);
+        seg.time_index.truncate_from(rel);
+        self.ctx.cache.borrow_mut().remove_from(self.id, committed);
+        st.check_invariants();
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    async fn roll(&self, len: u64) -> Result<()> {
+        let _permit = self
+            .flush_permit
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        {
+            let mut st = self.state.borrow_mut();
+            st.rolling = false;
+        }
+        if !self.needs_roll(len)? {
+            return Ok(());
+        }
+        self.state.borrow_mut().rolling = true;
+        let result = self.roll_locked().await;
+        self.state.borrow_mut().rolling = false;
+        result
+    }
+
+    async fn roll_locked(&self) -> Result<()> {
+        self.flush_locked().await?;
+        let (file, path, base, index, time_index, size) = {
+            let st = self.state.borrow();
+            assert!(st.pending.is_empty(), "appends queued during a roll");
+            let s = st.active();
+            (
+                s.file.clone(),
+                s.path.clone(),
+                st.dirty_next,
+                s.index.clone(),
+                s.time_index.clone(),
+                s.size,
+            )
+        };
+        if self.config.durability == Durability::Direct {
+            self.sync_file(&file, &path).await?;
+        }
+        // A sealed segment's file is exactly its batches: drop the block padding.
+        file.truncate(size).await.map_err(gio("truncate", &path))?;
+        write_small_file(&index_path(&path), &index.encode()).await?;
+        write_small_file(&time_index_path(&path), &time_index.encode()).await?;
+        let seg = create_segment(&self.dir, base, self.ctx.clock.now_ms()).await?;
+        sync_dir(&self.dir).await?;
+        info!(log = %self.dir.display(), sealed = %path.display(), new_base = %base, "rolled segment");
+        self.state.borrow_mut().segments.insert(base, seg);
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one containing `req.offset`.
+    pub async fn read(&self, req: ReadRequest) -> Result<ReadOutcome> {
+        let (end, file, path, position, limit) = {
+            let st = self.state.borrow();
+            let committed = st.committed_next;
+            let end = req.end.map_or(committed, |e| e.min(committed));
+            let start = st.start();
+            if req.offset < start || req.offset > end {
+                return Err(StorageError::OffsetOutOfRange {
+                    requested: req.offset,
+                    start,
+                    end,
+                });
+            }
+            if req.offset == end {
+                return Ok(ReadOutcome::default());
+            }
+            let cached = self
+                .ctx
+                .cache
+                .borrow()
+                .read(self.id, req.offset, end, req.max_bytes);
+            if !cached.is_empty() {
+                return Ok(ReadOutcome {
+                    batches: cached,
+                    from_cache: true,
+                });
+            }
+            let (_, seg) = st
+                .segments
+                .range(..=req.offset)
+                .next_back()
+                .expect("offset >= start has a segment");
+            let entry = seg.index.lookup(seg.rel(req.offset));
+            let limit = if seg.base == st.active().base {
+                seg.durable.size
+            } else {
+                seg.size
+            };
+            (
+                end,
+                seg.file.clone(),
+                seg.path.clone(),
+                u64::from(entry.position),
+                limit,
+            )
+        };
+        let batches = read_batches(
+            &file,
+            &path,
+            ReadSpan {
+                position,
+                limit,
+                offset: req.offset,
+                end,
+                max_bytes: req.max_bytes,
+            },
+            self.config.read_chunk_bytes,
+        )
+        .await?;
+        Ok(ReadOutcome {
+            batches,
+            from_cache: false,
+        })
+    }
+
+    /// The first offset whose record timestamp is >= `ts`, or `None` if every
+    /// committed record is older. For compressed batches this is the batch's
+    /// base offset (records are not decompressed here).
+    pub async fn offset_for_timestamp(&self, ts: TimestampMs) -> Result<Option<Offset>> {
+        let candidates: Vec<(Rc<DmaFile>, PathBuf, u64, u64, Offset)> = {
+            let st = self.state.borrow();
+            let active_base = st.active().base;
+            st.segments
+                .values()
+                .filter(|s| s.max_timestamp >= ts.0)
+                .map(|s| {
+                    let rel = s.time_index.scan_start(ts.0);
+                    let entry = s.index.lookup(rel);
+                    let limit = if s.base == active_base {
+                        s.durable.size
+                    } else {
+                        s.size
+                    };
+                    (
+                        s.file.clone(),
+                        s.path.clone(),
+                        u64::from(entry.position),
+                        limit,
+                        st.committed_next,
+                    )
+                })
+                .collect()
+        };
+        for (file, path, mut pos, limit, end) in candidates {
+            let mut reader = WindowReader::new(&file, &path, self.config.read_chunk_bytes);
+            while pos < limit {
+                let head = reader.get(pos, ferrolog_model::batch::HEADER_BYTES).await?;
+                let h = BatchHeader::parse(head).map_err(|e| corrupt(&path, pos, e))?;
+                if h.base_offset >= end {
+                    return Ok(None);
+                }
+                if h.max_timestamp.0 >= ts.0 {
+                    let whole = reader.get(pos, h.total_bytes()).await?;
+                    BatchHeader::parse_verified(whole).map_err(|e| corrupt(&path, pos, e))?;
+                    return Ok(Some(first_offset_at_or_after(whole, ts).unwrap_or(h.base_offset)));
+                }
+                pos += h.total_bytes() as u64;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the oldest segments while the log exceeds `retention_bytes`
+    /// or their newest record is older than `retention_ms`. The active
+    /// segment is never deleted.
+    pub async fn apply_retention(&self) -> Result<RetentionOutcome> {
+        let _permit = self
+            .flush_permit
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let now = self.ctx.clock.now_ms();
+        let doomed: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let mut total: u64 = st.segments.values().map(|s| s.size).sum();
+            let mut doomed = Vec::new();
+            while st.segments.len() > 1 {
+                let oldest = st.segments.values().next().expect("checked len");
+                let over_size = self.config.retention_bytes.is_some_and(|max| total > max);
+                let too_old = self
+                    .config
+                    .retention_ms
+                    .is_some_and(|ms| oldest.max_timestamp < now - ms as i64);
+                if !(over_size || too_old) {
+                    break;
+                }
+                let base = oldest.base;
+                let seg = st.segments.remove(&base).expect("present");
+                total -= seg.size;
+                doomed.push(seg);
+            }
+            let start = st.start();
+            self.ctx.cache.borrow_mut().remove_below(self.id, start);
+            doomed
+        };
+        let mut outcome = RetentionOutcome {
+            deleted_segments: Vec::new(),
+            start: self.offsets().start,
+        };
+        for seg in doomed {
+            info!(log = %self.dir.display(), segment = %seg.path.display(), "retention deleted segment");
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&index_path(&seg.path))?;
+            remove_if_exists(&time_index_path(&seg.path))?;
+            outcome.deleted_segments.push(seg.base);
+        }
+        Ok(outcome)
+    }
+
+    /// Removes every batch at or after `offset`, which must be a batch
+    /// boundary (or the end). Used by replication to drop a divergent suffix.
+    pub async fn truncate(&self, offset: Offset) -> Result<()> {
+        let _permit = self
+            .flush_permit
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        self.flush_locked().await?;
+        let (start, dirty) = {
+            let st = self.state.borrow();
+            (st.start(), st.dirty_next)
+        };
+        if offset == dirty {
+            return Ok(());
+        }
+        if offset < start || offset > dirty {
+            return Err(StorageError::BadTruncation(offset));
+        }
+        // Find the byte position of the batch starting at `offset`.
+        let (seg_base, file, path, from, limit) = {
+            let st = self.state.borrow();
+            let (_, seg) = st.segments.range(..=offset).next_back().expect("offset >= start");
+            let entry = seg.index.lookup(seg.rel(offset));
+            (
+                seg.base,
+                seg.file.clone(),
+                seg.path.clone(),
+                u64::from(entry.position),
+                seg.size,
+            )
+        };
+        let cut = {
+            let mut reader = WindowReader::new(&file, &path, self.config.read_chunk_bytes);
+            let mut pos = from;
+            loop {
+                if pos >= limit {
+                    return Err(StorageError::BadTruncation(offset));
+                }
+                let head = reader.get(pos, ferrolog_model::batch::HEADER_BYTES).await?;
+                let h = BatchHeader::parse(head).map_err(|e| corrupt(&path, pos, e))?;
+                if h.base_offset == offset {
+                    break pos;
+                }
+                if h.base_offset > offset {
+                    return Err(StorageError::BadTruncation(offset));
+                }
+                pos += h.total_bytes() as u64;
+            }
+        };
+        let removed: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let later: Vec<Offset> = st.segments.range(seg_base.plus(1)..).map(|(b, _)| *b).collect();
+            later
+                .iter()
+                .map(|b| st.segments.remove(b).expect("present"))
+                .collect()
+        };
+        for seg in &removed {
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&index_path(&seg.path))?;
+            remove_if_exists(&time_index_path(&seg.path))?;
+        }
+        file.truncate(cut).await.map_err(gio("truncate", &path))?;
+        remove_if_exists(&index_path(&path))?;
+        remove_if_exists(&time_index_path(&path))?;
+        let mut report = RecoveryReport::default();
+        let seg = recover_segment(
+            &self.dir,
+            seg_base,
+            true,
+            &self.config,
+            self.ctx.clock.now_ms(),
+            &mut report,
+        )
+        .await?;
+        assert_eq!(
+            seg.next_offset, offset,
+            "truncated segment does not end at the cut"
+        );
+        let mut st = self.state.borrow_mut();
+        st.segments.insert(seg_base, seg);
+        st.dirty_next = offset;
+        st.written_next = offset;
+        st.committed_next = offset;
+        st.generation += 1;
+        st.last_flush_error = format!("log truncated to {offset}");
+        self.ctx.cache.borrow_mut().remove_from(self.id, offset);
+        st.check_invariants();
+        info!(log = %self.dir.display(), offset = %offset, "truncated log");
+        Ok(())
+    }
+
+    /// Flushes and syncs everything, persists the active segment's indexes
+    /// and closes the log. Later calls fail with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        let _permit = self
+            .flush_permit
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        self.flush_locked().await?;
+        let (file, path, index, time_index) = {
+            let mut st = self.state.borrow_mut();
+            st.closed = true;
+            let s = st.active();
+            (
+                s.file.clone(),
+                s.path.clone(),
+                s.index.clone(),
+                s.time_index.clone(),
+            )
+        };
+        self.sync_file(&file, &path).await?;
+        write_small_file(&index_path(&path), &index.encode()).await?;
+        write_small_file(&time_index_path(&path), &time_index.encode()).await?;
+        self.ctx.cache.borrow_mut().remove_from(self.id, Offset(i64::MIN));
+        self.flush_permit.close();
+        Ok(())
+    }
+}
+
+struct FlushPlan {
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    /// Aligned file position where the write starts (the partial block).
+    start: u64,
+    tail: Vec<u8>,
+    batches: Vec<Bytes>,
+    end_size: u64,
+    new_next: Offset,
+    max_timestamp: i64,
+    bytes_since_index: u64,
+}
+
+/// Runs the futures of `stream` with at most `depth` in flight; stops at the
+/// first error (after the in-flight ones finish, as they own DMA buffers).
+async fn run_bounded<S, F>(stream: S, depth: usize) -> Result<()>
+where
+    S: futures_lite::Stream<Item = F>,
+    F: std::future::Future<Output = Result<()>>,
+{
+    let stream = std::pin::pin!(stream);
+    let mut stream = stream;
+    let mut in_flight = Vec::new();
+    let mut first_err = None;
+    loop {
+        while in_flight.len() < depth && first_err.is_none() {
+            match stream.next().await {
+                Some(f) => in_flight.push(Box::pin(f)),
+                None => break,
+            }
+        }
+        if in_flight.is_empty() {
+            break;
+        }
+        let (result, idx) = futures_lite::future::poll_fn(|cx| {
+            for (i, f) in in_flight.iter_mut().enumerate() {
+                if let std::task::Poll::Ready(r) = f.as_mut().poll(cx) {
+                    return std::task::Poll::Ready((r, i));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+        drop(in_flight.swap_remove(idx));
+        if let Err(e) = result {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+fn corrupt(path: &Path, position: u64, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        reason: e.to_string(),
+    }
+}
+
+struct ReadSpan {
+    position: u64,
+    limit: u64,
+    offset: Offset,
+    end: Offset,
+    max_bytes: usize,
+}
+
+/// Reads whole batches from a segment file, verifying each one's CRC: a batch
+/// that fails is never returned.
+async fn read_batches(file: &DmaFile, path: &Path, span: ReadSpan, chunk_bytes: usize) -> Result<Vec<Bytes>> {
+    let mut reader = WindowReader::new(file, path, chunk_bytes.max(span.max_bytes.min(1 << 20)));
+    let mut pos = span.position;
+    let mut out: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while pos < span.limit {
+        let head = reader.get(pos, ferrolog_model::batch::HEADER_BYTES).await?;
+        let h = match BatchHeader::parse(head) {
+            Ok(h) => h,
+            Err(e) if out.is_empty() => return Err(corrupt(path, pos, e)),
+            Err(_) => break,
+        };
+        let size = h.total_bytes();
+        if h.base_offset >= span.end {
+            break;
+        }
+        if h.last_offset() < span.offset {
+            pos += size as u64;
+            continue;
+        }
+        if !out.is_empty() && total + size > span.max_bytes {
+            break;
+        }
+        let whole = reader.get(pos, size).await?;
+        match BatchHeader::parse_verified(whole) {
+            Ok(_) => {
+                out.push(Bytes::copy_from_slice(whole));
+                total += size;
+                pos += size as u64;
+            }
+            // Serve what precedes the damage; the next read reports it.
+            Err(_) if !out.is_empty() => break,
+            Err(e) => return Err(corrupt(path, pos, e)),
+        }
+    }
+    Ok(out)
+}
+
+async fn create_segment(dir: &Path, base: Offset, now_ms: i64) -> Result<Segment> {
+    let path = dir.join(log_file_name(base));
+    let file = open_rw(&path, true).await?;
+    Ok(Segment {
+        base,
+        path,
+        file: Rc::new(file),
+        size: 0,
+        next_offset: base,
+        max_timestamp: i64::MIN,
+        index: OffsetIndex::default(),
+        time_index: TimeIndex::default(),
+        bytes_since_index: 0,
+        created_ms: now_ms,
+        durable: DurablePoint {
+            size: 0,
+            max_timestamp: i64::MIN,
+            bytes_since_index: 0,
+            tail: Vec::new(),
+        },
+    })
+}
+
+/// Loads a segment's indexes if they are consistent, then scans from the last
+/// index entry to the end of the file. The last segment (`active`) has a torn
+/// or corrupt tail truncated; a sealed one has its damage reported.
+async fn recover_segment(
+    dir: &Path,
+    base: Offset,
+    active: bool,
+    config: &LogConfig,
+    now_ms: i64,
+    report: &mut RecoveryReport,
+) -> Result<Segment> {
+    let path = dir.join(log_file_name(base));
+    let file = open_rw(&path, false).await?;
+    let file_size = file.file_size().await.map_err(gio("stat", &path))?;
+    let mut seg = Segment {
+        base,
+        path: path.clone(),
+        file: Rc::new(file),
+        size: 0,
+        next_offset: base,
+        max_timestamp: i64::MIN,
+        index: OffsetIndex::default(),
+        time_index: TimeIndex::default(),
+        bytes_since_index: 0,
+        created_ms: now_ms,
+        durable: DurablePoint::default(),
+    };
+
+    let interval = u64::from(config.index_interval_bytes);
+    let loaded = load_indexes(&seg, file_size).await;
+    let (from_pos, from_offset) = match &loaded {
+        Some((index, time_index, entry, h)) => {
+            seg.index = index.clone();
+            seg.time_index = time_index.clone();
+            seg.max_timestamp = time_index.last().map_or(i64::MIN, |e| e.max_timestamp_before);
+            let _ = h;
+            (
+                u64::from(entry.position),
+                seg.base.plus(i64::from(entry.rel_offset)),
+            )
+        }
+        None => (0, base),
+    };
+    if loaded.is_none() && file_size > 0 {
+        report.rebuilt_indexes.push(index_path(&path));
+    }
+    let outcome = scan(
+        &mut seg,
+        from_pos,
+        from_offset,
+        file_size,
+        interval,
+        config.read_chunk_bytes.max(256 << 10),
+    )
+    .await?;
+    seg.size = outcome.end;
+    seg.next_offset = outcome.next_offset;
+
+    if let Some(stop) = &outcome.stop {
+        if active || stop.zero_padding {
+            let bytes = file_size - stop.position;
+            if !stop.zero_padding {
+                warn!(
+                    segment = %path.display(),
+                    position = stop.position,
+                    bytes,
+                    reason = %stop.reason,
+                    "truncating torn or corrupt tail"
+                );
+                report.truncated.push(Truncation {
+                    path: path.clone(),
+                    position: stop.position,
+                    bytes,
+                    reason: stop.reason.clone(),
+                });
+            }
+            seg.file
+                .truncate(stop.position)
+                .await
+                .map_err(gio("truncate", &path))?;
+            // Entries past the cut may be stale after new appends: rewrite later.
+            remove_if_exists(&index_path(&path))?;
+            remove_if_exists(&time_index_path(&path))?;
+        } else {
+            tracing::error!(
+                segment = %path.display(),
+                position = stop.position,
+                reason = %stop.reason,
+                "corrupt data in sealed segment; reads that reach it will fail"
+            );
+            report
+                .corrupt
+                .push((path.clone(), stop.position, stop.reason.clone()));
+            seg.size = file_size;
+        }
+    }
+
+    if !active && loaded.is_none() && outcome.stop.is_none() {
+        write_small_file(&index_path(&path), &seg.index.encode()).await?;
+        write_small_file(&time_index_path(&path), &seg.time_index.encode()).await?;
+    }
+
+    let tail_start = align_down(seg.size);
+    let tail = if active && seg.size > tail_start {
+        let r = seg
+            .file
+            .read_at(tail_start, (seg.size - tail_start) as usize)
+            .await
+            .map_err(gio("read", &path))?;
+        r.to_vec()
+    } else {
+        Vec::new()
+    };
+    seg.durable = DurablePoint {
+        size: seg.size,
+        max_timestamp: seg.max_timestamp,
+        bytes_since_index: seg.bytes_since_index,
+        tail,
+    };
+    Ok(seg)
+}
+
+/// Reads and checks a segment's `.index` and `.timeindex`. Returns them with
+/// their last offset entry, or `None` if either is missing or inconsistent
+/// (including a last entry that does not point at the batch it names).
+async fn load_indexes(
+    seg: &Segment,
+    file_size: u64,
+) -> Option<(
+    OffsetIndex,
+    TimeIndex,
+    crate::index::OffsetEntry,
+    Option<BatchHeader>,
+)> {
+    let ipath = index_path(&seg.path);
+    let tpath = time_index_path(&seg.path);
+    let ibytes = std::fs::read(&ipath).ok()?;
+    let tbytes = std::fs::read(&tpath).ok()?;
+    let index = match OffsetIndex::decode(&ibytes, file_size.max(1)) {
+        Ok(i) => i,
+        Err(reason) => {
+            warn!(index = %ipath.display(), %reason, "discarding inconsistent index");
+            return None;
+        }
+    };
+    let time_index = match TimeIndex::decode(&tbytes) {
+        Ok(t) => t,
+        Err(reason) => {
+            warn!(index = %tpath.display(), %reason, "discarding inconsistent time index");
+            return None;
+        }
+    };
+    if index.entries().len() != time_index.entries().len()
+        || index
+            .entries()
+            .iter()
+            .zip(time_index.entries())
+            .any(|(o, t)| o.rel_offset != t.rel_offset)
+    {
+        warn!(index = %ipath.display(), "offset and time indexes disagree; rebuilding");
+        return None;
+    }
+    let entry = index.lookup(u32::MAX);
+    if entry.position == 0 {
+        return Some((index, time_index, entry, None));
+    }
+    let r = seg
+        .file
+        .read_at(u64::from(entry.position), ferrolog_model::batch::HEADER_BYTES)
+        .await
+        .ok()?;
+    let h = BatchHeader::parse(&r).ok()?;
+    if h.base_offset != seg.base.plus(i64::from(entry.rel_offset)) {
+        warn!(index = %ipath.display(), "last index entry does not match the segment; rebuilding");
+        return None;
+    }
+    Some((index, time_index, entry, Some(h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_from_parts_copies_across_boundaries_and_zero_pads() {
+        let a: &[u8] = b"abc";
+        let b: &[u8] = b"defgh";
+        let parts = [a, b];
+        let starts = [0, 3];
+        let mut dst = [9u8; 6];
+        fill_from_parts(&mut dst, 2, &parts, &starts);
+        assert_eq!(&dst, b"cdefgh");
+        let mut dst = [9u8; 4];
+        fill_from_parts(&mut dst, 6, &parts, &starts);
+        assert_eq!(&dst, &[b'g', b'h', 0, 0]);
+        let mut dst = [9u8; 2];
+        fill_from_parts(&mut dst, 0, &[&[], a], &[0, 0]);
+        assert_eq!(&dst, b"ab");
+    }
+}

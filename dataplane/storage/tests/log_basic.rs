@@ -1,0 +1,406 @@
+//! Append / read / roll / reopen / retention / truncation on a real file system
+//! (the work disk, which supports O_DIRECT; tmpfs is not enough).
+
+mod common;
+
+use common::*;
+use ferrolog_model::{Offset, TimestampMs};
+use ferrolog_storage::{Durability, Log, LogConfig, LogContext, ManualClock, ReadRequest, StorageError};
+use std::rc::Rc;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir")
+}
+
+#[test]
+fn append_assigns_contiguous_offsets_and_reads_back_byte_exact() {
+    for durability in [Durability::Fsync, Durability::Direct] {
+        let dir = tmp();
+        run(|| async move {
+            let log = open(dir.path(), small_config(durability)).await;
+            let mut sent = Vec::new();
+            for i in 0..50 {
+                let b = batch(1 + i % 4, 100 + i * 37, 1000 + i as i64);
+                let a = log.append(b.clone()).await.expect("append");
+                let expected_base = sent.iter().map(|(_, n)| *n as i64).sum::<i64>();
+                assert_eq!(a.base_offset, Offset(expected_base));
+                sent.push((b, 1 + i % 4));
+            }
+            let o = log.offsets();
+            assert_eq!(o.dirty_next, o.committed_next);
+            assert!(
+                log.segment_bases().len() > 1,
+                "64 KiB segments should have rolled"
+            );
+            let got = read_all(&log, Offset(0)).await;
+            assert_eq!(got.len(), sent.len());
+            for (g, (s, _)) in got.iter().zip(&sent) {
+                assert_eq!(strip_offset(g), s.to_vec());
+            }
+            log.close().await.expect("close");
+        });
+    }
+}
+
+#[test]
+fn reads_from_disk_match_reads_from_cache() {
+    let dir = tmp();
+    run(|| async move {
+        let config = small_config(Durability::Direct);
+        let log = open(dir.path(), config.clone()).await;
+        for i in 0..40 {
+            log.append(batch(3, 300, i)).await.expect("append");
+        }
+        let cached = read_all(&log, Offset(0)).await;
+        log.close().await.expect("close");
+        // A fresh context has an empty cache: everything comes from disk.
+        let (log, report) = Log::open(dir.path(), config, LogContext::new(1 << 20))
+            .await
+            .expect("reopen");
+        assert!(report.truncated.is_empty(), "clean close left a tail: {report:?}");
+        let r = log
+            .read(ReadRequest {
+                offset: Offset(7),
+                max_bytes: 1,
+                end: None,
+            })
+            .await
+            .expect("read");
+        assert!(!r.from_cache);
+        assert_eq!(r.batches.len(), 1, "one whole batch even above max_bytes");
+        let disk = read_all(&log, Offset(0)).await;
+        assert_eq!(cached, disk);
+    });
+}
+
+#[test]
+fn reopen_continues_offsets_and_keeps_every_batch() {
+    let dir = tmp();
+    let config = small_config(Durability::Fsync);
+    let d = dir.path().to_path_buf();
+    let c = config.clone();
+    run(|| async move {
+        let log = open(&d, c).await;
+        for i in 0..30 {
+            log.append(batch(2, 500, i)).await.expect("append");
+        }
+        log.close().await.expect("close");
+    });
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let log = open(&d, config).await;
+        assert_eq!(log.offsets().committed_next, Offset(60));
+        let a = log.append(batch(1, 10, 99)).await.expect("append after reopen");
+        assert_eq!(a.base_offset, Offset(60));
+        assert_eq!(read_all(&log, Offset(0)).await.len(), 31);
+        assert!(log.append(batch(1, 1, 1)).await.is_ok());
+        log.close().await.expect("close");
+        assert!(matches!(
+            log.append(batch(1, 1, 1)).await,
+            Err(StorageError::Closed)
+        ));
+    });
+}
+
+#[test]
+fn concurrent_appends_share_flushes_and_keep_order() {
+    let dir = tmp();
+    run(|| async move {
+        let log = open(dir.path(), small_config(Durability::Fsync)).await;
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(
+                async move { log.append(batch(1, 200, i)).await },
+            ));
+        }
+        let mut bases = Vec::new();
+        for t in tasks {
+            bases.push(t.await.expect("append").base_offset.0);
+        }
+        bases.sort();
+        assert_eq!(bases, (0..64).collect::<Vec<_>>());
+        assert_eq!(read_all(&log, Offset(0)).await.len(), 64);
+    });
+}
+
+#[test]
+fn invalid_batches_are_rejected_and_leave_the_log_unchanged() {
+    let dir = tmp();
+    run(|| async move {
+        let mut config = small_config(Durability::Direct);
+        config.max_batch_bytes = 4096;
+        let log = open(dir.path(), config).await;
+        log.append(batch(1, 10, 0)).await.expect("append");
+        let before = log.offsets();
+        let good = batch(2, 10, 0);
+        let mut bad_crc = good.to_vec();
+        let last = bad_crc.len() - 1;
+        bad_crc[last] ^= 1;
+        assert!(matches!(
+            log.append(bad_crc.into()).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+        let mut bad_magic = good.to_vec();
+        bad_magic[16] = 1;
+        assert!(matches!(
+            log.append(bad_magic.into()).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            log.append(good.slice(..40)).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            log.append(batch(1, 5000, 0)).await,
+            Err(StorageError::BatchTooLarge { .. })
+        ));
+        assert_eq!(log.offsets(), before);
+        assert_eq!(read_all(&log, Offset(0)).await.len(), 1);
+    });
+}
+
+#[test]
+fn out_of_range_reads_are_typed_errors() {
+    let dir = tmp();
+    run(|| async move {
+        let log = open(dir.path(), small_config(Durability::Direct)).await;
+        log.append(batch(5, 10, 0)).await.expect("append");
+        let r = log
+            .read(ReadRequest {
+                offset: Offset(5),
+                max_bytes: 1000,
+                end: None,
+            })
+            .await
+            .expect("at end");
+        assert!(r.batches.is_empty());
+        assert!(matches!(
+            log.read(ReadRequest {
+                offset: Offset(6),
+                max_bytes: 1000,
+                end: None
+            })
+            .await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert!(matches!(
+            log.read(ReadRequest {
+                offset: Offset(-1),
+                max_bytes: 1000,
+                end: None
+            })
+            .await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+    });
+}
+
+#[test]
+fn retention_by_size_and_age_moves_the_start_offset() {
+    let dir = tmp();
+    run(|| async move {
+        let clock = Rc::new(ManualClock::new(1_000_000));
+        let ctx = LogContext::with_clock(1 << 20, clock.clone());
+        let mut config = small_config(Durability::Direct);
+        config.retention_bytes = Some(200 << 10);
+        config.retention_ms = Some(60_000);
+        let (log, _) = Log::open(dir.path(), config, ctx).await.expect("open");
+        for i in 0..200 {
+            log.append(batch(1, 4000, 1_000_000 + i)).await.expect("append");
+        }
+        let before = log.segment_bases().len();
+        let out = log.apply_retention().await.expect("retention");
+        assert!(!out.deleted_segments.is_empty());
+        assert!(
+            log.size_bytes() <= 200 << 10,
+            "size {} over bound",
+            log.size_bytes()
+        );
+        assert_eq!(log.segment_bases().len(), before - out.deleted_segments.len());
+        let start = log.offsets().start;
+        assert_eq!(out.start, start);
+        assert!(start > Offset(0));
+        assert!(matches!(
+            log.read(ReadRequest {
+                offset: Offset(0),
+                max_bytes: 1000,
+                end: None
+            })
+            .await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(read_all(&log, start).await.len() as i64, 200 - start.0);
+        for base in &out.deleted_segments {
+            assert!(!dir.path().join(ferrolog_storage::log_file_name(*base)).exists());
+        }
+        // Everything but the active segment is older than retention_ms now.
+        clock.advance(10 * 60_000);
+        log.apply_retention().await.expect("retention by age");
+        assert_eq!(log.segment_bases().len(), 1);
+        assert_eq!(log.offsets().committed_next, Offset(200));
+    });
+}
+
+#[test]
+fn segment_ms_rolls_old_segments() {
+    let dir = tmp();
+    run(|| async move {
+        let clock = Rc::new(ManualClock::new(0));
+        let ctx = LogContext::with_clock(1 << 20, clock.clone());
+        let mut config = small_config(Durability::Direct);
+        config.segment_ms = 1000;
+        let (log, _) = Log::open(dir.path(), config, ctx).await.expect("open");
+        log.append(batch(1, 10, 0)).await.expect("append");
+        log.append(batch(1, 10, 0)).await.expect("append");
+        assert_eq!(log.segment_bases().len(), 1);
+        clock.advance(1000);
+        log.append(batch(1, 10, 0)).await.expect("append");
+        assert_eq!(log.segment_bases(), vec![Offset(0), Offset(2)]);
+    });
+}
+
+#[test]
+fn truncate_drops_suffix_and_offsets_are_reassigned() {
+    let dir = tmp();
+    let config = small_config(Durability::Fsync);
+    let d = dir.path().to_path_buf();
+    let c = config.clone();
+    run(|| async move {
+        let log = open(&d, c).await;
+        for i in 0..100 {
+            log.append(batch(2, 700, i)).await.expect("append");
+        }
+        assert!(log.segment_bases().len() > 2);
+        assert!(matches!(
+            log.truncate(Offset(41)).await,
+            Err(StorageError::BadTruncation(_))
+        ));
+        log.truncate(Offset(40)).await.expect("truncate");
+        assert_eq!(log.offsets().committed_next, Offset(40));
+        assert_eq!(read_all(&log, Offset(0)).await.len(), 20);
+        let a = log.append(batch(3, 10, 5)).await.expect("append");
+        assert_eq!(a.base_offset, Offset(40));
+        log.close().await.expect("close");
+    });
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let log = open(&d, config).await;
+        assert_eq!(log.offsets().committed_next, Offset(43));
+        assert_eq!(read_all(&log, Offset(0)).await.len(), 21);
+    });
+}
+
+#[test]
+fn offset_for_timestamp_finds_first_record_at_or_after() {
+    let dir = tmp();
+    run(|| async move {
+        let log = open(dir.path(), small_config(Durability::Direct)).await;
+        // Batch i holds 3 records, all at timestamp 1000 + 10 * i.
+        for i in 0..60 {
+            log.append(batch(3, 500, 1000 + 10 * i)).await.expect("append");
+        }
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(0)).await.expect("ts"),
+            Some(Offset(0))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1000)).await.expect("ts"),
+            Some(Offset(0))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1001)).await.expect("ts"),
+            Some(Offset(3))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1300)).await.expect("ts"),
+            Some(Offset(90))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1590)).await.expect("ts"),
+            Some(Offset(177))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(TimestampMs(1591)).await.expect("ts"),
+            None
+        );
+    });
+}
+
+#[test]
+fn disk_full_rolls_back_unacknowledged_appends_and_log_stays_usable() {
+    for durability in [Durability::Fsync, Durability::Direct] {
+        let dir = tmp();
+        let config = small_config(durability);
+        let d = dir.path().to_path_buf();
+        let c = config.clone();
+        run(|| async move {
+            let ctx = LogContext::new(1 << 20);
+            let faults = ctx.faults.clone();
+            let (log, _) = Log::open(&d, c, ctx).await.expect("open");
+            for i in 0..10 {
+                log.append(batch(1, 100, i)).await.expect("append");
+            }
+            let before = log.offsets();
+            faults.fail_writes_after(0);
+            let e = log.append(batch(1, 100, 0)).await.expect_err("disk full");
+            assert!(e.is_no_space(), "expected ENOSPC, got {e}");
+            assert_eq!(log.offsets(), before, "a failed append must not move offsets");
+            assert_eq!(read_all(&log, Offset(0)).await.len(), 10);
+            // Concurrent appends covered by one failing flush all fail.
+            let mut tasks = Vec::new();
+            for i in 0..8 {
+                let log = log.clone();
+                tasks.push(glommio::spawn_local(
+                    async move { log.append(batch(1, 100, i)).await },
+                ));
+            }
+            for t in tasks {
+                assert!(t.await.is_err());
+            }
+            assert_eq!(log.offsets(), before);
+            faults.clear();
+            let a = log
+                .append(batch(1, 100, 0))
+                .await
+                .expect("append after space frees up");
+            assert_eq!(a.base_offset, before.committed_next);
+            if durability == Durability::Fsync {
+                faults.fail_syncs(1);
+                assert!(log.append(batch(1, 100, 0)).await.is_err());
+                assert_eq!(log.offsets().committed_next, Offset(11));
+            }
+            log.append(batch(1, 100, 0)).await.expect("append");
+            log.close().await.expect("close");
+        });
+        let d = dir.path().to_path_buf();
+        run(|| async move {
+            let log = open(&d, config).await;
+            assert_eq!(log.offsets().committed_next, Offset(12));
+            let all = read_all(&log, Offset(0)).await;
+            assert_eq!(all.len(), 12);
+        });
+    }
+}
+
+#[test]
+fn large_batches_span_many_write_chunks() {
+    let dir = tmp();
+    run(|| async move {
+        let config = LogConfig {
+            segment_bytes: 8 << 20,
+            write_chunk_bytes: 64 << 10,
+            ..small_config(Durability::Fsync)
+        };
+        let log = open(dir.path(), config.clone()).await;
+        for i in 0..6 {
+            log.append(batch(1024, 1000, i))
+                .await
+                .expect("append 1 MiB batch");
+        }
+        let a = read_all(&log, Offset(0)).await;
+        log.close().await.expect("close");
+        let log = open(dir.path(), config).await;
+        assert_eq!(read_all(&log, Offset(0)).await, a);
+    });
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every system package ferrolog's build and tests need, on Debian bookworm as root.
+# Idempotent and quick when everything is present: apt and pip are skipped when not needed.
+# Called by `tools/dev broker`, `tools/dev test` and .ci/run; nothing is installed by hand.
+set -euo pipefail
+
+# libudev-dev: glommio links libudev. pkg-config + libhwloc-dev: hwlocality uses the system hwloc.
+# capnproto: the Cap'n Proto schema compiler for the control plane. kcat: a librdkafka client for
+# end-to-end checks. iproute2: `ss`/`ip` for network tests and tuning.
+APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2)
+# Real Kafka clients used by the end-to-end tests.
+PIP_PACKAGES=(confluent-kafka kafka-python)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]} == 0)); then
+    echo "setup: apt packages present (${APT_PACKAGES[*]})"
+else
+    echo "setup: installing apt packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if python3 -c 'import confluent_kafka, kafka' 2>/dev/null; then
+    echo "setup: python clients present (${PIP_PACKAGES[*]})"
+else
+    echo "setup: installing python clients: ${PIP_PACKAGES[*]}"
+    PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        python3 -m pip install --quiet "${PIP_PACKAGES[@]}"
+fi
+
+echo "setup: done"
