@@ -81,8 +81,10 @@ pub struct Io {
     pub io_memory_bytes: usize,
     /// io_uring submission queue depth.
     pub ring_depth: usize,
-    /// Aligned write-behind buffer of each appender.
-    pub write_buffer_bytes: usize,
+    /// Size of one O_DIRECT write of the appender; a flush issues several.
+    pub write_chunk_bytes: usize,
+    /// O_DIRECT writes of one flush in flight at once.
+    pub write_depth: usize,
     /// Size of one DMA read serving a fetch from disk.
     pub read_chunk_bytes: usize,
 }
@@ -92,7 +94,8 @@ impl Default for Io {
         Self {
             io_memory_bytes: MIB,
             ring_depth: 128,
-            write_buffer_bytes: MIB,
+            write_chunk_bytes: MIB,
+            write_depth: 4,
             read_chunk_bytes: 64 * 1024,
         }
     }
@@ -226,7 +229,13 @@ impl Profile {
                 ),
             ));
         }
-        check_dma_multiple("io.write_buffer_bytes", io.write_buffer_bytes)?;
+        check_dma_multiple("io.write_chunk_bytes", io.write_chunk_bytes)?;
+        if !(1..=64).contains(&io.write_depth) {
+            return Err(ProfileError::Invalid {
+                field: "io.write_depth",
+                message: format!("{} must be between 1 and 64", io.write_depth),
+            });
+        }
         check_dma_multiple("io.read_chunk_bytes", io.read_chunk_bytes)?;
 
         let storage = &self.storage;
@@ -401,7 +410,7 @@ mod tests {
         assert_eq!(dev.shards.cpuset, None);
         assert_eq!(dev.io.io_memory_bytes, 1_048_576);
         assert_eq!(dev.io.ring_depth, 128);
-        assert_eq!(dev.io.write_buffer_bytes, 1_048_576);
+        assert_eq!(dev.io.write_chunk_bytes, 1_048_576);
         assert_eq!(dev.io.read_chunk_bytes, 65_536);
         assert_eq!(dev.network.spin_before_park_us, 0);
         assert_eq!(dev.storage.segment_bytes, 134_217_728);
@@ -571,12 +580,8 @@ mod tests {
             (|p| p.io.ring_depth = 100, "io.ring_depth", "100"),
             (|p| p.io.ring_depth = 4, "io.ring_depth", "4"),
             (|p| p.io.ring_depth = 8192, "io.ring_depth", "8192"),
-            (|p| p.io.write_buffer_bytes = 0, "io.write_buffer_bytes", "0"),
-            (
-                |p| p.io.write_buffer_bytes = 5000,
-                "io.write_buffer_bytes",
-                "5000",
-            ),
+            (|p| p.io.write_chunk_bytes = 0, "io.write_chunk_bytes", "0"),
+            (|p| p.io.write_chunk_bytes = 5000, "io.write_chunk_bytes", "5000"),
             (|p| p.io.read_chunk_bytes = 100, "io.read_chunk_bytes", "100"),
             (
                 |p| p.storage.segment_bytes = 1000,
@@ -602,7 +607,7 @@ mod tests {
         let mut profile = Profile::default();
         profile.io.io_memory_bytes = 65536;
         profile.io.ring_depth = 8;
-        profile.io.write_buffer_bytes = 4096;
+        profile.io.write_chunk_bytes = 4096;
         profile.io.read_chunk_bytes = 4096;
         profile.storage.segment_bytes = 1024 * 1024;
         profile.storage.index_interval_bytes = 512;

@@ -1,0 +1,219 @@
+//! The `ferrolog` binary as an operator uses it: start on a data directory
+//! holding a log, refuse a second process on it, shut down cleanly on SIGTERM,
+//! and `log verify` / `log dump` the result, before and after damage.
+
+use bytes::Bytes;
+use ferrolog_model::{BatchBuilder, Offset, TimestampMs};
+use ferrolog_storage::{Durability, Log, LogConfig, LogContext};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Writes `batches` batches of 3 records into `<data>/orders-0` with the storage crate.
+fn populate(data: &Path, batches: usize) {
+    let dir = data.join("orders-0");
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .make()
+        .expect("executor");
+    ex.run(async move {
+        let config = LogConfig {
+            segment_bytes: 16 << 10,
+            durability: Durability::Fsync,
+            ..LogConfig::default()
+        };
+        let (log, _) = Log::open(&dir, config, LogContext::new(1 << 20))
+            .await
+            .expect("open");
+        for i in 0..batches {
+            let mut b = BatchBuilder::new(TimestampMs(1_700_000_000_000 + i as i64));
+            for r in 0..3 {
+                b = b.record(
+                    TimestampMs(1_700_000_000_000 + i as i64),
+                    None,
+                    format!("value {i}.{r} {}", "x".repeat(200)).as_bytes(),
+                );
+            }
+            log.append(Bytes::from(b.build())).await.expect("append");
+        }
+        assert_eq!(log.offsets().committed_next, Offset(3 * batches as i64));
+        log.close().await.expect("close");
+    });
+}
+
+/// Starts a broker; returns it once it logged that it listens, with a
+/// channel of its remaining stderr lines.
+fn start(data: &Path, port: u16, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(data)
+        .args(["--kafka-addr", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrolog");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains("listening");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => panic!("broker did not report listening; stderr so far: {seen:#?}"),
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("recovered log") && l.contains("orders/0") && l.contains("end=30")),
+        "startup did not recover the log: {seen:#?}"
+    );
+    (child, rx)
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("broker did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run(args: &[&str], dir: &Path) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg(dir)
+        .output()
+        .expect("run ferrolog");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn start_recovers_listens_refuses_second_process_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    populate(data.path(), 10);
+    let port = free_port();
+    let (mut broker, _rx) = start(data.path(), port, &[]);
+    TcpStream::connect(("127.0.0.1", port)).expect("the Kafka port accepts connections");
+
+    let second = Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(data.path())
+        .args(["--kafka-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("second broker");
+    assert_eq!(second.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by another ferrolog process"));
+
+    // SAFETY: sending a signal to a child we spawned.
+    assert_eq!(unsafe { libc::kill(broker.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_exit(&mut broker, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "clean shutdown exits 0");
+
+    let (code, out) = run(&["log", "verify"], data.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("OK") && out.contains("offsets 0..30"), "{out}");
+    let (code, out) = run(&["log", "dump"], data.path());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("crc=ok").count(), 10, "{out}");
+    assert!(out.contains("offsets=27..=29"), "{out}");
+
+    // Restart on the same directory serves the same log.
+    let (mut broker, _rx) = start(data.path(), free_port(), &[]);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(broker.id() as i32, libc::SIGINT) }, 0);
+    assert_eq!(wait_exit(&mut broker, Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn verify_names_the_file_and_position_of_a_flipped_byte() {
+    let data = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    populate(data.path(), 10);
+    let (code, out) = run(&["log", "verify"], data.path());
+    assert_eq!(code, 0, "{out}");
+    let seg = data.path().join("orders-0").join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&seg).expect("read segment");
+    let batch_len = {
+        let h = ferrolog_model::BatchHeader::parse(&bytes).expect("header");
+        h.total_bytes()
+    };
+    bytes[batch_len + 100] ^= 0x20;
+    std::fs::write(&seg, &bytes).expect("write");
+    let (code, out) = run(&["log", "verify"], data.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("CORRUPT"), "{out}");
+    assert!(out.contains("00000000000000000000.log"), "{out}");
+    assert!(out.contains(&format!("at byte {batch_len}:")), "{out}");
+    let (code, out) = run(&["log", "dump"], data.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("crc=BAD"), "{out}");
+}
+
+#[test]
+fn bad_profile_and_bad_arguments_fail_with_a_clear_message() {
+    let data = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    let profile = data.path().join("p.toml");
+    std::fs::write(&profile, "[shards]\ncpuset = \"0,4096\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(data.path().join("d"))
+        .args(["--kafka-addr", "127.0.0.1:1", "--profile"])
+        .arg(&profile)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cpuset"), "{err}");
+
+    std::fs::write(&profile, "[io]\nring_depth = 100\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(data.path().join("d"))
+        .args(["--kafka-addr", "127.0.0.1:1", "--profile"])
+        .arg(&profile)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("io.ring_depth: 100"));
+
+    let (code, out) = run(&["log", "verify"], data.path());
+    assert_eq!(code, 2, "no segments is a usage error: {out}");
+}
