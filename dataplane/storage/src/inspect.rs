@@ -81,7 +81,7 @@ impl LogReport {
             .flat_map(|s| s.batches.iter())
             .filter(|b| b.crc_ok);
         let first = valid.next()?;
-        let last = valid.last().unwrap_or(first);
+        let last = valid.next_back().unwrap_or(first);
         Some((first.base_offset, last.last_offset.plus(1)))
     }
 }
