@@ -116,8 +116,8 @@ pub enum Durability {
     /// Once on stable storage (fdatasync, shared by concurrent appends).
     #[default]
     Fsync,
-    /// Once the O_DIRECT write completed: survives process and kernel crashes, not power loss on
-    /// a volatile device cache.
+    /// Once the O_DIRECT write completed: survives a process crash; the newest appends can be
+    /// lost on a kernel crash or power loss (see docs/storage.md).
     Direct,
 }
 

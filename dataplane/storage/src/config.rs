@@ -6,8 +6,10 @@ pub enum Durability {
     /// Once the data is on stable storage: O_DIRECT write completed and
     /// fdatasync returned. Concurrent appends share one fdatasync.
     Fsync,
-    /// Once the O_DIRECT write completed. Survives a process or kernel crash,
-    /// not a power loss on a device with a volatile write cache.
+    /// Once the O_DIRECT write completed. Survives a process crash. The newest
+    /// appends can be lost on a kernel crash or power loss: the file-size update
+    /// of an extending write is metadata, synced by the file system's journal
+    /// or by the fdatasync at the next roll or close.
     Direct,
 }
 
