@@ -7,7 +7,8 @@ set -euo pipefail
 # libudev-dev: glommio links libudev. pkg-config + libhwloc-dev: hwlocality uses the system hwloc.
 # capnproto: the Cap'n Proto schema compiler for the control plane. kcat: a librdkafka client for
 # end-to-end checks. iproute2: `ss`/`ip` for network tests and tuning.
-APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2)
+# e2fsprogs + mount: the disk-full test mounts a small ext4 image on a loop device.
+APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 e2fsprogs mount)
 # Real Kafka clients used by the end-to-end tests.
 PIP_PACKAGES=(confluent-kafka kafka-python)
 

@@ -67,6 +67,18 @@ impl StorageError {
 
     /// True for errors that mean the disk is full.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StorageError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, StorageError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == io::ErrorKind::StorageFull)
+    }
+}
+
+/// The `io::Error` inside a glommio error, keeping the OS error code (glommio's
+/// own conversion keeps only the kind, which would hide ENOSPC). Operation and
+/// path travel in `StorageError::Io` instead.
+pub(crate) fn glommio_io(e: glommio::GlommioError<()>) -> io::Error {
+    match e {
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        glommio::GlommioError::IoError(source) => source,
+        other => other.into(),
     }
 }

@@ -193,7 +193,7 @@ pub struct Log {
 }
 
 fn gio<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(glommio::GlommioError<()>) -> StorageError + 'a {
-    move |e| StorageError::io(op, path, e.into())
+    move |e| StorageError::io(op, path, crate::error::glommio_io(e))
 }
 
 async fn open_rw(path: &Path, create_new: bool) -> Result<DmaFile> {

@@ -48,10 +48,18 @@ pub async fn probe_direct_io(dir: &Path) -> Result<()> {
                     &path,
                     std::io::Error::other(format!("read {n} of 4096 bytes")),
                 )),
-                Err(e) => Err(StorageError::io("direct read", &path, e.into())),
+                Err(e) => Err(StorageError::io(
+                    "direct read",
+                    &path,
+                    crate::error::glommio_io(e),
+                )),
             }
         }
-        Err(e) => Err(StorageError::io("open with O_DIRECT", &path, e.into())),
+        Err(e) => Err(StorageError::io(
+            "open with O_DIRECT",
+            &path,
+            crate::error::glommio_io(e),
+        )),
     };
     let _ = std::fs::remove_file(&path);
     result?;

@@ -137,7 +137,7 @@ impl<'a> WindowReader<'a> {
                 .file
                 .read_at(pos, want)
                 .await
-                .map_err(|e| StorageError::io("read", self.path, e.into()))?;
+                .map_err(|e| StorageError::io("read", self.path, crate::error::glommio_io(e)))?;
             self.window.clear();
             self.window.extend_from_slice(&r);
             self.window_pos = pos;
