@@ -585,15 +585,8 @@ impl Log {
             }
         });
         run_bounded(writes, self.config.write_depth).await?;
-        {
-            let mut st = self.state.borrow_mut();
-            if self.config.durability == Durability::Direct {
-                st.written_next = plan.new_next;
-            } else {
-                // Written but not yet synced: visible to `offsets()` only.
-                st.written_next = st.written_next.max(plan.new_next.min(st.dirty_next));
-            }
-        }
+        // Written but, in fsync mode, not yet synced: visible to `offsets()` only.
+        self.state.borrow_mut().written_next = plan.new_next;
         if self.config.durability == Durability::Fsync {
             self.sync_file(&plan.file, &plan.path).await?;
         }
@@ -644,10 +637,6 @@ impl Log {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
-        {
-            let mut st = self.state.borrow_mut();
-            st.rolling = false;
-        }
         if !self.needs_roll(len)? {
             return Ok(());
         }
@@ -948,7 +937,7 @@ impl Log {
             .await
             .map_err(|_| StorageError::Closed)?;
         self.flush_locked().await?;
-        let (file, path, index, time_index) = {
+        let (file, path, index, time_index, size) = {
             let mut st = self.state.borrow_mut();
             st.closed = true;
             let s = st.active();
@@ -957,8 +946,12 @@ impl Log {
                 s.path.clone(),
                 s.index.clone(),
                 s.time_index.clone(),
+                s.size,
             )
         };
+        // Drop the block padding so the next open finds the file ending at its
+        // last batch and keeps the index files written below.
+        file.truncate(size).await.map_err(gio("truncate", &path))?;
         self.sync_file(&file, &path).await?;
         write_small_file(&index_path(&path), &index.encode()).await?;
         write_small_file(&time_index_path(&path), &time_index.encode()).await?;
@@ -1178,9 +1171,12 @@ async fn recover_segment(
                 .truncate(stop.position)
                 .await
                 .map_err(gio("truncate", &path))?;
-            // Entries past the cut may be stale after new appends: rewrite later.
-            remove_if_exists(&index_path(&path))?;
-            remove_if_exists(&time_index_path(&path))?;
+            if !stop.zero_padding {
+                // Every loaded entry precedes the scan start, so none is past the
+                // cut; drop the files anyway after damage, to be rebuilt from the log.
+                remove_if_exists(&index_path(&path))?;
+                remove_if_exists(&time_index_path(&path))?;
+            }
         } else {
             tracing::error!(
                 segment = %path.display(),

@@ -58,6 +58,15 @@ fn reads_from_disk_match_reads_from_cache() {
             .await
             .expect("reopen");
         assert!(report.truncated.is_empty(), "clean close left a tail: {report:?}");
+        assert!(
+            report.rebuilt_indexes.is_empty(),
+            "indexes written at close must be trusted on reopen: {report:?}"
+        );
+        // ...and kept: a crash after this open must not force a full rescan.
+        let active = *log.segment_bases().last().expect("a segment");
+        let active_log = dir.path().join(ferrolog_storage::log_file_name(active));
+        assert!(ferrolog_storage::index_path(&active_log).exists());
+        assert!(ferrolog_storage::time_index_path(&active_log).exists());
         let r = log
             .read(ReadRequest {
                 offset: Offset(7),

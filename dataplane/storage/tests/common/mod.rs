@@ -84,3 +84,140 @@ pub fn strip_offset(b: &Bytes) -> Vec<u8> {
     ferrolog_model::batch::set_base_offset(&mut v, Offset(0));
     v
 }
+
+/// A fresh directory on the work disk (O_DIRECT capable; tmpfs is not).
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir")
+}
+
+/// SplitMix64: a small seeded generator, so runs are reproducible without an
+/// extra dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo < hi, "empty range {lo}..{hi}");
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    /// `n` bytes, none of them zero.
+    pub fn non_zero_bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.range(1, 256) as u8).collect()
+    }
+}
+
+/// An uncompressed batch with one record per entry of `timestamps`, each
+/// value `value_bytes` long and filled from `seed` so that batches differ.
+/// The base timestamp is the first record's, as Kafka producers set it, so
+/// the batch's max timestamp is the newest record's.
+pub fn timed_batch(timestamps: &[i64], value_bytes: usize, seed: u64) -> Bytes {
+    let mut b = BatchBuilder::new(TimestampMs(timestamps[0]));
+    for (i, &ts) in timestamps.iter().enumerate() {
+        let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(i as u64));
+        let value: Vec<u8> = (0..value_bytes).map(|_| rng.next_u64() as u8).collect();
+        b = b.record(TimestampMs(ts), Some(format!("s{seed}-{i}").as_bytes()), &value);
+    }
+    Bytes::from(b.build())
+}
+
+/// The answer `Log::offset_for_timestamp` must give for a log holding
+/// `batches` (base offset and record timestamps, in offset order): the first
+/// batch whose newest record is at least `ts`, and in it the first record
+/// that is.
+pub fn model_offset_for_timestamp<'a>(
+    batches: impl IntoIterator<Item = (Offset, &'a [i64])>,
+    ts: i64,
+) -> Option<Offset> {
+    batches.into_iter().find_map(|(base, stamps)| {
+        if stamps.iter().copied().max()? < ts {
+            return None;
+        }
+        let i = stamps.iter().position(|&t| t >= ts).expect("max >= ts");
+        Some(base.plus(i as i64))
+    })
+}
+
+/// File positions and headers of the whole, CRC-valid batches at the start of
+/// a segment file, read with plain (buffered) I/O.
+pub fn file_batches(path: &Path) -> Vec<(u64, ferrolog_model::BatchHeader)> {
+    let data = std::fs::read(path).expect("read segment file");
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Ok(h) = ferrolog_model::BatchHeader::parse(&data[pos..]) {
+        let end = pos + h.total_bytes();
+        if end > data.len() || ferrolog_model::BatchHeader::parse_verified(&data[pos..end]).is_err() {
+            break;
+        }
+        out.push((pos as u64, h));
+        pos = end;
+    }
+    out
+}
+
+/// The `.log` files of a log directory, oldest segment first.
+pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("list log dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(ferrolog_storage::parse_log_file_name)
+                .is_some()
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Copies every file of the log directory `from` into a new directory `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy dir");
+    for entry in std::fs::read_dir(from).expect("list log dir") {
+        let entry = entry.expect("dir entry");
+        if entry.file_type().expect("file type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy file");
+        }
+    }
+}
+
+/// Sets the length of the file at `path` (a torn or padded write on disk).
+pub fn set_file_len(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for set_len")
+        .set_len(len)
+        .expect("set_len");
+}
+
+/// Appends raw bytes to the file at `path`.
+pub fn append_to_file(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open for append")
+        .write_all(bytes)
+        .expect("append bytes");
+}
+
+/// XORs one byte of the file at `path`.
+pub fn flip_byte(path: &Path, pos: u64, mask: u8) {
+    let mut data = std::fs::read(path).expect("read file");
+    data[pos as usize] ^= mask;
+    std::fs::write(path, data).expect("write file");
+}
