@@ -95,7 +95,7 @@ impl Default for Io {
             io_memory_bytes: MIB,
             ring_depth: 128,
             write_chunk_bytes: MIB,
-            write_depth: 4,
+            write_depth: 2,
             read_chunk_bytes: 64 * 1024,
         }
     }

@@ -466,6 +466,9 @@ impl Log {
             if self.committed_or_lost(end, generation)? {
                 return Ok(());
             }
+            // Let the appends that are already runnable queue their batches, so
+            // this flush carries them too (measured: half the fdatasyncs).
+            futures_lite::future::yield_now().await;
             self.flush_locked().await?;
         }
     }
