@@ -1074,24 +1074,7 @@ async fn read_batches(file: &DmaFile, path: &Path, span: ReadSpan, chunk_bytes: 
 async fn create_segment(dir: &Path, base: Offset, now_ms: i64) -> Result<Segment> {
     let path = dir.join(log_file_name(base));
     let file = open_rw(&path, true).await?;
-    Ok(Segment {
-        base,
-        path,
-        file: Rc::new(file),
-        size: 0,
-        next_offset: base,
-        max_timestamp: i64::MIN,
-        index: OffsetIndex::default(),
-        time_index: TimeIndex::default(),
-        bytes_since_index: 0,
-        created_ms: now_ms,
-        durable: DurablePoint {
-            size: 0,
-            max_timestamp: i64::MIN,
-            bytes_since_index: 0,
-            tail: Vec::new(),
-        },
-    })
+    Ok(Segment::empty(base, path, file, now_ms))
 }
 
 /// Loads a segment's indexes if they are consistent, then scans from the last
@@ -1108,19 +1091,7 @@ async fn recover_segment(
     let path = dir.join(log_file_name(base));
     let file = open_rw(&path, false).await?;
     let file_size = file.file_size().await.map_err(gio("stat", &path))?;
-    let mut seg = Segment {
-        base,
-        path: path.clone(),
-        file: Rc::new(file),
-        size: 0,
-        next_offset: base,
-        max_timestamp: i64::MIN,
-        index: OffsetIndex::default(),
-        time_index: TimeIndex::default(),
-        bytes_since_index: 0,
-        created_ms: now_ms,
-        durable: DurablePoint::default(),
-    };
+    let mut seg = Segment::empty(base, path.clone(), file, now_ms);
 
     let interval = u64::from(config.index_interval_bytes);
     let loaded = load_indexes(&seg, file_size).await;

@@ -73,6 +73,28 @@ pub(crate) struct DurablePoint {
 }
 
 impl Segment {
+    /// A segment with no batches yet over an open file.
+    pub fn empty(base: Offset, path: PathBuf, file: DmaFile, now_ms: i64) -> Segment {
+        Segment {
+            base,
+            path,
+            file: Rc::new(file),
+            size: 0,
+            next_offset: base,
+            max_timestamp: i64::MIN,
+            index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            bytes_since_index: 0,
+            created_ms: now_ms,
+            durable: DurablePoint {
+                size: 0,
+                max_timestamp: i64::MIN,
+                bytes_since_index: 0,
+                tail: Vec::new(),
+            },
+        }
+    }
+
     /// Records a batch of `len` bytes at `position` in the indexes, adding an
     /// entry when `interval` bytes were appended since the last one.
     pub fn index_batch(&mut self, header: &BatchHeader, position: u64, len: u64, interval: u64) {
