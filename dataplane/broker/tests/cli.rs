@@ -185,32 +185,29 @@ fn verify_names_the_file_and_position_of_a_flipped_byte() {
     assert!(out.contains("crc=BAD"), "{out}");
 }
 
+/// Runs `ferrolog start` with a profile file holding `profile`.
+fn start_with_profile(data: &Path, profile: &str) -> std::process::Output {
+    let path = data.join("p.toml");
+    std::fs::write(&path, profile).expect("write profile");
+    Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(data.join("d"))
+        .args(["--kafka-addr", "127.0.0.1:1", "--profile"])
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run")
+}
+
 #[test]
 fn bad_profile_and_bad_arguments_fail_with_a_clear_message() {
     let data = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
-    let profile = data.path().join("p.toml");
-    std::fs::write(&profile, "[shards]\ncpuset = \"0,4096\"\n").expect("write");
-    let out = Command::new(BIN)
-        .args(["start", "--data-dir"])
-        .arg(data.path().join("d"))
-        .args(["--kafka-addr", "127.0.0.1:1", "--profile"])
-        .arg(&profile)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run");
+    let out = start_with_profile(data.path(), "[shards]\ncpuset = \"0,4096\"\n");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cpuset"), "{err}");
 
-    std::fs::write(&profile, "[io]\nring_depth = 100\n").expect("write");
-    let out = Command::new(BIN)
-        .args(["start", "--data-dir"])
-        .arg(data.path().join("d"))
-        .args(["--kafka-addr", "127.0.0.1:1", "--profile"])
-        .arg(&profile)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run");
+    let out = start_with_profile(data.path(), "[io]\nring_depth = 100\n");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("io.ring_depth: 100"));
 

@@ -62,35 +62,6 @@ async fn reopen(dir: &Path, config: &LogConfig) -> (Rc<Log>, RecoveryReport) {
         .expect("reopen")
 }
 
-/// Every batch from `from` to the committed end, in reads of up to 1 MiB
-/// (on disk, one per segment), each batch checked to verify and to follow on.
-async fn read_whole_log(log: &Log, from: Offset) -> Vec<Bytes> {
-    let end = log.offsets().committed_next;
-    let mut out = Vec::new();
-    let mut next = from;
-    while next < end {
-        let r = log
-            .read(ReadRequest {
-                offset: next,
-                max_bytes: 1 << 20,
-                end: None,
-            })
-            .await
-            .unwrap_or_else(|e| panic!("read at {next}: {e}"));
-        assert!(
-            !r.batches.is_empty(),
-            "read at {next} returned nothing before {end}"
-        );
-        for b in r.batches {
-            let h = BatchHeader::parse_verified(&b).expect("served batch verifies");
-            assert_eq!(h.base_offset, next, "batches do not follow on");
-            next = h.last_offset().plus(1);
-            out.push(b);
-        }
-    }
-    out
-}
-
 fn assert_same_batches(got: &[Bytes], want: &[Stored]) {
     assert_eq!(got.len(), want.len(), "batch count");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -236,7 +207,7 @@ fn torn_last_batch_is_cut_at_every_byte() {
             let kept = if cut == len { pos_last + len } else { pos_last };
             assert_eq!(std::fs::metadata(&active).expect("stat").len(), kept, "cut {cut}");
 
-            assert_same_batches(&read_whole_log(&log, Offset(0)).await, survivors);
+            assert_same_batches(&read_all_with(&log, Offset(0), 1 << 20).await, survivors);
             let next = append(&log, vec![6000, 6001], 50, 1000 + cut).await;
             assert_eq!(next.base, end, "cut {cut}: offsets continue after the cut");
             log.close().await.expect("close");
@@ -246,7 +217,7 @@ fn torn_last_batch_is_cut_at_every_byte() {
             assert_eq!(log.offsets().committed_next, next.last.plus(1), "cut {cut}");
             let mut want = survivors.to_vec();
             want.push(next);
-            assert_same_batches(&read_whole_log(&log, Offset(0)).await, &want);
+            assert_same_batches(&read_all_with(&log, Offset(0), 1 << 20).await, &want);
             log.close().await.expect("close");
             std::fs::remove_dir_all(&dir).expect("remove cut dir");
         }

@@ -49,27 +49,41 @@ pub async fn open(dir: &Path, config: LogConfig) -> Rc<Log> {
     Log::open(dir, config, ctx).await.expect("open").0
 }
 
-/// Every batch from `from` to the committed end, read in max_bytes pieces.
+/// Every batch from `from` to the committed end, read 8 KiB at a time.
 pub async fn read_all(log: &Log, from: Offset) -> Vec<Bytes> {
+    read_all_with(log, from, 8192).await
+}
+
+/// Every batch from `from` to the committed end, in reads of up to
+/// `max_bytes`; each batch must verify and start where the previous one ended
+/// (the first one must contain `from`).
+pub async fn read_all_with(log: &Log, from: Offset, max_bytes: usize) -> Vec<Bytes> {
     let end = log.offsets().committed_next;
-    let mut out = Vec::new();
+    let mut out: Vec<Bytes> = Vec::new();
     let mut next = from;
     while next < end {
         let r = log
             .read(ReadRequest {
                 offset: next,
-                max_bytes: 8192,
+                max_bytes,
                 end: None,
             })
             .await
-            .expect("read");
+            .unwrap_or_else(|e| panic!("read at {next}: {e}"));
         assert!(
             !r.batches.is_empty(),
             "read at {next} returned nothing before end {end}"
         );
         for b in r.batches {
             let h = ferrolog_model::BatchHeader::parse_verified(&b).expect("served batch verifies");
-            assert!(h.last_offset() >= next);
+            if out.is_empty() {
+                assert!(
+                    h.base_offset <= next && h.last_offset() >= next,
+                    "first batch does not hold {next}"
+                );
+            } else {
+                assert_eq!(h.base_offset, next, "batches do not follow on");
+            }
             next = h.last_offset().plus(1);
             out.push(b);
         }
