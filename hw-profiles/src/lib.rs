@@ -107,6 +107,9 @@ impl Default for Io {
 pub struct Network {
     /// How long an idle shard spins before parking; 0 parks at once.
     pub spin_before_park_us: u64,
+    /// SO_BUSY_POLL on client sockets, in µs: the kernel polls the NIC queue
+    /// for this long on a blocking read before sleeping. 0 = off.
+    pub busy_poll_us: u32,
 }
 
 /// When an append is acknowledged.

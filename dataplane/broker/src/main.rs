@@ -10,6 +10,7 @@ mod node;
 mod start;
 
 use clap::{Parser, Subcommand};
+use ferrolog_kafka::alloc_guard::GuardedAlloc;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,11 @@ enum LogCommand {
         dir: PathBuf,
     },
 }
+
+/// Hostile array counts in Kafka requests must not abort the process
+/// (see ferrolog_kafka::alloc_guard).
+#[global_allocator]
+static ALLOC: GuardedAlloc = GuardedAlloc;
 
 /// Parses HOST:PORT, resolving a host name if needed.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {

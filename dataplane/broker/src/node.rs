@@ -25,6 +25,44 @@ pub enum NodeError {
 /// Held for the life of the process; the lock is released when it drops.
 pub struct DataDirClaim {
     _lock: File,
+    cluster_id: String,
+}
+
+impl DataDirClaim {
+    /// The cluster id recorded at first start (Kafka's 22-character
+    /// base64url form of a random UUID).
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.clone()
+    }
+}
+
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let id = ferrolog_kafka::topics::new_topic_id();
+    // 128 bits in 22 six-bit digits, most significant first (the last digit carries 2 bits).
+    (0..22)
+        .map(|i| {
+            let shift = 128i32 - 6 * (i + 1);
+            let digit = if shift >= 0 {
+                (id >> shift) & 63
+            } else {
+                (id << -shift) & 63
+            };
+            ALPHABET[digit as usize] as char
+        })
+        .collect()
+}
+
+/// Writes `node.meta` atomically and durably.
+fn write_meta(dir: &Path, node_id: i32, cluster_id: &str) -> Result<(), NodeError> {
+    let meta = dir.join(META_FILE);
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    std::fs::write(&tmp, format!("node_id={node_id}\ncluster_id={cluster_id}\n")).map_err(io_err(&tmp))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &meta).map_err(io_err(&meta))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NodeError + '_ {
@@ -51,7 +89,7 @@ pub fn claim(dir: &Path, node_id: i32) -> Result<DataDirClaim, NodeError> {
         });
     }
     let meta = dir.join(META_FILE);
-    match std::fs::read_to_string(&meta) {
+    let cluster_id = match std::fs::read_to_string(&meta) {
         Ok(text) => {
             let found = text
                 .lines()
@@ -68,15 +106,20 @@ pub fn claim(dir: &Path, node_id: i32) -> Result<DataDirClaim, NodeError> {
                     wanted: node_id,
                 });
             }
+            match text.lines().find_map(|l| l.strip_prefix("cluster_id=")) {
+                Some(id) if !id.trim().is_empty() => id.trim().to_string(),
+                // Written before cluster ids were recorded.
+                _ => {
+                    let id = new_cluster_id();
+                    write_meta(dir, node_id, &id)?;
+                    id
+                }
+            }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let tmp = dir.join(format!("{META_FILE}.tmp"));
-            std::fs::write(&tmp, format!("node_id={node_id}\n")).map_err(io_err(&tmp))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &meta).map_err(io_err(&meta))?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+            let id = new_cluster_id();
+            write_meta(dir, node_id, &id)?;
+            id
         }
         Err(e) => {
             return Err(NodeError::Io {
@@ -84,8 +127,11 @@ pub fn claim(dir: &Path, node_id: i32) -> Result<DataDirClaim, NodeError> {
                 source: e,
             })
         }
-    }
-    Ok(DataDirClaim { _lock: lock })
+    };
+    Ok(DataDirClaim {
+        _lock: lock,
+        cluster_id,
+    })
 }
 
 #[cfg(test)]

@@ -1,45 +1,65 @@
 //! `ferrolog start`: load and validate the profile, claim the data directory,
-//! recover every partition log on the shard executor, listen on the Kafka
-//! address, apply retention periodically, and shut down cleanly on SIGTERM or
-//! SIGINT.
-//!
-//! Today the node runs one shard (the first CPU of the profile's cpuset) and
-//! closes Kafka connections at once: the wire server and the shard-per-core
-//! engine are the next issue. The flags here are already the contract.
+//! start one pinned shard per CPU of the cpuset, recover the topic table and
+//! every partition log (each on its owner shard), serve the Kafka API on
+//! every shard, apply retention periodically, and shut down cleanly on
+//! SIGTERM or SIGINT (every log flushed, synced and closed; exit 0).
 
 use crate::node;
-use ferrolog_hw_profiles::{online_cpus, Durability as ProfileDurability, Profile};
-use ferrolog_model::Ntp;
-use ferrolog_storage::{Durability, Log, LogConfig, LogContext};
-use glommio::{LocalExecutorBuilder, Placement};
+use ferrolog_hw_profiles::{
+    format_cpuset, online_cpus, parse_cpuset, Durability as ProfileDurability, Profile,
+};
+use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
+use ferrolog_kafka::ServerConfig;
+use ferrolog_model::NodeId;
+use ferrolog_shard::RuntimeConfig;
+use ferrolog_storage::{Durability, LogConfig};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use std::time::Duration;
+use tracing::{error, info};
 
-/// How often the shard looks at the shutdown flag set by the signal handler.
-const SIGNAL_POLL: Duration = Duration::from_millis(20);
-/// How often retention runs over every log.
-const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+/// Cross-shard calls queued per pair of shards before the caller waits.
+const SHARD_CHANNEL_CAPACITY: usize = 1024;
 
 #[derive(clap::Args, Debug)]
 pub struct StartArgs {
-    /// Directory holding this node's logs (created if missing).
+    /// Directory holding this node's logs and topic table (created if missing).
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Address of the Kafka API listener, HOST:PORT.
     #[arg(long, value_parser = crate::parse_addr)]
     pub kafka_addr: SocketAddr,
+    /// HOST:PORT clients are told to connect to. Default: --kafka-addr (which
+    /// must then not be a wildcard address).
+    #[arg(long)]
+    pub advertised_kafka_addr: Option<String>,
     /// Hardware profile (TOML). Default: the embedded hw-profiles/dev.toml.
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// CPUs to run shards on ("0-3,6"); overrides the profile's shards.cpuset.
+    #[arg(long)]
+    pub cpuset: Option<String>,
     /// This node's id; recorded in the data directory at first start.
     #[arg(long, default_value_t = 0)]
     pub node_id: i32,
+    /// Create a topic when a client asks for its metadata.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics (and CreateTopics with -1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=4096))]
+    pub default_partitions: i32,
+    /// Largest request accepted, in bytes; a larger size field closes the connection.
+    #[arg(long, default_value_t = 100 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1u64 << 30)))]
+    pub max_request_bytes: u64,
+    /// Seconds a connection may sit without sending a request.
+    #[arg(long, default_value_t = 600)]
+    pub idle_timeout_s: u64,
+    /// Seconds the rest of a request may take to arrive once it started.
+    #[arg(long, default_value_t = 30)]
+    pub request_read_timeout_s: u64,
 }
 
 fn init_logging() {
@@ -48,10 +68,11 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
-/// The per-log settings a profile implies.
+/// The per-log settings a profile implies (topic configs override some).
 pub fn log_config(profile: &Profile) -> LogConfig {
     let s = &profile.storage;
     LogConfig {
@@ -71,13 +92,36 @@ pub fn log_config(profile: &Profile) -> LogConfig {
     }
 }
 
+/// HOST:PORT split for Metadata answers.
+fn advertised(args: &StartArgs) -> Result<(String, i32), String> {
+    match &args.advertised_kafka_addr {
+        Some(a) => {
+            let (host, port) = a
+                .rsplit_once(':')
+                .ok_or_else(|| format!("--advertised-kafka-addr {a}: expected HOST:PORT"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("--advertised-kafka-addr {a}: bad port"))?;
+            Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
+        }
+        None if args.kafka_addr.ip().is_unspecified() => Err(format!(
+            "--kafka-addr {} is a wildcard address: give --advertised-kafka-addr",
+            args.kafka_addr
+        )),
+        None => Ok((
+            args.kafka_addr.ip().to_string(),
+            i32::from(args.kafka_addr.port()),
+        )),
+    }
+}
+
 pub fn run(args: StartArgs) -> ExitCode {
     init_logging();
     let profile = match &args.profile {
         Some(path) => Profile::load(path),
         None => Ok(Profile::default()),
     };
-    let profile = match profile.and_then(|p| p.validate().map(|()| p)) {
+    let mut profile = match profile.and_then(|p| p.validate().map(|()| p)) {
         Ok(p) => p,
         Err(e) => {
             error!("invalid profile: {e}");
@@ -92,7 +136,34 @@ pub fn run(args: StartArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let _claim = match node::claim(&args.data_dir, args.node_id) {
+    if let Some(set) = &args.cpuset {
+        match parse_cpuset(set) {
+            Ok(cpus) => profile.shards.cpuset = Some(format_cpuset(&cpus)),
+            Err(e) => {
+                error!("invalid --cpuset {set:?}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (advertised_host, advertised_port) = match advertised(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cpus = match profile.shard_cpus(&online_cpus()) {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => {
+            error!("invalid profile: shards.cpuset selects no CPU");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            error!("invalid profile: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let claim = match node::claim(&args.data_dir, args.node_id) {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -106,165 +177,74 @@ pub fn run(args: StartArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cpus = match profile.shard_cpus(&online_cpus()) {
-        Ok(c) if !c.is_empty() => c,
-        Ok(_) => {
-            error!("invalid profile: shards.cpuset selects no CPU");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            error!("invalid profile: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let executor = LocalExecutorBuilder::new(Placement::Fixed(cpus[0]))
-        .name("shard-0")
-        .io_memory(profile.io.io_memory_bytes)
-        .ring_depth(profile.io.ring_depth)
-        .spin_before_park(Duration::from_micros(profile.network.spin_before_park_us))
-        .make();
-    let executor = match executor {
-        Ok(e) => e,
-        Err(e) => {
-            error!("cannot start shard executor on CPU {}: {e}", cpus[0]);
-            return ExitCode::FAILURE;
-        }
+
+    let server = Arc::new(ServerConfig {
+        node_id: NodeId(args.node_id),
+        data_dir: args.data_dir.clone(),
+        listen: args.kafka_addr,
+        advertised_host,
+        advertised_port,
+        cluster_id: claim.cluster_id(),
+        max_request_bytes: args.max_request_bytes as usize,
+        auto_create_topics: args.auto_create_topics,
+        default_partitions: args.default_partitions,
+        topic_defaults: TopicDefaults {
+            log: log_config(&profile),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        },
+        batch_cache_bytes: profile.storage.batch_cache_bytes,
+        request_read_timeout: Duration::from_secs(args.request_read_timeout_s),
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        connections_per_shard_max: 10_000,
+        fetch_waiters_per_partition_max: 10_000,
+        fetch_max_wait: Duration::from_secs(30),
+        busy_poll_us: profile.network.busy_poll_us,
+    });
+    let runtime = RuntimeConfig {
+        cpus: cpus.clone(),
+        io_memory_bytes: profile.io.io_memory_bytes,
+        ring_depth: profile.io.ring_depth,
+        spin_before_park: Duration::from_micros(profile.network.spin_before_park_us),
+        channel_capacity: SHARD_CHANNEL_CAPACITY,
     };
     info!(
         node_id = args.node_id,
         data_dir = %args.data_dir.display(),
-        cpu = cpus[0],
+        cpus = %format_cpuset(&cpus),
         durability = %profile.storage.durability,
         "starting ferrolog"
     );
-    match executor.run(serve(args, profile, stop)) {
-        Ok(()) => {
-            info!("shutdown complete");
-            ExitCode::SUCCESS
-        }
+    let shard_stop = stop.clone();
+    let results = ferrolog_shard::run(runtime, move |smp| {
+        ferrolog_kafka::run_shard(smp, server.clone(), shard_stop.clone())
+    });
+    let results = match results {
+        Ok(r) => r,
         Err(e) => {
             error!("{e}");
-            ExitCode::FAILURE
+            stop.store(true, Ordering::SeqCst);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    for (shard, r) in results.into_iter().enumerate() {
+        if let Err(e) = r {
+            error!(shard, "{e}");
+            ok = false;
         }
     }
-}
-
-/// `<topic>-<partition>` directory names back to an Ntp.
-fn parse_partition_dir(name: &str) -> Option<Ntp> {
-    let (topic, partition) = name.rsplit_once('-')?;
-    let partition: i32 = partition.parse().ok()?;
-    (!topic.is_empty() && partition >= 0).then(|| Ntp::new(topic, partition))
-}
-
-fn partition_dirs(data_dir: &Path) -> Result<Vec<(Ntp, PathBuf)>, String> {
-    let mut out = Vec::new();
-    let entries = std::fs::read_dir(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", data_dir.display()))?;
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        match entry.file_name().to_str().and_then(parse_partition_dir) {
-            Some(ntp) if is_dir => out.push((ntp, entry.path())),
-            _ => {}
-        }
+    drop(claim);
+    if ok {
+        info!("shutdown complete");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
-    out.sort();
-    Ok(out)
-}
-
-async fn serve(args: StartArgs, profile: Profile, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let ctx = LogContext::new(profile.storage.batch_cache_bytes);
-    let config = log_config(&profile);
-    ferrolog_storage::probe_direct_io(&args.data_dir)
-        .await
-        .map_err(|e| format!("data directory does not support O_DIRECT: {e}"))?;
-
-    let mut logs: Vec<(Ntp, Rc<Log>)> = Vec::new();
-    for (ntp, dir) in partition_dirs(&args.data_dir)? {
-        let started = Instant::now();
-        let (log, report) = Log::open(&dir, config.clone(), ctx.clone())
-            .await
-            .map_err(|e| format!("cannot recover {ntp}: {e}"))?;
-        let o = log.offsets();
-        info!(
-            partition = %ntp,
-            segments = report.segments,
-            start = %o.start,
-            end = %o.committed_next,
-            truncated = report.truncated.len(),
-            rebuilt_indexes = report.rebuilt_indexes.len(),
-            corrupt = report.corrupt.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "recovered log"
-        );
-        logs.push((ntp, log));
-    }
-
-    let listener = glommio::net::TcpListener::bind(args.kafka_addr)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.kafka_addr))?;
-    info!(addr = %args.kafka_addr, partitions = logs.len(), "listening (Kafka API not served yet: connections are closed)");
-    let accept = glommio::spawn_local(async move {
-        loop {
-            match listener.accept().await {
-                Ok(stream) => {
-                    tracing::debug!(peer = ?stream.peer_addr().ok(), "closing connection: Kafka API not served yet");
-                    drop(stream);
-                }
-                Err(e) => {
-                    warn!("accept failed: {e}");
-                    glommio::timer::sleep(SIGNAL_POLL).await;
-                }
-            }
-        }
-    });
-
-    let retention_logs: Vec<Rc<Log>> = logs.iter().map(|(_, l)| l.clone()).collect();
-    let retention = glommio::spawn_local(async move {
-        loop {
-            glommio::timer::sleep(RETENTION_CHECK_INTERVAL).await;
-            for log in &retention_logs {
-                match log.apply_retention().await {
-                    Ok(out) if !out.deleted_segments.is_empty() => {
-                        info!(log = %log.dir().display(), deleted = out.deleted_segments.len(), start = %out.start, "retention");
-                    }
-                    Ok(_) => {}
-                    Err(e) => warn!(log = %log.dir().display(), "retention failed: {e}"),
-                }
-            }
-        }
-    });
-
-    while !stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(SIGNAL_POLL).await;
-    }
-    info!("signal received; shutting down");
-    drop(accept.cancel());
-    drop(retention.cancel());
-    let mut failed = 0;
-    for (ntp, log) in &logs {
-        if let Err(e) = log.close().await {
-            error!(partition = %ntp, "close failed: {e}");
-            failed += 1;
-        }
-    }
-    if failed > 0 {
-        return Err(format!("{failed} logs failed to close cleanly"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partition_dir_names() {
-        assert_eq!(parse_partition_dir("orders-3"), Some(Ntp::new("orders", 3)));
-        assert_eq!(parse_partition_dir("my-topic-12"), Some(Ntp::new("my-topic", 12)));
-        assert_eq!(parse_partition_dir("orders"), None);
-        assert_eq!(parse_partition_dir("-1"), None);
-        assert_eq!(parse_partition_dir("x-1a"), None);
-        assert_eq!(parse_partition_dir("x--1"), Some(Ntp::new("x-", 1)));
-    }
 
     #[test]
     fn profile_maps_to_log_config() {

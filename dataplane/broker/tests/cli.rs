@@ -82,7 +82,7 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> (Child, mpsc::Receiver<Strin
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                let done = line.contains("listening");
+                let done = line.contains("serving the Kafka API");
                 seen.push(line);
                 if done {
                     break;
@@ -93,7 +93,7 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> (Child, mpsc::Receiver<Strin
     }
     assert!(
         seen.iter()
-            .any(|l| l.contains("recovered log") && l.contains("orders/0") && l.contains("end=30")),
+            .any(|l| l.contains("opened partition") && l.contains("orders/0") && l.contains("end=30")),
         "startup did not recover the log: {seen:#?}"
     );
     (child, rx)

@@ -185,7 +185,8 @@ impl LogState {
 
 pub struct Log {
     dir: PathBuf,
-    config: LogConfig,
+    /// Replaced whole by `set_config`; readers take a snapshot.
+    config: RefCell<Rc<LogConfig>>,
     ctx: Rc<LogContext>,
     id: LogId,
     flush_permit: Semaphore,
@@ -266,6 +267,18 @@ fn fill_from_parts(dst: &mut [u8], from: usize, parts: &[&[u8]], part_starts: &[
     dst[written..].fill(0);
 }
 
+/// Settings outside these bounds are a programmer error (profiles and topic
+/// configs are validated before they get here).
+fn check_config(config: &LogConfig) {
+    assert!(
+        config.segment_bytes <= i32::MAX as u64 && config.segment_bytes >= BLOCK_BYTES,
+        "segment_bytes {} outside [4096, 2^31)",
+        config.segment_bytes
+    );
+    assert!(config.write_chunk_bytes as u64 % BLOCK_BYTES == 0 && config.write_chunk_bytes > 0);
+    assert!(config.write_depth > 0 && config.read_chunk_bytes > 0);
+}
+
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering it: indexes are
     /// validated and rebuilt where missing or inconsistent, the active segment
@@ -277,13 +290,7 @@ impl Log {
         ctx: Rc<LogContext>,
     ) -> Result<(Rc<Log>, RecoveryReport)> {
         let dir = dir.into();
-        assert!(
-            config.segment_bytes <= i32::MAX as u64 && config.segment_bytes >= BLOCK_BYTES,
-            "segment_bytes {} outside [4096, 2^31)",
-            config.segment_bytes
-        );
-        assert!(config.write_chunk_bytes as u64 % BLOCK_BYTES == 0 && config.write_chunk_bytes > 0);
-        assert!(config.write_depth > 0 && config.read_chunk_bytes > 0);
+        check_config(&config);
         crate::probe::probe_direct_io(&dir).await?;
         let mut report = RecoveryReport::default();
 
@@ -319,7 +326,7 @@ impl Log {
         let id = ctx.new_log_id();
         let log = Rc::new(Log {
             dir,
-            config,
+            config: RefCell::new(Rc::new(config)),
             ctx,
             id,
             flush_permit: Semaphore::new(1),
@@ -343,8 +350,17 @@ impl Log {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    /// A snapshot of the current settings.
+    pub fn config(&self) -> Rc<LogConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// Replaces the settings (a topic config change). Retention, roll,
+    /// durability and batch limits apply from the next append, flush or
+    /// retention pass; a flush already running finishes under the old ones.
+    pub fn set_config(&self, config: LogConfig) {
+        check_config(&config);
+        *self.config.borrow_mut() = Rc::new(config);
     }
 
     pub fn offsets(&self) -> LogOffsets {
@@ -376,10 +392,10 @@ impl Log {
 
     /// Like `append`, also stamping the partition leader epoch.
     pub async fn append_with_epoch(&self, batch: Bytes, leader_epoch: Option<Epoch>) -> Result<Appended> {
-        if batch.len() > self.config.max_batch_bytes {
+        if batch.len() > self.config().max_batch_bytes {
             return Err(StorageError::BatchTooLarge {
                 size: batch.len(),
-                max: self.config.max_batch_bytes,
+                max: self.config().max_batch_bytes,
             });
         }
         let header = BatchHeader::parse_verified(&batch)?;
@@ -403,7 +419,7 @@ impl Log {
                 set_leader_epoch(&mut bytes, epoch);
             }
             let bytes = bytes.freeze();
-            let interval = u64::from(self.config.index_interval_bytes);
+            let interval = u64::from(self.config().index_interval_bytes);
             let seg = st.active_mut();
             let position = seg.size;
             let mut h = header;
@@ -431,7 +447,7 @@ impl Log {
 
     fn pending_over_bound(&self, len: usize) -> bool {
         let st = self.state.borrow();
-        !st.pending.is_empty() && st.pending_bytes + len > self.config.max_pending_bytes
+        !st.pending.is_empty() && st.pending_bytes + len > self.config().max_pending_bytes
     }
 
     fn needs_roll(&self, len: u64) -> Result<bool> {
@@ -446,8 +462,8 @@ impl Log {
         if seg.is_empty() {
             return Ok(false);
         }
-        let too_big = seg.size + len > self.config.segment_bytes;
-        let too_old = self.ctx.clock.now_ms() - seg.created_ms >= self.config.segment_ms as i64;
+        let too_big = seg.size + len > self.config().segment_bytes;
+        let too_old = self.ctx.clock.now_ms() - seg.created_ms >= self.config().segment_ms as i64;
         let rel_full = st.dirty_next.0 - seg.base.0 > i64::from(i32::MAX);
         Ok(too_big || too_old || rel_full)
     }
@@ -563,7 +579,7 @@ impl Log {
         let mut new_tail = vec![0u8; new_tail_len];
         fill_from_parts(&mut new_tail, tail_from as usize, &parts, &part_starts);
 
-        let chunk = self.config.write_chunk_bytes;
+        let chunk = self.config().write_chunk_bytes;
         let chunk_starts: Vec<usize> = (0..aligned_total).step_by(chunk).collect();
         let writes = futures_lite::stream::iter(chunk_starts).map(|from| {
             let len = chunk.min(aligned_total - from);
@@ -587,10 +603,10 @@ impl Log {
                 Ok(())
             }
         });
-        run_bounded(writes, self.config.write_depth).await?;
+        run_bounded(writes, self.config().write_depth).await?;
         // Written but, in fsync mode, not yet synced: visible to `offsets()` only.
         self.state.borrow_mut().written_next = plan.new_next;
-        if self.config.durability == Durability::Fsync {
+        if self.config().durability == Durability::Fsync {
             self.sync_file(&plan.file, &plan.path).await?;
         }
         Ok(new_tail)
@@ -664,9 +680,9 @@ impl Log {
                 s.size,
             )
         };
-        if self.config.durability == Durability::Direct {
-            self.sync_file(&file, &path).await?;
-        }
+        // Always sync a sealed segment: in fsync mode it is already durable
+        // and this is cheap; in direct mode (or after a durability change) it is not.
+        self.sync_file(&file, &path).await?;
         // A sealed segment's file is exactly its batches: drop the block padding.
         file.truncate(size).await.map_err(gio("truncate", &path))?;
         write_small_file(&index_path(&path), &index.encode()).await?;
@@ -735,7 +751,7 @@ impl Log {
                 end,
                 max_bytes: req.max_bytes,
             },
-            self.config.read_chunk_bytes,
+            self.config().read_chunk_bytes,
         )
         .await?;
         Ok(ReadOutcome {
@@ -773,7 +789,7 @@ impl Log {
                 .collect()
         };
         for (file, path, mut pos, limit, end) in candidates {
-            let mut reader = WindowReader::new(&file, &path, self.config.read_chunk_bytes);
+            let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes);
             while pos < limit {
                 let head = reader.get(pos, ferrolog_model::batch::HEADER_BYTES).await?;
                 let h = BatchHeader::parse(head).map_err(|e| corrupt(&path, pos, e))?;
@@ -807,9 +823,9 @@ impl Log {
             let mut doomed = Vec::new();
             while st.segments.len() > 1 {
                 let oldest = st.segments.values().next().expect("checked len");
-                let over_size = self.config.retention_bytes.is_some_and(|max| total > max);
+                let over_size = self.config().retention_bytes.is_some_and(|max| total > max);
                 let too_old = self
-                    .config
+                    .config()
                     .retention_ms
                     .is_some_and(|ms| oldest.max_timestamp < now - ms as i64);
                 if !(over_size || too_old) {
@@ -871,7 +887,7 @@ impl Log {
             )
         };
         let cut = {
-            let mut reader = WindowReader::new(&file, &path, self.config.read_chunk_bytes);
+            let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes);
             let mut pos = from;
             loop {
                 if pos >= limit {
@@ -909,7 +925,7 @@ impl Log {
             &self.dir,
             seg_base,
             true,
-            &self.config,
+            &self.config(),
             self.ctx.clock.now_ms(),
             &mut report,
         )

@@ -1,0 +1,39 @@
+//! Settings of the Kafka server, identical on every shard.
+
+use crate::topics::TopicDefaults;
+use ferrolog_model::NodeId;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Where every shard listens (SO_REUSEPORT spreads connections).
+    pub listen: SocketAddr,
+    /// Host and port clients are told to connect to (Metadata).
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub cluster_id: String,
+    /// Largest request frame accepted; a larger size field closes the connection.
+    pub max_request_bytes: usize,
+    pub auto_create_topics: bool,
+    /// Partitions of auto-created topics and of CreateTopics with -1.
+    pub default_partitions: i32,
+    pub topic_defaults: TopicDefaults,
+    /// Per-shard cache of recently appended batches.
+    pub batch_cache_bytes: usize,
+    /// Once the first byte of a request arrived, the rest must arrive within this.
+    pub request_read_timeout: Duration,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections per shard; more are closed at accept.
+    pub connections_per_shard_max: usize,
+    /// Long-poll fetches one partition remembers; more just wait out max_wait_ms.
+    pub fetch_waiters_per_partition_max: usize,
+    /// Longest max_wait_ms honoured for a fetch.
+    pub fetch_max_wait: Duration,
+    /// SO_BUSY_POLL on client sockets, in µs (0 = off).
+    pub busy_poll_us: u32,
+}

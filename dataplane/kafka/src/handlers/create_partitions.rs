@@ -1,0 +1,60 @@
+use super::{str_bytes, Ctx};
+use crate::controller::{self, CONTROLLER_SHARD};
+use crate::registry::Versions;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, TopicName};
+
+pub const VERSIONS: Versions = Versions::new(0, 3);
+
+pub async fn handle(ctx: &Ctx, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let mut results: Vec<Option<CreatePartitionsTopicResult>> = Vec::new();
+    let mut items = Vec::new();
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        if t.assignments.is_some() {
+            results.push(Some(
+                CreatePartitionsTopicResult::default()
+                    .with_name(TopicName(str_bytes(name)))
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(str_bytes("manual replica assignment is not supported"))),
+            ));
+        } else {
+            items.push((name, t.count));
+            results.push(None);
+        }
+    }
+    let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
+    let validate_only = req.validate_only;
+    let answers = ctx
+        .shard
+        .smp
+        .submit_to(CONTROLLER_SHARD, move || {
+            controller::create_partitions(items, validate_only)
+        })
+        .await;
+    let answers: Vec<_> = match answers {
+        Ok(a) => a,
+        Err(e) => names
+            .iter()
+            .map(|_| Err((crate::errors::shard(&e), e.to_string())))
+            .collect(),
+    };
+    let mut answers = names.into_iter().zip(answers);
+    let results = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                let (name, a) = answers.next().expect("one answer per topic");
+                let r = CreatePartitionsTopicResult::default().with_name(TopicName(str_bytes(name)));
+                match a {
+                    Ok(()) => r,
+                    Err((code, msg)) => r
+                        .with_error_code(code.code())
+                        .with_error_message(Some(str_bytes(msg))),
+                }
+            })
+        })
+        .collect();
+    CreatePartitionsResponse::default().with_results(results)
+}

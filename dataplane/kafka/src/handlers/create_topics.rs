@@ -1,0 +1,81 @@
+use super::{str_bytes, Ctx};
+use crate::controller::{self, NewTopic, CONTROLLER_SHARD};
+use crate::registry::Versions;
+use crate::topics::{self, CONFIG_KEYS};
+use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
+use uuid::Uuid;
+
+pub const VERSIONS: Versions = Versions::new(2, 7);
+
+/// DescribeConfigs/CreateTopics config sources.
+pub const SOURCE_TOPIC: i8 = 1;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let new: Vec<NewTopic> = req
+        .topics
+        .iter()
+        .map(|t| NewTopic {
+            name: t.name.0.to_string(),
+            partitions: t.num_partitions,
+            replication_factor: t.replication_factor,
+            has_assignments: !t.assignments.is_empty(),
+            configs: t
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+                .collect(),
+        })
+        .collect();
+    let names: Vec<String> = new.iter().map(|t| t.name.clone()).collect();
+    let validate_only = req.validate_only;
+    let answers = ctx
+        .shard
+        .smp
+        .submit_to(CONTROLLER_SHARD, move || {
+            controller::create_topics(new, validate_only)
+        })
+        .await;
+    let answers = match answers {
+        Ok(a) => a,
+        Err(e) => names
+            .iter()
+            .map(|_| Err((crate::errors::shard(&e), e.to_string())))
+            .collect(),
+    };
+    let defaults = &ctx.shard.config.topic_defaults;
+    let topics = names
+        .into_iter()
+        .zip(answers)
+        .map(|(name, a)| {
+            let r = CreatableTopicResult::default().with_name(TopicName(str_bytes(name)));
+            match a {
+                Ok((_, meta)) => {
+                    let configs = CONFIG_KEYS
+                        .iter()
+                        .filter_map(|k| {
+                            let (v, set) = topics::effective(&meta.config, defaults, k)?;
+                            Some(
+                                CreatableTopicConfigs::default()
+                                    .with_name(str_bytes(*k))
+                                    .with_value(Some(str_bytes(v)))
+                                    .with_config_source(if set { SOURCE_TOPIC } else { SOURCE_DEFAULT }),
+                            )
+                        })
+                        .collect();
+                    r.with_topic_id(Uuid::from_u128(meta.id))
+                        .with_num_partitions(meta.partitions)
+                        .with_replication_factor(1)
+                        .with_configs(Some(configs))
+                }
+                Err((code, msg)) => r
+                    .with_error_code(code.code())
+                    .with_error_message(Some(str_bytes(msg)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1),
+            }
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
+}

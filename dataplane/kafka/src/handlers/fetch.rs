@@ -1,0 +1,176 @@
+use super::{str_bytes, Ctx};
+use crate::registry::Versions;
+use crate::shard::{read_local, scatter, wait_local, ReadAnswer, ReadItem, WaitItem};
+use bytes::Bytes;
+use ferrolog_model::{Ntp, Offset};
+use futures_lite::StreamExt;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use std::time::{Duration, Instant};
+
+pub const VERSIONS: Versions = Versions::new(4, 12);
+
+/// Isolation level READ_COMMITTED.
+const READ_COMMITTED: i8 = 1;
+
+/// Per topic of the request: its partitions, each with the index of its
+/// entry in `wanted` (`None`: unknown partition).
+type Layout = Vec<(String, Vec<(i32, Option<usize>)>)>;
+
+struct Wanted {
+    ntp: Ntp,
+    offset: Offset,
+    max_bytes: usize,
+}
+
+fn partition_data(index: i32, a: &ReadAnswer, read_committed: bool) -> PartitionData {
+    let (hwm, start) = a.offsets.map_or((-1, -1), |o| (o.committed_next.0, o.start.0));
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(a.error.map_or(0, |e| e.code()))
+        .with_high_watermark(hwm)
+        .with_last_stable_offset(hwm)
+        .with_log_start_offset(start)
+        .with_aborted_transactions(read_committed.then(Vec::new))
+        .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+        .with_records(Some(a.records.clone().unwrap_or_default()))
+}
+
+fn unknown() -> ReadAnswer {
+    ReadAnswer {
+        error: Some(ResponseError::UnknownTopicOrPartition),
+        offsets: None,
+        records: None,
+    }
+}
+
+async fn read_all(wanted: &[Wanted]) -> Vec<ReadAnswer> {
+    let items = wanted
+        .iter()
+        .map(|w| ReadItem {
+            ntp: w.ntp.clone(),
+            offset: w.offset,
+            max_bytes: w.max_bytes,
+        })
+        .collect();
+    scatter(items, |i: &ReadItem| &i.ntp, read_local)
+        .await
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|e| ReadAnswer {
+                error: Some(crate::errors::shard(&e)),
+                offsets: None,
+                records: None,
+            })
+        })
+        .collect()
+}
+
+/// Waits until one of the partitions has data past its fetch offset, or the
+/// deadline passes.
+async fn wait_any(wanted: &[Wanted], deadline: Instant) {
+    let (tx, mut rx) = futures_channel::mpsc::channel::<()>(1);
+    let items = wanted
+        .iter()
+        .map(|w| WaitItem {
+            ntp: w.ntp.clone(),
+            offset: w.offset,
+            waker: tx.clone(),
+        })
+        .collect();
+    drop(tx);
+    let _ = scatter(items, |i: &WaitItem| &i.ntp, wait_local).await;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    futures_lite::future::or(
+        async {
+            rx.next().await;
+        },
+        glommio::timer::sleep(remaining),
+    )
+    .await;
+}
+
+pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
+    if ctx.version >= 7 && req.session_id != 0 {
+        // No fetch sessions are created (every response says session 0), so
+        // an incremental fetch names a session this broker never had.
+        return FetchResponse::default().with_error_code(ResponseError::FetchSessionIdNotFound.code());
+    }
+    let table = ctx.shard.topics();
+    let read_committed = req.isolation_level == READ_COMMITTED;
+    let mut layout: Layout = Vec::new();
+    let mut wanted = Vec::new();
+    for topic in &req.topics {
+        let name = topic.topic.0.to_string();
+        let mut parts = Vec::new();
+        for p in &topic.partitions {
+            let ntp = Ntp::new(name.clone(), p.partition);
+            if table.contains(&ntp) {
+                wanted.push(Wanted {
+                    ntp,
+                    offset: Offset(p.fetch_offset),
+                    max_bytes: p.partition_max_bytes.max(0) as usize,
+                });
+                parts.push((p.partition, Some(wanted.len() - 1)));
+            } else {
+                parts.push((p.partition, None));
+            }
+        }
+        layout.push((name, parts));
+    }
+
+    let max_wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(ctx.shard.config.fetch_max_wait);
+    let deadline = Instant::now() + max_wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let mut answers = read_all(&wanted).await;
+    loop {
+        let bytes: usize = answers
+            .iter()
+            .map(|a| a.records.as_ref().map_or(0, Bytes::len))
+            .sum();
+        let any_error = answers.iter().any(|a| a.error.is_some());
+        if wanted.is_empty() || any_error || bytes >= min_bytes.max(1) || Instant::now() >= deadline {
+            break;
+        }
+        wait_any(&wanted, deadline).await;
+        answers = read_all(&wanted).await;
+    }
+
+    // The response limit: whole batches only, but the first non-empty
+    // partition always gets its data so consumers make progress (KIP-74).
+    let max_bytes = if req.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
+    let mut total = 0usize;
+    for a in answers.iter_mut() {
+        if let Some(r) = &a.records {
+            if total > 0 && total + r.len() > max_bytes {
+                a.records = None;
+            } else {
+                total += r.len();
+            }
+        }
+    }
+
+    let responses = layout
+        .into_iter()
+        .map(|(name, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(index, slot)| match slot {
+                    Some(i) => partition_data(index, &answers[i], read_committed),
+                    None => partition_data(index, &unknown(), read_committed),
+                })
+                .collect();
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(str_bytes(name)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(responses)
+}

@@ -1,0 +1,98 @@
+use super::{str_bytes, Ctx};
+use crate::registry::Versions;
+use crate::shard::{produce_local, scatter, ProduceAnswer, ProduceItem};
+use ferrolog_model::{Ntp, Offset};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+pub const VERSIONS: Versions = Versions::new(3, 9);
+
+/// Per topic of the request: its partitions, each with the index of its item
+/// sent to an owner shard, or the answer it already has.
+type Layout = Vec<(String, Vec<(i32, Result<usize, ProduceAnswer>)>)>;
+
+fn partition_response(index: i32, a: &ProduceAnswer) -> PartitionProduceResponse {
+    let mut r = PartitionProduceResponse::default()
+        .with_index(index)
+        .with_base_offset(a.base_offset.0)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(a.log_start.0);
+    if let Some((code, msg)) = &a.error {
+        r = r
+            .with_error_code(code.code())
+            .with_error_message(Some(str_bytes(msg.clone())));
+    }
+    r
+}
+
+fn failed(error: ResponseError, msg: &str) -> ProduceAnswer {
+    ProduceAnswer {
+        error: Some((error, msg.to_string())),
+        base_offset: Offset(-1),
+        log_start: Offset(-1),
+    }
+}
+
+/// Appends each partition's batches on its owner shard. Returns `None` for
+/// acks=0: the client expects no response.
+pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
+    let table = ctx.shard.topics();
+    let acks_ok = matches!(req.acks, -1..=1);
+    let mut layout: Layout = Vec::new();
+    let mut items = Vec::new();
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let mut parts = Vec::new();
+        for p in topic.partition_data {
+            let ntp = Ntp::new(name.clone(), p.index);
+            let slot = if !acks_ok {
+                Err(failed(
+                    ResponseError::InvalidRequiredAcks,
+                    "acks must be -1, 0 or 1",
+                ))
+            } else if !table.contains(&ntp) {
+                Err(failed(
+                    ResponseError::UnknownTopicOrPartition,
+                    "unknown topic or partition",
+                ))
+            } else if let Some(records) = p.records {
+                items.push(ProduceItem { ntp, records });
+                Ok(items.len() - 1)
+            } else {
+                Err(failed(ResponseError::CorruptMessage, "null records"))
+            };
+            parts.push((p.index, slot));
+        }
+        layout.push((name, parts));
+    }
+    let mut answers: Vec<Option<_>> = scatter(items, |i: &ProduceItem| &i.ntp, produce_local)
+        .await
+        .into_iter()
+        .map(Some)
+        .collect();
+    if req.acks == 0 {
+        return None;
+    }
+    let responses = layout
+        .into_iter()
+        .map(|(name, parts)| {
+            let partition_responses = parts
+                .into_iter()
+                .map(|(index, slot)| match slot {
+                    Ok(i) => match answers[i].take().expect("each answer is used once") {
+                        Ok(a) => partition_response(index, &a),
+                        Err(e) => {
+                            partition_response(index, &failed(crate::errors::shard(&e), &e.to_string()))
+                        }
+                    },
+                    Err(a) => partition_response(index, &a),
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(kafka_protocol::messages::TopicName(str_bytes(name)))
+                .with_partition_responses(partition_responses)
+        })
+        .collect();
+    Some(ProduceResponse::default().with_responses(responses))
+}

@@ -1,0 +1,113 @@
+//! ferrolog-kafka: the Kafka wire server.
+//!
+//! Owns framing and decoding (`frame`, pure), the registry of supported APIs
+//! (`registry`), one handler per API (`handlers`), the mapping of internal
+//! errors to Kafka codes (`errors`), topic metadata (`topics`, `controller`)
+//! and the per-shard partition state (`shard`).
+//!
+//! Threading: every shard runs [`run_shard`] on its own glommio executor. A
+//! connection lives on the shard that accepted it; partition work runs on the
+//! partition's owner shard (`shard::scatter`); topic changes run on the
+//! controller shard (shard 0). Record batches travel as `Bytes` from the
+//! socket to the log and back; records are never decoded.
+
+pub mod alloc_guard;
+pub mod config;
+pub mod controller;
+pub mod errors;
+pub mod frame;
+pub mod handlers;
+pub mod registry;
+pub mod server;
+pub mod shard;
+pub mod topics;
+
+pub use config::ServerConfig;
+
+use ferrolog_shard::Smp;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How often a shard looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(20);
+/// How often a shard applies retention to its partitions.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(300);
+
+/// One shard's life: recover (shard 0 drives the topic table and opens every
+/// partition on its owner), listen, serve until `stop` is set, then close
+/// every log. Shard 0 sets `stop` itself if startup fails, so all shards end.
+pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let shard = shard::Shard::new(smp.clone(), config.clone());
+    // Before the first await: other shards' calls may arrive from then on.
+    shard::install(shard.clone());
+    let result = serve(&shard, &stop).await;
+    if result.is_err() {
+        stop.store(true, Ordering::SeqCst);
+    }
+    let failed = shard.close_all().await;
+    if shard.id() == controller::CONTROLLER_SHARD {
+        controller::shutdown();
+    }
+    shard::uninstall();
+    result?;
+    if failed > 0 {
+        return Err(format!("{failed} logs failed to close cleanly"));
+    }
+    Ok(())
+}
+
+async fn serve(shard: &Rc<shard::Shard>, stop: &Arc<AtomicBool>) -> Result<(), String> {
+    let mut accept = None;
+    if shard.id() == controller::CONTROLLER_SHARD {
+        controller::bootstrap().await?;
+        for s in shard.smp.shards() {
+            shard
+                .smp
+                .submit_to(s, || async { start_on_this_shard() })
+                .await
+                .map_err(|e| e.to_string())??;
+        }
+        info!(addr = %shard.config.listen, shards = shard.smp.nr_shards(), "serving the Kafka API");
+    }
+    let retention = glommio::spawn_local(retention_loop(shard.clone())).detach();
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+        if accept.is_none() {
+            accept = ACCEPT.with(|a| a.borrow_mut().take());
+        }
+    }
+    info!(shard = %shard.id(), "stopping");
+    if let Some(a) = accept.or_else(|| ACCEPT.with(|a| a.borrow_mut().take())) {
+        a.cancel();
+    }
+    retention.cancel();
+    Ok(())
+}
+
+thread_local! {
+    static ACCEPT: std::cell::RefCell<Option<glommio::task::JoinHandle<()>>> = const { std::cell::RefCell::new(None) };
+}
+
+fn start_on_this_shard() -> Result<(), String> {
+    let task = server::start_listening()?;
+    ACCEPT.with(|a| *a.borrow_mut() = Some(task));
+    Ok(())
+}
+
+async fn retention_loop(shard: Rc<shard::Shard>) {
+    loop {
+        glommio::timer::sleep(RETENTION_INTERVAL).await;
+        for log in shard.logs() {
+            match log.apply_retention().await {
+                Ok(out) if !out.deleted_segments.is_empty() => {
+                    info!(log = %log.dir().display(), deleted = out.deleted_segments.len(), start = %out.start, "retention");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(log = %log.dir().display(), "retention failed: {e}"),
+            }
+        }
+    }
+}

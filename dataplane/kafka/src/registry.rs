@@ -1,0 +1,85 @@
+//! The one list of supported APIs and version ranges. Each handler module
+//! declares its own `VERSIONS`; ApiVersions answers from this table and the
+//! frame decoder rejects anything outside it.
+
+use crate::handlers;
+use kafka_protocol::messages::ApiKey;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Versions {
+    pub min: i16,
+    pub max: i16,
+}
+
+impl Versions {
+    pub const fn new(min: i16, max: i16) -> Versions {
+        Versions { min, max }
+    }
+
+    pub fn contains(&self, v: i16) -> bool {
+        (self.min..=self.max).contains(&v)
+    }
+}
+
+/// Every API this broker serves.
+pub const SUPPORTED: &[(ApiKey, Versions)] = &[
+    (ApiKey::Produce, handlers::produce::VERSIONS),
+    (ApiKey::Fetch, handlers::fetch::VERSIONS),
+    (ApiKey::ListOffsets, handlers::list_offsets::VERSIONS),
+    (ApiKey::Metadata, handlers::metadata::VERSIONS),
+    (ApiKey::ApiVersions, handlers::api_versions::VERSIONS),
+    (ApiKey::CreateTopics, handlers::create_topics::VERSIONS),
+    (ApiKey::DeleteTopics, handlers::delete_topics::VERSIONS),
+    (ApiKey::DescribeConfigs, handlers::describe_configs::VERSIONS),
+    (ApiKey::AlterConfigs, handlers::alter_configs::VERSIONS),
+    (ApiKey::CreatePartitions, handlers::create_partitions::VERSIONS),
+    (
+        ApiKey::IncrementalAlterConfigs,
+        handlers::incremental_alter_configs::VERSIONS,
+    ),
+];
+
+pub fn versions(api: ApiKey) -> Option<Versions> {
+    SUPPORTED.iter().find(|(k, _)| *k == api).map(|(_, v)| *v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::Message;
+
+    /// Our ranges must lie inside what the codec crate can decode and encode.
+    #[test]
+    fn ranges_fit_the_codec() {
+        fn check<Req: Message, Resp: Message>(v: Versions) {
+            assert!(
+                Req::VERSIONS.min <= v.min && v.max <= Req::VERSIONS.max,
+                "request {v:?}"
+            );
+            assert!(
+                Resp::VERSIONS.min <= v.min && v.max <= Resp::VERSIONS.max,
+                "response {v:?}"
+            );
+        }
+        for (api, v) in SUPPORTED {
+            assert!(v.min <= v.max, "{api:?}");
+            match api {
+                ApiKey::Produce => check::<ProduceRequest, ProduceResponse>(*v),
+                ApiKey::Fetch => check::<FetchRequest, FetchResponse>(*v),
+                ApiKey::ListOffsets => check::<ListOffsetsRequest, ListOffsetsResponse>(*v),
+                ApiKey::Metadata => check::<MetadataRequest, MetadataResponse>(*v),
+                ApiKey::ApiVersions => check::<ApiVersionsRequest, ApiVersionsResponse>(*v),
+                ApiKey::CreateTopics => check::<CreateTopicsRequest, CreateTopicsResponse>(*v),
+                ApiKey::DeleteTopics => check::<DeleteTopicsRequest, DeleteTopicsResponse>(*v),
+                ApiKey::DescribeConfigs => check::<DescribeConfigsRequest, DescribeConfigsResponse>(*v),
+                ApiKey::AlterConfigs => check::<AlterConfigsRequest, AlterConfigsResponse>(*v),
+                ApiKey::CreatePartitions => check::<CreatePartitionsRequest, CreatePartitionsResponse>(*v),
+                ApiKey::IncrementalAlterConfigs => {
+                    check::<IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse>(*v)
+                }
+                other => panic!("{other:?} has no codec check"),
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The connection loop: one listener per shard (SO_REUSEPORT spreads
+//! connections over the shards), one task per connection.
+//!
+//! A connection's requests are handled one at a time, in order, like Kafka
+//! does: the next request is decoded after the previous response was
+//! written (bytes the client already sent wait in the read buffer). Anything
+//! that cannot be answered with a Kafka error closes the connection with one
+//! log line; other connections are unaffected.
+
+use crate::frame::{self, Decoded};
+use crate::handlers;
+use crate::shard::{local, Shard};
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// Read buffer growth step.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Pause after a failed accept (e.g. EMFILE) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Binds this shard's listener and starts accepting.
+pub fn start_listening() -> Result<glommio::task::JoinHandle<()>, String> {
+    let shard = local();
+    let addr = shard.config.listen;
+    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let task = glommio::spawn_local(accept_loop(shard, listener)).detach();
+    Ok(task)
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(shard = %shard.id(), "accept failed: {e}");
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        if open.get() >= shard.config.connections_per_shard_max {
+            warn!(
+                shard = %shard.id(),
+                peer = ?stream.peer_addr().ok(),
+                max = shard.config.connections_per_shard_max,
+                "closing new connection: too many connections on this shard"
+            );
+            continue;
+        }
+        open.set(open.get() + 1);
+        let open = open.clone();
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            match serve_connection(&shard, stream).await {
+                Ok(()) => debug!(%peer, "connection closed"),
+                Err(reason) => warn!(%peer, shard = %shard.id(), "closing connection: {reason}"),
+            }
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+fn set_busy_poll(stream: &TcpStream, us: u32) {
+    if us == 0 {
+        return;
+    }
+    let v = us as libc::c_int;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BUSY_POLL,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        debug!("SO_BUSY_POLL not set: {}", std::io::Error::last_os_error());
+    }
+}
+
+enum Read {
+    Bytes(std::io::Result<usize>),
+    TimedOut,
+}
+
+/// Reads more bytes into `buf`. Only a bounded window of spare capacity is
+/// zeroed per read, so a large frame costs O(size), not O(size^2).
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Duration) -> Read {
+    if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+        buf.reserve(READ_CHUNK_BYTES);
+    }
+    let start = buf.len();
+    let window = (buf.capacity() - start).min(4 * READ_CHUNK_BYTES);
+    buf.resize(start + window, 0);
+    let r = futures_lite::future::or(
+        async { Read::Bytes(stream.read(&mut buf[start..]).await) },
+        async {
+            glommio::timer::sleep(timeout).await;
+            Read::TimedOut
+        },
+    )
+    .await;
+    let n = match &r {
+        Read::Bytes(Ok(n)) => *n,
+        _ => 0,
+    };
+    buf.truncate(start + n);
+    r
+}
+
+async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<(), String> {
+    let cfg = shard.config.clone();
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    set_busy_poll(&stream, cfg.busy_poll_us);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        let frame = loop {
+            match frame::split_frame(&mut buf, cfg.max_request_bytes) {
+                Ok(Some(f)) => break f,
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            let (timeout, waiting_for) = if buf.is_empty() {
+                (cfg.idle_timeout, "idle")
+            } else {
+                (cfg.request_read_timeout, "stalled mid-request")
+            };
+            match read_more(&mut stream, &mut buf, timeout).await {
+                Read::Bytes(Ok(0)) if buf.is_empty() => return Ok(()),
+                Read::Bytes(Ok(0)) => {
+                    return Err(format!("peer closed mid-request ({} bytes buffered)", buf.len()))
+                }
+                Read::Bytes(Ok(_)) => {}
+                Read::Bytes(Err(e)) => return Err(format!("read: {e}")),
+                Read::TimedOut => return Err(format!("{waiting_for} for {timeout:?}")),
+            }
+        };
+        // The codec is third-party code fed hostile bytes: contain a panic
+        // to this connection.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame::decode_request(frame)))
+            .map_err(|_| "request decoder panicked".to_string())?;
+        let (out, close_after) = match decoded {
+            Ok(Decoded::Request(req)) => {
+                let api = req.api;
+                let version = req.header.request_api_version;
+                let correlation_id = req.header.correlation_id;
+                match handlers::dispatch(shard.clone(), *req).await {
+                    Some(body) => (
+                        Some(frame::encode_response(api, version, correlation_id, &body)?),
+                        false,
+                    ),
+                    None => (None, false),
+                }
+            }
+            Ok(Decoded::UnsupportedApiVersions { correlation_id }) => {
+                let body = ResponseKind::ApiVersions(handlers::api_versions::unsupported_version());
+                (
+                    Some(frame::encode_response(
+                        ApiKey::ApiVersions,
+                        0,
+                        correlation_id,
+                        &body,
+                    )?),
+                    false,
+                )
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some(out) = out {
+            stream.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
+        }
+        if close_after {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The shard-per-core runtime.
+//!
+//! A node runs one glommio executor ("shard") per CPU of its cpuset, each
+//! pinned to its CPU. State lives on exactly one shard and is only touched by
+//! that shard's tasks; other shards reach it with [`Smp::submit_to`], which
+//! ships a `Send` closure over a bounded single-producer channel to the owner,
+//! runs the future it builds there, and sends the result back over a oneshot.
+//! This is Seastar's `submit_to` on glommio's cross-executor channels.
+//!
+//! Concurrency contract: an [`Smp`] handle is per shard (`Rc`, not `Send`).
+//! Closures and results cross threads and must be `Send`; the futures they
+//! build run on the owner shard only and need not be. Calls from one shard to
+//! another are started in the order they are made (one FIFO channel per pair
+//! of shards), which the Kafka layer relies on to keep a connection's appends
+//! to one partition in order.
+
+use ferrolog_model::ShardId;
+use futures_lite::StreamExt;
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::warn;
+
+/// Work shipped to another shard: builds the future that runs there.
+type Task = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {0} is gone (shutting down)")]
+    Gone(ShardId),
+    #[error("shard {0} does not exist (this node has {1})")]
+    NoSuchShard(ShardId, usize),
+    #[error("cannot start shard {shard} on CPU {cpu}: {reason}")]
+    Start {
+        shard: ShardId,
+        cpu: usize,
+        reason: String,
+    },
+}
+
+/// How the shards are built.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// One shard per entry, pinned to that CPU.
+    pub cpus: Vec<usize>,
+    /// DMA buffer memory per shard (counts against RLIMIT_MEMLOCK).
+    pub io_memory_bytes: usize,
+    /// io_uring submission queue depth per ring.
+    pub ring_depth: usize,
+    /// How long an idle shard spins before parking in the kernel.
+    pub spin_before_park: Duration,
+    /// Calls queued from one shard to another before `submit_to` waits.
+    pub channel_capacity: usize,
+}
+
+/// One shard's handle on the runtime.
+pub struct Smp {
+    id: ShardId,
+    nr_shards: usize,
+    /// Indexed by target shard; `None` for this shard.
+    peers: Vec<Option<ConnectedSender<Task>>>,
+}
+
+impl Smp {
+    pub fn shard_id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn nr_shards(&self) -> usize {
+        self.nr_shards
+    }
+
+    pub fn shards(&self) -> impl Iterator<Item = ShardId> {
+        (0..self.nr_shards as u32).map(ShardId)
+    }
+
+    /// Runs `f` on `shard` and returns what its future resolves to. On this
+    /// shard the future runs inline, without a channel hop.
+    pub async fn submit_to<R, F, Fut>(&self, shard: ShardId, f: F) -> Result<R, ShardError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        if shard == self.id {
+            return Ok(f().await);
+        }
+        let sender = match self.peers.get(shard.0 as usize) {
+            Some(Some(s)) => s,
+            _ => return Err(ShardError::NoSuchShard(shard, self.nr_shards)),
+        };
+        let (tx, rx) = futures_channel::oneshot::channel();
+        let task: Task = Box::new(move || {
+            Box::pin(async move {
+                // The caller may have given up (its connection closed); the
+                // work is done either way.
+                let _ = tx.send(f().await);
+            })
+        });
+        if sender.send(task).await.is_err() {
+            return Err(ShardError::Gone(shard));
+        }
+        rx.await.map_err(|_| ShardError::Gone(shard))
+    }
+}
+
+/// Starts one pinned executor per CPU, connects every pair of shards, runs
+/// `main(smp)` on each and waits for all of them. Returns each shard's result
+/// in shard order.
+pub fn run<F, Fut>(config: RuntimeConfig, main: F) -> Result<Vec<Result<(), String>>, ShardError>
+where
+    F: Fn(Rc<Smp>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<(), String>> + 'static,
+{
+    let n = config.cpus.len();
+    assert!(n > 0, "a node needs at least one shard");
+    // channels[from][to]: the sending end lives on `from`, the receiving end on `to`.
+    let mut senders: Vec<Vec<Option<SharedSender<Task>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut receivers: Vec<Vec<Option<SharedReceiver<Task>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for from in 0..n {
+        for to in 0..n {
+            if from != to {
+                let (tx, rx) = shared_channel::new_bounded(config.channel_capacity);
+                senders[from][to] = Some(tx);
+                receivers[to][from] = Some(rx);
+            }
+        }
+    }
+
+    let mut handles = Vec::with_capacity(n);
+    for (shard, (&cpu, (tx_row, rx_row))) in config
+        .cpus
+        .iter()
+        .zip(senders.into_iter().zip(receivers))
+        .enumerate()
+    {
+        let main = main.clone();
+        let id = ShardId(shard as u32);
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{shard}"))
+            .io_memory(config.io_memory_bytes)
+            .ring_depth(config.ring_depth)
+            .spin_before_park(config.spin_before_park)
+            .spawn(move || async move {
+                // Each end of a channel waits for the other to connect: start
+                // the receiving loops first (as tasks), then connect senders,
+                // so no pair of shards waits on each other.
+                for (from, rx) in rx_row.into_iter().enumerate() {
+                    if let Some(rx) = rx {
+                        glommio::spawn_local(async move {
+                            let mut rx = rx.connect().await;
+                            while let Some(task) = rx.next().await {
+                                glommio::spawn_local(task()).detach();
+                            }
+                            tracing::debug!(from, "peer channel closed");
+                        })
+                        .detach();
+                    }
+                }
+                let mut peers = Vec::with_capacity(n);
+                for tx in tx_row {
+                    peers.push(match tx {
+                        Some(tx) => Some(tx.connect().await),
+                        None => None,
+                    });
+                }
+                let smp = Rc::new(Smp {
+                    id,
+                    nr_shards: n,
+                    peers,
+                });
+                main(smp).await
+            });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                return Err(ShardError::Start {
+                    shard: id,
+                    cpu,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(n);
+    for (shard, h) in handles.into_iter().enumerate() {
+        results.push(match h.join() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(shard, "shard executor failed: {e}");
+                Err(format!("shard {shard} executor failed: {e}"))
+            }
+        });
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNTER: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn config(shards: usize) -> RuntimeConfig {
+        RuntimeConfig {
+            cpus: vec![0; shards],
+            io_memory_bytes: 64 << 10,
+            ring_depth: 16,
+            spin_before_park: Duration::ZERO,
+            channel_capacity: 8,
+        }
+    }
+
+    #[test]
+    fn submit_to_runs_on_the_target_shard_in_order() {
+        let results = run(config(3), |smp: Rc<Smp>| async move {
+            let me = smp.shard_id();
+            // Every shard adds (1 + its id) on every shard, 50 times, in order.
+            for target in smp.shards() {
+                for i in 0..50u64 {
+                    let seen = smp
+                        .submit_to(target, move || async move {
+                            COUNTER.with(|c| {
+                                c.set(c.get() + 1 + u64::from(me.0));
+                                c.get()
+                            })
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if seen < i + 1 {
+                        return Err(format!("counter on {target} went backwards: {seen} at step {i}"));
+                    }
+                }
+            }
+            // Give the others time to finish their calls to us, then report.
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            let total = COUNTER.with(|c| c.get());
+            // 50 * (1 + 2 + 3) from the three shards.
+            if total != 300 {
+                return Err(format!("shard {me} saw total {total}, expected 300"));
+            }
+            Ok(())
+        })
+        .expect("runtime starts");
+        assert_eq!(results.len(), 3);
+        for r in results {
+            r.expect("shard ok");
+        }
+    }
+
+    #[test]
+    fn unknown_shard_is_an_error() {
+        let results = run(config(1), |smp: Rc<Smp>| async move {
+            match smp.submit_to(ShardId(5), || async {}).await {
+                Err(ShardError::NoSuchShard(ShardId(5), 1)) => Ok(()),
+                other => Err(format!("expected NoSuchShard, got {other:?}")),
+            }
+        })
+        .expect("runtime starts");
+        results.into_iter().for_each(|r| r.expect("shard ok"));
+    }
+}
