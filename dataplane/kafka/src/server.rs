@@ -151,42 +151,35 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
                 Read::TimedOut => return Err(format!("{waiting_for} for {timeout:?}")),
             }
         };
-        // The codec is third-party code fed hostile bytes: contain a panic
-        // to this connection.
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame::decode_request(frame)))
-            .map_err(|_| "request decoder panicked".to_string())?;
-        let (out, close_after) = match decoded {
-            Ok(Decoded::Request(req)) => {
-                let api = req.api;
-                let version = req.header.request_api_version;
-                let correlation_id = req.header.correlation_id;
-                match handlers::dispatch(shard.clone(), *req).await {
-                    Some(body) => (
-                        Some(frame::encode_response(api, version, correlation_id, &body)?),
-                        false,
-                    ),
-                    None => (None, false),
-                }
-            }
-            Ok(Decoded::UnsupportedApiVersions { correlation_id }) => {
-                let body = ResponseKind::ApiVersions(handlers::api_versions::unsupported_version());
-                (
-                    Some(frame::encode_response(
-                        ApiKey::ApiVersions,
-                        0,
-                        correlation_id,
-                        &body,
-                    )?),
-                    false,
-                )
-            }
-            Err(e) => return Err(e.to_string()),
-        };
+        let out = handle_frame(shard, frame).await?;
         if let Some(out) = out {
             stream.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
         }
-        if close_after {
-            return Ok(());
+    }
+}
+
+/// Decodes one request frame (without its size prefix), runs its handler and
+/// encodes the response frame. `Ok(None)`: nothing to send (acks=0).
+/// `Err`: the connection must be closed; the text says why.
+pub async fn handle_frame(shard: &Rc<Shard>, frame: bytes::Bytes) -> Result<Option<BytesMut>, String> {
+    // The codec is third-party code fed hostile bytes: contain a panic to
+    // this request.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame::decode_request(frame)))
+        .map_err(|_| "request decoder panicked".to_string())?;
+    match decoded {
+        Ok(Decoded::Request(req)) => {
+            let api = req.api;
+            let version = req.header.request_api_version;
+            let correlation_id = req.header.correlation_id;
+            match handlers::dispatch(shard.clone(), *req).await {
+                Some(body) => Ok(Some(frame::encode_response(api, version, correlation_id, &body)?)),
+                None => Ok(None),
+            }
         }
+        Ok(Decoded::UnsupportedApiVersions { correlation_id }) => {
+            let body = ResponseKind::ApiVersions(handlers::api_versions::unsupported_version());
+            Ok(Some(frame::encode_response(ApiKey::ApiVersions, 0, correlation_id, &body)?))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
