@@ -223,10 +223,6 @@ pub async fn bootstrap() -> Result<(), String> {
     Ok(())
 }
 
-pub fn shutdown() {
-    CONTROLLER.with(|c| c.borrow_mut().take());
-}
-
 /// A topic to create.
 #[derive(Clone, Debug)]
 pub struct NewTopic {

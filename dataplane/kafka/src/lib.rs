@@ -17,6 +17,7 @@ pub mod controller;
 pub mod errors;
 pub mod frame;
 pub mod handlers;
+pub mod harness;
 pub mod registry;
 pub mod server;
 pub mod shard;
@@ -48,10 +49,9 @@ pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<Atomic
         stop.store(true, Ordering::SeqCst);
     }
     let failed = shard.close_all().await;
-    if shard.id() == controller::CONTROLLER_SHARD {
-        controller::shutdown();
-    }
-    shard::uninstall();
+    // The shard stays installed: connection tasks and calls from other shards
+    // may still run until the executor ends; they find no partitions and
+    // answer with errors instead of touching closed logs.
     result?;
     if failed > 0 {
         return Err(format!("{failed} logs failed to close cleanly"));

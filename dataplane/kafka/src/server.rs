@@ -178,7 +178,12 @@ pub async fn handle_frame(shard: &Rc<Shard>, frame: bytes::Bytes) -> Result<Opti
         }
         Ok(Decoded::UnsupportedApiVersions { correlation_id }) => {
             let body = ResponseKind::ApiVersions(handlers::api_versions::unsupported_version());
-            Ok(Some(frame::encode_response(ApiKey::ApiVersions, 0, correlation_id, &body)?))
+            Ok(Some(frame::encode_response(
+                ApiKey::ApiVersions,
+                0,
+                correlation_id,
+                &body,
+            )?))
         }
         Err(e) => Err(e.to_string()),
     }

@@ -41,10 +41,6 @@ pub fn install(shard: Rc<Shard>) {
     SHARD.with(|s| *s.borrow_mut() = Some(shard));
 }
 
-pub fn uninstall() {
-    SHARD.with(|s| s.borrow_mut().take());
-}
-
 /// Stable owner of a partition: partitions of one topic go round-robin over
 /// the shards, starting at a shard picked by the topic name.
 pub fn owner_of(ntp: &Ntp, nr_shards: usize) -> ShardId {

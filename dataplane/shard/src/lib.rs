@@ -7,6 +7,10 @@
 //! runs the future it builds there, and sends the result back over a oneshot.
 //! This is Seastar's `submit_to` on glommio's cross-executor channels.
 //!
+//! Start-up contract: calls from other shards are not run before the shard's
+//! `main` future has been polled once, so state that `main` installs before
+//! its first await is always there for them.
+//!
 //! Concurrency contract: an [`Smp`] handle is per shard (`Rc`, not `Send`).
 //! Closures and results cross threads and must be `Send`; the futures they
 //! build run on the owner shard only and need not be. Calls from one shard to
@@ -149,11 +153,19 @@ where
             .spawn(move || async move {
                 // Each end of a channel waits for the other to connect: start
                 // the receiving loops first (as tasks), then connect senders,
-                // so no pair of shards waits on each other.
+                // so no pair of shards waits on each other. The loops run no
+                // work until `main` has been polled once, so `main` can set up
+                // shard-local state before any other shard's call touches it.
+                let mut gates = Vec::new();
                 for (from, rx) in rx_row.into_iter().enumerate() {
                     if let Some(rx) = rx {
+                        let (open, gate) = futures_channel::oneshot::channel::<()>();
+                        gates.push(open);
                         glommio::spawn_local(async move {
                             let mut rx = rx.connect().await;
+                            if gate.await.is_err() {
+                                return;
+                            }
                             while let Some(task) = rx.next().await {
                                 glommio::spawn_local(task()).detach();
                             }
@@ -174,7 +186,17 @@ where
                     nr_shards: n,
                     peers,
                 });
-                main(smp).await
+                let mut main = std::pin::pin!(main(smp));
+                // Poll `main` once before any queued call from another shard
+                // can run: its synchronous prologue comes first.
+                let first = futures_lite::future::poll_once(main.as_mut()).await;
+                for open in gates {
+                    let _ = open.send(());
+                }
+                match first {
+                    Some(r) => r,
+                    None => main.await,
+                }
             });
         match handle {
             Ok(h) => handles.push(h),
@@ -253,6 +275,34 @@ mod tests {
         assert_eq!(results.len(), 3);
         for r in results {
             r.expect("shard ok");
+        }
+    }
+
+    thread_local! {
+        static READY: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Calls from other shards never run before the target's `main` started.
+    #[test]
+    fn calls_wait_for_the_targets_main() {
+        for _ in 0..20 {
+            let results = run(config(4), |smp: Rc<Smp>| async move {
+                READY.with(|r| r.set(true));
+                for target in smp.shards() {
+                    let ready = smp
+                        .submit_to(target, || async { READY.with(|r| r.get()) })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !ready {
+                        return Err(format!("a call ran on {target} before its main"));
+                    }
+                }
+                // Stay up until the others are done calling us.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+                Ok(())
+            })
+            .expect("runtime starts");
+            results.into_iter().for_each(|r| r.expect("shard ok"));
         }
     }
 
