@@ -258,7 +258,7 @@ impl CpuSnapshot {
 }
 
 /// Busy (non-idle, non-iowait) CPU seconds of all CPUs since boot.
-fn machine_busy_seconds() -> Option<f64> {
+pub fn machine_busy_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
     let fields: Vec<u64> = line
@@ -287,6 +287,21 @@ pub fn own_cpu_seconds() -> f64 {
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// User + system CPU seconds of another process (all its threads), from
+/// `/proc/PID/stat`; `None` once it is gone or unreadable.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields are
+    // counted from the last ')'. After it: state (3) ... utime (14), stime (15).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some((utime + stime) as f64 / hz)
 }
 
 /// The 1-minute load average.
@@ -422,6 +437,19 @@ mod tests {
         assert_eq!(l.samples, 1000);
         assert!((l.p50_us - 500.0).abs() < 1.0, "{l:?}");
         assert!((l.p99_us - 990.0).abs() < 2.0, "{l:?}");
+    }
+
+    #[test]
+    fn process_cpu_seconds_reads_this_process() {
+        // Burn a little CPU so the count is not zero at tick resolution.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let own = process_cpu_seconds(std::process::id()).expect("own /proc stat");
+        assert!(own > 0.0 && own < 1e6, "{own}");
+        assert!(process_cpu_seconds(u32::MAX).is_none());
     }
 
     #[test]

@@ -23,6 +23,8 @@ use tracing::{error, info};
 
 /// Cross-shard calls queued per pair of shards before the caller waits.
 const SHARD_CHANNEL_CAPACITY: usize = 1024;
+/// Kafka's default fetch.max.bytes: the most record bytes in one fetch response.
+const FETCH_RESPONSE_MAX_BYTES: usize = 55 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct StartArgs {
@@ -198,6 +200,7 @@ pub fn run(args: StartArgs) -> ExitCode {
         connections_per_shard_max: 10_000,
         fetch_waiters_per_partition_max: 10_000,
         fetch_max_wait: Duration::from_secs(30),
+        fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
         busy_poll_us: profile.network.busy_poll_us,
     });
     let runtime = RuntimeConfig {

@@ -34,6 +34,10 @@ pub struct ServerConfig {
     pub fetch_waiters_per_partition_max: usize,
     /// Longest max_wait_ms honoured for a fetch.
     pub fetch_max_wait: Duration,
+    /// Most record bytes one fetch response carries, whatever the client
+    /// asks (Kafka's fetch.max.bytes). Each owner shard reads at most this
+    /// much for one fetch, plus at most one batch past it.
+    pub fetch_response_max_bytes: usize,
     /// SO_BUSY_POLL on client sockets, in µs (0 = off).
     pub busy_poll_us: u32,
 }

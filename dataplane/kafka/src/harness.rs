@@ -41,6 +41,8 @@ pub const DEFAULT_PARTITIONS: i32 = 2;
 /// Longest max_wait_ms honoured for a fetch: short, so fuzzed long-polls
 /// cost little.
 pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(100);
+/// Most record bytes in one fetch response (the broker's default).
+pub const FETCH_RESPONSE_MAX_BYTES: usize = 55 << 20;
 /// Segment size of every partition.
 pub const SEGMENT_BYTES: u64 = 1 << 20;
 /// The node's batch cache.
@@ -209,6 +211,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         connections_per_shard_max: 1,
         fetch_waiters_per_partition_max: FETCH_WAITERS_PER_PARTITION_MAX,
         fetch_max_wait: FETCH_MAX_WAIT,
+        fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
         busy_poll_us: 0,
     }
 }

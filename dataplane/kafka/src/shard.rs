@@ -14,12 +14,13 @@ use ferrolog_model::{Ntp, Offset, ShardId};
 use ferrolog_shard::{ShardError, Smp};
 use ferrolog_storage::{Log, LogConfig, LogContext, LogOffsets, StorageError};
 use futures_channel::mpsc;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 use tracing::{info, warn};
 
 thread_local! {
@@ -48,13 +49,42 @@ pub fn owner_of(ntp: &Ntp, nr_shards: usize) -> ShardId {
     ShardId(((h + ntp.partition.0 as u64) % nr_shards as u64) as u32)
 }
 
+/// A long-poll fetch waiting for data, on the shard of its connection.
+#[derive(Clone, Copy, Debug)]
+pub struct WaiterRef {
+    pub shard: ShardId,
+    pub id: u64,
+    /// After this the fetch has answered anyway; the entry is stale.
+    pub deadline: Instant,
+}
+
+impl WaiterRef {
+    /// Wakes the fetch, on its own shard (a cross-shard call if elsewhere).
+    fn wake(self) {
+        let shard = local();
+        if self.shard == shard.id() {
+            shard.wake_waiter(self.id);
+        } else {
+            let smp = shard.smp.clone();
+            glommio::spawn_local(async move {
+                let id = self.id;
+                // The waiting shard is gone if this fails: nobody waits.
+                let _ = smp
+                    .submit_to(self.shard, move || async move { local().wake_waiter(id) })
+                    .await;
+            })
+            .detach();
+        }
+    }
+}
+
 /// One partition on its owner shard.
 pub struct Partition {
     pub ntp: Ntp,
     pub log: Rc<Log>,
     /// Fetches waiting for data past their offset; woken (and dropped) by the
-    /// next append. Senders may belong to other shards' fetches.
-    waiters: RefCell<Vec<mpsc::Sender<()>>>,
+    /// next append. They may be waiting on other shards.
+    waiters: RefCell<Vec<WaiterRef>>,
 }
 
 impl Partition {
@@ -68,9 +98,8 @@ impl Partition {
 
     fn wake_waiters(&self) {
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for mut w in waiters {
-            // Full means already woken; closed means the fetch is gone.
-            let _ = w.try_send(());
+        for w in waiters {
+            w.wake();
         }
     }
 }
@@ -81,6 +110,9 @@ pub struct Shard {
     pub log_ctx: Rc<LogContext>,
     topics: RefCell<Arc<TopicTable>>,
     partitions: RefCell<HashMap<Ntp, Rc<Partition>>>,
+    /// Long-poll fetches of this shard's connections, by waiter id.
+    waiters: RefCell<HashMap<u64, mpsc::Sender<()>>>,
+    next_waiter: Cell<u64>,
 }
 
 impl Shard {
@@ -92,11 +124,34 @@ impl Shard {
             log_ctx,
             topics: RefCell::new(Arc::new(TopicTable::default())),
             partitions: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(HashMap::new()),
+            next_waiter: Cell::new(0),
         })
     }
 
     pub fn id(&self) -> ShardId {
         self.smp.shard_id()
+    }
+
+    /// Registers a long-poll fetch of this shard; the receiver yields once
+    /// per wake. `forget_waiter` when done.
+    pub fn new_waiter(&self) -> (u64, mpsc::Receiver<()>) {
+        let id = self.next_waiter.get();
+        self.next_waiter.set(id + 1);
+        let (tx, rx) = mpsc::channel(1);
+        self.waiters.borrow_mut().insert(id, tx);
+        (id, rx)
+    }
+
+    pub fn forget_waiter(&self, id: u64) {
+        self.waiters.borrow_mut().remove(&id);
+    }
+
+    pub fn wake_waiter(&self, id: u64) {
+        if let Some(tx) = self.waiters.borrow_mut().get_mut(&id) {
+            // Full means already woken.
+            let _ = tx.try_send(());
+        }
     }
 
     pub fn topics(&self) -> Arc<TopicTable> {
@@ -305,6 +360,23 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, String> {
     Ok(out)
 }
 
+/// Header checks Kafka makes on a producer's batch beyond the log's own
+/// (magic, length, CRC): at least one record, and offsets that cover exactly
+/// the records (a lying lastOffsetDelta would make the log skip offsets).
+pub fn check_producer_batch(batch: &[u8]) -> Result<(), String> {
+    let h = ferrolog_model::BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+    if h.record_count < 1 {
+        return Err(format!("record batch claims {} records", h.record_count));
+    }
+    if i64::from(h.last_offset_delta) != i64::from(h.record_count) - 1 {
+        return Err(format!(
+            "lastOffsetDelta {} does not match {} records",
+            h.last_offset_delta, h.record_count
+        ));
+    }
+    Ok(())
+}
+
 pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
     use kafka_protocol::error::ResponseError;
     let shard = local();
@@ -332,6 +404,10 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
                 // One batch per partition is what clients send; several are
                 // appended in order and the first one's offset is returned.
                 for (i, batch) in batches.into_iter().enumerate() {
+                    if let Err(reason) = check_producer_batch(&batch) {
+                        answer.error = Some((ResponseError::InvalidRecord, reason));
+                        break;
+                    }
                     match p.log.append(batch).await {
                         Ok(a) => {
                             if i == 0 {
@@ -363,6 +439,9 @@ pub struct ReadItem {
     pub ntp: Ntp,
     pub offset: Offset,
     pub max_bytes: usize,
+    /// Record bytes the whole fetch may still carry; the same in every item
+    /// of a fetch. Partitions read after it is used up return no records.
+    pub response_budget: usize,
 }
 
 pub struct ReadAnswer {
@@ -375,6 +454,7 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
     use kafka_protocol::error::ResponseError;
     let shard = local();
     let mut out = Vec::with_capacity(items.len());
+    let mut budget = items.first().map_or(0, |i| i.response_budget);
     for item in items {
         let Some(p) = shard.partition(&item.ntp) else {
             out.push(ReadAnswer {
@@ -393,7 +473,7 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
             });
             continue;
         }
-        if item.offset == o.committed_next {
+        if item.offset == o.committed_next || budget == 0 || item.max_bytes == 0 {
             out.push(ReadAnswer {
                 error: None,
                 offsets: Some(o),
@@ -403,7 +483,7 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
         }
         let req = ferrolog_storage::ReadRequest {
             offset: item.offset,
-            max_bytes: item.max_bytes,
+            max_bytes: item.max_bytes.min(budget),
             end: None,
         };
         match p.log.read(req).await {
@@ -419,6 +499,7 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
                         Some(all.freeze())
                     }
                 };
+                budget = budget.saturating_sub(records.as_ref().map_or(0, Bytes::len));
                 out.push(ReadAnswer {
                     error: None,
                     offsets: Some(p.log.offsets()),
@@ -440,35 +521,36 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
     out
 }
 
-/// Registers `waker` on each partition whose committed end is still at or
+/// Registers `waiter` on each partition whose committed end is still at or
 /// below the fetch offset; wakes it at once if one already has data.
 pub struct WaitItem {
     pub ntp: Ntp,
     pub offset: Offset,
-    pub waker: mpsc::Sender<()>,
+    pub waiter: WaiterRef,
 }
 
 pub async fn wait_local(items: Vec<WaitItem>) -> Vec<()> {
     let shard = local();
     let max = shard.config.fetch_waiters_per_partition_max;
     let mut out = Vec::with_capacity(items.len());
-    for mut item in items {
+    for item in items {
         out.push(());
         let Some(p) = shard.partition(&item.ntp) else {
             // Deleted meanwhile: let the fetch re-read and see the error.
-            let _ = item.waker.try_send(());
+            item.waiter.wake();
             continue;
         };
         if p.log.offsets().committed_next > item.offset {
-            let _ = item.waker.try_send(());
+            item.waiter.wake();
             continue;
         }
         let mut w = p.waiters.borrow_mut();
         if w.len() >= max {
-            w.retain(|s| !s.is_closed());
+            let now = Instant::now();
+            w.retain(|r| r.deadline > now);
         }
         if w.len() < max {
-            w.push(item.waker);
+            w.push(item.waiter);
         }
         // Over the bound the fetch simply waits out its max_wait_ms.
     }
@@ -571,5 +653,23 @@ mod tests {
         let mut neg = a;
         neg[8..12].copy_from_slice(&(-1i32).to_be_bytes());
         assert!(split_batches(&Bytes::from(neg)).is_err());
+    }
+
+    #[test]
+    fn producer_batches_must_cover_their_records() {
+        let ts = ferrolog_model::TimestampMs(1);
+        let good = BatchBuilder::new(ts)
+            .record(ts, None, b"a")
+            .record(ts, None, b"b")
+            .build();
+        assert_eq!(check_producer_batch(&good), Ok(()));
+        // lastOffsetDelta at bytes 23..27, recordCount at 57..61 (the CRC is
+        // not checked here; the log checks it).
+        let mut skip = good.clone();
+        skip[23..27].copy_from_slice(&1_000_000i32.to_be_bytes());
+        assert!(check_producer_batch(&skip).is_err());
+        let mut empty = good;
+        empty[57..61].copy_from_slice(&0i32.to_be_bytes());
+        assert!(check_producer_batch(&empty).is_err());
     }
 }

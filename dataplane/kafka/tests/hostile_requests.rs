@@ -30,6 +30,7 @@ static ALLOC: ferrolog_kafka::alloc_guard::GuardedAlloc = ferrolog_kafka::alloc_
 
 const CORRUPT_MESSAGE: i16 = 2;
 const MESSAGE_TOO_LARGE: i16 = 10;
+const INVALID_RECORD: i16 = 87;
 const UNSUPPORTED_VERSION: i16 = 35;
 
 fn harness() -> Harness {
@@ -302,6 +303,70 @@ fn corrupt_batch_is_rejected_and_not_appended() {
     bad[last] ^= 0x01;
     assert_eq!(produce(&h, "crc", 0, bad).0, CORRUPT_MESSAGE);
     assert_eq!(produce(&h, "crc", 0, batch(&[b"good"])), (0, 0));
+}
+
+/// CRC-32C over attributes..end, as a producer computes it.
+fn with_crc(mut b: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[test]
+fn batch_whose_offsets_do_not_match_its_records_is_invalid() {
+    let h = harness();
+    create_topic(&h, "lying", 1, &[]);
+    // lastOffsetDelta (bytes 23..27) claims a million records; the CRC is
+    // valid, so only the header check can catch it.
+    let mut skip = batch(&[b"one"]);
+    skip[23..27].copy_from_slice(&1_000_000i32.to_be_bytes());
+    assert_eq!(produce(&h, "lying", 0, with_crc(skip)).0, INVALID_RECORD);
+    // recordCount (bytes 57..61) of zero.
+    let mut empty = batch(&[b"one"]);
+    empty[57..61].copy_from_slice(&0i32.to_be_bytes());
+    assert_eq!(produce(&h, "lying", 0, with_crc(empty)).0, INVALID_RECORD);
+    // Nothing was appended and no offset was skipped.
+    assert_eq!(produce(&h, "lying", 0, batch(&[b"good"])), (0, 0));
+}
+
+/// One small Fetch naming the same partition hundreds of times must not make
+/// the broker build a response far larger than its fetch size cap.
+#[test]
+fn fetch_naming_a_partition_many_times_is_bounded() {
+    let h = harness();
+    create_topic(&h, "amp", 1, &[("max.message.bytes", "2000000")]);
+    let big = vec![3u8; 500_000];
+    assert_eq!(produce(&h, "amp", 0, batch(&[&big])).0, 0);
+    let parts: Vec<FetchPartition> = (0..400)
+        .map(|_| {
+            FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)
+        })
+        .collect();
+    let body = RequestKind::Fetch(
+        FetchRequest::default()
+            .with_max_wait_ms(10)
+            .with_min_bytes(1)
+            .with_max_bytes(i32::MAX)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("amp"))
+                .with_partitions(parts)]),
+    );
+    let ResponseKind::Fetch(r) = call(&h, ApiKey::Fetch, 12, body) else {
+        panic!("not a Fetch response")
+    };
+    let total: usize = r.responses[0]
+        .partitions
+        .iter()
+        .map(|p| p.records.as_ref().map_or(0, |b| b.len()))
+        .sum();
+    assert!(total > 0, "the first listing gets the data");
+    assert!(
+        total <= ferrolog_kafka::harness::FETCH_RESPONSE_MAX_BYTES + big.len() + 1024,
+        "response carries {total} record bytes"
+    );
 }
 
 #[test]

@@ -4,8 +4,16 @@
 //! pinned to its CPU. State lives on exactly one shard and is only touched by
 //! that shard's tasks; other shards reach it with [`Smp::submit_to`], which
 //! ships a `Send` closure over a bounded single-producer channel to the owner,
-//! runs the future it builds there, and sends the result back over a oneshot.
-//! This is Seastar's `submit_to` on glommio's cross-executor channels.
+//! runs the future it builds there, and sends the result back over the
+//! channel of the opposite direction. This is Seastar's `submit_to` on
+//! glommio's cross-executor channels.
+//!
+//! Nothing here wakes a task of one executor from another thread: glommio's
+//! shared channels notify through the peer's eventfd, and each reply is
+//! handed to its caller by the caller's own shard. (An earlier version sent
+//! replies over `futures` oneshots, i.e. cross-thread wakers; a broker under
+//! load died once with a heap double free, and glommio 0.9's foreign-waker
+//! drop path is the suspect. This design avoids that path entirely.)
 //!
 //! Start-up contract: calls from other shards are not run before the shard's
 //! `main` future has been polled once, so state that `main` installs before
@@ -22,14 +30,25 @@ use ferrolog_model::ShardId;
 use futures_lite::StreamExt;
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 use tracing::warn;
 
+/// A call's result on its way back, type-erased.
+type Value = Box<dyn Any + Send>;
 /// Work shipped to another shard: builds the future that runs there.
-type Task = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+type Work = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Value>>> + Send>;
+
+/// What travels from one shard to another.
+enum Msg {
+    Call { id: u64, work: Work },
+    Reply { id: u64, value: Value },
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -64,8 +83,12 @@ pub struct RuntimeConfig {
 pub struct Smp {
     id: ShardId,
     nr_shards: usize,
-    /// Indexed by target shard; `None` for this shard.
-    peers: Vec<Option<ConnectedSender<Task>>>,
+    /// Indexed by target shard; `None` for this shard. Filled once at start.
+    peers: RefCell<Vec<Option<Rc<ConnectedSender<Msg>>>>>,
+    next_call: Cell<u64>,
+    /// Calls this shard made and awaits, by id, with the shard they went to.
+    /// The sender ends are local: a reply is handed over on this thread.
+    pending: RefCell<HashMap<u64, (ShardId, futures_channel::oneshot::Sender<Value>)>>,
 }
 
 impl Smp {
@@ -92,22 +115,49 @@ impl Smp {
         if shard == self.id {
             return Ok(f().await);
         }
-        let sender = match self.peers.get(shard.0 as usize) {
-            Some(Some(s)) => s,
+        let sender = match self.peers.borrow().get(shard.0 as usize) {
+            Some(Some(s)) => s.clone(),
             _ => return Err(ShardError::NoSuchShard(shard, self.nr_shards)),
         };
+        let id = self.next_call.get();
+        self.next_call.set(id + 1);
         let (tx, rx) = futures_channel::oneshot::channel();
-        let task: Task = Box::new(move || {
-            Box::pin(async move {
-                // The caller may have given up (its connection closed); the
-                // work is done either way.
-                let _ = tx.send(f().await);
-            })
-        });
-        if sender.send(task).await.is_err() {
+        self.pending.borrow_mut().insert(id, (shard, tx));
+        let work: Work = Box::new(move || Box::pin(async move { Box::new(f().await) as Value }));
+        if sender.send(Msg::Call { id, work }).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
             return Err(ShardError::Gone(shard));
         }
-        rx.await.map_err(|_| ShardError::Gone(shard))
+        let value = rx.await.map_err(|_| ShardError::Gone(shard))?;
+        Ok(*value
+            .downcast::<R>()
+            .expect("a reply carries the type its call returns"))
+    }
+
+    /// Runs a call from `from` and sends its result back.
+    fn serve_call(self: &Rc<Self>, from: usize, id: u64, work: Work) {
+        let smp = self.clone();
+        glommio::spawn_local(async move {
+            let value = work().await;
+            let sender = smp.peers.borrow().get(from).cloned().flatten();
+            if let Some(sender) = sender {
+                // The caller's shard is gone if this fails: nobody waits.
+                let _ = sender.send(Msg::Reply { id, value }).await;
+            }
+        })
+        .detach();
+    }
+
+    fn deliver_reply(&self, id: u64, value: Value) {
+        if let Some((_, tx)) = self.pending.borrow_mut().remove(&id) {
+            // The caller may have given up (its connection closed).
+            let _ = tx.send(value);
+        }
+    }
+
+    /// `from` closed its channel: its answers will never come.
+    fn fail_calls_to(&self, from: ShardId) {
+        self.pending.borrow_mut().retain(|_, (to, _)| *to != from);
     }
 }
 
@@ -122,9 +172,9 @@ where
     let n = config.cpus.len();
     assert!(n > 0, "a node needs at least one shard");
     // channels[from][to]: the sending end lives on `from`, the receiving end on `to`.
-    let mut senders: Vec<Vec<Option<SharedSender<Task>>>> =
+    let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut receivers: Vec<Vec<Option<SharedReceiver<Task>>>> =
+    let mut receivers: Vec<Vec<Option<SharedReceiver<Msg>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for from in 0..n {
         for to in 0..n {
@@ -156,20 +206,32 @@ where
                 // so no pair of shards waits on each other. The loops run no
                 // work until `main` has been polled once, so `main` can set up
                 // shard-local state before any other shard's call touches it.
+                let smp = Rc::new(Smp {
+                    id,
+                    nr_shards: n,
+                    peers: RefCell::new(Vec::new()),
+                    next_call: Cell::new(0),
+                    pending: RefCell::new(HashMap::new()),
+                });
                 let mut gates = Vec::new();
                 for (from, rx) in rx_row.into_iter().enumerate() {
                     if let Some(rx) = rx {
                         let (open, gate) = futures_channel::oneshot::channel::<()>();
                         gates.push(open);
+                        let smp = smp.clone();
                         glommio::spawn_local(async move {
                             let mut rx = rx.connect().await;
                             if gate.await.is_err() {
                                 return;
                             }
-                            while let Some(task) = rx.next().await {
-                                glommio::spawn_local(task()).detach();
+                            while let Some(msg) = rx.next().await {
+                                match msg {
+                                    Msg::Call { id, work } => smp.serve_call(from, id, work),
+                                    Msg::Reply { id, value } => smp.deliver_reply(id, value),
+                                }
                             }
                             tracing::debug!(from, "peer channel closed");
+                            smp.fail_calls_to(ShardId(from as u32));
                         })
                         .detach();
                     }
@@ -177,15 +239,11 @@ where
                 let mut peers = Vec::with_capacity(n);
                 for tx in tx_row {
                     peers.push(match tx {
-                        Some(tx) => Some(tx.connect().await),
+                        Some(tx) => Some(Rc::new(tx.connect().await)),
                         None => None,
                     });
                 }
-                let smp = Rc::new(Smp {
-                    id,
-                    nr_shards: n,
-                    peers,
-                });
+                *smp.peers.borrow_mut() = peers;
                 let mut main = std::pin::pin!(main(smp));
                 // Poll `main` once before any queued call from another shard
                 // can run: its synchronous prologue comes first.

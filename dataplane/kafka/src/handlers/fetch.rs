@@ -1,6 +1,6 @@
 use super::{str_bytes, Ctx};
 use crate::registry::Versions;
-use crate::shard::{read_local, scatter, wait_local, ReadAnswer, ReadItem, WaitItem};
+use crate::shard::{read_local, scatter, wait_local, ReadAnswer, ReadItem, WaitItem, WaiterRef};
 use bytes::Bytes;
 use ferrolog_model::{Ntp, Offset};
 use futures_lite::StreamExt;
@@ -45,13 +45,14 @@ fn unknown() -> ReadAnswer {
     }
 }
 
-async fn read_all(wanted: &[Wanted]) -> Vec<ReadAnswer> {
+async fn read_all(wanted: &[Wanted], response_budget: usize) -> Vec<ReadAnswer> {
     let items = wanted
         .iter()
         .map(|w| ReadItem {
             ntp: w.ntp.clone(),
             offset: w.offset,
             max_bytes: w.max_bytes,
+            response_budget,
         })
         .collect();
     scatter(items, |i: &ReadItem| &i.ntp, read_local)
@@ -69,17 +70,21 @@ async fn read_all(wanted: &[Wanted]) -> Vec<ReadAnswer> {
 
 /// Waits until one of the partitions has data past its fetch offset, or the
 /// deadline passes.
-async fn wait_any(wanted: &[Wanted], deadline: Instant) {
-    let (tx, mut rx) = futures_channel::mpsc::channel::<()>(1);
+async fn wait_any(ctx: &Ctx, wanted: &[Wanted], deadline: Instant) {
+    let (id, mut rx) = ctx.shard.new_waiter();
+    let waiter = WaiterRef {
+        shard: ctx.shard.id(),
+        id,
+        deadline,
+    };
     let items = wanted
         .iter()
         .map(|w| WaitItem {
             ntp: w.ntp.clone(),
             offset: w.offset,
-            waker: tx.clone(),
+            waiter,
         })
         .collect();
-    drop(tx);
     let _ = scatter(items, |i: &WaitItem| &i.ntp, wait_local).await;
     let remaining = deadline.saturating_duration_since(Instant::now());
     futures_lite::future::or(
@@ -89,6 +94,7 @@ async fn wait_any(wanted: &[Wanted], deadline: Instant) {
         glommio::timer::sleep(remaining),
     )
     .await;
+    ctx.shard.forget_waiter(id);
 }
 
 pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
@@ -123,7 +129,13 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let max_wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(ctx.shard.config.fetch_max_wait);
     let deadline = Instant::now() + max_wait;
     let min_bytes = req.min_bytes.max(0) as usize;
-    let mut answers = read_all(&wanted).await;
+    let cap = ctx.shard.config.fetch_response_max_bytes;
+    let max_bytes = if req.max_bytes <= 0 {
+        cap
+    } else {
+        (req.max_bytes as usize).min(cap)
+    };
+    let mut answers = read_all(&wanted, max_bytes).await;
     loop {
         let bytes: usize = answers
             .iter()
@@ -133,8 +145,8 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
         if wanted.is_empty() || any_error || bytes >= min_bytes.max(1) || Instant::now() >= deadline {
             break;
         }
-        wait_any(&wanted, deadline).await;
-        answers = read_all(&wanted).await;
+        wait_any(ctx, &wanted, deadline).await;
+        answers = read_all(&wanted, max_bytes).await;
     }
 
     // The response limit: whole batches only, but the first non-empty

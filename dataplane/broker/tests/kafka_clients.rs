@@ -1,0 +1,445 @@
+//! End-to-end tests with real Kafka clients against the `ferrolog` binary over TCP:
+//! librdkafka (through confluent-kafka and kcat) and kafka-python, plus raw sockets.
+//!
+//! Each test starts its own broker (fresh data directory, free port), runs one client
+//! script from `tests/clients/` and asserts that it exits 0. A script checks its whole
+//! scenario itself and exits non-zero with a `FAIL: ...` line on the first mismatch;
+//! `tests/clients/e2e.py` holds what the scripts share. The clients are installed by
+//! `tools/setup.sh`; a missing one fails the test, it never skips it. A failing test
+//! prints the script's output and the tail of the broker's log.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
+const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+/// How long a broker may take from spawn to accepting TCP connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound on one client script; each also bounds its own waits (20 s each).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a broker may take to exit after SIGTERM.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Lines of the broker's log printed when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+/// Lines of a failed script's output in the panic message (librdkafka logs a lot).
+const SCRIPT_TAIL_LINES: usize = 60;
+/// The --max-request-bytes of the bad-input test.
+const MAX_REQUEST_BYTES: &str = "1048576";
+
+/// A node's directory, which outlives its broker processes: `data/` is the data
+/// directory, and the broker logs and script outputs sit beside it.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir"),
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `ferrolog log verify` of the data directory (with no broker running) must pass.
+    fn log_verify(&self) {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["log", "verify"]).arg(self.data());
+        let (status, output) = run_bounded(
+            cmd,
+            &unused_path(self.dir.path(), "verify", "out"),
+            SCRIPT_TIMEOUT,
+        );
+        assert!(
+            status.success(),
+            "ferrolog log verify failed ({status}):\n{output}"
+        );
+    }
+
+    /// Starts `ferrolog start` on this node's data directory and a free port, with
+    /// `extra` flags, and returns once the Kafka port accepts connections.
+    fn start(&self, extra: &[&str]) -> Broker {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = unused_path(self.dir.path(), "broker", "log");
+        let stderr = File::create(&log).expect("broker log file");
+        let child = Command::new(BIN)
+            .args(["start", "--data-dir"])
+            .arg(self.data())
+            .args(["--kafka-addr", &addr.to_string()])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ferrolog");
+        let mut broker = Broker {
+            child,
+            addr,
+            log,
+            dir: self.dir.path().to_path_buf(),
+            exit: None,
+        };
+        broker.wait_ready();
+        broker
+    }
+}
+
+/// A running `ferrolog start` process. Dropping it kills the process; a test that
+/// panics first gets the broker's log tail printed.
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    dir: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Broker {
+    fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log.display()));
+        tail(
+            &text,
+            LOG_TAIL_LINES,
+            &format!("broker log {}", self.log.display()),
+        )
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exit = Some(status);
+                panic!("broker exited during startup with {status}\n{}", self.log_tail());
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not accept connections on {} within {READY_TIMEOUT:?}\n{}",
+                self.addr,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn assert_running(&mut self, after: &str) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            self.exit = Some(status);
+            panic!("broker exited with {status} during {after}\n{}", self.log_tail());
+        }
+    }
+
+    /// Runs `python3 tests/clients/SCRIPT --bootstrap ADDR ARGS...`, prints its
+    /// output, and asserts that it exited 0 and that the broker is still running.
+    fn python(&mut self, script: &str, args: &[&str]) -> String {
+        let name = script.trim_end_matches(".py");
+        let (status, output) = run_bounded(
+            self.python_command(script, args),
+            &unused_path(&self.dir, name, "out"),
+            SCRIPT_TIMEOUT,
+        );
+        if !status.success() {
+            let fails: Vec<&str> = output.lines().filter(|l| l.starts_with("FAIL: ")).collect();
+            let broker = match self.child.try_wait().expect("try_wait") {
+                Some(exit) => {
+                    self.exit = Some(exit);
+                    format!("the broker exited with {exit}")
+                }
+                None => "the broker is still running".to_owned(),
+            };
+            panic!(
+                "{script} failed ({status}); {broker}\n{}\n{}\n(the broker log follows on stderr)",
+                fails.join("\n"),
+                tail(&output, SCRIPT_TAIL_LINES, script)
+            );
+        }
+        println!("--- {script} ---\n{output}");
+        self.assert_running(script);
+        output
+    }
+
+    fn python_command(&self, script: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.arg(Path::new(CLIENTS).join(script))
+            .args(["--bootstrap", &self.bootstrap()])
+            .args(args)
+            .current_dir(CLIENTS)
+            // cargo puts the workspace's native build outputs on LD_LIBRARY_PATH, among
+            // them rdkafka-sys's librdkafka.so.1 (built without zlib); kcat would load
+            // it instead of the system one and lose gzip.
+            .env_remove("LD_LIBRARY_PATH")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1");
+        cmd
+    }
+
+    /// Starts a client script that keeps running beside the test; it is killed on drop.
+    fn python_background(&self, script: &str) -> Background {
+        let out = unused_path(&self.dir, script.trim_end_matches(".py"), "out");
+        let file = File::create(&out).expect("output file");
+        let child = self
+            .python_command(script, &[])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("clone output file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run python3: {e} (tools/setup.sh installs the test clients)"));
+        Background {
+            child,
+            out,
+            script: script.to_owned(),
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    fn terminate(&mut self) -> ExitStatus {
+        // SAFETY: sending a signal to a child process this test spawned and has not reaped.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) },
+            0,
+            "kill -TERM"
+        );
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exit = Some(status);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit within {EXIT_TIMEOUT:?} of SIGTERM\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate_cleanly(&mut self) {
+        let status = self.terminate();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "SIGTERM must exit 0, got {status}\n{}",
+            self.log_tail()
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// A client script running beside the test (see `Broker::python_background`).
+struct Background {
+    child: Child,
+    out: PathBuf,
+    script: String,
+}
+
+impl Background {
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the script printed the line `line`; fails if it exits first.
+    fn wait_for_line(&mut self, line: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.output().lines().any(|l| l == line) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!(
+                    "{} exited with {status} before printing {line:?}\n{}",
+                    self.script,
+                    tail(&self.output(), SCRIPT_TAIL_LINES, &self.script)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {line:?} within {within:?}\n{}",
+                self.script,
+                tail(&self.output(), SCRIPT_TAIL_LINES, &self.script)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// The last `n` lines of `text`, framed and titled.
+fn tail(text: &str, n: usize, title: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    format!(
+        "--- {title} (last {} of {} lines) ---\n{}\n--- end of {title} ---",
+        lines.len() - from,
+        lines.len(),
+        lines[from..].join("\n")
+    )
+}
+
+/// `dir/STEM-N.EXT` for the first N not taken yet.
+fn unused_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
+    (0..)
+        .map(|n| dir.join(format!("{stem}-{n}.{ext}")))
+        .find(|p| !p.exists())
+        .expect("a free file name")
+}
+
+/// Runs `cmd` with stdout and stderr into the file `out`, killing it after `limit`;
+/// returns its status and output.
+fn run_bounded(mut cmd: Command, out: &Path, limit: Duration) -> (ExitStatus, String) {
+    let file = File::create(out).expect("output file");
+    let program = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("clone output file"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (tools/setup.sh installs the test clients)"));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let output = std::fs::read_to_string(out).unwrap_or_default();
+            panic!("{program} did not finish within {limit:?}; its output:\n{output}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = String::from_utf8_lossy(&std::fs::read(out).expect("read output")).into_owned();
+    (status, output)
+}
+
+#[test]
+fn confluent_admin_creates_alters_describes_and_deletes_topics() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("admin_topics.py", &[]);
+}
+
+#[test]
+fn confluent_produce_consume_every_codec_keys_headers_byte_exact() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("produce_codecs.py", &[]);
+}
+
+#[test]
+fn kcat_auto_creates_produces_consumes_and_lists_metadata() {
+    let node = Node::new();
+    let mut broker = node.start(&["--auto-create-topics", "true", "--default-partitions", "3"]);
+    broker.python("kcat_roundtrip.py", &["--partitions", "3"]);
+}
+
+#[test]
+fn list_offsets_by_timestamp_earliest_and_latest() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("offsets_by_time.py", &[]);
+}
+
+#[test]
+fn fetch_long_poll_is_woken_by_produce() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("long_poll.py", &[]);
+}
+
+#[test]
+fn topics_configs_and_messages_survive_sigterm_and_restart() {
+    let node = Node::new();
+    let mut first = node.start(&[]);
+    first.python("persist.py", &["--phase", "produce"]);
+    first.terminate_cleanly();
+
+    node.log_verify();
+
+    let mut second = node.start(&[]);
+    second.python("persist.py", &["--phase", "verify"]);
+    second.terminate_cleanly();
+}
+
+#[test]
+fn sigterm_under_produce_and_fetch_load_exits_cleanly() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    let mut clients = broker.python_background("busy_at_stop.py");
+    clients.wait_for_line("busy", SCRIPT_TIMEOUT);
+    broker.terminate_cleanly();
+    drop(clients);
+
+    // The data written before the stop is intact, and the node starts again.
+    node.log_verify();
+    let mut again = node.start(&[]);
+    again.terminate_cleanly();
+}
+
+#[test]
+fn kafka_python_admin_produce_and_assigned_consume() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("kafka_python_roundtrip.py", &[]);
+}
+
+#[test]
+fn acks_0_and_acks_1_producers_land_their_data() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("acks.py", &[]);
+}
+
+#[test]
+fn malformed_and_hostile_requests_leave_the_broker_serving() {
+    let node = Node::new();
+    let mut broker = node.start(&["--max-request-bytes", MAX_REQUEST_BYTES]);
+    let pid = broker.pid();
+    broker.python(
+        "bad_input.py",
+        &["--broker-pid", &pid, "--max-request-bytes", MAX_REQUEST_BYTES],
+    );
+    broker.terminate_cleanly();
+}
