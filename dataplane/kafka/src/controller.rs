@@ -223,6 +223,45 @@ pub async fn bootstrap() -> Result<(), String> {
     Ok(())
 }
 
+/// Every answer of an operation the controller cannot take (it is stopping).
+fn refused<T>(n: usize) -> Vec<OpResult<T>> {
+    (0..n)
+        .map(|_| Err((ResponseError::NotController, "the controller is stopping".into())))
+        .collect()
+}
+
+/// Runs a controller operation of `n` items from any shard; if the
+/// controller shard cannot be reached, every item gets that error.
+pub async fn call<T, F, Fut>(smp: &ferrolog_shard::Smp, n: usize, op: F) -> Vec<OpResult<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Vec<OpResult<T>>> + 'static,
+{
+    match smp.submit_to(CONTROLLER_SHARD, op).await {
+        Ok(answers) => answers,
+        Err(e) => (0..n)
+            .map(|_| Err((crate::errors::shard(&e), e.to_string())))
+            .collect(),
+    }
+}
+
+/// The partitions of the named topics, each with its topic's log settings.
+fn partition_configs(
+    table: &TopicTable,
+    names: &[String],
+    defaults: &topics::TopicDefaults,
+) -> Vec<(Ntp, LogConfig)> {
+    names
+        .iter()
+        .flat_map(|name| {
+            let meta = &table.topics[name];
+            let cfg = topics::log_config(&meta.config, defaults);
+            (0..meta.partitions).map(move |p| (Ntp::new(name.clone(), p), cfg.clone()))
+        })
+        .collect()
+}
+
 /// A topic to create.
 #[derive(Clone, Debug)]
 pub struct NewTopic {
@@ -305,10 +344,7 @@ fn check_new_topic(table: &TopicTable, t: &NewTopic, default_partitions: i32) ->
 pub async fn create_topics(new: Vec<NewTopic>, validate_only: bool) -> Vec<OpResult<(String, TopicMeta)>> {
     let c = controller();
     let Ok(_permit) = c.permit.acquire_permit(1).await else {
-        return new
-            .iter()
-            .map(|_| Err((ResponseError::NotController, "stopping".into())))
-            .collect();
+        return refused(new.len());
     };
     let shard = local();
     let defaults = shard.config.topic_defaults.clone();
@@ -337,14 +373,7 @@ pub async fn create_topics(new: Vec<NewTopic>, validate_only: bool) -> Vec<OpRes
     if created.is_empty() {
         return out;
     }
-    let items: Vec<(Ntp, LogConfig)> = created
-        .iter()
-        .flat_map(|name| {
-            let meta = &table.topics[name];
-            let cfg = topics::log_config(&meta.config, &defaults);
-            (0..meta.partitions).map(move |p| (Ntp::new(name.clone(), p), cfg.clone()))
-        })
-        .collect();
+    let items = partition_configs(&table, &created, &defaults);
     let failed = match open_everywhere(items).await {
         Ok(()) => store(&table).err(),
         Err(e) => {
@@ -407,10 +436,7 @@ pub async fn ensure_topic(name: String) -> OpResult<TopicMeta> {
 pub async fn delete_topics(names: Vec<String>) -> Vec<OpResult<u128>> {
     let c = controller();
     let Ok(_permit) = c.permit.acquire_permit(1).await else {
-        return names
-            .iter()
-            .map(|_| Err((ResponseError::NotController, "stopping".into())))
-            .collect();
+        return refused(names.len());
     };
     let mut table = c.table.borrow().clone();
     let mut out = Vec::with_capacity(names.len());
@@ -451,10 +477,7 @@ pub async fn delete_topics(names: Vec<String>) -> Vec<OpResult<u128>> {
 pub async fn create_partitions(items: Vec<(String, i32)>, validate_only: bool) -> Vec<OpResult<()>> {
     let c = controller();
     let Ok(_permit) = c.permit.acquire_permit(1).await else {
-        return items
-            .iter()
-            .map(|_| Err((ResponseError::NotController, "stopping".into())))
-            .collect();
+        return refused(items.len());
     };
     let defaults = local().config.topic_defaults.clone();
     let mut table = c.table.borrow().clone();
@@ -577,10 +600,7 @@ fn apply_change(current: &ConfigOverrides, change: &ConfigChange) -> Result<Conf
 pub async fn alter_configs(items: Vec<(String, ConfigChange)>, validate_only: bool) -> Vec<OpResult<()>> {
     let c = controller();
     let Ok(_permit) = c.permit.acquire_permit(1).await else {
-        return items
-            .iter()
-            .map(|_| Err((ResponseError::NotController, "stopping".into())))
-            .collect();
+        return refused(items.len());
     };
     let defaults = local().config.topic_defaults.clone();
     let mut table = c.table.borrow().clone();
@@ -611,14 +631,7 @@ pub async fn alter_configs(items: Vec<(String, ConfigChange)>, validate_only: bo
     if let Err(e) = store(&table) {
         return out.into_iter().map(|r| r.and(Err(e.clone()))).collect();
     }
-    let items: Vec<(Ntp, LogConfig)> = changed
-        .iter()
-        .flat_map(|name| {
-            let meta = &table.topics[name];
-            let cfg = topics::log_config(&meta.config, &defaults);
-            (0..meta.partitions).map(move |p| (Ntp::new(name.clone(), p), cfg.clone()))
-        })
-        .collect();
+    let items = partition_configs(&table, &changed, &defaults);
     if let Err(e) = open_everywhere(items).await {
         warn!("applying topic configs: {e}");
     }

@@ -1,5 +1,5 @@
 use super::{str_bytes, Ctx, RESOURCE_TOPIC};
-use crate::controller::{self, ConfigChange, OpResult, CONTROLLER_SHARD};
+use crate::controller::{self, ConfigChange, OpResult};
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
@@ -26,19 +26,10 @@ pub async fn change_topics(
         }
     }
     let n = items.len();
-    let answers = ctx
-        .shard
-        .smp
-        .submit_to(CONTROLLER_SHARD, move || {
-            controller::alter_configs(items, validate_only)
-        })
-        .await;
-    let mut answers = match answers {
-        Ok(a) => a,
-        Err(e) => (0..n)
-            .map(|_| Err((crate::errors::shard(&e), e.to_string())))
-            .collect(),
-    }
+    let mut answers = controller::call(&ctx.shard.smp, n, move || {
+        controller::alter_configs(items, validate_only)
+    })
+    .await
     .into_iter();
     out.into_iter()
         .map(|(k, n, r)| {

@@ -1,5 +1,5 @@
 use super::{str_bytes, Ctx};
-use crate::controller::{self, CONTROLLER_SHARD};
+use crate::controller;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -26,20 +26,10 @@ pub async fn handle(ctx: &Ctx, req: CreatePartitionsRequest) -> CreatePartitions
     }
     let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
     let validate_only = req.validate_only;
-    let answers = ctx
-        .shard
-        .smp
-        .submit_to(CONTROLLER_SHARD, move || {
-            controller::create_partitions(items, validate_only)
-        })
-        .await;
-    let answers: Vec<_> = match answers {
-        Ok(a) => a,
-        Err(e) => names
-            .iter()
-            .map(|_| Err((crate::errors::shard(&e), e.to_string())))
-            .collect(),
-    };
+    let answers = controller::call(&ctx.shard.smp, names.len(), move || {
+        controller::create_partitions(items, validate_only)
+    })
+    .await;
     let mut answers = names.into_iter().zip(answers);
     let results = results
         .into_iter()

@@ -1,5 +1,5 @@
 use super::{str_bytes, Ctx};
-use crate::controller::{self, NewTopic, CONTROLLER_SHARD};
+use crate::controller::{self, NewTopic};
 use crate::registry::Versions;
 use crate::topics::{self, CONFIG_KEYS};
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
@@ -30,20 +30,10 @@ pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse
         .collect();
     let names: Vec<String> = new.iter().map(|t| t.name.clone()).collect();
     let validate_only = req.validate_only;
-    let answers = ctx
-        .shard
-        .smp
-        .submit_to(CONTROLLER_SHARD, move || {
-            controller::create_topics(new, validate_only)
-        })
-        .await;
-    let answers = match answers {
-        Ok(a) => a,
-        Err(e) => names
-            .iter()
-            .map(|_| Err((crate::errors::shard(&e), e.to_string())))
-            .collect(),
-    };
+    let answers = controller::call(&ctx.shard.smp, names.len(), move || {
+        controller::create_topics(new, validate_only)
+    })
+    .await;
     let defaults = &ctx.shard.config.topic_defaults;
     let topics = names
         .into_iter()

@@ -1,5 +1,5 @@
 use super::{str_bytes, Ctx};
-use crate::controller::{self, CONTROLLER_SHARD};
+use crate::controller;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -28,18 +28,9 @@ pub async fn handle(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse
     }
     let names: Vec<String> = wanted.iter().filter_map(|w| w.as_ref().ok().cloned()).collect();
     let n = names.len();
-    let answers = ctx
-        .shard
-        .smp
-        .submit_to(CONTROLLER_SHARD, move || controller::delete_topics(names))
-        .await;
-    let mut answers = match answers {
-        Ok(a) => a,
-        Err(e) => (0..n)
-            .map(|_| Err((crate::errors::shard(&e), e.to_string())))
-            .collect(),
-    }
-    .into_iter();
+    let mut answers = controller::call(&ctx.shard.smp, n, move || controller::delete_topics(names))
+        .await
+        .into_iter();
     let responses = wanted
         .into_iter()
         .map(|w| match w {
