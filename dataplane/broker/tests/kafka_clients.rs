@@ -443,3 +443,38 @@ fn malformed_and_hostile_requests_leave_the_broker_serving() {
     );
     broker.terminate_cleanly();
 }
+
+/// A client that stops half-way through a request is disconnected after
+/// `--request-read-timeout-s`, and one that sends nothing after
+/// `--idle-timeout-s`; a well-behaved client on the same broker is unaffected.
+#[test]
+fn stalled_and_idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    let node = Node::new();
+    let mut broker = node.start(&["--request-read-timeout-s", "1", "--idle-timeout-s", "3"]);
+    let mut stalled = TcpStream::connect(broker.addr).expect("connect");
+    // A size field promising 100 bytes, then only 10 of them.
+    stalled.write_all(&100i32.to_be_bytes()).expect("write size");
+    stalled.write_all(&[0u8; 10]).expect("write part");
+    let mut idle = TcpStream::connect(broker.addr).expect("connect");
+    for (name, conn) in [("stalled", &mut stalled), ("idle", &mut idle)] {
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("{name} connection got {n} bytes instead of being closed"),
+            Err(e) => panic!(
+                "{name} connection was not closed within 20 s ({e}, after {:?})\n{}",
+                started.elapsed(),
+                broker.log_tail()
+            ),
+        }
+    }
+    let log = std::fs::read_to_string(&broker.log).expect("broker log");
+    assert!(log.contains("stalled mid-request"), "{}", broker.log_tail());
+    assert!(log.contains("idle for"), "{}", broker.log_tail());
+    broker.python("acks.py", &[]);
+    broker.terminate_cleanly();
+}
