@@ -56,6 +56,14 @@ pub struct LogConfig {
     pub write_depth: usize,
     /// Size of one O_DIRECT read when serving reads from disk.
     pub read_chunk_bytes: usize,
+    /// Zeros written past the data by a small flush that extends the file, so
+    /// the next small flushes overwrite written blocks instead of extending
+    /// the file. ext4 cannot extend a file without a metadata update (it
+    /// hands such a write to an io_uring worker and may wait for a journal
+    /// commit); an overwrite goes straight through. Only flushes of at most
+    /// `prezero_bytes / 8` do this, so bulk writing is not slowed. A multiple
+    /// of 4096; 0 turns it off.
+    pub prezero_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -74,6 +82,7 @@ impl Default for LogConfig {
             write_chunk_bytes: 1 << 20,
             write_depth: 2,
             read_chunk_bytes: 64 << 10,
+            prezero_bytes: 256 << 10,
         }
     }
 }

@@ -277,6 +277,11 @@ fn check_config(config: &LogConfig) {
     );
     assert!(config.write_chunk_bytes as u64 % BLOCK_BYTES == 0 && config.write_chunk_bytes > 0);
     assert!(config.write_depth > 0 && config.read_chunk_bytes > 0);
+    assert!(
+        config.prezero_bytes as u64 % BLOCK_BYTES == 0,
+        "prezero_bytes {} is not a multiple of 4096",
+        config.prezero_bytes
+    );
 }
 
 impl Log {
@@ -530,10 +535,11 @@ impl Log {
                 new_next,
                 max_timestamp: seg.max_timestamp,
                 bytes_since_index: seg.bytes_since_index,
+                file_end: seg.file_end,
             }
         };
         match self.write_plan(&plan).await {
-            Ok(new_tail) => {
+            Ok((new_tail, file_end)) => {
                 let mut st = self.state.borrow_mut();
                 st.written_next = plan.new_next;
                 st.committed_next = plan.new_next;
@@ -545,6 +551,7 @@ impl Log {
                     bytes_since_index: plan.bytes_since_index,
                     tail: new_tail,
                 };
+                seg.file_end = file_end;
                 st.check_invariants();
                 Ok(())
             }
@@ -556,8 +563,9 @@ impl Log {
     }
 
     /// Writes the plan's bytes in aligned chunks, `write_depth` at a time, then
-    /// fdatasyncs in `fsync` mode. Returns the new partial-block tail.
-    async fn write_plan(&self, plan: &FlushPlan) -> Result<Vec<u8>> {
+    /// fdatasyncs in `fsync` mode. Returns the new partial-block tail and the
+    /// segment's new `file_end`.
+    async fn write_plan(&self, plan: &FlushPlan) -> Result<(Vec<u8>, u64)> {
         let mut parts: Vec<&[u8]> = Vec::with_capacity(plan.batches.len() + 1);
         parts.push(&plan.tail);
         parts.extend(plan.batches.iter().map(|b| &b[..]));
@@ -579,10 +587,23 @@ impl Log {
         let mut new_tail = vec![0u8; new_tail_len];
         fill_from_parts(&mut new_tail, tail_from as usize, &parts, &part_starts);
 
-        let chunk = self.config().write_chunk_bytes;
-        let chunk_starts: Vec<usize> = (0..aligned_total).step_by(chunk).collect();
+        let config = self.config();
+        // A small flush that extends the file also writes zeros ahead, up to
+        // the segment's size limit (bytes past `parts` are zero-filled).
+        let data_end = plan.start + aligned_total as u64;
+        let prezero = config.prezero_bytes as u64;
+        let zeros = if prezero > 0 && total as u64 <= prezero / 8 && data_end > plan.file_end {
+            prezero.min(align_up(config.segment_bytes).saturating_sub(data_end))
+        } else {
+            0
+        };
+        let write_total = aligned_total + zeros as usize;
+        let file_end = plan.file_end.max(data_end + zeros);
+
+        let chunk = config.write_chunk_bytes;
+        let chunk_starts: Vec<usize> = (0..write_total).step_by(chunk).collect();
         let writes = futures_lite::stream::iter(chunk_starts).map(|from| {
-            let len = chunk.min(aligned_total - from);
+            let len = chunk.min(write_total - from);
             let mut buf = plan.file.alloc_dma_buffer(len);
             fill_from_parts(buf.as_bytes_mut(), from, &parts, &part_starts);
             let pos = plan.start + from as u64;
@@ -603,13 +624,13 @@ impl Log {
                 Ok(())
             }
         });
-        run_bounded(writes, self.config().write_depth).await?;
+        run_bounded(writes, config.write_depth).await?;
         // Written but, in fsync mode, not yet synced: visible to `offsets()` only.
         self.state.borrow_mut().written_next = plan.new_next;
-        if self.config().durability == Durability::Fsync {
+        if config.durability == Durability::Fsync {
             self.sync_file(&plan.file, &plan.path).await?;
         }
-        Ok(new_tail)
+        Ok((new_tail, file_end))
     }
 
     async fn sync_file(&self, file: &DmaFile, path: &Path) -> Result<()> {
@@ -991,6 +1012,8 @@ struct FlushPlan {
     new_next: Offset,
     max_timestamp: i64,
     bytes_since_index: u64,
+    /// The segment's `file_end` when the flush was planned.
+    file_end: u64,
 }
 
 /// Runs the futures of `stream` with at most `depth` in flight; stops at the

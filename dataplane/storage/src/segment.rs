@@ -58,6 +58,10 @@ pub(crate) struct Segment {
     pub created_ms: i64,
     /// The durable point: what a crash keeps, per the log's durability mode.
     pub durable: DurablePoint,
+    /// File bytes known to be written (data or zeros), block-aligned. Writes
+    /// below it overwrite written blocks, which ext4 does without a metadata
+    /// update; see `LogConfig::prezero_bytes`. 0 when unknown (recovered).
+    pub file_end: u64,
 }
 
 /// The state of a segment at its last successful flush. Rollback after a
@@ -92,6 +96,7 @@ impl Segment {
                 bytes_since_index: 0,
                 tail: Vec::new(),
             },
+            file_end: 0,
         }
     }
 

@@ -413,3 +413,64 @@ fn large_batches_span_many_write_chunks() {
         assert_eq!(read_all(&log, Offset(0)).await, a);
     });
 }
+
+/// Small flushes write zeros ahead (so later small flushes overwrite instead
+/// of extending the file); the zeros never show up as data, survive a reopen
+/// harmlessly, and a sealed segment is cut back to exactly its batches.
+#[test]
+fn prezeroed_space_ahead_of_the_tail_is_invisible() {
+    for durability in [Durability::Fsync, Durability::Direct] {
+        let dir = tmp();
+        run(|| async move {
+            let config = LogConfig {
+                segment_bytes: 256 << 10,
+                prezero_bytes: 64 << 10,
+                ..small_config(durability)
+            };
+            let log = open(dir.path(), config.clone()).await;
+            let first = batch(2, 300, 1);
+            log.append(first.clone()).await.expect("append");
+            let seg = segment_files(dir.path())[0].clone();
+            let len = std::fs::metadata(&seg).expect("stat").len();
+            assert!(
+                len >= (64 << 10) + first.len() as u64,
+                "{durability}: file is {len} bytes after a small flush; expected zeros ahead"
+            );
+            let mut sent = vec![first];
+            for i in 0..400 {
+                let b = batch(1 + i % 3, 200 + i * 7, 2 + i as i64);
+                log.append(b.clone()).await.expect("append");
+                sent.push(b);
+            }
+            assert!(
+                log.segment_bases().len() > 1,
+                "256 KiB segments should have rolled"
+            );
+            let check = |got: Vec<bytes::Bytes>, sent: &[bytes::Bytes]| {
+                assert_eq!(got.len(), sent.len());
+                for (g, s) in got.iter().zip(sent) {
+                    assert_eq!(strip_offset(g), s.to_vec());
+                }
+            };
+            check(read_all(&log, Offset(0)).await, &sent);
+            // Sealed segments hold exactly their batches: the zeros are cut.
+            let files = segment_files(dir.path());
+            for f in &files[..files.len() - 1] {
+                let batches = file_batches(f);
+                let end = batches.last().map_or(0, |(pos, h)| pos + h.total_bytes() as u64);
+                assert_eq!(std::fs::metadata(f).expect("stat").len(), end, "{}", f.display());
+            }
+            drop(log);
+            // Unclean reopen (no close): the active segment still has zeros past
+            // its last batch; recovery keeps every batch and appends continue.
+            let log = open(dir.path(), config).await;
+            check(read_all(&log, Offset(0)).await, &sent);
+            let next = log.offsets().dirty_next;
+            let more = batch(1, 50, 999);
+            assert_eq!(log.append(more.clone()).await.expect("append").base_offset, next);
+            sent.push(more);
+            check(read_all(&log, Offset(0)).await, &sent);
+            log.close().await.expect("close");
+        });
+    }
+}
