@@ -6,12 +6,6 @@ use ferrolog_shard::ShardError;
 use ferrolog_storage::StorageError;
 use kafka_protocol::error::ResponseError;
 
-pub const NONE: i16 = 0;
-
-pub fn code(e: ResponseError) -> i16 {
-    e.code()
-}
-
 /// Errors from the partition's log.
 pub fn storage(e: &StorageError) -> ResponseError {
     match e {

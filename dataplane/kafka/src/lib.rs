@@ -60,7 +60,6 @@ pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<Atomic
 }
 
 async fn serve(shard: &Rc<shard::Shard>, stop: &Arc<AtomicBool>) -> Result<(), String> {
-    let mut accept = None;
     if shard.id() == controller::CONTROLLER_SHARD {
         controller::bootstrap().await?;
         for s in shard.smp.shards() {
@@ -75,12 +74,10 @@ async fn serve(shard: &Rc<shard::Shard>, stop: &Arc<AtomicBool>) -> Result<(), S
     let retention = glommio::spawn_local(retention_loop(shard.clone())).detach();
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
-        if accept.is_none() {
-            accept = ACCEPT.with(|a| a.borrow_mut().take());
-        }
     }
     info!(shard = %shard.id(), "stopping");
-    if let Some(a) = accept.or_else(|| ACCEPT.with(|a| a.borrow_mut().take())) {
+    // Set by shard 0 once startup is done; absent if it never got that far.
+    if let Some(a) = ACCEPT.with(|a| a.borrow_mut().take()) {
         a.cancel();
     }
     retention.cancel();

@@ -174,10 +174,6 @@ impl Shard {
         self.config.data_dir.join(ntp.dir_name())
     }
 
-    pub fn partition_count(&self) -> usize {
-        self.partitions.borrow().len()
-    }
-
     /// Opens (creating if needed) partitions this shard owns, or updates the
     /// settings of ones already open.
     pub async fn open_partitions(&self, items: Vec<(Ntp, LogConfig)>) -> Result<(), String> {
@@ -299,7 +295,7 @@ where
             }
             Err(e) => {
                 for i in idx {
-                    out[i] = Some(Err(ShardError::Gone(e_shard(&e))));
+                    out[i] = Some(Err(e.clone()));
                 }
             }
         }
@@ -307,12 +303,6 @@ where
     out.into_iter()
         .map(|a| a.expect("scatter: every item answered"))
         .collect()
-}
-
-fn e_shard(e: &ShardError) -> ShardId {
-    match e {
-        ShardError::Gone(s) | ShardError::NoSuchShard(s, _) | ShardError::Start { shard: s, .. } => *s,
-    }
 }
 
 // ---- operations run on a partition's owner shard ----

@@ -50,7 +50,7 @@ enum Msg {
     Reply { id: u64, value: Value },
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ShardError {
     #[error("shard {0} is gone (shutting down)")]
     Gone(ShardId),
