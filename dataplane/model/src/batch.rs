@@ -240,6 +240,62 @@ pub fn first_offset_at_or_after(bytes: &[u8], target: TimestampMs) -> Option<Off
     None
 }
 
+/// One record of an uncompressed batch, borrowed from the batch bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: Offset,
+    pub key: Option<&'a [u8]>,
+    /// `None` is a tombstone.
+    pub value: Option<&'a [u8]>,
+}
+
+fn read_nullable<'a>(bytes: &'a [u8], pos: &mut usize, end: usize) -> Option<Option<&'a [u8]>> {
+    let len = read_varlong(bytes, pos)?;
+    if len < 0 {
+        return Some(None);
+    }
+    let stop = pos.checked_add(usize::try_from(len).ok()?)?;
+    if stop > end {
+        return None;
+    }
+    let out = &bytes[*pos..stop];
+    *pos = stop;
+    Some(Some(out))
+}
+
+/// The keys and values of an uncompressed batch (headers are skipped). For
+/// batches the broker writes itself, such as the group coordinator's log;
+/// client batches are never decoded. `None` if the batch is compressed or a
+/// record does not parse.
+pub fn records(bytes: &[u8]) -> Option<Vec<RecordView<'_>>> {
+    let header = BatchHeader::parse(bytes).ok()?;
+    if header.compression() != 0 || bytes.len() < header.total_bytes() {
+        return None;
+    }
+    let end = header.total_bytes();
+    let mut pos = HEADER_BYTES;
+    let mut out = Vec::new();
+    for _ in 0..header.record_count.max(0) {
+        let len = usize::try_from(read_varlong(bytes, &mut pos)?).ok()?;
+        let record_end = pos.checked_add(len)?;
+        if record_end > end {
+            return None;
+        }
+        let mut p = pos + 1; // attributes
+        read_varlong(bytes, &mut p)?; // timestamp delta
+        let offset_delta = read_varlong(bytes, &mut p)?;
+        let key = read_nullable(bytes, &mut p, record_end)?;
+        let value = read_nullable(bytes, &mut p, record_end)?;
+        out.push(RecordView {
+            offset: header.base_offset.plus(offset_delta),
+            key,
+            value,
+        });
+        pos = record_end;
+    }
+    Some(out)
+}
+
 /// Builds uncompressed RecordBatch v2 byte strings. Used by tests, benchmarks
 /// and tools that need real batches without a Kafka client.
 #[derive(Debug, Clone)]
@@ -287,8 +343,19 @@ impl BatchBuilder {
     }
 
     /// Appends a record with the given timestamp, key and value (no headers).
-    pub fn record(mut self, timestamp: TimestampMs, key: Option<&[u8]>, value: &[u8]) -> Self {
-        let mut body = Vec::with_capacity(value.len() + 16);
+    pub fn record(self, timestamp: TimestampMs, key: Option<&[u8]>, value: &[u8]) -> Self {
+        self.record_or_tombstone(timestamp, key, Some(value))
+    }
+
+    /// Like `record`, with a null value (a tombstone) when `value` is `None`.
+    pub fn record_or_tombstone(
+        mut self,
+        timestamp: TimestampMs,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Self {
+        let value_len = value.map_or(0, <[u8]>::len);
+        let mut body = Vec::with_capacity(value_len + 16);
         body.push(0); // attributes
         write_varlong(&mut body, timestamp.0 - self.base_timestamp.0);
         write_varlong(&mut body, i64::from(self.count));
@@ -299,8 +366,13 @@ impl BatchBuilder {
             }
             None => write_varlong(&mut body, -1),
         }
-        write_varlong(&mut body, value.len() as i64);
-        body.extend_from_slice(value);
+        match value {
+            Some(v) => {
+                write_varlong(&mut body, v.len() as i64);
+                body.extend_from_slice(v);
+            }
+            None => write_varlong(&mut body, -1),
+        }
         write_varlong(&mut body, 0); // headers
         write_varlong(&mut self.records, body.len() as i64);
         self.records.extend_from_slice(&body);
@@ -339,6 +411,35 @@ impl BatchBuilder {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn records_round_trip_keys_values_and_tombstones() {
+        let ts = TimestampMs(5);
+        let mut b = BatchBuilder::new(ts)
+            .record(ts, Some(b"k1"), b"v1")
+            .record_or_tombstone(ts, Some(b"k2"), None)
+            .record(ts, None, b"")
+            .build();
+        set_base_offset(&mut b, Offset(40));
+        let rs = records(&b).expect("parses");
+        assert_eq!(rs.len(), 3);
+        assert_eq!(
+            (rs[0].offset, rs[0].key, rs[0].value),
+            (Offset(40), Some(&b"k1"[..]), Some(&b"v1"[..]))
+        );
+        assert_eq!(
+            (rs[1].offset, rs[1].key, rs[1].value),
+            (Offset(41), Some(&b"k2"[..]), None)
+        );
+        assert_eq!(
+            (rs[2].offset, rs[2].key, rs[2].value),
+            (Offset(42), None, Some(&b""[..]))
+        );
+        // A record length running past the batch does not parse.
+        let cut = &b[..b.len() - 1];
+        assert_eq!(records(cut), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

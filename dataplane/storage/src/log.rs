@@ -191,7 +191,12 @@ pub struct Log {
     id: LogId,
     flush_permit: Semaphore,
     state: RefCell<LogState>,
+    /// Told the first offset whenever appended batches are discarded.
+    discard_listener: RefCell<Option<DiscardListener>>,
 }
+
+/// See `Log::set_discard_listener`.
+type DiscardListener = Rc<dyn Fn(Offset)>;
 
 fn gio<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(glommio::GlommioError<()>) -> StorageError + 'a {
     move |e| StorageError::io(op, path, crate::error::glommio_io(e))
@@ -335,6 +340,7 @@ impl Log {
             ctx,
             id,
             flush_permit: Semaphore::new(1),
+            discard_listener: RefCell::new(None),
             state: RefCell::new(LogState {
                 segments,
                 pending: VecDeque::new(),
@@ -397,6 +403,25 @@ impl Log {
 
     /// Like `append`, also stamping the partition leader epoch.
     pub async fn append_with_epoch(&self, batch: Bytes, leader_epoch: Option<Epoch>) -> Result<Appended> {
+        let appended = self.append_guarded(batch, leader_epoch, |_| true).await?;
+        Ok(appended.expect("an append whose guard always agrees is never refused"))
+    }
+
+    /// Like `append_with_epoch`, but `guard` decides whether the batch goes
+    /// in, told where it would land. It runs in the same section without
+    /// awaits that assigns the offsets (after back-pressure and rolling), so
+    /// no other append can come between its decision and the batch taking
+    /// those offsets: state it keeps about appended batches (an idempotent
+    /// producer's sequence numbers) cannot race with the log. A refusal
+    /// returns `Ok(None)` and leaves the log unchanged. `guard` must not call
+    /// into this log. If the batch is later discarded by a failed flush, the
+    /// discard listener hears of it (`set_discard_listener`).
+    pub async fn append_guarded(
+        &self,
+        batch: Bytes,
+        leader_epoch: Option<Epoch>,
+        guard: impl FnOnce(Appended) -> bool,
+    ) -> Result<Option<Appended>> {
         if batch.len() > self.config().max_batch_bytes {
             return Err(StorageError::BatchTooLarge {
                 size: batch.len(),
@@ -414,10 +439,19 @@ impl Log {
             self.roll(len as u64).await?;
         }
 
-        // From here to the wait nothing awaits: the batch is appended atomically.
+        // From here to the wait nothing awaits: the guard's decision and the
+        // append are atomic.
+        let base = self.state.borrow().dirty_next;
+        let proposed = Appended {
+            base_offset: base,
+            last_offset: base.plus(i64::from(header.last_offset_delta)),
+        };
+        if !guard(proposed) {
+            return Ok(None);
+        }
         let (appended, generation) = {
             let mut st = self.state.borrow_mut();
-            let base = st.dirty_next;
+            assert_eq!(st.dirty_next, base, "the log moved while the append guard ran");
             let mut bytes = batch.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
             set_base_offset(&mut bytes, base);
             if let Some(epoch) = leader_epoch {
@@ -445,9 +479,26 @@ impl Log {
                 st.generation,
             )
         };
+        debug_assert_eq!(appended, proposed);
         self.wait_committed(appended.last_offset.plus(1), generation)
             .await?;
-        Ok(appended)
+        Ok(Some(appended))
+    }
+
+    /// Sets the function told `from` whenever every appended batch at or
+    /// after `from` is discarded: by a failed flush (the batches were never
+    /// acknowledged) or by `truncate`. It runs before any later append can
+    /// reuse those offsets, must not call into this log, and replaces any
+    /// earlier listener.
+    pub fn set_discard_listener(&self, listener: impl Fn(Offset) + 'static) {
+        *self.discard_listener.borrow_mut() = Some(Rc::new(listener));
+    }
+
+    fn notify_discard(&self, from: Offset) {
+        let listener = self.discard_listener.borrow().clone();
+        if let Some(l) = listener {
+            l(from);
+        }
     }
 
     fn pending_over_bound(&self, len: usize) -> bool {
@@ -643,6 +694,12 @@ impl Log {
 
     /// Returns the log to its last durable point after a failed flush.
     fn rollback(&self, error: &StorageError) {
+        let committed = self.rollback_state(error);
+        self.notify_discard(committed);
+    }
+
+    /// The state half of `rollback`; returns the offset it rolled back to.
+    fn rollback_state(&self, error: &StorageError) -> Offset {
         let mut st = self.state.borrow_mut();
         let committed = st.committed_next;
         warn!(
@@ -668,6 +725,7 @@ impl Log {
         seg.time_index.truncate_from(rel);
         self.ctx.cache.borrow_mut().remove_from(self.id, committed);
         st.check_invariants();
+        committed
     }
 
     /// Seals the active segment and starts a new one at the next offset.
@@ -875,6 +933,38 @@ impl Log {
         Ok(outcome)
     }
 
+    /// Deletes the segments that hold only offsets below `offset` (never the
+    /// active one) and moves the log start to the first remaining segment.
+    /// For logs that rewrite their live content at the tail (the group
+    /// coordinator's compaction). Returns how many segments were deleted.
+    pub async fn delete_before(&self, offset: Offset) -> Result<usize> {
+        let _permit = self
+            .flush_permit
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let doomed: Vec<Segment> = {
+            let mut st = self.state.borrow_mut();
+            let mut doomed = Vec::new();
+            loop {
+                let bases: Vec<Offset> = st.segments.keys().take(2).copied().collect();
+                if bases.len() < 2 || bases[1] > offset {
+                    break;
+                }
+                doomed.push(st.segments.remove(&bases[0]).expect("present"));
+            }
+            let start = st.start();
+            self.ctx.cache.borrow_mut().remove_below(self.id, start);
+            doomed
+        };
+        for seg in &doomed {
+            remove_if_exists(&seg.path)?;
+            remove_if_exists(&index_path(&seg.path))?;
+            remove_if_exists(&time_index_path(&seg.path))?;
+        }
+        Ok(doomed.len())
+    }
+
     /// Removes every batch at or after `offset`, which must be a batch
     /// boundary (or the end). Used by replication to drop a divergent suffix.
     pub async fn truncate(&self, offset: Offset) -> Result<()> {
@@ -955,15 +1045,18 @@ impl Log {
             seg.next_offset, offset,
             "truncated segment does not end at the cut"
         );
-        let mut st = self.state.borrow_mut();
-        st.segments.insert(seg_base, seg);
-        st.dirty_next = offset;
-        st.written_next = offset;
-        st.committed_next = offset;
-        st.generation += 1;
-        st.last_flush_error = format!("log truncated to {offset}");
-        self.ctx.cache.borrow_mut().remove_from(self.id, offset);
-        st.check_invariants();
+        {
+            let mut st = self.state.borrow_mut();
+            st.segments.insert(seg_base, seg);
+            st.dirty_next = offset;
+            st.written_next = offset;
+            st.committed_next = offset;
+            st.generation += 1;
+            st.last_flush_error = format!("log truncated to {offset}");
+            self.ctx.cache.borrow_mut().remove_from(self.id, offset);
+            st.check_invariants();
+        }
+        self.notify_discard(offset);
         info!(log = %self.dir.display(), offset = %offset, "truncated log");
         Ok(())
     }

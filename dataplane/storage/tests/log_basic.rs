@@ -474,3 +474,43 @@ fn prezeroed_space_ahead_of_the_tail_is_invisible() {
         });
     }
 }
+
+#[test]
+fn delete_before_drops_whole_segments_below_the_offset_only() {
+    let dir = tmp();
+    run(|| async move {
+        let config = small_config(Durability::Fsync);
+        let log = open(dir.path(), config.clone()).await;
+        for i in 0..100 {
+            log.append(batch(3, 1000, i)).await.expect("append");
+        }
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 3, "need several segments, got {bases:?}");
+        // An offset inside the third segment keeps that segment whole.
+        let cut = bases[2].plus(1);
+        assert_eq!(log.delete_before(cut).await.expect("delete"), 2);
+        assert_eq!(log.offsets().start, bases[2]);
+        assert_eq!(log.segment_bases()[0], bases[2]);
+        let err = log
+            .read(ReadRequest {
+                offset: Offset(0),
+                max_bytes: 1 << 20,
+                end: None,
+            })
+            .await
+            .expect_err("below the start");
+        assert!(matches!(err, StorageError::OffsetOutOfRange { .. }), "{err}");
+        // The active segment is never deleted, whatever the offset.
+        let end = log.offsets().committed_next;
+        log.delete_before(end.plus(1000)).await.expect("delete");
+        assert_eq!(log.segment_bases().len(), 1);
+        let remaining = read_all(&log, log.offsets().start).await;
+        log.close().await.expect("close");
+        let (log, _) = Log::open(dir.path(), config, LogContext::new(1 << 20))
+            .await
+            .expect("reopen");
+        assert_eq!(log.offsets().committed_next, end);
+        assert_eq!(read_all(&log, log.offsets().start).await, remaining);
+        log.close().await.expect("close");
+    });
+}
