@@ -8,6 +8,7 @@ use crate::node;
 use ferrolog_hw_profiles::{
     format_cpuset, online_cpus, parse_cpuset, Durability as ProfileDurability, Profile,
 };
+use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
 use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
 use ferrolog_kafka::ServerConfig;
 use ferrolog_model::NodeId;
@@ -62,6 +63,20 @@ pub struct StartArgs {
     /// Seconds the rest of a request may take to arrive once it started.
     #[arg(long, default_value_t = 30)]
     pub request_read_timeout_s: u64,
+    /// How long the first rebalance of an empty group waits for more
+    /// members (Kafka's group.initial.rebalance.delay.ms).
+    #[arg(long, default_value_t = 3000)]
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Shortest session timeout a group member may ask for.
+    #[arg(long, default_value_t = 6000)]
+    pub group_min_session_timeout_ms: u64,
+    /// Longest session timeout a group member may ask for.
+    #[arg(long, default_value_t = 1_800_000)]
+    pub group_max_session_timeout_ms: u64,
+    /// Committed offsets of a group that has been empty this long are
+    /// deleted (Kafka's offsets.retention.minutes, default 7 days).
+    #[arg(long, default_value_t = 7 * 24 * 3600 * 1000)]
+    pub offsets_retention_ms: u64,
 }
 
 fn init_logging() {
@@ -202,6 +217,16 @@ pub fn run(args: StartArgs) -> ExitCode {
         fetch_max_wait: Duration::from_secs(30),
         fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
         busy_poll_us: profile.network.busy_poll_us,
+        groups: GroupConfig {
+            limits: GroupLimits {
+                min_session: Duration::from_millis(args.group_min_session_timeout_ms),
+                max_session: Duration::from_millis(args.group_max_session_timeout_ms),
+                initial_rebalance_delay: Duration::from_millis(args.group_initial_rebalance_delay_ms),
+                ..GroupLimits::default()
+            },
+            offsets_retention: Duration::from_millis(args.offsets_retention_ms),
+            ..GroupConfig::default()
+        },
     });
     let runtime = RuntimeConfig {
         cpus: cpus.clone(),

@@ -40,4 +40,6 @@ pub struct ServerConfig {
     pub fetch_response_max_bytes: usize,
     /// SO_BUSY_POLL on client sockets, in µs (0 = off).
     pub busy_poll_us: u32,
+    /// The group coordinator's settings.
+    pub groups: crate::groups::GroupConfig,
 }

@@ -1,5 +1,6 @@
 //! Internal errors to Kafka error codes: the one place they are mapped.
 
+use crate::producer_state::SequenceError;
 use crate::topics::TopicError;
 use ferrolog_model::BatchError;
 use ferrolog_shard::ShardError;
@@ -28,6 +29,16 @@ pub fn storage(e: &StorageError) -> ResponseError {
 pub fn shard(_e: &ShardError) -> ResponseError {
     // Only happens while the node shuts down: tell clients to go elsewhere.
     ResponseError::NotLeaderOrFollower
+}
+
+/// A batch refused by the idempotent-producer checks.
+pub fn producer(e: &SequenceError) -> ResponseError {
+    match e {
+        SequenceError::StaleEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        SequenceError::NewEpochNotAtZero { .. } | SequenceError::OutOfOrder { .. } => {
+            ResponseError::OutOfOrderSequenceNumber
+        }
+    }
 }
 
 pub fn topic(e: &TopicError) -> ResponseError {
@@ -61,5 +72,18 @@ mod tests {
         assert_eq!(storage(&io).code(), 56);
         assert_eq!(topic(&TopicError::InvalidName("a/b".into(), "x")).code(), 17);
         assert_eq!(topic(&TopicError::UnknownConfig("x".into())).code(), 40);
+        let stale = SequenceError::StaleEpoch {
+            producer_id: 1,
+            epoch: 0,
+            current: 1,
+        };
+        assert_eq!(producer(&stale).code(), 47);
+        let gap = SequenceError::OutOfOrder {
+            producer_id: 1,
+            epoch: 0,
+            first_seq: 5,
+            expected: 3,
+        };
+        assert_eq!(producer(&gap).code(), 45);
     }
 }

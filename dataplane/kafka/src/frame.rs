@@ -221,12 +221,12 @@ mod tests {
             decode_request(unknown).err(),
             Some(DecodeError::UnknownApiKey(0x7f00))
         );
-        // OffsetCommit exists in Kafka but is not served (yet).
-        let unsupported = Bytes::from_static(&[0, 8, 0, 1, 0, 0, 0, 1]);
+        // AddPartitionsToTxn exists in Kafka but is not served (yet).
+        let unsupported = Bytes::from_static(&[0, 24, 0, 1, 0, 0, 0, 1]);
         assert!(matches!(
             decode_request(unsupported),
             Err(DecodeError::UnsupportedApi {
-                api: ApiKey::OffsetCommit
+                api: ApiKey::AddPartitionsToTxn
             })
         ));
         let old_produce = Bytes::from_static(&[0, 0, 0, 2, 0, 0, 0, 1]);

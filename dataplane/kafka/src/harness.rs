@@ -183,6 +183,7 @@ pub struct Harness {
     feeds: Mutex<mpsc::Sender<Feed>>,
     thread: Option<JoinHandle<()>>,
     data_dir: PathBuf,
+    config: ServerConfig,
 }
 
 /// The server settings of a harness node with its data in `data_dir`.
@@ -213,6 +214,13 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         fetch_max_wait: FETCH_MAX_WAIT,
         fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
         busy_poll_us: 0,
+        groups: crate::groups::GroupConfig {
+            limits: crate::groups::group::GroupLimits {
+                initial_rebalance_delay: Duration::ZERO,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     }
 }
 
@@ -249,12 +257,20 @@ impl Harness {
     /// Starts a node on a fresh data directory under the system temp dir and
     /// waits until its topic table is up.
     pub fn start() -> Result<Harness, String> {
+        Self::start_with(|_| {})
+    }
+
+    /// Like `start`, with the server settings changed by `tune`.
+    pub fn start_with(tune: impl FnOnce(&mut ServerConfig)) -> Result<Harness, String> {
         let data_dir = fresh_data_dir().map_err(|e| format!("harness data dir: {e}"))?;
-        match Self::start_in(&data_dir) {
+        let mut config = server_config(&data_dir);
+        tune(&mut config);
+        match Self::start_in(config.clone()) {
             Ok((feeds, thread)) => Ok(Harness {
                 feeds: Mutex::new(feeds),
                 thread: Some(thread),
                 data_dir,
+                config,
             }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&data_dir);
@@ -263,8 +279,8 @@ impl Harness {
         }
     }
 
-    fn start_in(data_dir: &Path) -> Result<(mpsc::Sender<Feed>, JoinHandle<()>), String> {
-        let config = Arc::new(server_config(data_dir));
+    fn start_in(config: ServerConfig) -> Result<(mpsc::Sender<Feed>, JoinHandle<()>), String> {
+        let config = Arc::new(config);
         let runtime = RuntimeConfig {
             cpus: vec![first_allowed_cpu()],
             io_memory_bytes: IO_MEMORY_BYTES,
@@ -337,8 +353,18 @@ impl Harness {
     }
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
+impl Harness {
+    /// Stops the node cleanly (logs closed) and starts it again on the same
+    /// data directory, as a broker restart does.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        let (feeds, thread) = Self::start_in(self.config.clone())?;
+        self.feeds = Mutex::new(feeds);
+        self.thread = Some(thread);
+        Ok(())
+    }
+
+    fn stop(&mut self) {
         // A closed channel ends the node's serve loop; it then closes its
         // logs. A feed that panicked poisons the mutex, not the sender.
         self.feeds
@@ -350,6 +376,16 @@ impl Drop for Harness {
                 warn!("harness node thread panicked");
             }
         }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop();
         if let Err(e) = std::fs::remove_dir_all(&self.data_dir) {
             warn!(dir = %self.data_dir.display(), "cannot remove harness data dir: {e}");
         }
@@ -369,13 +405,18 @@ async fn node(
     let shard = shard::Shard::new(smp, config);
     // Before the first await, like run_shard.
     shard::install(shard.clone());
-    let result = controller::bootstrap().await;
+    let result = match controller::bootstrap().await {
+        Ok(()) => {
+            crate::groups::coordinator::start_local(&shard.smp, &shard.config, shard.log_ctx.clone()).await
+        }
+        Err(e) => Err(e),
+    };
     let _ = ready.try_send(result.clone());
     if result.is_ok() {
         serve_feeds(&shard, feeds).await;
     }
     // Like run_shard, the shard stays installed until the executor ends.
-    let failed = shard.close_all().await;
+    let failed = shard.close_all().await + crate::groups::coordinator::close_local().await;
     result?;
     if failed > 0 {
         return Err(format!("{failed} logs failed to close cleanly"));
@@ -402,6 +443,7 @@ async fn serve_one(shard: &Rc<shard::Shard>, bytes: Bytes) -> Reply {
     let max = shard.config.max_request_bytes;
     let mut buf = BytesMut::from(&bytes[..]);
     let mut out = FeedOutcome::default();
+    let peer: Rc<str> = "/127.0.0.1".into();
     loop {
         let frame = match frame::split_frame(&mut buf, max) {
             Ok(Some(f)) => f,
@@ -417,7 +459,7 @@ async fn serve_one(shard: &Rc<shard::Shard>, bytes: Bytes) -> Reply {
         };
         let frame_bytes = frame.len();
         let step = futures_lite::future::or(
-            async { Step::Done(server::handle_frame(shard, frame).await) },
+            async { Step::Done(server::handle_frame(shard, frame, &peer).await) },
             async {
                 glommio::timer::sleep(FRAME_DEADLINE).await;
                 Step::Hung

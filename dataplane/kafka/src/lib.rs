@@ -16,8 +16,11 @@ pub mod config;
 pub mod controller;
 pub mod errors;
 pub mod frame;
+pub mod groups;
 pub mod handlers;
 pub mod harness;
+pub mod producer_ids;
+pub mod producer_state;
 pub mod registry;
 pub mod server;
 pub mod shard;
@@ -48,7 +51,7 @@ pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<Atomic
     if result.is_err() {
         stop.store(true, Ordering::SeqCst);
     }
-    let failed = shard.close_all().await;
+    let failed = shard.close_all().await + groups::coordinator::close_local().await;
     // The shard stays installed: connection tasks and calls from other shards
     // may still run until the executor ends; they find no partitions and
     // answer with errors instead of touching closed logs.
@@ -65,7 +68,7 @@ async fn serve(shard: &Rc<shard::Shard>, stop: &Arc<AtomicBool>) -> Result<(), S
         for s in shard.smp.shards() {
             shard
                 .smp
-                .submit_to(s, || async { start_on_this_shard() })
+                .submit_to(s, start_on_this_shard)
                 .await
                 .map_err(|e| e.to_string())??;
         }
@@ -88,7 +91,10 @@ thread_local! {
     static ACCEPT: std::cell::RefCell<Option<glommio::task::JoinHandle<()>>> = const { std::cell::RefCell::new(None) };
 }
 
-fn start_on_this_shard() -> Result<(), String> {
+/// Loads the group coordinator partitions this shard owns, then listens.
+async fn start_on_this_shard() -> Result<(), String> {
+    let shard = shard::local();
+    groups::coordinator::start_local(&shard.smp, &shard.config, shard.log_ctx.clone()).await?;
     let task = server::start_listening()?;
     ACCEPT.with(|a| *a.borrow_mut() = Some(task));
     Ok(())

@@ -37,6 +37,18 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::IncrementalAlterConfigs,
         handlers::incremental_alter_configs::VERSIONS,
     ),
+    (ApiKey::InitProducerId, handlers::init_producer_id::VERSIONS),
+    (ApiKey::FindCoordinator, handlers::find_coordinator::VERSIONS),
+    (ApiKey::JoinGroup, handlers::join_group::VERSIONS),
+    (ApiKey::SyncGroup, handlers::sync_group::VERSIONS),
+    (ApiKey::Heartbeat, handlers::heartbeat::VERSIONS),
+    (ApiKey::LeaveGroup, handlers::leave_group::VERSIONS),
+    (ApiKey::OffsetCommit, handlers::offset_commit::VERSIONS),
+    (ApiKey::OffsetFetch, handlers::offset_fetch::VERSIONS),
+    (ApiKey::ListGroups, handlers::list_groups::VERSIONS),
+    (ApiKey::DescribeGroups, handlers::describe_groups::VERSIONS),
+    (ApiKey::DeleteGroups, handlers::delete_groups::VERSIONS),
+    (ApiKey::OffsetDelete, handlers::offset_delete::VERSIONS),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -78,6 +90,18 @@ mod tests {
                 ApiKey::IncrementalAlterConfigs => {
                     check::<IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse>(*v)
                 }
+                ApiKey::InitProducerId => check::<InitProducerIdRequest, InitProducerIdResponse>(*v),
+                ApiKey::FindCoordinator => check::<FindCoordinatorRequest, FindCoordinatorResponse>(*v),
+                ApiKey::JoinGroup => check::<JoinGroupRequest, JoinGroupResponse>(*v),
+                ApiKey::SyncGroup => check::<SyncGroupRequest, SyncGroupResponse>(*v),
+                ApiKey::Heartbeat => check::<HeartbeatRequest, HeartbeatResponse>(*v),
+                ApiKey::LeaveGroup => check::<LeaveGroupRequest, LeaveGroupResponse>(*v),
+                ApiKey::OffsetCommit => check::<OffsetCommitRequest, OffsetCommitResponse>(*v),
+                ApiKey::OffsetFetch => check::<OffsetFetchRequest, OffsetFetchResponse>(*v),
+                ApiKey::ListGroups => check::<ListGroupsRequest, ListGroupsResponse>(*v),
+                ApiKey::DescribeGroups => check::<DescribeGroupsRequest, DescribeGroupsResponse>(*v),
+                ApiKey::DeleteGroups => check::<DeleteGroupsRequest, DeleteGroupsResponse>(*v),
+                ApiKey::OffsetDelete => check::<OffsetDeleteRequest, OffsetDeleteResponse>(*v),
                 other => panic!("{other:?} has no codec check"),
             }
         }

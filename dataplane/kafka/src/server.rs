@@ -64,6 +64,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 .unwrap_or_else(|_| "?".into());
             match serve_connection(&shard, stream).await {
                 Ok(()) => debug!(%peer, "connection closed"),
+                // A client that goes away without a goodbye is normal.
+                Err(reason) if reason.starts_with(PEER_GONE) => debug!(%peer, "{reason}"),
                 Err(reason) => warn!(%peer, shard = %shard.id(), "closing connection: {reason}"),
             }
             open.set(open.get() - 1);
@@ -122,12 +124,29 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Duration
     r
 }
 
+/// How a connection error caused by the peer (reset, closed) starts.
+const PEER_GONE: &str = "peer gone";
+
+fn io_error(op: &str, e: &std::io::Error) -> String {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    if matches!(e.kind(), BrokenPipe | ConnectionAborted | ConnectionReset) {
+        format!("{PEER_GONE}: {op}: {e}")
+    } else {
+        format!("{op}: {e}")
+    }
+}
+
 async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<(), String> {
     let cfg = shard.config.clone();
     stream
         .set_nodelay(true)
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
     set_busy_poll(&stream, cfg.busy_poll_us);
+    // Kafka's client host format (DescribeGroups).
+    let peer: Rc<str> = match stream.peer_addr() {
+        Ok(a) => format!("/{}", a.ip()).into(),
+        Err(_) => "/unknown".into(),
+    };
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         let frame = loop {
@@ -147,13 +166,13 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
                     return Err(format!("peer closed mid-request ({} bytes buffered)", buf.len()))
                 }
                 Read::Bytes(Ok(_)) => {}
-                Read::Bytes(Err(e)) => return Err(format!("read: {e}")),
+                Read::Bytes(Err(e)) => return Err(io_error("read", &e)),
                 Read::TimedOut => return Err(format!("{waiting_for} for {timeout:?}")),
             }
         };
-        let out = handle_frame(shard, frame).await?;
+        let out = handle_frame(shard, frame, &peer).await?;
         if let Some(out) = out {
-            stream.write_all(&out).await.map_err(|e| format!("write: {e}"))?;
+            stream.write_all(&out).await.map_err(|e| io_error("write", &e))?;
         }
     }
 }
@@ -161,7 +180,13 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
 /// Decodes one request frame (without its size prefix), runs its handler and
 /// encodes the response frame. `Ok(None)`: nothing to send (acks=0).
 /// `Err`: the connection must be closed; the text says why.
-pub async fn handle_frame(shard: &Rc<Shard>, frame: bytes::Bytes) -> Result<Option<BytesMut>, String> {
+/// Decodes, handles and encodes one request frame of a client at `peer`
+/// (its address as Kafka prints it, `/ip`).
+pub async fn handle_frame(
+    shard: &Rc<Shard>,
+    frame: bytes::Bytes,
+    peer: &Rc<str>,
+) -> Result<Option<BytesMut>, String> {
     // The codec is third-party code fed hostile bytes: contain a panic to
     // this request.
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame::decode_request(frame)))
@@ -171,7 +196,7 @@ pub async fn handle_frame(shard: &Rc<Shard>, frame: bytes::Bytes) -> Result<Opti
             let api = req.api;
             let version = req.header.request_api_version;
             let correlation_id = req.header.correlation_id;
-            match handlers::dispatch(shard.clone(), *req).await {
+            match handlers::dispatch(shard.clone(), *req, peer.clone()).await {
                 Some(body) => Ok(Some(frame::encode_response(api, version, correlation_id, &body)?)),
                 None => Ok(None),
             }

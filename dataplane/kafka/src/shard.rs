@@ -1,5 +1,8 @@
 //! Per-shard state: the partitions this shard owns, its snapshot of the topic
-//! table, and the operations other shards call on it.
+//! table, and the operations other shards call on it. A partition carries its
+//! idempotent producers' state (`producer_state`), kept in step with its log
+//! through `Log::append_guarded` and the log's discard listener; shard 0 also
+//! holds the producer id allocator (`producer_ids`).
 //!
 //! Everything here lives on one shard's thread (`Rc`/`RefCell`) and is reached
 //! through [`local`]. Work for partitions owned elsewhere goes through
@@ -8,12 +11,17 @@
 //! held across an await.
 
 use crate::config::ServerConfig;
+use crate::producer_ids::ProducerIdAllocator;
+use crate::producer_state::{
+    decode_snapshot, BatchMeta, ProducerBatch, ProducerStateTable, Verdict, PRODUCERS_PER_PARTITION_MAX,
+};
 use crate::topics::TopicTable;
 use bytes::{Bytes, BytesMut};
-use ferrolog_model::{Ntp, Offset, ShardId};
+use ferrolog_model::{BatchHeader, Ntp, Offset, ShardId};
 use ferrolog_shard::{ShardError, Smp};
-use ferrolog_storage::{Log, LogConfig, LogContext, LogOffsets, StorageError};
+use ferrolog_storage::{Log, LogConfig, LogContext, LogOffsets, ReadRequest, StorageError};
 use futures_channel::mpsc;
+use kafka_protocol::error::ResponseError;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +29,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 thread_local! {
     static SHARD: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
@@ -78,6 +86,21 @@ impl WaiterRef {
     }
 }
 
+/// Bytes the producer-state rebuild reads from the log at a time.
+pub const PRODUCER_REBUILD_READ_BYTES: usize = 4 << 20;
+/// In a partition's directory between a clean close and the next open: the
+/// producer state as of the close, so that open can skip the scan.
+pub const PRODUCER_SNAPSHOT_FILE: &str = "producer_state.snapshot";
+
+/// Where a recovered partition's producer state came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProducerStateSource {
+    /// The snapshot its last clean close left.
+    Snapshot,
+    /// A scan of every batch header in the log.
+    Scan,
+}
+
 /// One partition on its owner shard.
 pub struct Partition {
     pub ntp: Ntp,
@@ -85,15 +108,183 @@ pub struct Partition {
     /// Fetches waiting for data past their offset; woken (and dropped) by the
     /// next append. They may be waiting on other shards.
     waiters: RefCell<Vec<WaiterRef>>,
+    /// Idempotent producers' sequence state. Changed only inside the log's
+    /// append section (the guard of `append_guarded`) and by the log's
+    /// discard listener, so it always describes exactly the log's batches.
+    producers: Rc<RefCell<ProducerStateTable>>,
+    /// Times the log discarded appended batches (failed flush, truncation).
+    discards: Rc<Cell<u64>>,
 }
 
+/// An error for one partition of a Produce: the Kafka code and a message.
+pub type ProduceError = (ResponseError, String);
+
 impl Partition {
+    /// A partition with no producer state (a new, empty log).
     pub fn new(ntp: Ntp, log: Rc<Log>) -> Partition {
+        Self::with_producers(ntp, log, ProducerStateTable::new(PRODUCERS_PER_PARTITION_MAX))
+    }
+
+    /// A partition over a recovered log, with the producer state the log
+    /// implies, so retries sent before a restart (or a kill -9) are still
+    /// recognised: the snapshot of the last clean close if it matches the
+    /// log, else rebuilt from every batch header in the log.
+    pub async fn recover(ntp: Ntp, log: Rc<Log>) -> Result<(Partition, ProducerStateSource), StorageError> {
+        let (producers, source) = match take_producer_snapshot(&ntp, &log)? {
+            Some(table) => (table, ProducerStateSource::Snapshot),
+            None => (
+                rebuild_producer_state(&ntp, &log).await?,
+                ProducerStateSource::Scan,
+            ),
+        };
+        Ok((Self::with_producers(ntp, log, producers), source))
+    }
+
+    /// Closes the log and, if that worked, leaves a snapshot of the producer
+    /// state for the next open. A snapshot that cannot be written only costs
+    /// the next open a scan.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.log.close().await?;
+        let end = self.log.offsets().committed_next;
+        // An append that queued while the close flushed is neither written
+        // nor reported discarded; it must not be in the snapshot.
+        self.producers.borrow_mut().discard_from(end);
+        let bytes = self.producers.borrow().encode_snapshot(end);
+        let path = self.log.dir().join(PRODUCER_SNAPSHOT_FILE);
+        if let Err(e) = write_producer_snapshot(&path, &bytes) {
+            warn!(partition = %self.ntp, "cannot write {}: {e}", path.display());
+        }
+        Ok(())
+    }
+
+    fn with_producers(ntp: Ntp, log: Rc<Log>, producers: ProducerStateTable) -> Partition {
+        let producers = Rc::new(RefCell::new(producers));
+        let discards = Rc::new(Cell::new(0));
+        let (table, count) = (producers.clone(), discards.clone());
+        log.set_discard_listener(move |from| {
+            table.borrow_mut().discard_from(from);
+            count.set(count.get() + 1);
+        });
         Partition {
             ntp,
             log,
             waiters: RefCell::new(Vec::new()),
+            producers,
+            discards,
         }
+    }
+
+    /// Producers whose sequence state this partition holds.
+    pub fn producer_count(&self) -> usize {
+        self.producers.borrow().len()
+    }
+
+    /// Appends one batch from a client; returns its base offset. Batches of
+    /// an idempotent producer (producer id >= 0) are checked against its
+    /// sequence state: a retry of a batch the log holds is answered with
+    /// that batch's base offset and not appended again. The batch must have
+    /// passed `check_producer_batch`.
+    pub async fn append_producer_batch(&self, batch: Bytes) -> Result<Offset, ProduceError> {
+        let header =
+            BatchHeader::parse(&batch).map_err(|e| (ResponseError::CorruptMessage, e.to_string()))?;
+        let Some(pb) = ProducerBatch::from_header(&header) else {
+            return self
+                .log
+                .append(batch)
+                .await
+                .map(|a| a.base_offset)
+                .map_err(|e| self.storage_error(e));
+        };
+        if pb.first_seq < 0 {
+            return Err((
+                ResponseError::InvalidRecord,
+                format!(
+                    "batch of producer {} has no sequence number ({})",
+                    pb.producer_id, pb.first_seq
+                ),
+            ));
+        }
+        // The guard's verdict, and the discard count when it was reached.
+        let mut verdict = None;
+        let appended = self
+            .log
+            .append_guarded(batch, None, |at| {
+                let v = self
+                    .producers
+                    .borrow_mut()
+                    .check_and_record(&pb, at.base_offset, at.last_offset);
+                let go = v == Ok(Verdict::Append);
+                verdict = Some((v, self.discards.get()));
+                go
+            })
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        if let Some(a) = appended {
+            return Ok(a.base_offset);
+        }
+        match verdict.expect("a refused append ran its guard") {
+            (Ok(Verdict::Duplicate(original)), discards) => {
+                debug!(
+                    partition = %self.ntp,
+                    producer_id = pb.producer_id,
+                    first_seq = pb.first_seq,
+                    base_offset = %original.base_offset,
+                    "retried batch answered with its original offsets"
+                );
+                self.settle_duplicate(&pb, original, discards).await
+            }
+            (Ok(Verdict::Append), _) => unreachable!("the guard refused an append it agreed to"),
+            (Err(e), _) => Err((crate::errors::producer(&e), e.to_string())),
+        }
+    }
+
+    /// Answers a retry once its original is durable: the original may still
+    /// wait for its flush, and that flush may fail.
+    async fn settle_duplicate(
+        &self,
+        pb: &ProducerBatch,
+        original: BatchMeta,
+        discards_before: u64,
+    ) -> Result<Offset, ProduceError> {
+        // The original was in the log when the retry was checked; it is
+        // still there unless a discard since then took it.
+        let durable = || {
+            let kept = self.discards.get() == discards_before
+                || self
+                    .producers
+                    .borrow()
+                    .contains(pb.producer_id, pb.epoch, &original);
+            kept && self.log.offsets().committed_next > original.last_offset
+        };
+        if durable() {
+            return Ok(original.base_offset);
+        }
+        // Everything appended before this flush is committed or discarded
+        // when it returns.
+        let flushed = self.log.flush().await;
+        if durable() {
+            return Ok(original.base_offset);
+        }
+        Err(match flushed {
+            Err(e) => self.storage_error(e),
+            Ok(()) => (
+                ResponseError::KafkaStorageError,
+                format!(
+                    "the first copy of this batch (offsets {}..={}) was lost to a failed write; send it again",
+                    original.base_offset, original.last_offset
+                ),
+            ),
+        })
+    }
+
+    fn storage_error(&self, e: StorageError) -> ProduceError {
+        if !matches!(
+            e,
+            StorageError::InvalidBatch(_) | StorageError::BatchTooLarge { .. }
+        ) {
+            warn!(partition = %self.ntp, "append failed: {e}");
+        }
+        (crate::errors::storage(&e), e.to_string())
     }
 
     fn wake_waiters(&self) {
@@ -113,6 +304,8 @@ pub struct Shard {
     /// Long-poll fetches of this shard's connections, by waiter id.
     waiters: RefCell<HashMap<u64, mpsc::Sender<()>>>,
     next_waiter: Cell<u64>,
+    /// On the controller shard: InitProducerId's ids, opened at first use.
+    producer_ids: RefCell<Option<ProducerIdAllocator>>,
 }
 
 impl Shard {
@@ -126,7 +319,23 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             waiters: RefCell::new(HashMap::new()),
             next_waiter: Cell::new(0),
+            producer_ids: RefCell::new(None),
         })
+    }
+
+    /// A producer id never handed out before from this data directory.
+    /// Runs on the controller shard only (`controller::call`).
+    pub fn next_producer_id(&self) -> Result<i64, String> {
+        assert_eq!(
+            self.id(),
+            crate::controller::CONTROLLER_SHARD,
+            "producer ids are allocated on the controller shard"
+        );
+        let mut ids = self.producer_ids.borrow_mut();
+        if ids.is_none() {
+            *ids = Some(ProducerIdAllocator::open(&self.config.data_dir)?);
+        }
+        ids.as_mut().expect("opened above").allocate()
     }
 
     pub fn id(&self) -> ShardId {
@@ -189,6 +398,9 @@ impl Shard {
             let (log, report) = Log::open(&dir, config, self.log_ctx.clone())
                 .await
                 .map_err(|e| format!("open {ntp}: {e}"))?;
+            let (partition, producer_state) = Partition::recover(ntp.clone(), log.clone())
+                .await
+                .map_err(|e| format!("recover the producer state of {ntp}: {e}"))?;
             let o = log.offsets();
             info!(
                 partition = %ntp,
@@ -199,12 +411,12 @@ impl Shard {
                 truncated = report.truncated.len(),
                 rebuilt_indexes = report.rebuilt_indexes.len(),
                 corrupt = report.corrupt.len(),
+                producers = partition.producer_count(),
+                producer_state = ?producer_state,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "opened partition"
             );
-            self.partitions
-                .borrow_mut()
-                .insert(ntp.clone(), Rc::new(Partition::new(ntp, log)));
+            self.partitions.borrow_mut().insert(ntp, Rc::new(partition));
         }
         Ok(())
     }
@@ -235,7 +447,7 @@ impl Shard {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow_mut().drain().map(|(_, p)| p).collect();
         let mut failed = 0;
         for p in parts {
-            if let Err(e) = p.log.close().await {
+            if let Err(e) = p.close().await {
                 warn!(partition = %p.ntp, "close failed: {e}");
                 failed += 1;
             }
@@ -398,20 +610,14 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
                         answer.error = Some((ResponseError::InvalidRecord, reason));
                         break;
                     }
-                    match p.log.append(batch).await {
-                        Ok(a) => {
+                    match p.append_producer_batch(batch).await {
+                        Ok(base) => {
                             if i == 0 {
-                                answer.base_offset = a.base_offset;
+                                answer.base_offset = base;
                             }
                         }
                         Err(e) => {
-                            if !matches!(
-                                e,
-                                StorageError::InvalidBatch(_) | StorageError::BatchTooLarge { .. }
-                            ) {
-                                warn!(partition = %item.ntp, "append failed: {e}");
-                            }
-                            answer.error = Some((crate::errors::storage(&e), e.to_string()));
+                            answer.error = Some(e);
                             break;
                         }
                     }
@@ -422,6 +628,95 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
         out.push(answer);
     }
     out
+}
+
+/// Reads and removes the producer snapshot of `log`'s directory. Returns
+/// the table if the snapshot is valid and was taken at the log's current
+/// end. It is removed (durably) before anything is appended: it describes
+/// the log only until the log changes, and a stale one left behind by a
+/// crash could otherwise match a log that was truncated and refilled to the
+/// same end.
+fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerStateTable>, StorageError> {
+    let path = log.dir().join(PRODUCER_SNAPSHOT_FILE);
+    let io = |op, source| StorageError::Io {
+        op,
+        path: path.clone(),
+        source,
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("read", e)),
+    };
+    std::fs::remove_file(&path).map_err(|e| io("remove", e))?;
+    std::fs::File::open(log.dir())
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync dir of", e))?;
+    let end = log.offsets().committed_next;
+    match decode_snapshot(&bytes, PRODUCERS_PER_PARTITION_MAX) {
+        Ok((table, at)) if at == end => Ok(Some(table)),
+        Ok((_, at)) => {
+            warn!(partition = %ntp, snapshot_end = %at, log_end = %end, "producer snapshot does not match the log; scanning");
+            Ok(None)
+        }
+        Err(e) => {
+            warn!(partition = %ntp, "{e}; scanning the log");
+            Ok(None)
+        }
+    }
+}
+
+/// Writes the snapshot through a temporary file and a rename, so the file
+/// is whole or absent. Not fsynced: a snapshot lost or torn by a power
+/// failure fails its CRC or is missing, and the next open scans.
+fn write_producer_snapshot(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The producer state a log implies: every batch header from the log start,
+/// read [`PRODUCER_REBUILD_READ_BYTES`] at a time. A damaged stretch (which
+/// reads report as corrupt) is skipped to the next segment, with a warning:
+/// retries of batches in it are not recognised.
+async fn rebuild_producer_state(ntp: &Ntp, log: &Log) -> Result<ProducerStateTable, StorageError> {
+    let mut table = ProducerStateTable::new(PRODUCERS_PER_PARTITION_MAX);
+    let mut at = log.offsets().start;
+    let end = log.offsets().committed_next;
+    while at < end {
+        let req = ReadRequest {
+            offset: at,
+            max_bytes: PRODUCER_REBUILD_READ_BYTES,
+            end: None,
+        };
+        let batches = match log.read(req).await {
+            Ok(r) => r.batches,
+            Err(e @ StorageError::Corrupt { .. }) => {
+                let next = log.segment_bases().into_iter().find(|b| *b > at);
+                warn!(partition = %ntp, offset = %at, skip_to = ?next, "producer state rebuild skips damage: {e}");
+                match next {
+                    Some(n) => {
+                        at = n;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if batches.is_empty() {
+            break;
+        }
+        for b in &batches {
+            // Reads return only batches that verified.
+            let h = BatchHeader::parse(b).expect("the log returned a batch whose header does not parse");
+            if let Some(pb) = ProducerBatch::from_header(&h) {
+                table.record(&pb, h.base_offset, h.last_offset());
+            }
+            at = h.last_offset().plus(1);
+        }
+    }
+    Ok(table)
 }
 
 /// One partition's share of a Fetch.

@@ -13,18 +13,34 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_topics;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 /// What a handler needs besides its request body.
 pub struct Ctx {
     pub shard: Rc<Shard>,
     pub version: i16,
+    /// The request header's client id ("" if null).
+    pub client_id: String,
+    /// The client's address as Kafka prints it (`/ip`).
+    pub peer: Rc<str>,
 }
 
 /// Kafka config resource types.
@@ -37,10 +53,17 @@ pub fn str_bytes(s: impl Into<String>) -> StrBytes {
 
 /// Runs the handler for `req`. `None` means no response is sent (Produce with
 /// acks=0).
-pub async fn dispatch(shard: Rc<Shard>, req: Request) -> Option<ResponseKind> {
+pub async fn dispatch(shard: Rc<Shard>, req: Request, peer: Rc<str>) -> Option<ResponseKind> {
     let ctx = Ctx {
         shard,
         version: req.header.request_api_version,
+        client_id: req
+            .header
+            .client_id
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default(),
+        peer,
     };
     Some(match req.body {
         RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(&ctx, r)),
@@ -55,9 +78,25 @@ pub async fn dispatch(shard: Rc<Shard>, req: Request) -> Option<ResponseKind> {
         }
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(describe_configs::handle(&ctx, r)),
         RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(alter_configs::handle(&ctx, r).await),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(init_producer_id::handle(&ctx, r).await)
+        }
         RequestKind::IncrementalAlterConfigs(r) => {
             ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(&ctx, r).await)
         }
+        RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(find_coordinator::handle(&ctx, r)),
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(join_group::handle(&ctx, r).await),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(sync_group::handle(&ctx, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(heartbeat::handle(&ctx, r).await),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(leave_group::handle(&ctx, r).await),
+        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offset_commit::handle(&ctx, r).await),
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offset_fetch::handle(&ctx, r).await),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(list_groups::handle(&ctx, r).await),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(describe_groups::handle(&ctx, r).await)
+        }
+        RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(delete_groups::handle(&ctx, r).await),
+        RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(offset_delete::handle(&ctx, r).await),
         other => unreachable!("decoder admitted an unregistered api: {other:?}"),
     })
 }
