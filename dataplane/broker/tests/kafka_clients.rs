@@ -28,6 +28,19 @@ const LOG_TAIL_LINES: usize = 80;
 const SCRIPT_TAIL_LINES: usize = 60;
 /// The --max-request-bytes of the bad-input test.
 const MAX_REQUEST_BYTES: &str = "1048576";
+/// Group coordinator settings of the consumer-group tests: a short initial rebalance
+/// delay keeps them fast; the session timeout bounds are Kafka's defaults, spelled
+/// out because the scripts send timeouts just outside them.
+const GROUP_FLAGS: [&str; 6] = [
+    "--group-initial-rebalance-delay-ms",
+    "200",
+    "--group-min-session-timeout-ms",
+    "6000",
+    "--group-max-session-timeout-ms",
+    "1800000",
+];
+/// --offsets-retention-ms of the offsets-expiry test.
+const OFFSETS_RETENTION_MS: &str = "3000";
 
 /// A node's directory, which outlives its broker processes: `data/` is the data
 /// directory, and the broker logs and script outputs sit beside it.
@@ -64,7 +77,11 @@ impl Node {
     /// Starts `ferrolog start` on this node's data directory and a free port, with
     /// `extra` flags, and returns once the Kafka port accepts connections.
     fn start(&self, extra: &[&str]) -> Broker {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        self.start_at(SocketAddr::from(([127, 0, 0, 1], free_port())), extra)
+    }
+
+    /// `start` on the given address (a restart where the clients expect the broker).
+    fn start_at(&self, addr: SocketAddr, extra: &[&str]) -> Broker {
         let log = unused_path(self.dir.path(), "broker", "log");
         let stderr = File::create(&log).expect("broker log file");
         let child = Command::new(BIN)
@@ -191,11 +208,11 @@ impl Broker {
     }
 
     /// Starts a client script that keeps running beside the test; it is killed on drop.
-    fn python_background(&self, script: &str) -> Background {
+    fn python_background(&self, script: &str, args: &[&str]) -> Background {
         let out = unused_path(&self.dir, script.trim_end_matches(".py"), "out");
         let file = File::create(&out).expect("output file");
         let child = self
-            .python_command(script, &[])
+            .python_command(script, args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("clone output file"))
             .stderr(file)
@@ -229,6 +246,18 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGKILL (no shutdown at all: what was not written is lost, what was
+    /// written stays in the page cache) and waits for the process to go.
+    fn kill(&mut self) {
+        // SAFETY: sending a signal to a child process this test spawned and has not reaped.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) },
+            0,
+            "kill -KILL"
+        );
+        self.exit = Some(self.child.wait().expect("wait after SIGKILL"));
     }
 
     fn terminate_cleanly(&mut self) {
@@ -288,6 +317,35 @@ impl Background {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for the script to exit and asserts that it exited 0; returns its output.
+    fn wait_success(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not finish within {within:?}\n{}",
+                self.script,
+                tail(&self.output(), SCRIPT_TAIL_LINES, &self.script)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let output = self.output();
+        if !status.success() {
+            let fails: Vec<&str> = output.lines().filter(|l| l.starts_with("FAIL: ")).collect();
+            panic!(
+                "{} failed ({status})\n{}\n{}",
+                self.script,
+                fails.join("\n"),
+                tail(&output, SCRIPT_TAIL_LINES, &self.script)
+            );
+        }
+        println!("--- {} ---\n{output}", self.script);
+        output
     }
 }
 
@@ -407,7 +465,7 @@ fn topics_configs_and_messages_survive_sigterm_and_restart() {
 fn sigterm_under_produce_and_fetch_load_exits_cleanly() {
     let node = Node::new();
     let mut broker = node.start(&[]);
-    let mut clients = broker.python_background("busy_at_stop.py");
+    let mut clients = broker.python_background("busy_at_stop.py", &[]);
     clients.wait_for_line("busy", SCRIPT_TIMEOUT);
     broker.terminate_cleanly();
     drop(clients);
@@ -476,5 +534,144 @@ fn stalled_and_idle_connections_are_closed() {
     assert!(log.contains("stalled mid-request"), "{}", broker.log_tail());
     assert!(log.contains("idle for"), "{}", broker.log_tail());
     broker.python("acks.py", &[]);
+    broker.terminate_cleanly();
+}
+
+/// confluent-kafka consumers of one group join one by one and leave one by one on a
+/// 6-partition topic while a producer keeps producing: no partition is ever owned by
+/// two members, every message is consumed exactly once (each member commits
+/// synchronously after every batch and in on_revoke), and the group ends up
+/// committed at the partition ends. One test per assignment strategy.
+fn group_rebalances(strategy: &str) {
+    let node = Node::new();
+    let mut broker = node.start(&GROUP_FLAGS);
+    broker.python("group_balance.py", &["--strategy", strategy]);
+    broker.terminate_cleanly();
+}
+
+#[test]
+fn group_rebalances_under_load_range() {
+    group_rebalances("range");
+}
+
+#[test]
+fn group_rebalances_under_load_roundrobin() {
+    group_rebalances("roundrobin");
+}
+
+#[test]
+fn group_rebalances_under_load_cooperative_sticky() {
+    group_rebalances("cooperative-sticky");
+}
+
+/// Committed offsets (and their metadata) survive a broker restart on the same data
+/// directory and port, after SIGTERM or after SIGKILL once the commits were
+/// acknowledged; a new member resumes exactly at them.
+fn committed_offsets_survive(kill: bool) {
+    let node = Node::new();
+    let mut first = node.start(&GROUP_FLAGS);
+    first.python("group_offsets_restart.py", &["--phase", "commit"]);
+    if kill {
+        first.kill();
+    } else {
+        first.terminate_cleanly();
+        node.log_verify();
+    }
+    let mut second = node.start_at(first.addr, &GROUP_FLAGS);
+    second.python("group_offsets_restart.py", &["--phase", "verify"]);
+    second.terminate_cleanly();
+}
+
+#[test]
+fn committed_offsets_survive_sigterm_and_restart() {
+    committed_offsets_survive(false);
+}
+
+#[test]
+fn committed_offsets_survive_sigkill_after_the_commit() {
+    committed_offsets_survive(true);
+}
+
+#[test]
+fn kcat_balanced_consumer_commits_and_resumes() {
+    let node = Node::new();
+    let mut broker = node.start(&GROUP_FLAGS);
+    broker.python("kcat_group.py", &[]);
+}
+
+#[test]
+fn kafka_python_default_idempotent_producer_and_group_consumer() {
+    let node = Node::new();
+    let mut broker = node.start(&GROUP_FLAGS);
+    broker.python("kafka_python_group.py", &[]);
+}
+
+/// librdkafka's idempotent producer; every client connection goes through a proxy
+/// the script runs (the broker advertises the proxy's address), which counts the
+/// batches the broker received more than once.
+fn idempotent_producer_node() -> (Node, Broker, String) {
+    let node = Node::new();
+    let proxy_port = free_port().to_string();
+    let advertised = format!("127.0.0.1:{proxy_port}");
+    let broker = node.start(&["--advertised-kafka-addr", &advertised]);
+    (node, broker, proxy_port)
+}
+
+/// The proxy keeps cutting every connection (dropping the answers to requests the
+/// broker got first, so batches it appended are sent again): every message lands
+/// exactly once, in order, at its acknowledged offset.
+#[test]
+fn idempotent_producer_through_cut_connections_lands_every_message_once() {
+    let (_node, mut broker, proxy_port) = idempotent_producer_node();
+    broker.python(
+        "idempotent_produce.py",
+        &["--proxy-port", &proxy_port, "--mode", "cut"],
+    );
+    broker.terminate_cleanly();
+}
+
+/// The broker is killed (SIGKILL) and restarted on the same data directory and port
+/// in the middle of the stream: with the producer state rebuilt from the log, the
+/// retried batches the old process had appended are recognized as duplicates, so
+/// every message lands exactly once, in order.
+#[test]
+fn idempotent_producer_across_a_broker_sigkill_lands_every_message_once() {
+    let (node, mut broker, proxy_port) = idempotent_producer_node();
+    let advertised = format!("127.0.0.1:{proxy_port}");
+    let mut producer = broker.python_background(
+        "idempotent_produce.py",
+        &["--proxy-port", &proxy_port, "--mode", "restart"],
+    );
+    producer.wait_for_line("restart-now", SCRIPT_TIMEOUT);
+    broker.kill();
+    let mut restarted = node.start_at(broker.addr, &["--advertised-kafka-addr", &advertised]);
+    producer.wait_success(SCRIPT_TIMEOUT);
+    restarted.assert_running("idempotent_produce.py");
+    restarted.terminate_cleanly();
+    node.log_verify();
+}
+
+#[test]
+fn bad_group_requests_get_kafka_errors_and_leave_the_group_working() {
+    let node = Node::new();
+    let mut broker = node.start(&GROUP_FLAGS);
+    broker.python("group_bad_input.py", &[]);
+    broker.terminate_cleanly();
+}
+
+#[test]
+fn empty_group_offsets_expire_and_active_group_offsets_stay() {
+    let node = Node::new();
+    let mut flags = GROUP_FLAGS.to_vec();
+    flags.extend(["--offsets-retention-ms", OFFSETS_RETENTION_MS]);
+    let mut broker = node.start(&flags);
+    broker.python("group_retention.py", &["--retention-ms", OFFSETS_RETENTION_MS]);
+}
+
+#[test]
+fn static_members_and_group_admin_apis() {
+    let node = Node::new();
+    let mut broker = node.start(&GROUP_FLAGS);
+    broker.python("group_admin.py", &[]);
     broker.terminate_cleanly();
 }

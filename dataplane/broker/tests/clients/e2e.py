@@ -4,14 +4,17 @@ Every script takes --bootstrap HOST:PORT (one ferrolog broker started for that t
 alone), checks one scenario with a real Kafka client, prints what it measured, and
 exits 0; on the first mismatch it prints "FAIL: ..." to stderr and exits 1. Every
 wait is bounded, so a broker that never answers fails the script instead of hanging
-it. Consumers never join a group (ferrolog has no group coordinator yet): they
-assign() explicit partitions at explicit offsets and never commit.
+it. consumer() never joins a group: it assign()s explicit partitions at explicit
+offsets and never commits. The consumer-group scripts (group_*.py and others that
+say so) use group_consumer(), committed() and friends below. A script with threads
+calls exit_on_thread_exception() and fails from a thread with fail_now().
 """
 
 import argparse
 import os
 import random
 import sys
+import threading
 import time
 
 from confluent_kafka import (
@@ -43,6 +46,25 @@ def log(msg):
 def fail(msg):
     print(f"FAIL: {msg}", file=sys.stderr, flush=True)
     sys.exit(1)
+
+
+def fail_now(msg):
+    """fail() for any thread: sys.exit() outside the main thread would end only that
+    thread, so this prints the FAIL line and ends the whole process at once."""
+    sys.stdout.flush()
+    print(f"FAIL: {msg}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def exit_on_thread_exception():
+    """An exception that ends a thread (or escapes a client callback run on it) fails
+    the whole script at once, instead of leaving the main thread waiting on it."""
+
+    def hook(a):
+        threading.__excepthook__(a)
+        fail_now(f"unexpected {a.exc_type.__name__} in thread {a.thread.name if a.thread else '?'}: {a.exc_value}")
+
+    threading.excepthook = hook
 
 
 def short(value, limit=120):
@@ -218,6 +240,16 @@ def produce_all(producer, msgs, expect_offsets=True):
         check(not missing, f"{len(missing)} deliveries had no offset")
 
 
+def poll_until(producer, deadline):
+    """Serves `producer`'s callbacks until time.monotonic() reaches `deadline` (poll()
+    returns early whenever it served something, so it alone does not pace a loop)."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        producer.poll(left)
+
+
 class Got:
     """One consumed message, reduced to what a test compares."""
 
@@ -326,5 +358,82 @@ def wait_for_high_watermark(bootstrap, topic, partition, high):
             if time.monotonic() > deadline:
                 fail(f"{topic}/{partition} high watermark stayed at {seen[1]}, expected {high}")
             time.sleep(0.05)
+    finally:
+        c.close()
+
+
+# --- consumer groups ------------------------------------------------------------------
+
+# Client settings of the group scripts: the brokers of these tests run with
+# --group-min-session-timeout-ms 6000 (Kafka's default minimum), and a heartbeat
+# every 500 ms lets members notice a rebalance quickly.
+GROUP_SESSION_TIMEOUT_MS = 6000
+GROUP_HEARTBEAT_MS = 500
+
+
+def group_consumer(bootstrap, group, **extra):
+    """A consumer that joins `group` when it subscribe()s. Nothing is committed
+    unless the script commits (enable.auto.commit=false); offsets of the messages
+    consume() returns are stored for those commits."""
+    base = {
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "session.timeout.ms": GROUP_SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": GROUP_HEARTBEAT_MS,
+    }
+    base.update(librdkafka_keys(extra))
+    return Consumer(conf(bootstrap, **base))
+
+
+def committed(bootstrap, group, topic, partitions):
+    """{partition: (offset, metadata)} committed by `group` for `topic` (OffsetFetch
+    from a consumer that never joins); a partition without a committed offset reads
+    as OFFSET_INVALID (-1001). Fails on a per-partition error."""
+    c = Consumer(conf(bootstrap, **{"group.id": group, "enable.auto.commit": False}))
+    try:
+        result = c.committed([TopicPartition(topic, p) for p in partitions], timeout=WAIT_S)
+    except KafkaException as exc:
+        fail(f"committed() of group {group} on {topic}: {exc!r}")
+    finally:
+        c.close()
+    out = {}
+    for tp in result:
+        check(tp.error is None, f"committed() of group {group}: {topic}/{tp.partition}: {tp.error}")
+        out[tp.partition] = (tp.offset, tp.metadata)
+    return out
+
+
+def committed_offsets(bootstrap, group, topic, partitions):
+    """{partition: offset} of committed(); OFFSET_INVALID (-1001) where none is committed."""
+    return {p: o for p, (o, _) in committed(bootstrap, group, topic, partitions).items()}
+
+
+def commit_sync(c, offsets=None):
+    """A synchronous commit of `offsets` ([TopicPartition]) or, if None, of the offsets
+    stored for the current assignment. Returns None on success, else the error text
+    (per-partition errors included). Nothing stored to commit counts as success."""
+    try:
+        if offsets is None:
+            result = c.commit(asynchronous=False)
+        else:
+            result = c.commit(offsets=offsets, asynchronous=False)
+    except KafkaException as exc:
+        if error_code(exc) == KafkaError._NO_OFFSET:
+            return None
+        return repr(exc)
+    bad = [f"{tp.topic}/{tp.partition}: {tp.error}" for tp in result or [] if tp.error is not None]
+    return "; ".join(bad) if bad else None
+
+
+def high_watermarks(bootstrap, topic, partitions):
+    """{partition: high watermark} of `topic`."""
+    c = consumer(bootstrap)
+    try:
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in partitions
+        }
     finally:
         c.close()

@@ -1,7 +1,8 @@
 """kafka-python (a pure-Python client, independent of librdkafka): KafkaAdminClient
-creates a topic, KafkaProducer (acks='all'; uncompressed and gzip) produces keyed
-messages with headers, and a group-less KafkaConsumer assign()s the partitions,
-seeks to the beginning and reads everything back byte for byte, in order."""
+creates a topic, KafkaProducer (idempotent, its default; acks='all'; uncompressed
+and gzip) produces keyed messages with headers, and a group-less KafkaConsumer
+assign()s the partitions, seeks to the beginning and reads everything back byte for
+byte, in order."""
 
 import time
 
@@ -41,8 +42,6 @@ for codec in [None, "gzip"]:
         bootstrap_servers=args.bootstrap,
         acks="all",
         compression_type=codec,
-        # ferrolog does not serve InitProducerId yet; kafka-python defaults to idempotence.
-        enable_idempotence=False,
         linger_ms=5,
         request_timeout_ms=10000,
     )
