@@ -2,19 +2,21 @@
 //! a real one-shard node (`ferrolog_kafka::harness`), sequence checks on
 //! Produce, and the producer state surviving a restart of the partition.
 
-use bytes::{Bytes, BytesMut};
+mod common;
+
+use bytes::Bytes;
+use common::{call, topic_name};
 use ferrolog_kafka::harness::Harness;
 use ferrolog_kafka::shard::{split_batches, Partition, ProducerStateSource, PRODUCER_SNAPSHOT_FILE};
 use ferrolog_model::{BatchBuilder, BatchHeader, Offset, TimestampMs};
 use ferrolog_storage::{Durability, Log, LogConfig, LogContext, ReadRequest};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, CreateTopicsRequest, FetchRequest, InitProducerIdRequest, ProduceRequest, ProducerId,
-    RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName, TransactionalId,
+    ApiKey, FetchRequest, InitProducerIdRequest, ProduceRequest, ProducerId, RequestKind, ResponseKind,
+    TransactionalId,
 };
-use kafka_protocol::protocol::{encode_request_header_into_buffer, Decodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use std::rc::Rc;
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -23,48 +25,8 @@ const INVALID_REQUEST: i16 = 42;
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 const INVALID_RECORD: i16 = 87;
 
-fn request(api: ApiKey, version: i16, body: &RequestKind) -> Vec<u8> {
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(StrBytes::from_static_str("idempotence-test")));
-    let mut out = BytesMut::new();
-    out.extend_from_slice(&[0; 4]);
-    encode_request_header_into_buffer(&mut out, &header).expect("encode header");
-    body.encode(&mut out, version).expect("encode body");
-    let size = (out.len() - 4) as i32;
-    out[..4].copy_from_slice(&size.to_be_bytes());
-    out.to_vec()
-}
-
-/// Feeds one request and decodes its one response.
-fn call(h: &Harness, api: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
-    let bytes = request(api, version, &body);
-    let out = h.feed(&bytes);
-    assert_eq!(out.closed, None, "{api:?} v{version} closed the connection");
-    out.check(&bytes).expect("the response answers the request");
-    assert_eq!(out.responses.len(), 1);
-    let mut body = out.responses[0].clone().freeze().slice(4..);
-    ResponseHeader::decode(&mut body, api.response_header_version(version)).expect("header");
-    ResponseKind::decode(api, &mut body, version).expect("body")
-}
-
-fn topic_name(name: &str) -> TopicName {
-    TopicName(StrBytes::from_string(name.to_string()))
-}
-
 fn create_topic(h: &Harness, name: &str) {
-    let body = RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(
-        vec![CreatableTopic::default()
-            .with_name(topic_name(name))
-            .with_num_partitions(1)
-            .with_replication_factor(1)],
-    ));
-    let ResponseKind::CreateTopics(r) = call(h, ApiKey::CreateTopics, 5, body) else {
-        panic!("not a CreateTopics response")
-    };
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0].error_message);
+    common::create_topic(h, name, 1);
 }
 
 /// InitProducerId at `version`; returns (error, producer id, epoch).
