@@ -14,6 +14,7 @@ import time
 
 from confluent_kafka import Producer, TopicPartition
 
+from wire import i8, i16, i32, i64, string
 from e2e import (
     WAIT_S,
     Sent,
@@ -47,27 +48,6 @@ PROMISED = {API_PRODUCE: (3, 9), API_FETCH: (4, 12), API_METADATA: (0, 12), API_
 
 
 # --- Kafka wire encoding, just enough for these requests -------------------------
-
-
-def i8(v):
-    return struct.pack(">b", v)
-
-
-def i16(v):
-    return struct.pack(">h", v)
-
-
-def i32(v):
-    return struct.pack(">i", v)
-
-
-def i64(v):
-    return struct.pack(">q", v)
-
-
-def string(s):
-    b = s.encode()
-    return i16(len(b)) + b
 
 
 def uvarint(v):

@@ -30,6 +30,7 @@ import time
 
 from confluent_kafka import Producer
 
+from wire import i8, i16, i32, i64, string, nbytes, array
 from e2e import (
     WAIT_S,
     Sent,
@@ -78,38 +79,6 @@ REBALANCE_MS = 10000
 
 
 # --- encoding -------------------------------------------------------------------------
-
-
-def i8(v):
-    return struct.pack(">b", v)
-
-
-def i16(v):
-    return struct.pack(">h", v)
-
-
-def i32(v):
-    return struct.pack(">i", v)
-
-
-def i64(v):
-    return struct.pack(">q", v)
-
-
-def string(s):
-    if s is None:
-        return i16(-1)
-    b = s.encode() if isinstance(s, str) else s
-    return i16(len(b)) + b
-
-
-def nbytes(b):
-    return i32(-1) if b is None else i32(len(b)) + b
-
-
-def array(items):
-    items = list(items)
-    return i32(len(items)) + b"".join(items)
 
 
 def subscription(topics):
