@@ -103,7 +103,11 @@ where
 /// One coordinator partition: its log and its groups.
 struct CoordPartition {
     index: i32,
-    compact_at_bytes: u64,
+    /// The least size at which compaction is worth it (four segments).
+    compact_min_bytes: u64,
+    /// The size at which to look at compacting next: four times the live
+    /// bytes last counted, so they are not counted on every write.
+    compact_at_bytes: Cell<u64>,
     log: Rc<Log>,
     groups: RefCell<HashMap<String, Group>>,
     writers: Semaphore,
@@ -158,7 +162,8 @@ pub async fn start_local(smp: &Smp, config: &ServerConfig, log_ctx: Rc<LogContex
             .map_err(|e| format!("open {}: {e}", dir.display()))?;
         let part = Rc::new(CoordPartition {
             index,
-            compact_at_bytes: COMPACT_FACTOR * config.groups.log_segment_bytes,
+            compact_min_bytes: COMPACT_FACTOR * config.groups.log_segment_bytes,
+            compact_at_bytes: Cell::new(COMPACT_FACTOR * config.groups.log_segment_bytes),
             log,
             groups: RefCell::new(HashMap::new()),
             writers: Semaphore::new(WRITER_PERMITS),
@@ -355,8 +360,12 @@ impl CoordPartition {
 
     fn maybe_compact(self: &Rc<Self>) {
         let size = self.log.size_bytes();
-        if self.compacting.get() || size < self.compact_at_bytes || size < COMPACT_FACTOR * self.live_bytes()
-        {
+        if self.compacting.get() || size < self.compact_at_bytes.get() {
+            return;
+        }
+        let next = (COMPACT_FACTOR * self.live_bytes()).max(self.compact_min_bytes);
+        self.compact_at_bytes.set(next);
+        if size < next {
             return;
         }
         self.compacting.set(true);
