@@ -112,11 +112,13 @@ struct Options {
     broker_args: Vec<String>,
     fetch_wait_ms: u32,
     client_debug: Option<String>,
+    /// Produce with enable.idempotence=true (InitProducerId, sequence checks).
+    idempotence: bool,
 }
 
 const USAGE: &str = "usage: kafka_latency [--quick] [--samples N] [--warmup N] \
 [--broker-bin PATH | --bootstrap HOST:PORT] [--cpuset LIST] [--broker-arg ARG]... \
-[--fetch-wait-ms MS] [--client-debug CONTEXTS] [--json PATH]";
+[--fetch-wait-ms MS] [--client-debug CONTEXTS] [--idempotence] [--json PATH]";
 
 impl Options {
     fn parse() -> io::Result<Option<Options>> {
@@ -133,6 +135,7 @@ impl Options {
         let mut broker_args = Vec::new();
         let mut fetch_wait_ms = FETCH_WAIT_MS_DEFAULT;
         let mut client_debug = None;
+        let mut idempotence = false;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| {
@@ -145,6 +148,7 @@ impl Options {
             };
             match arg.as_str() {
                 "--quick" => quick = true,
+                "--idempotence" => idempotence = true,
                 "--samples" => samples = Some(number("--samples", value("--samples")?)?),
                 "--warmup" => warmup = Some(number("--warmup", value("--warmup")?)?),
                 "--json" => json_path = PathBuf::from(value("--json")?),
@@ -188,6 +192,7 @@ impl Options {
             broker_args,
             fetch_wait_ms,
             client_debug,
+            idempotence,
         }))
     }
 }
@@ -629,11 +634,11 @@ struct Delivery {
 }
 
 impl KafkaProducer {
-    fn new(bootstrap: &str, debug: Option<&str>) -> io::Result<KafkaProducer> {
+    fn new(bootstrap: &str, debug: Option<&str>, idempotence: bool) -> io::Result<KafkaProducer> {
         let mut c = client_config(bootstrap, debug);
         c.set("acks", "all")
             .set("linger.ms", "0")
-            .set("enable.idempotence", "false")
+            .set("enable.idempotence", idempotence.to_string())
             .set("compression.type", "none")
             .set("message.timeout.ms", CLIENT_MESSAGE_TIMEOUT_MS.to_string());
         let inner: BaseProducer<BenchContext> = c
@@ -1130,7 +1135,7 @@ fn run(opts: &Options, bootstrap: &str, broker: &mut Option<Broker>, run_id: &st
 
     // The producer first: its event queue is served here, so librdkafka's
     // connection errors show if the broker does not answer.
-    let producer = KafkaProducer::new(bootstrap, debug)?;
+    let producer = KafkaProducer::new(bootstrap, debug, opts.idempotence)?;
     producer.check_metadata().map_err(other)?;
 
     eprintln!("creating topics through the admin client");
@@ -1559,6 +1564,7 @@ fn run_main() -> io::Result<()> {
 
     let mut meta = vec![
         ("mode", Json::str(if opts.quick { "quick" } else { "full" })),
+        ("idempotence", Json::Bool(opts.idempotence)),
         ("librdkafka_version", Json::str(version)),
         ("bootstrap", Json::str(&bootstrap)),
         ("value_bytes", Json::Num(VALUE_BYTES as f64)),
