@@ -89,6 +89,19 @@ pub struct Smp {
     /// Calls this shard made and awaits, by id, with the shard they went to.
     /// The sender ends are local: a reply is handed over on this thread.
     pending: RefCell<HashMap<u64, (ShardId, futures_channel::oneshot::Sender<Value>)>>,
+    /// Calls sent to other shards (cross-shard hops), since start.
+    calls_sent: Cell<u64>,
+    /// Calls from other shards run here, since start.
+    calls_served: Cell<u64>,
+}
+
+/// Counters of one shard's cross-shard traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopCounts {
+    /// Calls this shard sent to another shard.
+    pub sent: u64,
+    /// Calls from other shards this shard ran.
+    pub served: u64,
 }
 
 impl Smp {
@@ -102,6 +115,14 @@ impl Smp {
 
     pub fn shards(&self) -> impl Iterator<Item = ShardId> {
         (0..self.nr_shards as u32).map(ShardId)
+    }
+
+    /// Cross-shard calls this shard has sent and served since it started.
+    pub fn hop_counts(&self) -> HopCounts {
+        HopCounts {
+            sent: self.calls_sent.get(),
+            served: self.calls_served.get(),
+        }
     }
 
     /// Runs `f` on `shard` and returns what its future resolves to. On this
@@ -121,6 +142,7 @@ impl Smp {
         };
         let id = self.next_call.get();
         self.next_call.set(id + 1);
+        self.calls_sent.set(self.calls_sent.get() + 1);
         let (tx, rx) = futures_channel::oneshot::channel();
         self.pending.borrow_mut().insert(id, (shard, tx));
         let work: Work = Box::new(move || Box::pin(async move { Box::new(f().await) as Value }));
@@ -136,6 +158,7 @@ impl Smp {
 
     /// Runs a call from `from` and sends its result back.
     fn serve_call(self: &Rc<Self>, from: usize, id: u64, work: Work) {
+        self.calls_served.set(self.calls_served.get() + 1);
         let smp = self.clone();
         glommio::spawn_local(async move {
             let value = work().await;
@@ -212,6 +235,8 @@ where
                     peers: RefCell::new(Vec::new()),
                     next_call: Cell::new(0),
                     pending: RefCell::new(HashMap::new()),
+                    calls_sent: Cell::new(0),
+                    calls_served: Cell::new(0),
                 });
                 let mut gates = Vec::new();
                 for (from, rx) in rx_row.into_iter().enumerate() {
@@ -326,6 +351,18 @@ mod tests {
             // 50 * (1 + 2 + 3) from the three shards.
             if total != 300 {
                 return Err(format!("shard {me} saw total {total}, expected 300"));
+            }
+            // Calls to itself run inline and are no hop.
+            let hops = smp.hop_counts();
+            if hops
+                != (HopCounts {
+                    sent: 100,
+                    served: 100,
+                })
+            {
+                return Err(format!(
+                    "shard {me} counted {hops:?}, expected 100 sent and served"
+                ));
             }
             Ok(())
         })

@@ -32,8 +32,8 @@ pub use env::{Clock, Faults, ManualClock, SystemClock};
 pub use error::{Result, StorageError};
 pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 pub use log::{
-    Appended, Log, LogContext, LogOffsets, ReadOutcome, ReadRequest, RecoveryReport, RetentionOutcome,
-    Truncation,
+    Appended, FlushDone, Log, LogContext, LogOffsets, ReadOutcome, ReadRequest, RecoveryReport,
+    RetentionOutcome, Truncation,
 };
 pub use probe::probe_direct_io;
 pub use segment::{index_path, log_file_name, parse_log_file_name, time_index_path};

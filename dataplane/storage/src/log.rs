@@ -193,6 +193,21 @@ pub struct Log {
     state: RefCell<LogState>,
     /// Told the first offset whenever appended batches are discarded.
     discard_listener: RefCell<Option<DiscardListener>>,
+    flush_observer: RefCell<Option<FlushObserver>>,
+}
+
+/// See `Log::set_flush_observer`.
+type FlushObserver = Rc<dyn Fn(&FlushDone)>;
+
+/// What one successful flush did, for whoever keeps metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushDone {
+    /// Batch bytes it made durable (per the log's durability mode).
+    pub bytes: usize,
+    /// Batches it carried: more than one is group commit at work.
+    pub batches: usize,
+    /// From taking the queued batches to the write (and fdatasync) done.
+    pub elapsed: std::time::Duration,
 }
 
 /// See `Log::set_discard_listener`.
@@ -341,6 +356,7 @@ impl Log {
             id,
             flush_permit: Semaphore::new(1),
             discard_listener: RefCell::new(None),
+            flush_observer: RefCell::new(None),
             state: RefCell::new(LogState {
                 segments,
                 pending: VecDeque::new(),
@@ -494,6 +510,12 @@ impl Log {
         *self.discard_listener.borrow_mut() = Some(Rc::new(listener));
     }
 
+    /// Sets the function told about every successful flush (metrics). It
+    /// must not call into this log; replaces any earlier observer.
+    pub fn set_flush_observer(&self, observer: impl Fn(&FlushDone) + 'static) {
+        *self.flush_observer.borrow_mut() = Some(Rc::new(observer));
+    }
+
     fn notify_discard(&self, from: Offset) {
         let listener = self.discard_listener.borrow().clone();
         if let Some(l) = listener {
@@ -595,8 +617,14 @@ impl Log {
                 file_end: seg.file_end,
             }
         };
+        let started = std::time::Instant::now();
         match self.write_plan(&plan).await {
             Ok((new_tail, file_end)) => {
+                let done = FlushDone {
+                    bytes: plan.batches.iter().map(Bytes::len).sum(),
+                    batches: plan.batches.len(),
+                    elapsed: started.elapsed(),
+                };
                 let mut st = self.state.borrow_mut();
                 st.written_next = plan.new_next;
                 st.committed_next = plan.new_next;
@@ -610,6 +638,11 @@ impl Log {
                 };
                 seg.file_end = file_end;
                 st.check_invariants();
+                drop(st);
+                let observer = self.flush_observer.borrow().clone();
+                if let Some(o) = observer {
+                    o(&done);
+                }
                 Ok(())
             }
             Err(e) => {

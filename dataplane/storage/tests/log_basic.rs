@@ -116,6 +116,7 @@ fn concurrent_appends_share_flushes_and_keep_order() {
     let dir = tmp();
     run(|| async move {
         let log = open(dir.path(), small_config(Durability::Fsync)).await;
+        let flushes = observe_flushes(&log);
         let mut tasks = Vec::new();
         for i in 0..64 {
             let log = log.clone();
@@ -130,7 +131,52 @@ fn concurrent_appends_share_flushes_and_keep_order() {
         bases.sort();
         assert_eq!(bases, (0..64).collect::<Vec<_>>());
         assert_eq!(read_all(&log, Offset(0)).await.len(), 64);
+        let flushes = flushes.borrow();
+        assert_eq!(
+            flushes.iter().map(|f| f.batches).sum::<usize>(),
+            64,
+            "{flushes:?}"
+        );
+        assert!(flushes.len() < 64, "no flush was shared: {flushes:?}");
     });
+}
+
+#[test]
+fn group_commit_window_gathers_appends_arriving_within_it() {
+    let dir = tmp();
+    run(|| async move {
+        let config = LogConfig {
+            // Far longer than the 20 ms over which the appends arrive, so
+            // a slow machine still sees them all inside it.
+            group_commit_window: std::time::Duration::from_secs(1),
+            ..small_config(Durability::Fsync)
+        };
+        let log = open(dir.path(), config).await;
+        let flushes = observe_flushes(&log);
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(
+                async move { log.append(batch(1, 200, i)).await },
+            ));
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        for t in tasks {
+            t.await.expect("append");
+        }
+        let flushes = flushes.borrow();
+        assert_eq!(flushes.len(), 1, "{flushes:?}");
+        assert_eq!(flushes[0].batches, 10);
+        assert_eq!(flushes[0].bytes, 10 * batch(1, 200, 0).len());
+    });
+}
+
+/// Every flush of `log` from now on.
+fn observe_flushes(log: &Log) -> Rc<std::cell::RefCell<Vec<ferrolog_storage::FlushDone>>> {
+    let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let sink = seen.clone();
+    log.set_flush_observer(move |f| sink.borrow_mut().push(*f));
+    seen
 }
 
 #[test]
