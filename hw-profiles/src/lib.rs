@@ -2,20 +2,29 @@
 //! memory, network polling and log storage are used, and the code that loads and validates them.
 //!
 //! Ownership and concurrency: a [`Profile`] is plain data, read once at startup on the main thread
-//! and then copied to whoever needs it; nothing here does I/O except [`Profile::load`] (reads one
-//! file) and [`online_cpus`] (reads `/sys`).
+//! and then copied to whoever needs it. I/O happens only in [`Profile::load`] (reads one file),
+//! [`online_cpus`] and [`nic_rx_queues`] (read `/sys`), [`detect`] (hwloc), [`check_direct_io`]
+//! (writes a scratch file), [`pin_current_thread`] (sched_setaffinity) and the validations that
+//! call them ([`Profile::validate`], [`Profile::validate_on_host`]); the other checks are pure functions of the profile and a
+//! [`Machine`], so tests can give them a made-up machine.
 //!
 //! The built-in default is `hw-profiles/dev.toml`, embedded at compile time, so the file documents
 //! exactly what runs when no `--profile` is given. Any section or field may be left out of a
 //! profile file and then takes the dev value; an unknown field is an error, so typos fail loudly.
-//! Parsing only checks types; [`Profile::validate`] checks values against the limits of the
-//! machine and of the storage engine. Hardware detection (hwloc) is planned, not here yet.
+//! Parsing only checks types; validation checks values against the limits of the machine and of
+//! the storage engine.
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
+
+mod detect;
+mod direct_io;
+
+pub use detect::{detect, Cache, Core, DetectError, Machine, NumaNode};
+pub use direct_io::{check_direct_io, AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
 
 /// The text of `hw-profiles/dev.toml`; [`Profile::default`] parses it.
 pub const DEV_PROFILE_TOML: &str = include_str!("../dev.toml");
@@ -25,16 +34,28 @@ pub const CPU_NUMBER_MAX: usize = 4095;
 
 /// Where Linux lists the online CPUs, in cpuset syntax.
 const ONLINE_CPUS_PATH: &str = "/sys/devices/system/cpu/online";
+/// Where Linux lists network interfaces; `<name>/queues/rx-N` are an interface's receive queues.
+const SYS_CLASS_NET: &str = "/sys/class/net";
+/// Longest network interface name (IFNAMSIZ is 16 with the terminating NUL).
+const INTERFACE_NAME_BYTES_MAX: usize = 15;
 
 /// Alignment of DMA (O_DIRECT) buffers and writes: the largest common logical block size.
-const DMA_ALIGN_BYTES: usize = 4096;
-const IO_MEMORY_BYTES_MIN: usize = 64 * 1024;
+const DMA_ALIGN_BYTES: usize = DIRECT_IO_ALIGN_BYTES;
+/// Smallest io_memory_bytes a profile may set (`ferrolog tune` uses it too).
+pub const IO_MEMORY_BYTES_MIN: usize = 64 * 1024;
 const RING_DEPTH_MIN: usize = 8;
 const RING_DEPTH_MAX: usize = 4096;
 const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 const INDEX_INTERVAL_BYTES_MIN: u32 = 512;
+/// The kernel caps a listen backlog at net.core.somaxconn, whose largest value is 65535 on most
+/// kernels; a larger number would be silently cut.
+pub const LISTEN_BACKLOG_MAX: u32 = 65535;
+/// Longest group-commit window: every fsync-durable append may wait this long, so beyond 10 ms it
+/// costs more latency than the slowest fdatasync it could save.
+pub const GROUP_COMMIT_WINDOW_US_MAX: u64 = 10_000;
 
 const MIB: usize = 1024 * 1024;
+const KIB_U64: u64 = 1024;
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Errors from loading or validating a profile. Validation errors name the field and the value.
@@ -48,6 +69,12 @@ pub enum ProfileError {
     Cpuset { spec: String, reason: String },
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
+    #[error("cannot detect the machine: {0}")]
+    Detect(#[from] DetectError),
+    #[error("file system of {} does not support O_DIRECT ({hint})", dir.display())]
+    NoDirectIo { dir: PathBuf, hint: String },
+    #[error("cannot check O_DIRECT support in {}: {source}", dir.display())]
+    DirectIoCheck { dir: PathBuf, source: io::Error },
 }
 
 /// A whole profile. Every section is optional in the file.
@@ -64,12 +91,28 @@ pub struct Profile {
     pub storage: Storage,
 }
 
-/// `[shards]`: which cores run a shard.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+/// `[shards]`: which cores run a shard, which run everything else, and each shard's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Shards {
     /// One pinned shard per listed CPU ("0-3,6"); `None` means one per online CPU.
     pub cpuset: Option<String>,
+    /// CPUs for the control plane and the node's other non-shard threads (the main thread and
+    /// whatever it starts); disjoint from the shards' CPUs. `None`: not pinned.
+    pub control_cpuset: Option<String>,
+    /// Memory budget of one shard; must cover its consumers (batch cache, io memory), and all
+    /// shards' budgets must fit in the machine's memory.
+    pub memory_bytes: u64,
+}
+
+impl Default for Shards {
+    fn default() -> Self {
+        Self {
+            cpuset: None,
+            control_cpuset: None,
+            memory_bytes: 512 * MIB as u64,
+        }
+    }
 }
 
 /// `[io]`: io_uring and DMA buffer sizing, per shard.
@@ -87,6 +130,52 @@ pub struct Io {
     pub write_depth: usize,
     /// Size of one DMA read serving a fetch from disk.
     pub read_chunk_bytes: usize,
+    /// `[io.device]`: what `ferrolog tune` measured on the data directory's device. Informational
+    /// (logged at start); absent in hand-written profiles.
+    pub device: Option<Device>,
+}
+
+/// `[io.device]`: measured properties of the data directory's device, written by `ferrolog tune`.
+/// Every field is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Device {
+    /// Sequential O_DIRECT write bandwidth with 1 MiB writes.
+    pub seq_write_bytes_per_s: Option<u64>,
+    /// Latency of one 4 KiB O_DIRECT write, median and 99th percentile.
+    pub write_4k_p50_us: Option<u64>,
+    pub write_4k_p99_us: Option<u64>,
+    /// Latency of one 4 KiB O_DIRECT write followed by fdatasync, median and 99th percentile.
+    pub fdatasync_4k_p50_us: Option<u64>,
+    pub fdatasync_4k_p99_us: Option<u64>,
+}
+
+impl fmt::Display for Device {
+    /// "seq write 1.2 GiB/s, 4 KiB write p50 40 us p99 90 us, ..." with the fields present.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(rate) = self.seq_write_bytes_per_s {
+            parts.push(format!("seq write {}/s", format_bytes(rate)));
+        }
+        let pair = |name: &str, p50: Option<u64>, p99: Option<u64>| match (p50, p99) {
+            (None, None) => None,
+            (p50, p99) => {
+                let show = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v} us"));
+                Some(format!("{name} p50 {} p99 {}", show(p50), show(p99)))
+            }
+        };
+        parts.extend(pair("4 KiB write", self.write_4k_p50_us, self.write_4k_p99_us));
+        parts.extend(pair(
+            "4 KiB write+fdatasync",
+            self.fdatasync_4k_p50_us,
+            self.fdatasync_4k_p99_us,
+        ));
+        if parts.is_empty() {
+            f.write_str("nothing measured")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
 }
 
 impl Default for Io {
@@ -97,12 +186,13 @@ impl Default for Io {
             write_chunk_bytes: MIB,
             write_depth: 2,
             read_chunk_bytes: 64 * 1024,
+            device: None,
         }
     }
 }
 
-/// `[network]`: polling behaviour of idle shards.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+/// `[network]`: polling behaviour of idle shards, listener sizing, and the (future) AF_XDP path.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
     /// How long an idle shard spins before parking; 0 parks at once.
@@ -110,6 +200,25 @@ pub struct Network {
     /// SO_BUSY_POLL on client sockets, in µs: the kernel polls the NIC queue
     /// for this long on a blocking read before sleeping. 0 = off.
     pub busy_poll_us: u32,
+    /// listen() backlog of the Kafka listeners: connections the kernel queues before accept.
+    pub listen_backlog: u32,
+    /// NIC for AF_XDP node-to-node traffic. The AF_XDP path is not built yet: a set interface is
+    /// checked (it must exist) and node traffic still uses TCP.
+    pub xdp_interface: Option<String>,
+    /// First receive queue of `xdp_interface` used by AF_XDP; must exist on the interface.
+    pub xdp_queue: u32,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            spin_before_park_us: 0,
+            busy_poll_us: 0,
+            listen_backlog: 1024,
+            xdp_interface: None,
+            xdp_queue: 0,
+        }
+    }
 }
 
 /// When an append is acknowledged.
@@ -152,6 +261,9 @@ pub struct Storage {
     /// Age limit of segments; `None` (written -1) means keep forever.
     #[serde(deserialize_with = "limit_or_unlimited")]
     pub retention_ms: Option<u64>,
+    /// How long a flush waits for more appends to join it (group commit); 0 only lets the
+    /// appends that are already runnable join.
+    pub group_commit_window_us: u64,
 }
 
 impl Default for Storage {
@@ -164,6 +276,7 @@ impl Default for Storage {
             batch_cache_bytes: 64 * MIB,
             retention_bytes: None,
             retention_ms: Some(7 * DAY_MS),
+            group_commit_window_us: 0,
         }
     }
 }
@@ -203,15 +316,45 @@ impl Profile {
         parse(&text, &path.display().to_string())
     }
 
-    /// Checks every value against this machine's online CPUs and the engine's limits.
+    /// Checks every value against this machine (detected with hwloc) and the engine's limits.
     pub fn validate(&self) -> Result<(), ProfileError> {
-        self.validate_against(&online_cpus())
+        self.validate_on_host(&detect()?)
     }
 
-    /// [`Self::validate`] against a given set of online CPUs (sorted), so tests need not depend on
-    /// the machine they run on.
+    /// [`Self::validate_for`] `machine`, plus the checks that look at this host's devices
+    /// (`network.xdp_interface` in `/sys/class/net`).
+    pub fn validate_on_host(&self, machine: &Machine) -> Result<(), ProfileError> {
+        self.validate_for(machine)?;
+        self.validate_interfaces_with(nic_rx_queues)
+    }
+
+    /// Checks every value against a described machine: its CPUs (see [`Self::validate_against`])
+    /// and its memory. Pure, so tests can pass a made-up [`Machine`].
+    pub fn validate_for(&self, machine: &Machine) -> Result<(), ProfileError> {
+        self.validate_against(&machine.cpus)?;
+        let shards = self.shard_cpus(&machine.cpus)?.len() as u64;
+        let memory = self.shards.memory_bytes;
+        let total = memory.saturating_mul(shards);
+        if total > machine.memory_bytes {
+            return Err(invalid(
+                "shards.memory_bytes",
+                format!(
+                    "{memory} ({}) x {shards} shards = {} is more than the machine's memory, {} ({})",
+                    format_bytes(memory),
+                    format_bytes(total),
+                    machine.memory_bytes,
+                    format_bytes(machine.memory_bytes),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The checks of [`Self::validate_for`] that need only the online CPUs (sorted), and every
+    /// machine-independent rule.
     pub fn validate_against(&self, online: &[usize]) -> Result<(), ProfileError> {
         self.shard_cpus(online)?;
+        self.control_cpus(online)?;
 
         let io = &self.io;
         if io.io_memory_bytes < IO_MEMORY_BYTES_MIN || io.io_memory_bytes % DMA_ALIGN_BYTES != 0 {
@@ -240,6 +383,56 @@ impl Profile {
             });
         }
         check_dma_multiple("io.read_chunk_bytes", io.read_chunk_bytes)?;
+        if let Some(device) = &io.device {
+            check_percentiles(
+                "io.device.write_4k_p50_us",
+                device.write_4k_p50_us,
+                device.write_4k_p99_us,
+            )?;
+            check_percentiles(
+                "io.device.fdatasync_4k_p50_us",
+                device.fdatasync_4k_p50_us,
+                device.fdatasync_4k_p99_us,
+            )?;
+        }
+
+        // The budget covers the memory a shard is known to hold for its whole life.
+        let consumers = self.storage.batch_cache_bytes as u64 + io.io_memory_bytes as u64;
+        if consumers > self.shards.memory_bytes {
+            return Err(invalid(
+                "shards.memory_bytes",
+                format!(
+                    "{} ({}) does not cover storage.batch_cache_bytes {} + io.io_memory_bytes {} \
+                     = {consumers} ({})",
+                    self.shards.memory_bytes,
+                    format_bytes(self.shards.memory_bytes),
+                    self.storage.batch_cache_bytes,
+                    io.io_memory_bytes,
+                    format_bytes(consumers),
+                ),
+            ));
+        }
+
+        let network = &self.network;
+        if !(1..=LISTEN_BACKLOG_MAX).contains(&network.listen_backlog) {
+            return Err(invalid(
+                "network.listen_backlog",
+                format!(
+                    "{} must be between 1 and {LISTEN_BACKLOG_MAX}",
+                    network.listen_backlog
+                ),
+            ));
+        }
+        match &network.xdp_interface {
+            Some(name) => check_interface_name(name)?,
+            None if network.xdp_queue != 0 => {
+                return Err(invalid(
+                    "network.xdp_queue",
+                    format!("{} is set but network.xdp_interface is not", network.xdp_queue),
+                ));
+            }
+            None => {}
+        }
 
         let storage = &self.storage;
         if storage.segment_bytes < SEGMENT_BYTES_MIN {
@@ -260,7 +453,94 @@ impl Profile {
                 ),
             ));
         }
+        if storage.group_commit_window_us > GROUP_COMMIT_WINDOW_US_MAX {
+            return Err(invalid(
+                "storage.group_commit_window_us",
+                format!(
+                    "{} is above the maximum of {GROUP_COMMIT_WINDOW_US_MAX}",
+                    storage.group_commit_window_us
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// Checks `network.xdp_interface` and `network.xdp_queue` against the host's interfaces;
+    /// `rx_queues(name)` is the number of receive queues of interface `name`, or `None` if there
+    /// is no such interface ([`nic_rx_queues`] reads them from `/sys`).
+    pub fn validate_interfaces_with(
+        &self,
+        rx_queues: impl Fn(&str) -> Option<u32>,
+    ) -> Result<(), ProfileError> {
+        let Some(name) = &self.network.xdp_interface else {
+            return Ok(());
+        };
+        check_interface_name(name)?;
+        let Some(queues) = rx_queues(name) else {
+            return Err(invalid(
+                "network.xdp_interface",
+                format!("{name:?}: no such network interface (see {SYS_CLASS_NET})"),
+            ));
+        };
+        let queue = self.network.xdp_queue;
+        if queue >= queues {
+            return Err(invalid(
+                "network.xdp_queue",
+                format!(
+                    "{queue} does not exist: {name} has {queues} receive queue{} (0..{queues})",
+                    if queues == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPUs of `shards.control_cpuset`, or `None` when it is unset. Fails if it does not
+    /// parse, names a CPU that is not in `online`, or overlaps the shards' CPUs (an unset
+    /// `shards.cpuset` takes every online CPU, so any control CPU overlaps it).
+    pub fn control_cpus(&self, online: &[usize]) -> Result<Option<Vec<usize>>, ProfileError> {
+        let Some(spec) = &self.shards.control_cpuset else {
+            return Ok(None);
+        };
+        let control = cpus_of_field("shards.control_cpuset", spec, online)?;
+        let shards = self.shard_cpus(online)?;
+        let overlap: Vec<usize> = control
+            .iter()
+            .copied()
+            .filter(|cpu| shards.binary_search(cpu).is_ok())
+            .collect();
+        if overlap.is_empty() {
+            return Ok(Some(control));
+        }
+        let message = match &self.shards.cpuset {
+            Some(cpuset) => format!(
+                "{spec:?} overlaps shards.cpuset {cpuset:?} on CPUs {}; control and shard CPUs \
+                 must be disjoint",
+                format_cpuset(&overlap)
+            ),
+            None => {
+                let rest: Vec<usize> = online
+                    .iter()
+                    .copied()
+                    .filter(|cpu| control.binary_search(cpu).is_err())
+                    .collect();
+                let hint = if rest.is_empty() {
+                    "leave a CPU for the shards".to_owned()
+                } else {
+                    format!(
+                        "set shards.cpuset to the other CPUs, e.g. {:?}",
+                        format_cpuset(&rest)
+                    )
+                };
+                format!(
+                    "{spec:?} overlaps shards.cpuset on CPUs {}: shards.cpuset is unset, so \
+                     every online CPU ({}) runs a shard; {hint}",
+                    format_cpuset(&overlap),
+                    format_cpuset(online)
+                )
+            }
+        };
+        Err(invalid("shards.control_cpuset", message))
     }
 
     /// The CPUs that get a shard: the profile's cpuset, or every online CPU when it has none.
@@ -269,19 +549,91 @@ impl Profile {
         let Some(spec) = &self.shards.cpuset else {
             return Ok(online.to_vec());
         };
-        let cpus = parse_cpuset(spec).map_err(|err| match err {
-            ProfileError::Cpuset { spec, reason } => {
-                invalid("shards.cpuset", format!("{reason} in {spec:?}"))
-            }
-            other => other,
-        })?;
-        if let Some(missing) = cpus.iter().find(|cpu| online.binary_search(cpu).is_err()) {
-            return Err(invalid(
-                "shards.cpuset",
-                format!("CPU {missing} does not exist (online: {})", format_cpuset(online)),
-            ));
+        cpus_of_field("shards.cpuset", spec, online)
+    }
+}
+
+/// Parses the cpuset `spec` of profile field `field` and checks that every CPU is online.
+fn cpus_of_field(field: &'static str, spec: &str, online: &[usize]) -> Result<Vec<usize>, ProfileError> {
+    let cpus = parse_cpuset(spec).map_err(|err| match err {
+        ProfileError::Cpuset { spec, reason } => invalid(field, format!("{reason} in {spec:?}")),
+        other => other,
+    })?;
+    if let Some(missing) = cpus.iter().find(|cpu| online.binary_search(cpu).is_err()) {
+        return Err(invalid(
+            field,
+            format!(
+                "CPU {missing} does not exist in {spec:?} (online: {})",
+                format_cpuset(online)
+            ),
+        ));
+    }
+    Ok(cpus)
+}
+
+fn check_percentiles(field: &'static str, p50: Option<u64>, p99: Option<u64>) -> Result<(), ProfileError> {
+    match (p50, p99) {
+        (Some(p50), Some(p99)) if p50 > p99 => {
+            Err(invalid(field, format!("{p50} is above the p99 of {p99}")))
         }
-        Ok(cpus)
+        _ => Ok(()),
+    }
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', whitespace or ':', not "." or "..". Checked
+/// before the name is used in a `/sys` path.
+fn check_interface_name(name: &str) -> Result<(), ProfileError> {
+    let bad = name.is_empty()
+        || name.len() > INTERFACE_NAME_BYTES_MAX
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if bad {
+        return Err(invalid(
+            "network.xdp_interface",
+            format!("{name:?} is not an interface name (1 to {INTERFACE_NAME_BYTES_MAX} bytes, no '/', ':' or spaces)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The number of receive queues of network interface `name` (its `queues/rx-N` entries in
+/// `/sys/class/net`), or `None` if there is no such interface.
+pub fn nic_rx_queues(name: &str) -> Option<u32> {
+    if check_interface_name(name).is_err() {
+        return None;
+    }
+    let dir = Path::new(SYS_CLASS_NET).join(name);
+    if !dir.exists() {
+        return None;
+    }
+    let count = std::fs::read_dir(dir.join("queues"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(0);
+    Some(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// Formats a byte count with binary units: exact multiples as integers ("32 MiB"), others with
+/// one decimal ("23.4 GiB").
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut scale = 1u64;
+    while unit + 1 < UNITS.len() && bytes >= scale * KIB_U64 {
+        scale *= KIB_U64;
+        unit += 1;
+    }
+    if bytes % scale == 0 {
+        format!("{} {}", bytes / scale, UNITS[unit])
+    } else {
+        format!("{:.1} {}", bytes as f64 / scale as f64, UNITS[unit])
     }
 }
 
@@ -383,11 +735,64 @@ pub fn online_cpus() -> Vec<usize> {
         })
 }
 
+/// Pins the calling thread to `cpus` (sched_setaffinity); threads it starts afterwards inherit
+/// the mask. Fails for an empty list, a CPU beyond what `cpu_set_t` holds, or a CPU the kernel
+/// refuses (offline, or outside this process's cgroup).
+pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array, for which all zeroes (the empty set) is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let capacity = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    if cpus.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no CPU to pin to"));
+    }
+    for &cpu in cpus {
+        if cpu >= capacity {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {cpu} is beyond the {capacity} CPUs of a cpu_set_t"),
+            ));
+        }
+        // SAFETY: cpu is below the bit capacity of set (checked above).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const TWO_CPUS: &[usize] = &[0, 1];
+    const GIB: u64 = 1 << 30;
+
+    /// A made-up machine: `cpus` CPUs 0.., one core each, one NUMA node holding `memory_bytes`.
+    fn machine(cpus: usize, memory_bytes: u64) -> Machine {
+        let list: Vec<usize> = (0..cpus).collect();
+        Machine {
+            cores: list.iter().map(|&cpu| Core { cpus: vec![cpu] }).collect(),
+            numa_nodes: vec![NumaNode {
+                os_index: 0,
+                cpus: list.clone(),
+                memory_bytes,
+            }],
+            caches: Vec::new(),
+            cpus: list,
+            memory_bytes,
+        }
+    }
+
+    /// The message of the `Invalid` error `profile` fails `validate_for(machine)` with.
+    fn invalid_on(profile: &Profile, machine: &Machine) -> String {
+        let err = profile
+            .validate_for(machine)
+            .expect_err("the profile should not validate");
+        assert!(matches!(err, ProfileError::Invalid { .. }), "{err:?}");
+        err.to_string()
+    }
 
     fn invalid_message(profile: &Profile) -> String {
         let err = profile
@@ -411,6 +816,13 @@ mod tests {
             "dev.toml and the code's section defaults must agree"
         );
         assert_eq!(dev.shards.cpuset, None);
+        assert_eq!(dev.shards.control_cpuset, None);
+        assert_eq!(dev.shards.memory_bytes, 536_870_912);
+        assert_eq!(dev.io.device, None);
+        assert_eq!(dev.network.listen_backlog, 1024);
+        assert_eq!(dev.network.xdp_interface, None);
+        assert_eq!(dev.network.xdp_queue, 0);
+        assert_eq!(dev.storage.group_commit_window_us, 0);
         assert_eq!(dev.io.io_memory_bytes, 1_048_576);
         assert_eq!(dev.io.ring_depth, 128);
         assert_eq!(dev.io.write_chunk_bytes, 1_048_576);
@@ -442,6 +854,10 @@ mod tests {
         Profile::default()
             .validate()
             .expect("dev profile on this machine");
+        // A small laptop or VM: 2 CPUs and 4 GiB.
+        Profile::default()
+            .validate_for(&machine(2, 4 * GIB))
+            .expect("dev profile on a small machine");
     }
 
     #[test]
@@ -453,11 +869,293 @@ mod tests {
         );
         let metal = Profile::load(dir.join("bare-metal-nvme.toml")).expect("bare-metal-nvme.toml");
         assert_eq!(metal.shards.cpuset.as_deref(), Some("1-7"));
+        assert_eq!(metal.shards.control_cpuset.as_deref(), Some("0"));
+        assert_eq!(metal.shards.memory_bytes, 4 * GIB);
         assert_eq!(metal.network.spin_before_park_us, 200);
+        assert_eq!(metal.network.listen_backlog, 4096);
         assert_eq!(metal.storage.durability, Durability::Fsync);
+        let eight = machine(8, 32 * GIB);
         metal
-            .validate_against(&(0..8).collect::<Vec<_>>())
-            .expect("bare-metal-nvme on an 8-core machine");
+            .validate_for(&eight)
+            .expect("bare-metal-nvme on an 8-core, 32 GiB machine");
+        assert_eq!(metal.control_cpus(&eight.cpus).expect("control"), Some(vec![0]));
+        let message = invalid_on(&metal, &machine(8, 16 * GIB));
+        assert!(
+            message.starts_with("shards.memory_bytes: 4294967296 "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn new_fields_parse() {
+        let profile = Profile::from_toml_str(
+            r#"
+[shards]
+cpuset = "1-3"
+control_cpuset = "0"
+memory_bytes = 1073741824
+
+[io.device]
+seq_write_bytes_per_s = 1500000000
+write_4k_p50_us = 12
+write_4k_p99_us = 40
+fdatasync_4k_p50_us = 30
+fdatasync_4k_p99_us = 90
+
+[network]
+listen_backlog = 4096
+xdp_interface = "eth0"
+xdp_queue = 2
+
+[storage]
+group_commit_window_us = 250
+"#,
+        )
+        .expect("parse");
+        assert_eq!(profile.shards.control_cpuset.as_deref(), Some("0"));
+        assert_eq!(profile.shards.memory_bytes, GIB);
+        assert_eq!(
+            profile.io.device,
+            Some(Device {
+                seq_write_bytes_per_s: Some(1_500_000_000),
+                write_4k_p50_us: Some(12),
+                write_4k_p99_us: Some(40),
+                fdatasync_4k_p50_us: Some(30),
+                fdatasync_4k_p99_us: Some(90),
+            })
+        );
+        assert_eq!(
+            profile.io.ring_depth,
+            Io::default().ring_depth,
+            "[io] keeps its defaults"
+        );
+        assert_eq!(profile.network.listen_backlog, 4096);
+        assert_eq!(profile.network.xdp_interface.as_deref(), Some("eth0"));
+        assert_eq!(profile.network.xdp_queue, 2);
+        assert_eq!(profile.storage.group_commit_window_us, 250);
+        profile
+            .validate_for(&machine(4, 8 * GIB))
+            .expect("valid on 4 CPUs and 8 GiB");
+
+        let partial = Profile::from_toml_str(
+            "[io.device]
+write_4k_p50_us = 9
+",
+        )
+        .expect("partial");
+        let device = partial.io.device.expect("device table");
+        assert_eq!(device.write_4k_p50_us, Some(9));
+        assert_eq!(device.seq_write_bytes_per_s, None);
+        assert_eq!(device.to_string(), "4 KiB write p50 9 us p99 ?");
+        let err = Profile::from_toml_str(
+            "[io.device]
+write_4k_p51_us = 9
+",
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn device_display_lists_the_measurements() {
+        let device = Device {
+            seq_write_bytes_per_s: Some(512 << 20),
+            write_4k_p50_us: Some(20),
+            write_4k_p99_us: Some(60),
+            fdatasync_4k_p50_us: Some(400),
+            fdatasync_4k_p99_us: Some(900),
+        };
+        assert_eq!(
+            device.to_string(),
+            "seq write 512 MiB/s, 4 KiB write p50 20 us p99 60 us, \
+             4 KiB write+fdatasync p50 400 us p99 900 us"
+        );
+        assert_eq!(Device::default().to_string(), "nothing measured");
+    }
+
+    #[test]
+    fn control_cpuset_must_exist_and_not_overlap_the_shards() {
+        let online: Vec<usize> = (0..4).collect();
+        let mut profile = Profile::default();
+        profile.shards.cpuset = Some("1-3".to_owned());
+        profile.shards.control_cpuset = Some("0".to_owned());
+        assert_eq!(profile.control_cpus(&online).expect("disjoint"), Some(vec![0]));
+        profile.validate_against(&online).expect("disjoint sets");
+
+        profile.shards.control_cpuset = Some("0-1".to_owned());
+        let err = profile.validate_against(&online).expect_err("overlap");
+        assert_eq!(
+            err.to_string(),
+            "shards.control_cpuset: \"0-1\" overlaps shards.cpuset \"1-3\" on CPUs 1; \
+             control and shard CPUs must be disjoint"
+        );
+
+        profile.shards.control_cpuset = Some("0,9".to_owned());
+        let err = profile.validate_against(&online).expect_err("missing CPU");
+        assert_eq!(
+            err.to_string(),
+            "shards.control_cpuset: CPU 9 does not exist in \"0,9\" (online: 0-3)"
+        );
+
+        profile.shards.control_cpuset = Some("2-0".to_owned());
+        let err = profile.validate_against(&online).expect_err("malformed");
+        assert!(
+            err.to_string()
+                .starts_with("shards.control_cpuset: range 2-0 starts after it ends"),
+            "{err}"
+        );
+
+        // An unset cpuset runs a shard on every online CPU, so any control CPU overlaps it.
+        profile.shards.cpuset = None;
+        profile.shards.control_cpuset = Some("0".to_owned());
+        let err = profile.validate_against(&online).expect_err("unset cpuset");
+        assert_eq!(
+            err.to_string(),
+            "shards.control_cpuset: \"0\" overlaps shards.cpuset on CPUs 0: shards.cpuset is \
+             unset, so every online CPU (0-3) runs a shard; set shards.cpuset to the other CPUs, \
+             e.g. \"1-3\""
+        );
+        profile.shards.control_cpuset = Some("0-3".to_owned());
+        let err = profile.validate_against(&online).expect_err("all CPUs");
+        assert!(err.to_string().ends_with("leave a CPU for the shards"), "{err}");
+    }
+
+    #[test]
+    fn shard_memory_must_fit_the_machine() {
+        let mut profile = Profile::default();
+        profile.shards.memory_bytes = 8 * GIB;
+        profile
+            .validate_for(&machine(2, 16 * GIB))
+            .expect("2 x 8 GiB in 16 GiB");
+        assert_eq!(
+            invalid_on(&profile, &machine(2, 15 * GIB)),
+            "shards.memory_bytes: 8589934592 (8 GiB) x 2 shards = 16 GiB is more than the \
+             machine's memory, 16106127360 (15 GiB)"
+        );
+        // Only the shards of the cpuset count.
+        profile.shards.cpuset = Some("1".to_owned());
+        profile
+            .validate_for(&machine(2, 15 * GIB))
+            .expect("one shard of 8 GiB");
+        // An absurd budget does not overflow.
+        profile.shards.memory_bytes = u64::MAX;
+        let message = invalid_on(&profile, &machine(2, 15 * GIB));
+        assert!(
+            message.starts_with("shards.memory_bytes: 18446744073709551615 "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn shard_memory_must_cover_its_consumers() {
+        let mut profile = Profile::default();
+        profile.shards.memory_bytes = 65 * MIB as u64;
+        profile
+            .validate_against(TWO_CPUS)
+            .expect("64 MiB + 1 MiB fits exactly");
+        profile.shards.memory_bytes = 64 * MIB as u64;
+        assert_eq!(
+            invalid_message(&profile),
+            "shards.memory_bytes: 67108864 (64 MiB) does not cover storage.batch_cache_bytes \
+             67108864 + io.io_memory_bytes 1048576 = 68157440 (65 MiB)"
+        );
+    }
+
+    #[test]
+    fn xdp_interface_must_exist_with_the_queue() {
+        let queues = |name: &str| (name == "eth0").then_some(2);
+        let mut profile = Profile::default();
+        profile.validate_interfaces_with(queues).expect("unset");
+
+        profile.network.xdp_interface = Some("eth0".to_owned());
+        profile.network.xdp_queue = 1;
+        profile.validate_interfaces_with(queues).expect("queue 1 of 2");
+
+        profile.network.xdp_queue = 2;
+        let err = profile
+            .validate_interfaces_with(queues)
+            .expect_err("queue 2 of 2");
+        assert_eq!(
+            err.to_string(),
+            "network.xdp_queue: 2 does not exist: eth0 has 2 receive queues (0..2)"
+        );
+
+        profile.network.xdp_interface = Some("eth9".to_owned());
+        let err = profile.validate_interfaces_with(queues).expect_err("no eth9");
+        assert_eq!(
+            err.to_string(),
+            "network.xdp_interface: \"eth9\": no such network interface (see /sys/class/net)"
+        );
+
+        for name in ["", "../../etc", "a-very-long-interface-name", "eth0:1"] {
+            profile.network.xdp_interface = Some(name.to_owned());
+            let message = invalid_message(&profile);
+            assert!(
+                message.starts_with(&format!(
+                    "network.xdp_interface: {name:?} is not an interface name"
+                )),
+                "{message}"
+            );
+        }
+
+        profile.network.xdp_interface = None;
+        profile.network.xdp_queue = 3;
+        assert_eq!(
+            invalid_message(&profile),
+            "network.xdp_queue: 3 is set but network.xdp_interface is not"
+        );
+    }
+
+    #[test]
+    fn this_hosts_loopback_interface_has_a_receive_queue() {
+        // Every Linux host has lo; a name that cannot exist has no queues.
+        assert!(nic_rx_queues("lo").is_some_and(|queues| queues >= 1));
+        assert_eq!(nic_rx_queues("ferrolog-none0"), None);
+        assert_eq!(nic_rx_queues("../lo"), None);
+        let mut profile = Profile::default();
+        profile.network.xdp_interface = Some("ferrolog-none".to_owned());
+        let err = profile
+            .validate_on_host(&machine(2, 4 * GIB))
+            .expect_err("no such interface");
+        assert!(
+            err.to_string()
+                .starts_with("network.xdp_interface: \"ferrolog-none\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pin_current_thread_sets_the_affinity_of_this_thread_only() {
+        // A thread of its own, so the test harness's threads keep their affinity.
+        std::thread::spawn(|| {
+            let last = *online_cpus().last().expect("a CPU");
+            pin_current_thread(&[last]).expect("pin to an online CPU");
+            // SAFETY: as in pin_current_thread.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: pid 0 is this thread; set is a valid, writable cpu_set_t.
+            let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+            assert_eq!(rc, 0);
+            // SAFETY: last is an online CPU number, below the capacity of set.
+            assert!(unsafe { libc::CPU_ISSET(last, &set) });
+            // SAFETY: set is a valid cpu_set_t.
+            assert_eq!(unsafe { libc::CPU_COUNT(&set) }, 1);
+            assert!(pin_current_thread(&[]).is_err());
+            assert!(pin_current_thread(&[CPU_NUMBER_MAX]).is_err());
+        })
+        .join()
+        .expect("pinning thread");
+    }
+
+    #[test]
+    fn format_bytes_uses_binary_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1000), "1000 B");
+        assert_eq!(format_bytes(1024), "1 KiB");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(32 << 20), "32 MiB");
+        assert_eq!(format_bytes(25_125_558_272), "23.4 GiB");
+        assert_eq!(format_bytes(3 << 40), "3 TiB");
+        assert_eq!(format_bytes(u64::MAX), "16777216.0 TiB");
     }
 
     #[test]
@@ -560,7 +1258,7 @@ mod tests {
         profile.shards.cpuset = Some("0,9".to_owned());
         assert_eq!(
             invalid_message(&profile),
-            "shards.cpuset: CPU 9 does not exist (online: 0-1)"
+            "shards.cpuset: CPU 9 does not exist in \"0,9\" (online: 0-1)"
         );
     }
 
@@ -577,7 +1275,40 @@ mod tests {
     #[test]
     fn each_numeric_rule_names_its_field_and_value() {
         type Edit = fn(&mut Profile);
-        let cases: [(Edit, &str, &str); 10] = [
+        let cases: [(Edit, &str, &str); 15] = [
+            (|p| p.network.listen_backlog = 0, "network.listen_backlog", "0"),
+            (
+                |p| p.network.listen_backlog = 65536,
+                "network.listen_backlog",
+                "65536",
+            ),
+            (
+                |p| p.storage.group_commit_window_us = 10_001,
+                "storage.group_commit_window_us",
+                "10001",
+            ),
+            (
+                |p| {
+                    p.io.device = Some(Device {
+                        write_4k_p50_us: Some(50),
+                        write_4k_p99_us: Some(40),
+                        ..Device::default()
+                    })
+                },
+                "io.device.write_4k_p50_us",
+                "50",
+            ),
+            (
+                |p| {
+                    p.io.device = Some(Device {
+                        fdatasync_4k_p50_us: Some(900),
+                        fdatasync_4k_p99_us: Some(800),
+                        ..Device::default()
+                    })
+                },
+                "io.device.fdatasync_4k_p50_us",
+                "900",
+            ),
             (|p| p.io.io_memory_bytes = 32768, "io.io_memory_bytes", "32768"),
             (|p| p.io.io_memory_bytes = 65537, "io.io_memory_bytes", "65537"),
             (|p| p.io.ring_depth = 100, "io.ring_depth", "100"),
@@ -614,8 +1345,11 @@ mod tests {
         profile.io.read_chunk_bytes = 4096;
         profile.storage.segment_bytes = 1024 * 1024;
         profile.storage.index_interval_bytes = 512;
+        profile.network.listen_backlog = 1;
         profile.validate_against(TWO_CPUS).expect("minimums");
         profile.io.ring_depth = 4096;
-        profile.validate_against(TWO_CPUS).expect("max ring depth");
+        profile.network.listen_backlog = 65535;
+        profile.storage.group_commit_window_us = 10_000;
+        profile.validate_against(TWO_CPUS).expect("maximums");
     }
 }

@@ -280,6 +280,10 @@ impl Broker {
             args.push("--cpuset".into());
             args.push(cpuset.into());
         }
+        if !extra.iter().any(|a| a == "--admin-addr") {
+            // Leave the default admin port to a broker someone runs by hand.
+            args.extend(["--admin-addr".into(), "127.0.0.1:0".into()]);
+        }
         args.extend(extra.iter().cloned());
         let log = std::fs::File::create(log_path)?;
         let child = Command::new(bin)

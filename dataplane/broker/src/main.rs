@@ -2,12 +2,14 @@
 //!
 //! `ferrolog start` runs a node in the foreground (logs to stderr; SIGTERM or
 //! SIGINT shut it down cleanly: in-flight appends finish, logs are flushed and
-//! synced, exit 0). `ferrolog log dump|verify DIR` inspect a data directory
+//! synced, exit 0). `ferrolog tune` measures the machine and writes a hardware
+//! profile for it. `ferrolog log dump|verify DIR` inspect a data directory
 //! offline.
 
 mod logcmd;
 mod node;
 mod start;
+mod tune;
 
 use clap::{Parser, Subcommand};
 use ferrolog_kafka::alloc_guard::GuardedAlloc;
@@ -30,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run a broker node in the foreground.
     Start(start::StartArgs),
+    /// Measure this machine and its data disk, and write a hardware profile for it.
+    Tune(tune::TuneArgs),
     /// Inspect log directories offline.
     Log {
         #[command(subcommand)]
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Start(args) => start::run(args),
+        Command::Tune(args) => tune::run(args),
         Command::Log { command } => match command {
             LogCommand::Dump { dir } => logcmd::dump(&dir),
             LogCommand::Verify { dir } => logcmd::verify(&dir),

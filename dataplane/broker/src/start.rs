@@ -6,7 +6,8 @@
 
 use crate::node;
 use ferrolog_hw_profiles::{
-    format_cpuset, online_cpus, parse_cpuset, Durability as ProfileDurability, Profile,
+    check_direct_io, detect, format_bytes, format_cpuset, parse_cpuset, pin_current_thread,
+    Durability as ProfileDurability, Profile,
 };
 use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
 use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
@@ -20,12 +21,18 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Cross-shard calls queued per pair of shards before the caller waits.
 const SHARD_CHANNEL_CAPACITY: usize = 1024;
 /// Kafka's default fetch.max.bytes: the most record bytes in one fetch response.
 const FETCH_RESPONSE_MAX_BYTES: usize = 55 << 20;
+/// The admin listener when `--admin-addr` is not given: Redpanda's admin
+/// port, on loopback only (metrics and status are not for the world).
+const DEFAULT_ADMIN_ADDR: Option<SocketAddr> = Some(SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    9644,
+));
 
 #[derive(clap::Args, Debug)]
 pub struct StartArgs {
@@ -77,16 +84,53 @@ pub struct StartArgs {
     /// deleted (Kafka's offsets.retention.minutes, default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3600 * 1000)]
     pub offsets_retention_ms: u64,
+    /// Address of the admin HTTP listener (GET /metrics in the Prometheus
+    /// text format, GET /v1/status as JSON), HOST:PORT, or `none`.
+    /// Default: 127.0.0.1:9644.
+    #[arg(long, value_parser = parse_admin_addr)]
+    pub admin_addr: Option<AdminAddr>,
+    /// A shard whose reactor runs a timer this much late counts a reactor
+    /// stall (ferrolog_reactor_stalls_total).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub reactor_stall_threshold_ms: u64,
+    /// Log lines as human-readable text or as JSON objects (one per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
-fn init_logging() {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--admin-addr`: an address, or `none` for no admin listener.
+#[derive(Clone, Copy, Debug)]
+pub struct AdminAddr(Option<SocketAddr>);
+
+fn parse_admin_addr(s: &str) -> Result<AdminAddr, String> {
+    if s == "none" {
+        return Ok(AdminAddr(None));
+    }
+    crate::parse_addr(s).map(|a| AdminAddr(Some(a)))
+}
+
+/// Logs go to stderr through `tracing`, filtered by RUST_LOG (default
+/// `info`); every event carries its fields (shard, partition, ...), as
+/// `key=value` text or as one JSON object per line.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_thread_names(true);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 /// The per-log settings a profile implies (topic configs override some).
@@ -105,6 +149,7 @@ pub fn log_config(profile: &Profile) -> LogConfig {
         write_chunk_bytes: profile.io.write_chunk_bytes,
         write_depth: profile.io.write_depth,
         read_chunk_bytes: profile.io.read_chunk_bytes,
+        group_commit_window: Duration::from_micros(s.group_commit_window_us),
         ..LogConfig::default()
     }
 }
@@ -132,27 +177,30 @@ fn advertised(args: &StartArgs) -> Result<(String, i32), String> {
     }
 }
 
-pub fn run(args: StartArgs) -> ExitCode {
-    init_logging();
+pub fn run(mut args: StartArgs) -> ExitCode {
+    init_logging(args.log_format);
+    // glommio opens directories relative to nothing (openat with no base
+    // fd): a relative --data-dir must become absolute first.
+    args.data_dir = match std::path::absolute(&args.data_dir) {
+        Ok(dir) => dir,
+        Err(e) => {
+            error!("invalid --data-dir {}: {e}", args.data_dir.display());
+            return ExitCode::from(2);
+        }
+    };
     let profile = match &args.profile {
         Some(path) => Profile::load(path),
         None => Ok(Profile::default()),
     };
-    let mut profile = match profile.and_then(|p| p.validate().map(|()| p)) {
+    let mut profile = match profile {
         Ok(p) => p,
         Err(e) => {
             error!("invalid profile: {e}");
             return ExitCode::from(2);
         }
     };
-    if profile.storage.segment_bytes > i32::MAX as u64 {
-        error!(
-            "invalid profile: storage.segment_bytes: {} exceeds {} (segment positions are 32-bit)",
-            profile.storage.segment_bytes,
-            i32::MAX
-        );
-        return ExitCode::from(2);
-    }
+    // --cpuset replaces shards.cpuset before validation, so the overlap and memory checks see
+    // the shards that will run.
     if let Some(set) = &args.cpuset {
         match parse_cpuset(set) {
             Ok(cpus) => profile.shards.cpuset = Some(format_cpuset(&cpus)),
@@ -162,6 +210,30 @@ pub fn run(args: StartArgs) -> ExitCode {
             }
         }
     }
+    let machine = match detect() {
+        Ok(m) => m,
+        Err(e) => {
+            error!("cannot detect the machine: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = profile.validate_on_host(&machine) {
+        let origin = if args.cpuset.is_some() {
+            " (shards.cpuset from --cpuset)"
+        } else {
+            ""
+        };
+        error!("invalid profile{origin}: {e}");
+        return ExitCode::from(2);
+    }
+    if profile.storage.segment_bytes > i32::MAX as u64 {
+        error!(
+            "invalid profile: storage.segment_bytes: {} exceeds {} (segment positions are 32-bit)",
+            profile.storage.segment_bytes,
+            i32::MAX
+        );
+        return ExitCode::from(2);
+    }
     let (advertised_host, advertised_port) = match advertised(&args) {
         Ok(a) => a,
         Err(e) => {
@@ -169,7 +241,7 @@ pub fn run(args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cpus = match profile.shard_cpus(&online_cpus()) {
+    let cpus = match profile.shard_cpus(&machine.cpus) {
         Ok(c) if !c.is_empty() => c,
         Ok(_) => {
             error!("invalid profile: shards.cpuset selects no CPU");
@@ -180,6 +252,58 @@ pub fn run(args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let control_cpus = match profile.control_cpus(&machine.cpus) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("invalid profile: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // The storage engine writes only with O_DIRECT; find out here, naming the directory, rather
+    // than deep inside the first partition open.
+    if let Err(e) = check_direct_io(&args.data_dir) {
+        error!("invalid --data-dir: {e}");
+        return ExitCode::from(2);
+    }
+    info!(machine = %machine.summary(), "detected hardware");
+    if machine.numa_nodes.len() > 1 {
+        let mut nodes: Vec<usize> = cpus
+            .iter()
+            .filter_map(|&cpu| machine.numa_node_of(cpu).map(|node| node.os_index))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        info!(numa_nodes = ?nodes, "shard CPUs span these NUMA nodes");
+    }
+    info!(
+        per_shard = %format_bytes(profile.shards.memory_bytes),
+        shards = cpus.len(),
+        machine = %format_bytes(machine.memory_bytes),
+        "shard memory budget"
+    );
+    if let Some(device) = &profile.io.device {
+        info!(%device, "device measured by ferrolog tune");
+    }
+    if let Some(interface) = &profile.network.xdp_interface {
+        warn!(
+            interface,
+            queue = profile.network.xdp_queue,
+            "network.xdp_interface is set, but AF_XDP is not built in this version: \
+             node-to-node traffic uses TCP"
+        );
+    }
+    // The main thread only waits for the shards; pinning it (and the threads it starts later,
+    // which inherit its affinity) keeps it off the shards' cores.
+    if let Some(control) = &control_cpus {
+        if let Err(e) = pin_current_thread(control) {
+            error!(
+                "cannot pin the main thread to shards.control_cpuset {}: {e}",
+                format_cpuset(control)
+            );
+            return ExitCode::FAILURE;
+        }
+        info!(cpus = %format_cpuset(control), "main thread pinned to the control CPUs");
+    }
     let claim = match node::claim(&args.data_dir, args.node_id) {
         Ok(c) => c,
         Err(e) => {
@@ -227,6 +351,10 @@ pub fn run(args: StartArgs) -> ExitCode {
             offsets_retention: Duration::from_millis(args.offsets_retention_ms),
             ..GroupConfig::default()
         },
+        listen_backlog: profile.network.listen_backlog,
+        admin_addr: args.admin_addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
+        shard_cpus: cpus.clone(),
+        stall_threshold: Duration::from_millis(args.reactor_stall_threshold_ms),
     });
     let runtime = RuntimeConfig {
         cpus: cpus.clone(),
@@ -279,9 +407,11 @@ mod tests {
         let mut p = Profile::default();
         p.storage.durability = ProfileDurability::Direct;
         p.io.write_depth = 7;
+        p.storage.group_commit_window_us = 250;
         let c = log_config(&p);
         assert_eq!(c.durability, Durability::Direct);
         assert_eq!(c.write_depth, 7);
+        assert_eq!(c.group_commit_window, Duration::from_micros(250));
         assert_eq!(c.segment_bytes, p.storage.segment_bytes);
         assert_eq!(c.retention_ms, p.storage.retention_ms);
     }

@@ -13,6 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
+/// Tests run brokers side by side: each gets an admin listener on a free
+/// port instead of the default 127.0.0.1:9644.
+const ADMIN_ANY_PORT: [&str; 2] = ["--admin-addr", "127.0.0.1:0"];
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -61,6 +64,7 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> (Child, mpsc::Receiver<Strin
         .args(["start", "--data-dir"])
         .arg(data)
         .args(["--kafka-addr", &format!("127.0.0.1:{port}")])
+        .args(ADMIN_ANY_PORT)
         .args(extra)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
@@ -135,6 +139,7 @@ fn start_recovers_listens_refuses_second_process_and_stops_cleanly_on_sigterm() 
         .args(["start", "--data-dir"])
         .arg(data.path())
         .args(["--kafka-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(ADMIN_ANY_PORT)
         .env("NO_COLOR", "1")
         .output()
         .expect("second broker");
@@ -192,6 +197,7 @@ fn start_with_profile(data: &Path, profile: &str) -> std::process::Output {
     Command::new(BIN)
         .args(["start", "--data-dir"])
         .arg(data.join("d"))
+        .args(ADMIN_ANY_PORT)
         .args(["--kafka-addr", "127.0.0.1:1", "--profile"])
         .arg(&path)
         .env("NO_COLOR", "1")
@@ -213,4 +219,49 @@ fn bad_profile_and_bad_arguments_fail_with_a_clear_message() {
 
     let (code, out) = run(&["log", "verify"], data.path());
     assert_eq!(code, 2, "no segments is a usage error: {out}");
+}
+
+/// `tools/dev broker` passes `--data-dir ./data`: a relative directory must
+/// work (glommio opens directories without a base, so start makes it absolute).
+#[test]
+fn start_with_a_relative_data_dir_serves_and_stops_cleanly() {
+    let parent = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .current_dir(parent.path())
+        .args(["start", "--data-dir", "./data", "--kafka-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--admin-addr", "none"])
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrolog");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Its own log line, not a connect: another test's broker could hold the port too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("serving the Kafka API")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("broker did not report listening; stderr: {seen:#?}"),
+        }
+    }
+    // SAFETY: signalling a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    seen.extend(rx.try_iter());
+    assert_eq!(status.code(), Some(0), "stderr: {seen:#?}");
+    assert!(
+        parent.path().join("data/node.meta").exists(),
+        "the data dir is under the working dir"
+    );
 }

@@ -89,6 +89,13 @@ impl Node {
             .arg(self.data())
             .args(["--kafka-addr", &addr.to_string()])
             .args(extra)
+            // Brokers of other tests run beside this one: unless the test picks an admin
+            // address, a free port instead of the default 127.0.0.1:9644.
+            .args(if extra.contains(&"--admin-addr") {
+                &[][..]
+            } else {
+                &["--admin-addr", "127.0.0.1:0"][..]
+            })
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -674,4 +681,165 @@ fn static_members_and_group_admin_apis() {
     let mut broker = node.start(&GROUP_FLAGS);
     broker.python("group_admin.py", &[]);
     broker.terminate_cleanly();
+}
+
+/// Sends `request` to the admin listener and returns the status code and the body.
+fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to admin");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    // The server may answer (and close) before it has read all of an oversized request.
+    let _ = stream.write_all(request);
+    // The request is complete: a server waiting for more sees EOF.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .expect("read the admin response");
+    let response = String::from_utf8(response).expect("an admin response is UTF-8");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a response head ends with a blank line");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    assert_eq!(body.len(), length, "Content-Length matches the body");
+    (code, body.to_owned())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Prometheus samples `name{labels}` -> value.
+fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample line {l:?}"));
+            (
+                k.to_owned(),
+                v.parse().unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            )
+        })
+        .collect()
+}
+
+/// The sum of every sample of metric `name` whose labels contain `label`.
+fn sum_of(samples: &std::collections::BTreeMap<String, f64>, name: &str, label: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{name}{{")) && k.contains(label))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn admin_api_serves_metrics_and_status_and_rejects_bad_http() {
+    let node = Node::new();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin_flag = admin.to_string();
+    let mut broker = node.start(&["--admin-addr", &admin_flag, "--log-format", "json"]);
+    // 300 messages over 2 partitions with acks 0, 1 and all, all read back.
+    broker.python("acks.py", &[]);
+
+    let (code, body) = get(admin, "/v1/status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/v1/status is JSON");
+    let shards = status["shards"].as_array().expect("shards");
+    assert!(!shards.is_empty(), "{status}");
+    assert_eq!(status["kafka_addr"], broker.bootstrap());
+    let acks: Vec<&serde_json::Value> = status["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter(|p| p["topic"] == "acks")
+        .collect();
+    assert_eq!(acks.len(), 2, "{status}");
+    let high: i64 = acks
+        .iter()
+        .map(|p| p["high_watermark"].as_i64().expect("hwm"))
+        .sum();
+    assert_eq!(high, 300, "the status shows every message: {status}");
+    for p in &acks {
+        assert_eq!(p["start_offset"], 0);
+        assert_eq!(p["log_end_offset"], p["high_watermark"]);
+        assert!(p["size_bytes"].as_u64().expect("size") > 0);
+    }
+
+    let (code, body) = get(admin, "/metrics");
+    assert_eq!(code, 200);
+    let m = samples(&body);
+    let topic = "topic=\"acks\"";
+    assert_eq!(sum_of(&m, "ferrolog_partition_high_watermark", topic), 300.0);
+    // Two producers with acks 0/1 and one with acks=all wrote at least one batch each.
+    assert!(sum_of(&m, "ferrolog_partition_produce_requests_total", topic) >= 3.0);
+    let produced = sum_of(&m, "ferrolog_partition_produce_bytes_total", topic);
+    assert!(produced > 300.0, "{produced}");
+    assert!(sum_of(&m, "ferrolog_partition_flushed_bytes_total", topic) >= produced);
+    assert_eq!(sum_of(&m, "ferrolog_partition_produce_errors_total", topic), 0.0);
+    assert!(sum_of(&m, "ferrolog_partition_fetch_bytes_total", topic) >= produced);
+    assert!(sum_of(&m, "ferrolog_partition_append_latency_seconds_count", topic) >= 3.0);
+    assert!(sum_of(&m, "ferrolog_partition_flush_latency_seconds_count", topic) >= 1.0);
+    assert!(sum_of(&m, "ferrolog_requests_total", "api=\"Produce\"") >= 3.0);
+    assert!(sum_of(&m, "ferrolog_requests_total", "api=\"Fetch\"") >= 1.0);
+    assert!(sum_of(&m, "ferrolog_request_latency_seconds_count", "api=\"Metadata\"") >= 1.0);
+    assert!(sum_of(&m, "ferrolog_connections_accepted_total", "") >= 3.0);
+    assert!(
+        sum_of(&m, "ferrolog_reactor_lag_seconds_count", "") > 0.0,
+        "the stall probe runs"
+    );
+    if shards.len() > 1 {
+        assert!(sum_of(&m, "ferrolog_cross_shard_calls_served_total", "") > 0.0);
+    }
+
+    // Bad HTTP gets 4xx and the listener keeps serving.
+    assert_eq!(get(admin, "/nope").0, 404);
+    assert_eq!(http(admin, b"POST /metrics HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(http(admin, b"garbage\r\n\r\n").0, 400);
+    assert_eq!(
+        http(admin, b"GET /metrics HTTP/1.1\r\n").0,
+        400,
+        "closed mid-head"
+    );
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(http(admin, huge.as_bytes()).0, 431);
+    assert_eq!(get(admin, "/metrics").0, 200);
+
+    // A second node on the same admin address fails to start, saying why.
+    let other = Node::new();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["start", "--data-dir"])
+        .arg(other.data())
+        .args(["--kafka-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-addr", &admin_flag]);
+    let (status, output) = run_bounded(cmd, &other.dir.path().join("out"), SCRIPT_TIMEOUT);
+    assert!(
+        !status.success(),
+        "a second admin listener on {admin} must fail\n{output}"
+    );
+    assert!(output.contains("admin address"), "{output}");
+
+    broker.terminate_cleanly();
+    // --log-format json: every log line is one JSON object.
+    let log = std::fs::read_to_string(&broker.log).expect("broker log");
+    assert!(log.lines().count() > 3, "{log}");
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
 }

@@ -42,4 +42,13 @@ pub struct ServerConfig {
     pub busy_poll_us: u32,
     /// The group coordinator's settings.
     pub groups: crate::groups::GroupConfig,
+    /// Pending-connection queue of each shard's Kafka listener (listen(2)).
+    pub listen_backlog: u32,
+    /// The admin HTTP listener (/metrics, /v1/status), on the controller
+    /// shard; `None`: no admin listener.
+    pub admin_addr: Option<SocketAddr>,
+    /// The CPU each shard is pinned to, by shard id (for /v1/status).
+    pub shard_cpus: Vec<usize>,
+    /// A shard whose reactor runs a timer this much late counts a stall.
+    pub stall_threshold: Duration,
 }

@@ -221,6 +221,10 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
             },
             ..Default::default()
         },
+        listen_backlog: 128,
+        admin_addr: None,
+        shard_cpus: vec![first_allowed_cpu()],
+        stall_threshold: Duration::from_millis(10),
     }
 }
 

@@ -11,6 +11,7 @@
 //! controller shard (shard 0). Record batches travel as `Bytes` from the
 //! socket to the log and back; records are never decoded.
 
+pub mod admin;
 pub mod alloc_guard;
 pub mod config;
 pub mod controller;
@@ -19,6 +20,7 @@ pub mod frame;
 pub mod groups;
 pub mod handlers;
 pub mod harness;
+pub mod metrics;
 pub mod producer_ids;
 pub mod producer_state;
 pub mod registry;
@@ -29,16 +31,19 @@ pub mod topics;
 pub use config::ServerConfig;
 
 use ferrolog_shard::Smp;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How often a shard looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 /// How often a shard applies retention to its partitions.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(300);
+/// Period of the reactor stall probe's timer.
+pub const STALL_PROBE_PERIOD: Duration = Duration::from_millis(10);
 
 /// One shard's life: recover (shard 0 drives the topic table and opens every
 /// partition on its owner), listen, serve until `stop` is set, then close
@@ -64,31 +69,82 @@ pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<Atomic
 
 async fn serve(shard: &Rc<shard::Shard>, stop: &Arc<AtomicBool>) -> Result<(), String> {
     if shard.id() == controller::CONTROLLER_SHARD {
-        controller::bootstrap().await?;
+        let started = start_node(shard).await;
+        // Startup calls every shard (partition opens, coordinator loads,
+        // listeners). A shard that ended meanwhile would leave shard 0
+        // waiting for an answer forever (glommio's shared channels do not
+        // report a peer executor that ended), so no shard ends before it
+        // hears that startup is over, whether it worked or not.
         for s in shard.smp.shards() {
-            shard
+            let _ = shard
                 .smp
-                .submit_to(s, start_on_this_shard)
-                .await
-                .map_err(|e| e.to_string())??;
+                .submit_to(s, || async { STARTUP_OVER.with(|f| f.set(true)) })
+                .await;
         }
-        info!(addr = %shard.config.listen, shards = shard.smp.nr_shards(), "serving the Kafka API");
+        started?;
     }
     let retention = glommio::spawn_local(retention_loop(shard.clone())).detach();
-    while !stop.load(Ordering::Relaxed) {
+    let stall_probe = glommio::spawn_local(stall_probe(shard.clone())).detach();
+    while !stop.load(Ordering::Relaxed) || !STARTUP_OVER.with(Cell::get) {
         glommio::timer::sleep(STOP_POLL).await;
     }
     info!(shard = %shard.id(), "stopping");
     // Set by shard 0 once startup is done; absent if it never got that far.
-    if let Some(a) = ACCEPT.with(|a| a.borrow_mut().take()) {
-        a.cancel();
+    for task in [&ACCEPT, &ADMIN] {
+        if let Some(t) = task.with(|t| t.borrow_mut().take()) {
+            t.cancel();
+        }
     }
     retention.cancel();
+    stall_probe.cancel();
     Ok(())
 }
 
+/// Recovers the node and starts serving it (controller shard only).
+async fn start_node(shard: &Rc<shard::Shard>) -> Result<(), String> {
+    controller::bootstrap().await?;
+    for s in shard.smp.shards() {
+        shard
+            .smp
+            .submit_to(s, start_on_this_shard)
+            .await
+            .map_err(|e| e.to_string())??;
+    }
+    info!(addr = %shard.config.listen, shards = shard.smp.nr_shards(), "serving the Kafka API");
+    if let Some(addr) = shard.config.admin_addr {
+        let (task, addr) = admin::start(addr)?;
+        ADMIN.with(|a| *a.borrow_mut() = Some(task));
+        info!(%addr, "serving the admin API (/metrics, /v1/status)");
+    }
+    Ok(())
+}
+
+type Task = std::cell::RefCell<Option<glommio::task::JoinHandle<()>>>;
+
 thread_local! {
-    static ACCEPT: std::cell::RefCell<Option<glommio::task::JoinHandle<()>>> = const { std::cell::RefCell::new(None) };
+    /// Set on every shard by the controller shard once startup is over.
+    static STARTUP_OVER: Cell<bool> = const { Cell::new(false) };
+    static ACCEPT: Task = const { std::cell::RefCell::new(None) };
+    static ADMIN: Task = const { std::cell::RefCell::new(None) };
+}
+
+/// Measures how late the reactor runs a periodic timer. A task that runs
+/// long without yielding delays it: lateness past the configured threshold
+/// counts as a reactor stall (metrics) and is logged. A timer is used
+/// rather than glommio's signal-based stall detector, which captures a
+/// backtrace inside a signal handler.
+async fn stall_probe(shard: Rc<shard::Shard>) {
+    let threshold = shard.config.stall_threshold;
+    loop {
+        let before = std::time::Instant::now();
+        glommio::timer::sleep(STALL_PROBE_PERIOD).await;
+        let late = before.elapsed().saturating_sub(STALL_PROBE_PERIOD);
+        shard.metrics.reactor_lag.record(late);
+        if late > threshold {
+            shard.metrics.reactor_stalls.inc();
+            debug!(shard = %shard.id(), late_ms = late.as_millis() as u64, "reactor stall");
+        }
+    }
 }
 
 /// Loads the group coordinator partitions this shard owns, then listens.

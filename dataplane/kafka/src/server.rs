@@ -15,9 +15,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use std::cell::Cell;
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// Read buffer growth step.
@@ -29,13 +30,32 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 pub fn start_listening() -> Result<glommio::task::JoinHandle<()>, String> {
     let shard = local();
     let addr = shard.config.listen;
-    let listener = TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener =
+        bind(addr, shard.config.listen_backlog, true).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let task = glommio::spawn_local(accept_loop(shard, listener)).detach();
     Ok(task)
 }
 
+/// A listening socket as glommio's `TcpListener::bind` makes it, but with
+/// the given accept backlog. With `reuse_port` (SO_REUSEPORT) every shard
+/// binds the same address and the kernel spreads connections over them.
+pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_port(reuse_port)?;
+    // A restarted node gets its port back while old connections linger in
+    // TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    // SAFETY: the fd is a bound, listening TCP socket that we own; the
+    // listener takes it over.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     let open = Rc::new(Cell::new(0usize));
+    let m = &shard.metrics;
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -46,6 +66,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         if open.get() >= shard.config.connections_per_shard_max {
+            m.connections_rejected.inc();
             warn!(
                 shard = %shard.id(),
                 peer = ?stream.peer_addr().ok(),
@@ -55,6 +76,8 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             continue;
         }
         open.set(open.get() + 1);
+        m.connections_accepted.inc();
+        m.connections_open.set(open.get() as u64);
         let open = open.clone();
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -66,9 +89,13 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 Ok(()) => debug!(%peer, "connection closed"),
                 // A client that goes away without a goodbye is normal.
                 Err(reason) if reason.starts_with(PEER_GONE) => debug!(%peer, "{reason}"),
-                Err(reason) => warn!(%peer, shard = %shard.id(), "closing connection: {reason}"),
+                Err(reason) => {
+                    shard.metrics.connections_failed.inc();
+                    warn!(%peer, shard = %shard.id(), "closing connection: {reason}")
+                }
             }
             open.set(open.get() - 1);
+            shard.metrics.connections_open.set(open.get() as u64);
         })
         .detach();
     }
@@ -189,27 +216,35 @@ pub async fn handle_frame(
 ) -> Result<Option<BytesMut>, String> {
     // The codec is third-party code fed hostile bytes: contain a panic to
     // this request.
+    let started = Instant::now();
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame::decode_request(frame)))
-        .map_err(|_| "request decoder panicked".to_string())?;
-    match decoded {
-        Ok(Decoded::Request(req)) => {
+        .map_err(|_| "request decoder panicked".to_string());
+    let (api, out) = match decoded {
+        Ok(Ok(Decoded::Request(req))) => {
             let api = req.api;
             let version = req.header.request_api_version;
             let correlation_id = req.header.correlation_id;
-            match handlers::dispatch(shard.clone(), *req, peer.clone()).await {
-                Some(body) => Ok(Some(frame::encode_response(api, version, correlation_id, &body)?)),
+            let out = match handlers::dispatch(shard.clone(), *req, peer.clone()).await {
+                Some(body) => frame::encode_response(api, version, correlation_id, &body).map(Some),
                 None => Ok(None),
-            }
+            };
+            (Some(api), out)
         }
-        Ok(Decoded::UnsupportedApiVersions { correlation_id }) => {
+        Ok(Ok(Decoded::UnsupportedApiVersions { correlation_id })) => {
             let body = ResponseKind::ApiVersions(handlers::api_versions::unsupported_version());
-            Ok(Some(frame::encode_response(
-                ApiKey::ApiVersions,
-                0,
-                correlation_id,
-                &body,
-            )?))
+            let out = frame::encode_response(ApiKey::ApiVersions, 0, correlation_id, &body).map(Some);
+            (Some(ApiKey::ApiVersions), out)
         }
-        Err(e) => Err(e.to_string()),
+        Ok(Err(e)) => (None, Err(e.to_string())),
+        Err(e) => (None, Err(e)),
+    };
+    match (&out, api) {
+        (Ok(_), Some(api)) => {
+            let m = shard.metrics.api(api);
+            m.requests.inc();
+            m.latency.record(started.elapsed());
+        }
+        _ => shard.metrics.request_errors.inc(),
     }
+    out
 }

@@ -11,6 +11,7 @@
 //! held across an await.
 
 use crate::config::ServerConfig;
+use crate::metrics::{PartitionMetrics, PartitionSnapshot, ShardMetrics, ShardSnapshot};
 use crate::producer_ids::ProducerIdAllocator;
 use crate::producer_state::{
     decode_snapshot, BatchMeta, ProducerBatch, ProducerStateTable, Verdict, PRODUCERS_PER_PARTITION_MAX,
@@ -114,6 +115,7 @@ pub struct Partition {
     producers: Rc<RefCell<ProducerStateTable>>,
     /// Times the log discarded appended batches (failed flush, truncation).
     discards: Rc<Cell<u64>>,
+    pub metrics: Rc<PartitionMetrics>,
 }
 
 /// An error for one partition of a Produce: the Kafka code and a message.
@@ -165,12 +167,20 @@ impl Partition {
             table.borrow_mut().discard_from(from);
             count.set(count.get() + 1);
         });
+        let metrics = Rc::new(PartitionMetrics::default());
+        let m = metrics.clone();
+        log.set_flush_observer(move |f| {
+            m.flush_bytes.add(f.bytes as u64);
+            m.flush_batches.add(f.batches as u64);
+            m.flush_latency.record(f.elapsed);
+        });
         Partition {
             ntp,
             log,
             waiters: RefCell::new(Vec::new()),
             producers,
             discards,
+            metrics,
         }
     }
 
@@ -306,6 +316,7 @@ pub struct Shard {
     next_waiter: Cell<u64>,
     /// On the controller shard: InitProducerId's ids, opened at first use.
     producer_ids: RefCell<Option<ProducerIdAllocator>>,
+    pub metrics: ShardMetrics,
 }
 
 impl Shard {
@@ -320,7 +331,37 @@ impl Shard {
             waiters: RefCell::new(HashMap::new()),
             next_waiter: Cell::new(0),
             producer_ids: RefCell::new(None),
+            metrics: ShardMetrics::default(),
         })
+    }
+
+    /// This shard's metrics and its partitions' offsets and metrics, as
+    /// plain data for the admin shard. Partitions are sorted by name.
+    pub fn metrics_snapshot(&self) -> ShardSnapshot {
+        let mut snap = ShardSnapshot::new(self.id().0, &self.metrics);
+        snap.cpu = self.config.shard_cpus.get(self.id().0 as usize).copied();
+        let hops = self.smp.hop_counts();
+        snap.cross_shard_calls_sent = hops.sent;
+        snap.cross_shard_calls_served = hops.served;
+        snap.batch_cache_bytes = self.log_ctx.cache.borrow().bytes() as u64;
+        let mut parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        parts.sort_by(|a, b| (&a.ntp.topic, a.ntp.partition.0).cmp(&(&b.ntp.topic, b.ntp.partition.0)));
+        snap.partitions = parts
+            .iter()
+            .map(|p| {
+                let o = p.log.offsets();
+                PartitionSnapshot {
+                    start_offset: o.start.0,
+                    high_watermark: o.committed_next.0,
+                    log_end_offset: o.dirty_next.0,
+                    size_bytes: p.log.size_bytes(),
+                    segments: p.log.segment_bases().len(),
+                    producers: p.producer_count(),
+                    ..PartitionSnapshot::new(&p.ntp, &p.metrics)
+                }
+            })
+            .collect();
+        snap
     }
 
     /// A producer id never handed out before from this data directory.
@@ -600,6 +641,9 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
             base_offset: Offset(-1),
             log_start: p.log.offsets().start,
         };
+        let started = Instant::now();
+        p.metrics.produce_requests.inc();
+        p.metrics.produce_bytes.add(item.records.len() as u64);
         match split_batches(&item.records) {
             Err(reason) => answer.error = Some((ResponseError::CorruptMessage, reason)),
             Ok(batches) => {
@@ -624,6 +668,11 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
                 }
                 p.wake_waiters();
             }
+        }
+        if answer.error.is_some() {
+            p.metrics.produce_errors.inc();
+        } else {
+            p.metrics.append_latency.record(started.elapsed());
         }
         out.push(answer);
     }
@@ -749,8 +798,10 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
             });
             continue;
         };
+        p.metrics.fetch_requests.inc();
         let o = p.log.offsets();
         if item.offset < o.start || item.offset > o.committed_next {
+            p.metrics.fetch_errors.inc();
             out.push(ReadAnswer {
                 error: Some(ResponseError::OffsetOutOfRange),
                 offsets: Some(o),
@@ -773,6 +824,12 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
         };
         match p.log.read(req).await {
             Ok(r) => {
+                let m = &shard.metrics;
+                match (r.batches.is_empty(), r.from_cache) {
+                    (true, _) => {}
+                    (false, true) => m.batch_cache_hits.inc(),
+                    (false, false) => m.batch_cache_misses.inc(),
+                }
                 let records = match r.batches.len() {
                     0 => None,
                     1 => r.batches.into_iter().next(),
@@ -784,7 +841,9 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
                         Some(all.freeze())
                     }
                 };
-                budget = budget.saturating_sub(records.as_ref().map_or(0, Bytes::len));
+                let len = records.as_ref().map_or(0, Bytes::len);
+                p.metrics.fetch_bytes.add(len as u64);
+                budget = budget.saturating_sub(len);
                 out.push(ReadAnswer {
                     error: None,
                     offsets: Some(p.log.offsets()),
@@ -792,6 +851,7 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
                 });
             }
             Err(e) => {
+                p.metrics.fetch_errors.inc();
                 if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
                     warn!(partition = %item.ntp, offset = %item.offset, "read failed: {e}");
                 }

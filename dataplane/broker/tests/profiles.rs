@@ -1,0 +1,351 @@
+//! Hardware profiles as an operator meets them: `ferrolog start` refuses a profile that does not
+//! fit this machine (missing CPUs, overlapping cpusets, too much memory) or a data directory
+//! without O_DIRECT, with one line naming the field and the value and exit code 2; `ferrolog
+//! tune` writes a profile that validates and starts a broker on this machine.
+//!
+//! Data directories live under the target directory (CARGO_TARGET_TMPDIR), on the build's disk:
+//! /tmp may be tmpfs, which the broker refuses.
+
+use ferrolog_hw_profiles::{detect, Profile};
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
+/// A refused start must be quick: validation runs before anything else starts.
+const REFUSAL_WITHIN: Duration = Duration::from_secs(10);
+
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir under the target dir")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits for `child` to exit, killing it and failing after `within`.
+fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferrolog did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `ferrolog start` on `data_dir` with `profile` (TOML text, or no profile when `None`),
+/// expecting it to be refused; returns its exit code and stderr.
+fn refused_start(data_dir: &Path, profile: Option<&str>) -> (Option<i32>, String) {
+    let mut command = Command::new(BIN);
+    command
+        .args(["start", "--data-dir"])
+        .arg(data_dir)
+        .args(["--kafka-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let _profile_dir;
+    if let Some(text) = profile {
+        let dir = scratch_dir();
+        let path = dir.path().join("profile.toml");
+        std::fs::write(&path, text).expect("write profile");
+        command.arg("--profile").arg(&path);
+        _profile_dir = dir;
+    }
+    let start = Instant::now();
+    let mut child = command.spawn().expect("spawn ferrolog");
+    let status = wait_exit(&mut child, REFUSAL_WITHIN);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(start.elapsed() < REFUSAL_WITHIN);
+    (status.code(), stderr)
+}
+
+fn assert_refused(code: Option<i32>, stderr: &str, needles: &[&str]) {
+    assert_eq!(code, Some(2), "bad configuration exits 2; stderr: {stderr}");
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(error_lines.len(), 1, "one error line: {stderr}");
+    for needle in needles {
+        assert!(
+            error_lines[0].contains(needle),
+            "{needle:?} missing from {stderr}"
+        );
+    }
+}
+
+#[test]
+fn start_refuses_a_cpuset_naming_a_cpu_that_does_not_exist() {
+    let data = scratch_dir();
+    let missing = detect().expect("detect").cpus.last().expect("a CPU") + 1;
+    let (code, stderr) = refused_start(
+        &data.path().join("d"),
+        Some(&format!("[shards]\ncpuset = \"0,{missing}\"\n")),
+    );
+    assert_refused(
+        code,
+        &stderr,
+        &[
+            "shards.cpuset",
+            &format!("CPU {missing} does not exist"),
+            &format!("\"0,{missing}\""),
+        ],
+    );
+    assert!(
+        !data.path().join("d").exists(),
+        "a refused start touches no data directory"
+    );
+}
+
+#[test]
+fn start_refuses_overlapping_shard_and_control_cpusets() {
+    let data = scratch_dir();
+    let (code, stderr) = refused_start(
+        &data.path().join("d"),
+        Some("[shards]\ncpuset = \"0\"\ncontrol_cpuset = \"0\"\n"),
+    );
+    assert_refused(
+        code,
+        &stderr,
+        &["shards.control_cpuset", "shards.cpuset", "\"0\"", "on CPUs 0"],
+    );
+}
+
+#[test]
+fn start_refuses_shard_memory_beyond_the_machine() {
+    let data = scratch_dir();
+    // One byte more than the machine has, for a single shard: too much whatever the shard count.
+    let memory = detect().expect("detect").memory_bytes + 1;
+    let (code, stderr) = refused_start(
+        &data.path().join("d"),
+        Some(&format!("[shards]\ncpuset = \"0\"\nmemory_bytes = {memory}\n")),
+    );
+    assert_refused(
+        code,
+        &stderr,
+        &["shards.memory_bytes", &memory.to_string(), "machine's memory"],
+    );
+}
+
+/// /dev/shm, when it is tmpfs (as on every Linux with a standard /dev).
+fn tmpfs_dir() -> Option<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let dir = tempfile::tempdir_in(shm).ok()?;
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .any(|line| line.split_whitespace().nth(1) == Some("/dev/shm") && line.contains(" tmpfs "))
+        .then_some(dir)
+}
+
+#[test]
+fn start_refuses_a_data_dir_without_o_direct() {
+    let Some(shm) = tmpfs_dir() else {
+        eprintln!("skipped: /dev/shm is not tmpfs here");
+        return;
+    };
+    let data = shm.path().join("data");
+    let (code, stderr) = refused_start(&data, None);
+    assert_refused(
+        code,
+        &stderr,
+        &[
+            "--data-dir",
+            &data.display().to_string(),
+            "does not support O_DIRECT",
+        ],
+    );
+}
+
+#[test]
+fn tune_refuses_a_data_dir_without_o_direct() {
+    let Some(shm) = tmpfs_dir() else {
+        eprintln!("skipped: /dev/shm is not tmpfs here");
+        return;
+    };
+    let out_dir = scratch_dir();
+    let out = out_dir.path().join("tuned.toml");
+    let data = shm.path().join("data");
+    let result = Command::new(BIN)
+        .args(["tune", "--data-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run ferrolog tune");
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    assert!(stderr.contains(&data.display().to_string()), "{stderr}");
+    assert!(stderr.contains("does not support O_DIRECT"), "{stderr}");
+    assert!(!out.exists());
+}
+
+fn tune(data: &Path, out: &Path) -> Output {
+    Command::new(BIN)
+        .args(["tune", "--data-dir"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(["--seq-bytes", "8MiB", "--samples", "50"])
+        .output()
+        .expect("run ferrolog tune")
+}
+
+/// Starts a broker with `profile` and waits until its Kafka port accepts connections; returns
+/// it with every stderr line seen so far.
+fn start_serving(data: &Path, profile: &Path) -> (Child, Vec<String>, mpsc::Receiver<String>) {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["start", "--data-dir"])
+        .arg(data)
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .args(["--kafka-addr", &format!("127.0.0.1:{port}"), "--profile"])
+        .arg(profile)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrolog");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        while let Ok(line) = rx.try_recv() {
+            seen.push(line);
+        }
+        if seen.iter().any(|l| l.contains("serving the Kafka API"))
+            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return (child, seen, rx);
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("broker exited with {status} before listening: {seen:#?}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("broker did not listen on {port}; stderr so far: {seen:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: sending a signal to a child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "clean shutdown exits 0");
+}
+
+#[test]
+fn tune_writes_a_profile_that_validates_and_starts_a_broker() {
+    let dir = scratch_dir();
+    let data = dir.path().join("data");
+    let out = dir.path().join("tuned.toml");
+    let result = tune(&data, &out);
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    for phase in ["[1/3]", "[2/3]", "[3/3]"] {
+        assert!(stderr.contains(phase), "progress of {phase}: {stderr}");
+    }
+    assert!(stdout.contains("wrote"), "{stdout}");
+    assert_eq!(
+        std::fs::read_dir(&data).expect("data dir").count(),
+        0,
+        "tune leaves no scratch file"
+    );
+
+    let profile = Profile::load(&out).expect("the tuned profile loads");
+    profile
+        .validate()
+        .expect("the tuned profile validates on this machine");
+    let device = profile.io.device.clone().expect("[io.device]");
+    for (name, value) in [
+        ("seq_write_bytes_per_s", device.seq_write_bytes_per_s),
+        ("write_4k_p50_us", device.write_4k_p50_us),
+        ("write_4k_p99_us", device.write_4k_p99_us),
+        ("fdatasync_4k_p50_us", device.fdatasync_4k_p50_us),
+        ("fdatasync_4k_p99_us", device.fdatasync_4k_p99_us),
+    ] {
+        assert!(value.is_some_and(|v| v > 0), "{name} = {value:?}");
+    }
+    assert!(device.write_4k_p50_us <= device.write_4k_p99_us);
+    let text = std::fs::read_to_string(&out).expect("read profile");
+    assert!(
+        text.starts_with("# ferrolog hardware profile, generated by `ferrolog tune`."),
+        "{text}"
+    );
+
+    // An existing --out is kept unless --force.
+    let again = tune(&data, &out);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+
+    let (broker, seen, _rx) = start_serving(&data, &out);
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("device measured by ferrolog tune")),
+        "start logs the measured device: {seen:#?}"
+    );
+    stop(broker);
+}
+
+#[test]
+fn start_pins_the_main_thread_and_warns_that_af_xdp_is_not_built() {
+    let machine = detect().expect("detect");
+    if machine.cpus.len() < 2 {
+        eprintln!("skipped: one CPU cannot hold disjoint shard and control cpusets");
+        return;
+    }
+    let dir = scratch_dir();
+    let control = machine.cpus[0];
+    let shard = machine.cpus[machine.cpus.len() - 1];
+    let profile: PathBuf = dir.path().join("pinned.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            "[shards]\ncpuset = \"{shard}\"\ncontrol_cpuset = \"{control}\"\n\
+             [network]\nxdp_interface = \"lo\"\n[storage]\ngroup_commit_window_us = 100\n"
+        ),
+    )
+    .expect("write profile");
+    let (broker, seen, _rx) = start_serving(&dir.path().join("data"), &profile);
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("main thread pinned to the control CPUs")),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("WARN") && l.contains("AF_XDP is not built")),
+        "{seen:#?}"
+    );
+    stop(broker);
+}
