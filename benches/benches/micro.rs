@@ -1,5 +1,6 @@
-//! Micro-benchmarks of the CPU-side hot paths of the storage engine:
-//! CRC-32C, batch header verification, index look-ups and the batch cache.
+//! Micro-benchmarks of the CPU-side hot paths: CRC-32C, batch header
+//! verification, index look-ups, the batch cache, Kafka request decoding and
+//! response encoding, a cross-shard hop, and recording a metric.
 //!
 //! ```text
 //! cargo bench -p ferrolog-benches --bench micro
@@ -114,6 +115,152 @@ fn batch_cache(c: &mut Criterion) {
     g.finish();
 }
 
+/// A Produce v9 request frame (no size prefix) carrying `batch` for one
+/// partition, as librdkafka sends it.
+fn produce_frame(batch: &Bytes) -> Bytes {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{encode_request_header_into_buffer, Encodable, StrBytes};
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("bench")));
+    let body = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str("bench")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.clone()))])]);
+    let mut out = bytes::BytesMut::new();
+    encode_request_header_into_buffer(&mut out, &header).expect("header");
+    body.encode(&mut out, 9).expect("body");
+    out.freeze()
+}
+
+fn request_codec(c: &mut Criterion) {
+    use ferrolog_kafka::frame::{decode_request, encode_response, Decoded};
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::{ApiKey, FetchResponse, ResponseKind, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let batch = make_batch(16, 1000, 1_700_000_000_000);
+    let frame = produce_frame(&batch);
+    let mut g = c.benchmark_group("kafka_codec");
+    g.throughput(Throughput::Bytes(frame.len() as u64));
+    g.bench_function(format!("decode Produce v9 {} B", frame.len()), |b| {
+        b.iter(|| match decode_request(black_box(frame.clone())) {
+            Ok(Decoded::Request(r)) => r,
+            _ => panic!("the bench frame decodes"),
+        })
+    });
+    // A fetch answer for 8 partitions of one 16 KiB batch each.
+    let partitions = (0..8)
+        .map(|i| {
+            PartitionData::default()
+                .with_partition_index(i)
+                .with_high_watermark(1000)
+                .with_records(Some(batch.clone()))
+        })
+        .collect();
+    let response = ResponseKind::Fetch(FetchResponse::default().with_responses(vec![
+        FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str("bench")))
+            .with_partitions(partitions),
+    ]));
+    g.throughput(Throughput::Bytes(8 * batch.len() as u64));
+    g.bench_function("encode Fetch v12, 8 x 16 KiB", |b| {
+        b.iter(|| encode_response(ApiKey::Fetch, 12, 1, black_box(&response)).expect("encodes"))
+    });
+    g.finish();
+}
+
+/// One round trip from shard 0 to shard 1 and back through `Smp::submit_to`
+/// (the hop a request for a partition of another shard takes). The two
+/// executors run for the whole benchmark; criterion asks shard 0 for timed
+/// runs of N hops over a std channel.
+fn cross_shard_hop(c: &mut Criterion) {
+    use ferrolog_model::ShardId;
+    use ferrolog_shard::{RuntimeConfig, Smp};
+    use std::rc::Rc;
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex};
+    type Jobs = Arc<Mutex<Option<mpsc::Receiver<(u64, mpsc::Sender<Duration>)>>>>;
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(u64, mpsc::Sender<Duration>)>();
+    let jobs: Jobs = Arc::new(Mutex::new(Some(jobs_rx)));
+    let cpus: Vec<usize> = ferrolog_hw_profiles::online_cpus().into_iter().take(2).collect();
+    let cpus = if cpus.len() == 2 {
+        cpus
+    } else {
+        vec![cpus[0], cpus[0]]
+    };
+    let runtime = std::thread::spawn(move || {
+        let config = RuntimeConfig {
+            cpus,
+            io_memory_bytes: 64 << 10,
+            ring_depth: 16,
+            spin_before_park: Duration::ZERO,
+            channel_capacity: 64,
+        };
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        ferrolog_shard::run(config, move |smp: Rc<Smp>| {
+            let jobs = jobs.clone();
+            let done = done.clone();
+            async move {
+                if smp.shard_id() != ShardId(0) {
+                    // Serve hops until shard 0 has no more jobs.
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                    return Ok(());
+                }
+                let rx = jobs.lock().expect("jobs").take().expect("one receiver");
+                // Blocking on the std channel is fine: shard 0 does nothing else,
+                // and shard 1 serves hops on its own thread.
+                while let Ok((n, reply)) = rx.recv() {
+                    let start = std::time::Instant::now();
+                    for i in 0..n {
+                        let v = smp
+                            .submit_to(ShardId(1), move || async move { i + 1 })
+                            .await
+                            .expect("shard 1 answers");
+                        black_box(v);
+                    }
+                    let _ = reply.send(start.elapsed());
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+                Ok(())
+            }
+        })
+        .expect("runtime starts")
+    });
+    let mut g = c.benchmark_group("shard");
+    g.bench_function("submit_to round trip", |b| {
+        b.iter_custom(|iters| {
+            let (tx, rx) = mpsc::channel();
+            jobs_tx.send((iters, tx)).expect("shard 0 takes jobs");
+            rx.recv().expect("shard 0 reports")
+        })
+    });
+    g.finish();
+    drop(jobs_tx);
+    runtime.join().expect("runtime thread");
+}
+
+fn metrics(c: &mut Criterion) {
+    let h = ferrolog_kafka::metrics::Histogram::default();
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("histogram record", |b| {
+        let mut us = 1u64;
+        b.iter(|| {
+            us = (us * 7 + 13) % 20_000;
+            h.record(black_box(Duration::from_micros(us)))
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -124,6 +271,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = micro;
     config = config();
-    targets = crc32c, parse_verified, index_lookup, batch_cache
+    targets = crc32c, parse_verified, index_lookup, batch_cache, request_codec, cross_shard_hop, metrics
 }
 criterion_main!(micro);
