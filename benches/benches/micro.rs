@@ -200,7 +200,14 @@ fn cross_shard_hop(c: &mut Criterion) {
             cpus,
             io_memory_bytes: 64 << 10,
             ring_depth: 16,
-            spin_before_park: Duration::ZERO,
+            // FERROLOG_BENCH_SPIN_US: the profile's spin_before_park_us (default 0, the dev
+            // profile: a parked shard is woken through its eventfd).
+            spin_before_park: Duration::from_micros(
+                std::env::var("FERROLOG_BENCH_SPIN_US")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            ),
             channel_capacity: 64,
         };
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
