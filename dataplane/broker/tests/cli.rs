@@ -5,12 +5,15 @@
 use bytes::Bytes;
 use ferrolog_model::{BatchBuilder, Offset, TimestampMs};
 use ferrolog_storage::{Durability, Log, LogConfig, LogContext};
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{spawn_with_stderr, wait_for_line, SERVING};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
 /// Tests run brokers side by side: each gets an admin listener on a free
@@ -60,41 +63,14 @@ fn populate(data: &Path, batches: usize) {
 /// Starts a broker; returns it once it logged that it listens, with a
 /// channel of its remaining stderr lines.
 fn start(data: &Path, port: u16, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(BIN)
-        .args(["start", "--data-dir"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["start", "--data-dir"])
         .arg(data)
         .args(["--kafka-addr", &format!("127.0.0.1:{port}")])
         .args(ADMIN_ANY_PORT)
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferrolog");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let done = line.contains("serving the Kafka API");
-                seen.push(line);
-                if done {
-                    break;
-                }
-            }
-            Err(_) => panic!("broker did not report listening; stderr so far: {seen:#?}"),
-        }
-    }
+        .args(extra);
+    let (child, rx) = spawn_with_stderr(cmd);
+    let seen = wait_for_line(&rx, SERVING, Duration::from_secs(20));
     assert!(
         seen.iter()
             .any(|l| l.contains("opened partition") && l.contains("orders/0") && l.contains("end=30")),
@@ -227,34 +203,14 @@ fn bad_profile_and_bad_arguments_fail_with_a_clear_message() {
 fn start_with_a_relative_data_dir_serves_and_stops_cleanly() {
     let parent = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .current_dir(parent.path())
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(parent.path())
         .args(["start", "--data-dir", "./data", "--kafka-addr"])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["--admin-addr", "none"])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferrolog");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+        .args(["--admin-addr", "none"]);
+    let (mut child, rx) = spawn_with_stderr(cmd);
     // Its own log line, not a connect: another test's broker could hold the port too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("serving the Kafka API")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("broker did not report listening; stderr: {seen:#?}"),
-        }
-    }
+    let mut seen = wait_for_line(&rx, SERVING, Duration::from_secs(20));
     // SAFETY: signalling a child this test spawned and has not reaped.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = wait_exit(&mut child, Duration::from_secs(15));

@@ -6,8 +6,9 @@
 //! Data directories live under the target directory (CARGO_TARGET_TMPDIR), on the build's disk:
 //! /tmp may be tmpfs, which the broker refuses.
 
+mod common;
+
 use ferrolog_hw_profiles::{detect, Profile};
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -210,34 +211,20 @@ fn tune(data: &Path, out: &Path) -> Output {
 /// it with every stderr line seen so far.
 fn start_serving(data: &Path, profile: &Path) -> (Child, Vec<String>, mpsc::Receiver<String>) {
     let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["start", "--data-dir"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["start", "--data-dir"])
         .arg(data)
         .args(["--admin-addr", "127.0.0.1:0"])
         .args(["--kafka-addr", &format!("127.0.0.1:{port}"), "--profile"])
-        .arg(profile)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ferrolog");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+        .arg(profile);
+    let (mut child, rx) = common::spawn_with_stderr(cmd);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
         while let Ok(line) = rx.try_recv() {
             seen.push(line);
         }
-        if seen.iter().any(|l| l.contains("serving the Kafka API"))
-            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+        if seen.iter().any(|l| l.contains(common::SERVING)) && TcpStream::connect(("127.0.0.1", port)).is_ok()
         {
             return (child, seen, rx);
         }

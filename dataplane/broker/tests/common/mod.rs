@@ -1,0 +1,47 @@
+//! What the broker's process tests share: spawning `ferrolog` with its
+//! stderr read line by line, and waiting for a log line.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The line a broker logs once every shard listens.
+pub const SERVING: &str = "serving the Kafka API";
+
+/// Spawns `cmd` with stderr piped; returns the child and a channel of its
+/// stderr lines (fed by a thread until the pipe closes).
+pub fn spawn_with_stderr(mut cmd: Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrolog");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Receives lines until one contains `needle`; returns every line seen.
+/// Panics, with those lines, if none comes within `within`.
+pub fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(needle)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no line with {needle:?} within {within:?}; stderr so far: {seen:#?}"),
+        }
+    }
+    seen
+}
