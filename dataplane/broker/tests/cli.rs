@@ -5,28 +5,20 @@
 use bytes::Bytes;
 use ferrolog_model::{BatchBuilder, Offset, TimestampMs};
 use ferrolog_storage::{Durability, Log, LogConfig, LogContext};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-use common::{spawn_with_stderr, wait_for_line, SERVING};
+use common::{free_port, spawn_with_stderr, wait_exit, wait_for_line, SERVING};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
 /// Tests run brokers side by side: each gets an admin listener on a free
 /// port instead of the default 127.0.0.1:9644.
 const ADMIN_ANY_PORT: [&str; 2] = ["--admin-addr", "127.0.0.1:0"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Writes `batches` batches of 3 records into `<data>/orders-0` with the storage crate.
 fn populate(data: &Path, batches: usize) {
@@ -77,20 +69,6 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> (Child, mpsc::Receiver<Strin
         "startup did not recover the log: {seen:#?}"
     );
     (child, rx)
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("broker did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn run(args: &[&str], dir: &Path) -> (i32, String) {

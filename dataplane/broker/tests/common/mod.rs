@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -44,4 +45,29 @@ pub fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, within: Duration
         }
     }
     seen
+}
+
+/// A port nobody listens on right now (another process may take it later).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits for `child` to exit, killing it and failing after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferrolog did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
