@@ -300,7 +300,7 @@ type PartitionValue = fn(&PartitionSnapshot) -> u64;
 pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
     let mut out = String::new();
     let shard_labels = |s: &ShardSnapshot| format!("shard=\"{}\"", s.shard);
-    let shard_counters: [(&str, &str, &str, ShardValue); 9] = [
+    let shard_counters: [(&str, &str, &str, ShardValue); 11] = [
         (
             "ferrolog_request_errors_total",
             "counter",
@@ -355,27 +355,21 @@ pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
             "Bytes held by the shard's batch cache.",
             |s| s.batch_cache_bytes,
         ),
-    ];
-    for (name, kind, help, value) in shard_counters {
-        Family::header(&mut out, name, kind, help);
-        let mut f = Family { out: &mut out };
-        for s in shards {
-            f.sample(name, &shard_labels(s), value(s));
-        }
-    }
-    for (name, help, value) in [
         (
             "ferrolog_batch_cache_hits_total",
+            "counter",
             "Batch reads served by the batch cache.",
-            (|s| s.batch_cache_hits) as ShardValue,
+            |s| s.batch_cache_hits,
         ),
         (
             "ferrolog_batch_cache_misses_total",
+            "counter",
             "Batch reads that went to disk.",
             |s| s.batch_cache_misses,
         ),
-    ] {
-        Family::header(&mut out, name, "counter", help);
+    ];
+    for (name, kind, help, value) in shard_counters {
+        Family::header(&mut out, name, kind, help);
         let mut f = Family { out: &mut out };
         for s in shards {
             f.sample(name, &shard_labels(s), value(s));
