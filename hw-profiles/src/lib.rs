@@ -53,6 +53,11 @@ pub const LISTEN_BACKLOG_MAX: u32 = 65535;
 /// Longest group-commit window: every fsync-durable append may wait this long, so beyond 10 ms it
 /// costs more latency than the slowest fdatasync it could save.
 pub const GROUP_COMMIT_WINDOW_US_MAX: u64 = 10_000;
+/// `storage.direct_sync_bytes` by default: bounds the longest stall a background
+/// fdatasync causes on a device that stops writing while it flushes (docs/benchmarks.md).
+pub const DIRECT_SYNC_BYTES_DEFAULT: u64 = 8 * MIB as u64;
+/// Below this a background sync would follow nearly every flush: use `fsync` durability.
+pub const DIRECT_SYNC_BYTES_MIN: u64 = MIB as u64;
 
 const MIB: usize = 1024 * 1024;
 const KIB_U64: u64 = 1024;
@@ -264,6 +269,9 @@ pub struct Storage {
     /// How long a flush waits for more appends to join it (group commit); 0 only lets the
     /// appends that are already runnable join.
     pub group_commit_window_us: u64,
+    /// `direct` durability: fdatasync the active segment in the background after every this
+    /// many bytes written; 0 syncs only at rolls and close.
+    pub direct_sync_bytes: u64,
 }
 
 impl Default for Storage {
@@ -277,6 +285,7 @@ impl Default for Storage {
             retention_bytes: None,
             retention_ms: Some(7 * DAY_MS),
             group_commit_window_us: 0,
+            direct_sync_bytes: DIRECT_SYNC_BYTES_DEFAULT,
         }
     }
 }
@@ -450,6 +459,15 @@ impl Profile {
                 format!(
                     "{} is below the minimum of {INDEX_INTERVAL_BYTES_MIN}",
                     storage.index_interval_bytes
+                ),
+            ));
+        }
+        if storage.direct_sync_bytes != 0 && storage.direct_sync_bytes < DIRECT_SYNC_BYTES_MIN {
+            return Err(invalid(
+                "storage.direct_sync_bytes",
+                format!(
+                    "{} is below the minimum of {DIRECT_SYNC_BYTES_MIN} (0 turns it off)",
+                    storage.direct_sync_bytes
                 ),
             ));
         }
@@ -1275,8 +1293,13 @@ write_4k_p51_us = 9
     #[test]
     fn each_numeric_rule_names_its_field_and_value() {
         type Edit = fn(&mut Profile);
-        let cases: [(Edit, &str, &str); 15] = [
+        let cases: [(Edit, &str, &str); 16] = [
             (|p| p.network.listen_backlog = 0, "network.listen_backlog", "0"),
+            (
+                |p| p.storage.direct_sync_bytes = 4096,
+                "storage.direct_sync_bytes",
+                "4096",
+            ),
             (
                 |p| p.network.listen_backlog = 65536,
                 "network.listen_backlog",

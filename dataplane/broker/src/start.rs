@@ -150,6 +150,7 @@ pub fn log_config(profile: &Profile) -> LogConfig {
         write_depth: profile.io.write_depth,
         read_chunk_bytes: profile.io.read_chunk_bytes,
         group_commit_window: Duration::from_micros(s.group_commit_window_us),
+        direct_sync_bytes: s.direct_sync_bytes,
         ..LogConfig::default()
     }
 }

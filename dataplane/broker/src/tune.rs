@@ -610,6 +610,9 @@ pub fn render(input: &RenderInput<'_>) -> String {
         "group_commit_window_us = {}",
         plan.group_commit_window_us
     ));
+    line("# \"direct\" durability only: fdatasync the active segment in the background every this");
+    line("# many bytes written, so no single sync stalls the device for long; 0 = only at rolls.");
+    line(&format!("direct_sync_bytes = {}", dev.storage.direct_sync_bytes));
     out
 }
 

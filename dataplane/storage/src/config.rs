@@ -69,6 +69,11 @@ pub struct LogConfig {
     /// runnable join; a window trades that much latency for fewer, larger
     /// writes and fdatasyncs under many concurrent producers.
     pub group_commit_window: std::time::Duration,
+    /// `direct` mode only: fdatasync the active segment in the background
+    /// after every this many bytes written, so no single sync has much to do
+    /// (the one at a roll included) and a power loss can take at most about
+    /// this much beyond what is being written. 0 syncs only at rolls and close.
+    pub direct_sync_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -89,6 +94,7 @@ impl Default for LogConfig {
             read_chunk_bytes: 64 << 10,
             prezero_bytes: 256 << 10,
             group_commit_window: std::time::Duration::ZERO,
+            direct_sync_bytes: 0,
         }
     }
 }

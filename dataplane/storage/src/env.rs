@@ -52,6 +52,8 @@ pub struct Faults {
     writes_left_bytes: Cell<Option<u64>>,
     /// The next fdatasync calls fail with EIO while this is non-zero.
     failing_syncs: Cell<u32>,
+    /// fdatasync calls begun (failed ones included), for tests to count.
+    syncs: Cell<u64>,
 }
 
 impl Faults {
@@ -63,6 +65,11 @@ impl Faults {
     /// Makes the next `n` fdatasync calls fail with EIO.
     pub fn fail_syncs(&self, n: u32) {
         self.failing_syncs.set(n);
+    }
+
+    /// How many fdatasync calls were begun so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.get()
     }
 
     pub fn clear(&self) {
@@ -82,6 +89,7 @@ impl Faults {
     }
 
     pub(crate) fn before_sync(&self) -> io::Result<()> {
+        self.syncs.set(self.syncs.get() + 1);
         let n = self.failing_syncs.get();
         if n == 0 {
             return Ok(());

@@ -560,3 +560,98 @@ fn delete_before_drops_whole_segments_below_the_offset_only() {
         log.close().await.expect("close");
     });
 }
+
+/// A rolled segment is sealed (fdatasync, trim, indexes) in the background:
+/// appends into the new segment do not wait for it, and a seal that fails
+/// fails no append and loses nothing; the next open finishes the job.
+#[test]
+fn a_failed_background_seal_fails_no_append_and_loses_nothing() {
+    let dir = tmp();
+    let config = small_config(Durability::Direct);
+    let d = dir.path().to_path_buf();
+    let c = config.clone();
+    let sent = run(|| async move {
+        let ctx = LogContext::new(1 << 20);
+        let faults = ctx.faults.clone();
+        let (log, _) = Log::open(&d, c, ctx).await.expect("open");
+        // Direct mode syncs only when sealing or closing: this failure hits
+        // the first roll's seal.
+        faults.fail_syncs(1);
+        let mut sent = Vec::new();
+        while log.segment_bases().len() < 3 {
+            let b = batch(2, 500, sent.len() as i64);
+            log.append(b.clone())
+                .await
+                .expect("appends go on while a seal fails");
+            sent.push(b);
+        }
+        log.close().await.expect("close");
+        sent
+    });
+    let first = segment_files(dir.path()).into_iter().next().expect("a segment");
+    let first_index = ferrolog_storage::index_path(&first);
+    assert!(
+        !first_index.exists(),
+        "the seal stopped at its fdatasync, before writing indexes"
+    );
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let (log, report) = Log::open(&d, config, LogContext::new(1 << 20))
+            .await
+            .expect("reopen");
+        assert!(
+            report.truncated.is_empty() && report.corrupt.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(report.rebuilt_indexes, vec![first_index.clone()]);
+        assert!(first_index.exists(), "recovery writes a sealed segment's indexes");
+        let got = read_all(&log, Offset(0)).await;
+        assert_eq!(got.len(), sent.len());
+        for (g, s) in got.iter().zip(&sent) {
+            assert_eq!(strip_offset(g), s.to_vec());
+        }
+        log.close().await.expect("close");
+    });
+}
+
+/// `direct_sync_bytes` starts a background fdatasync of the active segment
+/// every that many bytes written (one at a time), and none without it.
+#[test]
+fn direct_mode_syncs_in_the_background_every_direct_sync_bytes() {
+    for (direct_sync_bytes, expect_syncs) in [(0u64, false), (64 << 10, true)] {
+        let dir = tmp();
+        run(|| async move {
+            let ctx = LogContext::new(1 << 20);
+            let faults = ctx.faults.clone();
+            let config = LogConfig {
+                segment_bytes: 64 << 20,
+                direct_sync_bytes,
+                ..small_config(Durability::Direct)
+            };
+            let (log, _) = Log::open(dir.path(), config, ctx).await.expect("open");
+            let mut syncs_seen = Vec::new();
+            for i in 0..40 {
+                log.append(batch(4, 4000, i)).await.expect("append");
+                // Let a background sync run to completion before the next append.
+                for _ in 0..50 {
+                    futures_lite::future::yield_now().await;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+                syncs_seen.push(faults.syncs());
+            }
+            let before_close = faults.syncs();
+            assert_eq!(log.segment_bases().len(), 1, "no roll, so no seal syncs");
+            if expect_syncs {
+                // 40 x ~16 KiB = ~640 KiB written: about one sync per 64 KiB.
+                assert!(
+                    (3..=12).contains(&before_close),
+                    "expected ~10 background syncs, saw {before_close}: {syncs_seen:?}"
+                );
+            } else {
+                assert_eq!(before_close, 0, "no background syncs when off");
+            }
+            log.close().await.expect("close");
+            assert_eq!(faults.syncs(), before_close + 1, "close syncs once");
+        });
+    }
+}
