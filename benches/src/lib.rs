@@ -29,8 +29,15 @@ pub fn executor() -> std::io::Result<LocalExecutor> {
             })?),
             None => Placement::Fixed(0),
         };
+    let spin_us: u64 = match std::env::var("FERROLOG_BENCH_SPIN_US") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("FERROLOG_BENCH_SPIN_US={v:?} is not a number")))?,
+        Err(_) => 0,
+    };
     LocalExecutorBuilder::new(placement)
         .io_memory(1 << 20)
+        .spin_before_park(std::time::Duration::from_micros(spin_us))
         .make()
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
