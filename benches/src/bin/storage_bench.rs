@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Env: `FERROLOG_BENCH_DIR` (parent of the scratch directory; default the
-//! system temp dir), `FERROLOG_BENCH_CPU` (`unbound` or a CPU; default 0).
+//! system temp dir), `FERROLOG_BENCH_CPU` (`unbound` or a CPU; default 0),
+//! `FERROLOG_BENCH_SPIN_US` (the executor's spin before parking; default 0).
 //! Prints tables and writes JSON (default `target/storage_bench.json`).
 //! Every file it writes lives in a temp dir removed at the end.
 
