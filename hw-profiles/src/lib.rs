@@ -53,9 +53,9 @@ pub const LISTEN_BACKLOG_MAX: u32 = 65535;
 /// Longest group-commit window: every fsync-durable append may wait this long, so beyond 10 ms it
 /// costs more latency than the slowest fdatasync it could save.
 pub const GROUP_COMMIT_WINDOW_US_MAX: u64 = 10_000;
-/// `storage.direct_sync_bytes` by default: bounds the longest stall a background
-/// fdatasync causes on a device that stops writing while it flushes (docs/benchmarks.md).
-pub const DIRECT_SYNC_BYTES_DEFAULT: u64 = 8 * MIB as u64;
+/// `storage.direct_sync_bytes` by default: halves what the sync at a roll of a 128 MiB
+/// segment has to flush without paying a sync every few MiB (docs/benchmarks.md, run 5).
+pub const DIRECT_SYNC_BYTES_DEFAULT: u64 = 32 * MIB as u64;
 /// Below this a background sync would follow nearly every flush: use `fsync` durability.
 pub const DIRECT_SYNC_BYTES_MIN: u64 = MIB as u64;
 
