@@ -27,6 +27,14 @@ mkdir -p "$OUT"
 cargo build --release -q -p ferrolog -p ferrolog-loadgen -p ferrolog-benches --bins
 BIN=target/release
 
+# Before each measurement: write back what earlier stages left dirty. On a VM disk whose host
+# caches writes (this project's), the next fdatasync would otherwise pay for gigabytes written
+# by the stage before (storage_bench, a max-rate run): 100+ ms stalls in a 1 MB/s workload.
+settle() {
+    sync
+    sleep 2
+}
+
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -35,6 +43,7 @@ echo "== floors: raw disk (storage_bench --quick)" >&2
 FERROLOG_BENCH_DIR=$PWD/target "$BIN/storage_bench" --quick --json "$OUT/storage_bench.json" \
     > "$OUT/storage_bench.txt"
 
+settle
 echo "== one message in flight (kafka_latency --quick), with the loopback floor" >&2
 "$BIN/kafka_latency" --quick --json "$OUT/kafka_latency.json" \
     --broker-arg --profile --broker-arg "$PROFILE" > "$OUT/kafka_latency.txt"
@@ -79,6 +88,7 @@ EOF
     run() {
         local name=$1
         shift
+        settle
         echo "== $durability: $name" >&2
         "$BIN/ferrolog-loadgen" --bootstrap "127.0.0.1:$port" --partitions 6 \
             --producers 1 --consumers 1 --message-size 1024 --acks all \
