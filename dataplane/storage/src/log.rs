@@ -195,15 +195,10 @@ pub struct Log {
     /// segments at rest (a roll, retention, truncation, close). Always taken
     /// after `flush_permit`.
     seal_permit: Rc<Semaphore>,
-    /// The background seal, cancelled if the log is dropped unclosed (as a
-    /// crash would stop it).
-    sealing: RefCell<Option<glommio::task::JoinHandle<()>>>,
     /// `direct` mode: bytes written to the active segment since its last
     /// background fdatasync began (`LogConfig::direct_sync_bytes`).
     unsynced: Cell<u64>,
-    /// The last background fdatasync, cancelled like `sealing`, and whether
-    /// it is still running.
-    background_sync: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// Whether a background fdatasync is running.
     background_syncing: Rc<Cell<bool>>,
     state: RefCell<LogState>,
     /// Told the first offset whenever appended batches are discarded.
@@ -253,20 +248,6 @@ async fn sync_file(faults: &Faults, file: &DmaFile, path: &Path) -> Result<()> {
         .before_sync()
         .map_err(|e| StorageError::io("fdatasync", path, e))?;
     file.fdatasync().await.map_err(gio("fdatasync", path))
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        for task in [
-            self.sealing.get_mut().take(),
-            self.background_sync.get_mut().take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            task.cancel();
-        }
-    }
 }
 
 /// A segment just rolled away from, to be sealed.
@@ -417,9 +398,7 @@ impl Log {
             id,
             flush_permit: Semaphore::new(1),
             seal_permit: Rc::new(Semaphore::new(1)),
-            sealing: RefCell::new(None),
             unsynced: Cell::new(0),
-            background_sync: RefCell::new(None),
             background_syncing: Rc::new(Cell::new(false)),
             discard_listener: RefCell::new(None),
             flush_observer: RefCell::new(None),
@@ -814,14 +793,13 @@ impl Log {
         self.background_syncing.set(true);
         let syncing = self.background_syncing.clone();
         let (faults, file, path) = (self.ctx.faults.clone(), file.clone(), path.to_path_buf());
-        let task = glommio::spawn_local(async move {
+        glommio::spawn_local(async move {
             if let Err(e) = sync_file(&faults, &file, &path).await {
                 warn!(segment = %path.display(), error = %e, "background fdatasync failed");
             }
             syncing.set(false);
         })
         .detach();
-        *self.background_sync.borrow_mut() = Some(task);
     }
 
     /// Returns the log to its last durable point after a failed flush.
@@ -912,7 +890,12 @@ impl Log {
         self.state.borrow_mut().segments.insert(base, seg);
         self.unsynced.set(0);
         let faults = self.ctx.faults.clone();
-        let task = glommio::spawn_local(async move {
+        // Never cancelled, not even when the log is dropped unclosed: glommio
+        // runs ftruncate on a helper thread by fd number, and a cancelled
+        // seal would close the fd before that runs, so the truncation could
+        // hit whichever file reused the number. The task keeps the file open
+        // until it is done.
+        glommio::spawn_local(async move {
             let _sealing = sealing;
             if let Err(e) = sealed.seal(&faults).await {
                 // The data stays readable; the next open trims the padding and
@@ -922,7 +905,6 @@ impl Log {
             }
         })
         .detach();
-        *self.sealing.borrow_mut() = Some(task);
         Ok(())
     }
 
