@@ -36,6 +36,10 @@ pub const MAGIC_V2: i8 = 2;
 /// Where the CRC-covered region starts (attributes).
 pub const CRC_START: usize = 21;
 
+/// The broker rewrites only bytes before this (base offset, partition leader
+/// epoch); the rest of a batch is stored as the producer sent it.
+pub const REWRITTEN_PREFIX: usize = LEADER_EPOCH_AT + 4;
+
 const BASE_OFFSET_AT: usize = 0;
 const BATCH_LENGTH_AT: usize = 8;
 const LEADER_EPOCH_AT: usize = 12;

@@ -20,8 +20,8 @@ use crate::segment::{
     align_down, align_up, index_path, log_file_name, parse_log_file_name, scan, time_index_path,
     DurablePoint, Segment, WindowReader, BLOCK_BYTES,
 };
-use bytes::{Bytes, BytesMut};
-use ferrolog_model::batch::{first_offset_at_or_after, set_base_offset, set_leader_epoch};
+use bytes::Bytes;
+use ferrolog_model::batch::{first_offset_at_or_after, set_base_offset, set_leader_epoch, REWRITTEN_PREFIX};
 use ferrolog_model::{BatchHeader, Epoch, Offset, TimestampMs};
 use futures_lite::StreamExt;
 use glommio::io::{Directory, DmaFile, OpenOptions};
@@ -129,8 +129,18 @@ pub struct Truncation {
     pub reason: String,
 }
 
+/// An appended batch waiting to be written: the producer's bytes, never
+/// copied, and the rewritten prefix (base offset, leader epoch) that replaces
+/// their first `REWRITTEN_PREFIX` bytes on disk.
 struct Pending {
-    bytes: Bytes,
+    prefix: [u8; REWRITTEN_PREFIX],
+    original: Bytes,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.original.len()
+    }
 }
 
 struct LogState {
@@ -513,12 +523,14 @@ impl Log {
         let (appended, generation) = {
             let mut st = self.state.borrow_mut();
             assert_eq!(st.dirty_next, base, "the log moved while the append guard ran");
-            let mut bytes = batch.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
-            set_base_offset(&mut bytes, base);
+            // The producer's buffer is usually shared (a slice of its request):
+            // rewrite a copy of the prefix only, not the whole batch.
+            let mut prefix = [0u8; REWRITTEN_PREFIX];
+            prefix.copy_from_slice(&batch[..REWRITTEN_PREFIX]);
+            set_base_offset(&mut prefix, base);
             if let Some(epoch) = leader_epoch {
-                set_leader_epoch(&mut bytes, epoch);
+                set_leader_epoch(&mut prefix, epoch);
             }
-            let bytes = bytes.freeze();
             let interval = u64::from(self.config().index_interval_bytes);
             let seg = st.active_mut();
             let position = seg.size;
@@ -529,8 +541,14 @@ impl Log {
             seg.next_offset = h.last_offset().plus(1);
             st.dirty_next = h.last_offset().plus(1);
             st.pending_bytes += len;
-            st.pending.push_back(Pending { bytes: bytes.clone() });
-            self.ctx.cache.borrow_mut().insert(self.id, base, bytes);
+            st.pending.push_back(Pending {
+                prefix,
+                original: batch.clone(),
+            });
+            self.ctx
+                .cache
+                .borrow_mut()
+                .insert_patched(self.id, base, prefix, batch);
             st.check_invariants();
             (
                 Appended {
@@ -645,7 +663,7 @@ impl Log {
             if st.pending.is_empty() {
                 return Ok(());
             }
-            let batches: Vec<Bytes> = st.pending.drain(..).map(|p| p.bytes).collect();
+            let batches: Vec<Pending> = st.pending.drain(..).collect();
             st.pending_bytes = 0;
             let new_next = st.dirty_next;
             let seg = st.active();
@@ -666,7 +684,7 @@ impl Log {
         match self.write_plan(&plan).await {
             Ok((new_tail, file_end)) => {
                 let done = FlushDone {
-                    bytes: plan.batches.iter().map(Bytes::len).sum(),
+                    bytes: plan.batches.iter().map(Pending::len).sum(),
                     batches: plan.batches.len(),
                     elapsed: started.elapsed(),
                 };
@@ -702,9 +720,12 @@ impl Log {
     /// fdatasyncs in `fsync` mode. Returns the new partial-block tail and the
     /// segment's new `file_end`.
     async fn write_plan(&self, plan: &FlushPlan) -> Result<(Vec<u8>, u64)> {
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(plan.batches.len() + 1);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * plan.batches.len() + 1);
         parts.push(&plan.tail);
-        parts.extend(plan.batches.iter().map(|b| &b[..]));
+        for b in &plan.batches {
+            parts.push(&b.prefix);
+            parts.push(&b.original[REWRITTEN_PREFIX..]);
+        }
         let mut part_starts = Vec::with_capacity(parts.len());
         let mut acc = 0;
         for p in &parts {
@@ -937,7 +958,7 @@ impl Log {
             let cached = self
                 .ctx
                 .cache
-                .borrow()
+                .borrow_mut()
                 .read(self.id, req.offset, end, req.max_bytes);
             if !cached.is_empty() {
                 return Ok(ReadOutcome {
@@ -1249,7 +1270,7 @@ struct FlushPlan {
     /// Aligned file position where the write starts (the partial block).
     start: u64,
     tail: Vec<u8>,
-    batches: Vec<Bytes>,
+    batches: Vec<Pending>,
     end_size: u64,
     new_next: Offset,
     max_timestamp: i64,

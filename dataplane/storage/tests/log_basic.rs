@@ -655,3 +655,47 @@ fn direct_mode_syncs_in_the_background_every_direct_sync_bytes() {
         });
     }
 }
+
+/// `append` rewrites the base offset and leader epoch without touching the
+/// producer's buffer (it is usually a slice of a request, shared), and what is
+/// read back, from the cache and from disk, carries the assigned values.
+#[test]
+fn append_leaves_the_producers_buffer_untouched() {
+    let dir = tmp();
+    let config = small_config(Durability::Fsync);
+    let d = dir.path().to_path_buf();
+    let c = config.clone();
+    run(|| async move {
+        let log = open(&d, c).await;
+        log.append(batch(3, 100, 1)).await.expect("append");
+        let mine = batch(2, 300, 2);
+        let kept = mine.clone();
+        let a = log
+            .append_with_epoch(mine, Some(ferrolog_model::Epoch(7)))
+            .await
+            .expect("append");
+        assert_eq!(a.base_offset, Offset(3));
+        let h = ferrolog_model::BatchHeader::parse(&kept).expect("parses");
+        assert_eq!(h.base_offset, Offset(0), "the producer's bytes are not rewritten");
+        let got = read_all(&log, Offset(3)).await;
+        let h = ferrolog_model::BatchHeader::parse(&got[0]).expect("parses");
+        assert_eq!(
+            (h.base_offset, h.partition_leader_epoch),
+            (Offset(3), ferrolog_model::Epoch(7))
+        );
+        assert_eq!(got[0][16..], kept[16..], "the rest is stored as sent");
+        log.close().await.expect("close");
+    });
+    run(|| async move {
+        let (log, _) = Log::open(dir.path(), config, LogContext::new(1 << 20))
+            .await
+            .expect("reopen");
+        let got = read_all(&log, Offset(3)).await;
+        let h = ferrolog_model::BatchHeader::parse(&got[0]).expect("parses");
+        assert_eq!(
+            (h.base_offset, h.partition_leader_epoch),
+            (Offset(3), ferrolog_model::Epoch(7))
+        );
+        log.close().await.expect("close");
+    });
+}
