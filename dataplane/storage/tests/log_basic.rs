@@ -656,6 +656,11 @@ fn direct_mode_syncs_in_the_background_every_direct_sync_bytes() {
     }
 }
 
+fn offset_and_epoch(batch: &[u8]) -> (Offset, ferrolog_model::Epoch) {
+    let h = ferrolog_model::BatchHeader::parse(batch).expect("parses");
+    (h.base_offset, h.partition_leader_epoch)
+}
+
 /// `append` rewrites the base offset and leader epoch without touching the
 /// producer's buffer (it is usually a slice of a request, shared), and what is
 /// read back, from the cache and from disk, carries the assigned values.
@@ -678,11 +683,7 @@ fn append_leaves_the_producers_buffer_untouched() {
         let h = ferrolog_model::BatchHeader::parse(&kept).expect("parses");
         assert_eq!(h.base_offset, Offset(0), "the producer's bytes are not rewritten");
         let got = read_all(&log, Offset(3)).await;
-        let h = ferrolog_model::BatchHeader::parse(&got[0]).expect("parses");
-        assert_eq!(
-            (h.base_offset, h.partition_leader_epoch),
-            (Offset(3), ferrolog_model::Epoch(7))
-        );
+        assert_eq!(offset_and_epoch(&got[0]), (Offset(3), ferrolog_model::Epoch(7)));
         assert_eq!(got[0][16..], kept[16..], "the rest is stored as sent");
         log.close().await.expect("close");
     });
@@ -691,11 +692,7 @@ fn append_leaves_the_producers_buffer_untouched() {
             .await
             .expect("reopen");
         let got = read_all(&log, Offset(3)).await;
-        let h = ferrolog_model::BatchHeader::parse(&got[0]).expect("parses");
-        assert_eq!(
-            (h.base_offset, h.partition_leader_epoch),
-            (Offset(3), ferrolog_model::Epoch(7))
-        );
+        assert_eq!(offset_and_epoch(&got[0]), (Offset(3), ferrolog_model::Epoch(7)));
         log.close().await.expect("close");
     });
 }
