@@ -929,13 +929,15 @@ impl Log {
         Ok(())
     }
 
-    /// Waits until no rolled segment is being sealed; hold the returned
-    /// permit while touching sealed segments' files.
-    async fn sealed_at_rest(&self) -> Result<glommio::sync::Permit<'_>> {
-        self.seal_permit
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)
+    /// Waits until no flush runs and no rolled segment is being sealed, and
+    /// keeps it so while the returned permits are held: for whatever touches
+    /// segment files other than by appending (retention, truncation, close).
+    /// The permits are taken in the order a roll takes them.
+    async fn at_rest(&self) -> Result<(glommio::sync::Permit<'_>, glommio::sync::Permit<'_>)> {
+        let closed = |_| StorageError::Closed;
+        let flushing = self.flush_permit.acquire_permit(1).await.map_err(closed)?;
+        let sealing = self.seal_permit.acquire_permit(1).await.map_err(closed)?;
+        Ok((flushing, sealing))
     }
 
     /// Reads whole batches starting with the one containing `req.offset`.
@@ -1055,12 +1057,7 @@ impl Log {
     /// or their newest record is older than `retention_ms`. The active
     /// segment is never deleted.
     pub async fn apply_retention(&self) -> Result<RetentionOutcome> {
-        let _permit = self
-            .flush_permit
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let _sealed = self.sealed_at_rest().await?;
+        let _at_rest = self.at_rest().await?;
         let now = self.ctx.clock.now_ms();
         let doomed: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
@@ -1104,12 +1101,7 @@ impl Log {
     /// For logs that rewrite their live content at the tail (the group
     /// coordinator's compaction). Returns how many segments were deleted.
     pub async fn delete_before(&self, offset: Offset) -> Result<usize> {
-        let _permit = self
-            .flush_permit
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let _sealed = self.sealed_at_rest().await?;
+        let _at_rest = self.at_rest().await?;
         let doomed: Vec<Segment> = {
             let mut st = self.state.borrow_mut();
             let mut doomed = Vec::new();
@@ -1135,12 +1127,7 @@ impl Log {
     /// Removes every batch at or after `offset`, which must be a batch
     /// boundary (or the end). Used by replication to drop a divergent suffix.
     pub async fn truncate(&self, offset: Offset) -> Result<()> {
-        let _permit = self
-            .flush_permit
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let _sealed = self.sealed_at_rest().await?;
+        let _at_rest = self.at_rest().await?;
         self.flush_locked().await?;
         let (start, dirty) = {
             let st = self.state.borrow();
@@ -1232,12 +1219,7 @@ impl Log {
     /// Flushes and syncs everything, persists the active segment's indexes
     /// and closes the log. Later calls fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
-        let _permit = self
-            .flush_permit
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let _sealed = self.sealed_at_rest().await?;
+        let _at_rest = self.at_rest().await?;
         self.flush_locked().await?;
         let (file, path, index, time_index, size) = {
             let mut st = self.state.borrow_mut();
