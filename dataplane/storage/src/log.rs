@@ -318,6 +318,18 @@ fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
+/// Removes a segment's index files (whichever exist).
+fn remove_index_files(log_path: &Path) -> Result<()> {
+    remove_if_exists(&index_path(log_path))?;
+    remove_if_exists(&time_index_path(log_path))
+}
+
+/// Removes a segment: its log file and its index files.
+fn remove_segment_files(log_path: &Path) -> Result<()> {
+    remove_if_exists(log_path)?;
+    remove_index_files(log_path)
+}
+
 /// Copies `dst.len()` bytes of the concatenation of `parts`, starting at
 /// `from`, into `dst`; bytes past the end of `parts` become zero.
 fn fill_from_parts(dst: &mut [u8], from: usize, parts: &[&[u8]], part_starts: &[usize]) {
@@ -1088,9 +1100,7 @@ impl Log {
         };
         for seg in doomed {
             info!(log = %self.dir.display(), segment = %seg.path.display(), "retention deleted segment");
-            remove_if_exists(&seg.path)?;
-            remove_if_exists(&index_path(&seg.path))?;
-            remove_if_exists(&time_index_path(&seg.path))?;
+            remove_segment_files(&seg.path)?;
             outcome.deleted_segments.push(seg.base);
         }
         Ok(outcome)
@@ -1117,9 +1127,7 @@ impl Log {
             doomed
         };
         for seg in &doomed {
-            remove_if_exists(&seg.path)?;
-            remove_if_exists(&index_path(&seg.path))?;
-            remove_if_exists(&time_index_path(&seg.path))?;
+            remove_segment_files(&seg.path)?;
         }
         Ok(doomed.len())
     }
@@ -1179,13 +1187,10 @@ impl Log {
                 .collect()
         };
         for seg in &removed {
-            remove_if_exists(&seg.path)?;
-            remove_if_exists(&index_path(&seg.path))?;
-            remove_if_exists(&time_index_path(&seg.path))?;
+            remove_segment_files(&seg.path)?;
         }
         file.truncate(cut).await.map_err(gio("truncate", &path))?;
-        remove_if_exists(&index_path(&path))?;
-        remove_if_exists(&time_index_path(&path))?;
+        remove_index_files(&path)?;
         let mut report = RecoveryReport::default();
         let seg = recover_segment(
             &self.dir,
@@ -1432,8 +1437,7 @@ async fn recover_segment(
             if !stop.zero_padding {
                 // Every loaded entry precedes the scan start, so none is past the
                 // cut; drop the files anyway after damage, to be rebuilt from the log.
-                remove_if_exists(&index_path(&path))?;
-                remove_if_exists(&time_index_path(&path))?;
+                remove_index_files(&path)?;
             }
         } else {
             tracing::error!(
