@@ -26,7 +26,7 @@ pub mod producer_state;
 pub mod registry;
 pub mod server;
 pub mod shard;
-pub mod topics;
+pub use ferrolog_controlplane::topics;
 
 pub use config::ServerConfig;
 
