@@ -1,6 +1,27 @@
 //! ferrolog-controlplane: the cluster metadata and the code that changes it.
 //!
-//! `topics` is the topic table (names, ids, partition counts, configs) and
-//! its validation. Pure data: no I/O beyond the table's own file, no async.
+//! - `topics`: the topic table (names, ids, configs, and per partition its
+//!   replica set, leader and leader epoch), its validation and its file.
+//! - `commands`: topic changes as data (`TopicCommand`, ids chosen by the
+//!   proposer) and `apply`, the pure, deterministic state machine that applies
+//!   them and says what changed (`TopicDelta`). It will be the state machine of
+//!   the controller's Raft group: every node applies the same commands in the
+//!   same order and reaches the same table.
+//! - `metadata`: the immutable snapshot (brokers + topic table) a node
+//!   publishes to its shards.
+//!
+//! - `controller`: the one writer of the table, on the node's control
+//!   executor (never a data shard): applies proposed commands in order, makes
+//!   the table durable, then publishes a snapshot to the shards. Also the
+//!   producer id allocator (`producer_ids`).
+//!
+//! `commands`, `topics` and `metadata` are pure and synchronous (`TopicTable`'s
+//! `load`/`store` read and write one file and run on a blocking pool). Shards
+//! only read `Arc` snapshots. On a single node the controller applies
+//! commands directly; the Raft issue puts them through a replicated log first.
 
+pub mod commands;
+pub mod controller;
+pub mod metadata;
+pub mod producer_ids;
 pub mod topics;

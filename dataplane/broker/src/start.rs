@@ -13,7 +13,7 @@ use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
 use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
 use ferrolog_kafka::ServerConfig;
 use ferrolog_model::NodeId;
-use ferrolog_shard::RuntimeConfig;
+use ferrolog_shard::{ControlConfig, RuntimeConfig};
 use ferrolog_storage::{Durability, LogConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -372,10 +372,16 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         "starting ferrolog"
     );
     let shard_stop = stop.clone();
-    let results = ferrolog_shard::run(runtime, move |smp| {
-        ferrolog_kafka::run_shard(smp, server.clone(), shard_stop.clone())
-    });
-    let results = match results {
+    let (control_server, control_stop) = (server.clone(), stop.clone());
+    let results = ferrolog_shard::run_with_control(
+        runtime,
+        ControlConfig {
+            cpus: control_cpus.clone(),
+        },
+        move |smp| ferrolog_kafka::run_shard(smp, server.clone(), shard_stop.clone()),
+        move |smp| ferrolog_kafka::run_control(smp, control_server, control_stop),
+    );
+    let outcome = match results {
         Ok(r) => r,
         Err(e) => {
             error!("{e}");
@@ -384,11 +390,15 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         }
     };
     let mut ok = true;
-    for (shard, r) in results.into_iter().enumerate() {
+    for (shard, r) in outcome.shards.into_iter().enumerate() {
         if let Err(e) = r {
             error!(shard, "{e}");
             ok = false;
         }
+    }
+    if let Err(e) = outcome.control {
+        error!("control executor: {e}");
+        ok = false;
     }
     drop(claim);
     if ok {

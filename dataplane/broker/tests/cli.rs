@@ -20,9 +20,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
 /// port instead of the default 127.0.0.1:9644.
 const ADMIN_ANY_PORT: [&str; 2] = ["--admin-addr", "127.0.0.1:0"];
 
-/// Writes `batches` batches of 3 records into `<data>/orders-0` with the storage crate.
+/// The topic table that names `orders` (one partition), as an operator's
+/// earlier broker left it.
+const ORDERS_TABLE: &str =
+    "revision = 1\n\n[topics.orders]\nid = \"6f1c0de5a4d94e3b8a0f2c6d7e8f9a01\"\npartitions = 1\n";
+
+/// Writes `batches` batches of 3 records into `<data>/orders-0` with the
+/// storage crate, and the topic table that names it.
 fn populate(data: &Path, batches: usize) {
-    let dir = data.join("orders-0");
+    std::fs::write(data.join("topics.toml"), ORDERS_TABLE).expect("write topics.toml");
+    write_log(&data.join("orders-0"), batches);
+}
+
+/// Writes `batches` batches of 3 records into the log at `dir`.
+fn write_log(dir: &Path, batches: usize) {
+    let dir = dir.to_path_buf();
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .make()
@@ -47,7 +59,7 @@ fn populate(data: &Path, batches: usize) {
             }
             log.append(Bytes::from(b.build())).await.expect("append");
         }
-        assert_eq!(log.offsets().committed_next, Offset(3 * batches as i64));
+        assert_eq!(log.offsets().durable_next, Offset(3 * batches as i64));
         log.close().await.expect("close");
     });
 }
@@ -85,9 +97,24 @@ fn run(args: &[&str], dir: &Path) -> (i32, String) {
 fn start_recovers_listens_refuses_second_process_and_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
     populate(data.path(), 10);
+    // A partition directory no topic names (an interrupted delete, or copied
+    // in by hand): never adopted as a topic, never deleted, set aside.
+    write_log(&data.path().join("stray-0"), 2);
     let port = free_port();
     let (mut broker, _rx) = start(data.path(), port, &[]);
     TcpStream::connect(("127.0.0.1", port)).expect("the Kafka port accepts connections");
+    assert!(
+        !data.path().join("stray-0").exists(),
+        "the stray directory is moved"
+    );
+    let aside: Vec<_> = std::fs::read_dir(data.path().join("set-aside"))
+        .expect("set-aside exists")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let (code, out) = run(&["log", "verify"], &aside[0]);
+    assert_eq!(code, 0, "the set-aside log is intact: {out}");
+    assert!(out.contains("offsets 0..6"), "{out}");
 
     let second = Command::new(BIN)
         .args(["start", "--data-dir"])
@@ -110,7 +137,8 @@ fn start_recovers_listens_refuses_second_process_and_stops_cleanly_on_sigterm() 
     assert!(out.contains("OK") && out.contains("offsets 0..30"), "{out}");
     let (code, out) = run(&["log", "dump"], data.path());
     assert_eq!(code, 0, "{out}");
-    assert_eq!(out.matches("crc=ok").count(), 10, "{out}");
+    // orders' 10 batches and the 2 of the set-aside log.
+    assert_eq!(out.matches("crc=ok").count(), 12, "{out}");
     assert!(out.contains("offsets=27..=29"), "{out}");
 
     // Restart on the same directory serves the same log.

@@ -193,16 +193,13 @@ async fn route(shard: &Rc<Shard>, method: &str, path: &str, started: Instant) ->
 
 /// Every shard's snapshot, in shard order.
 async fn gather(shard: &Rc<Shard>) -> Result<Vec<ShardSnapshot>, String> {
-    let mut out = Vec::with_capacity(shard.smp.nr_shards());
-    for s in shard.smp.shards() {
-        let snap = shard
-            .smp
-            .submit_to(s, || async { local().metrics_snapshot() })
-            .await
-            .map_err(|e| e.to_string())?;
-        out.push(snap);
-    }
-    Ok(out)
+    shard
+        .smp
+        .invoke_on_all(|| async { local().metrics_snapshot() })
+        .await
+        .into_iter()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn status_json(shard: &Shard, snapshots: &[ShardSnapshot], uptime: Duration) -> String {

@@ -52,3 +52,18 @@ pub struct ServerConfig {
     /// A shard whose reactor runs a timer this much late counts a stall.
     pub stall_threshold: Duration,
 }
+
+impl ServerConfig {
+    /// The partition layer's settings: the group coordinator's logs are
+    /// its one internal topic.
+    pub fn cluster_config(&self) -> ferrolog_cluster::ClusterConfig {
+        ferrolog_cluster::ClusterConfig {
+            node_id: self.node_id,
+            data_dir: self.data_dir.clone(),
+            batch_cache_bytes: self.batch_cache_bytes,
+            fetch_waiters_per_partition_max: self.fetch_waiters_per_partition_max,
+            topic_defaults: self.topic_defaults.clone(),
+            internal_topics: vec![crate::groups::coordinator::internal_topic(&self.groups)],
+        }
+    }
+}

@@ -1,7 +1,10 @@
 //! Internal errors to Kafka error codes: the one place they are mapped.
 
-use crate::producer_state::SequenceError;
 use crate::topics::TopicError;
+use ferrolog_cluster::producer_state::SequenceError;
+use ferrolog_cluster::PartitionError;
+use ferrolog_controlplane::commands::CommandError;
+use ferrolog_controlplane::controller::ControllerError;
 use ferrolog_model::BatchError;
 use ferrolog_shard::ShardError;
 use ferrolog_storage::StorageError;
@@ -25,6 +28,21 @@ pub fn storage(e: &StorageError) -> ResponseError {
     }
 }
 
+/// Errors of the partition layer.
+pub fn partition(e: &PartitionError) -> ResponseError {
+    match e {
+        PartitionError::NotHere(_) => ResponseError::UnknownTopicOrPartition,
+        PartitionError::CorruptBatch(_) => ResponseError::CorruptMessage,
+        PartitionError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        PartitionError::Sequence(e) => producer(e),
+        PartitionError::Storage(e) => storage(e),
+        PartitionError::LostToFailedWrite { .. } => ResponseError::KafkaStorageError,
+        PartitionError::TimedOut(_) => ResponseError::RequestTimedOut,
+        PartitionError::BadTimestampQuery(_) => ResponseError::InvalidRequest,
+        PartitionError::Shard(e) => shard(e),
+    }
+}
+
 /// A call to another shard that did not complete.
 pub fn shard(_e: &ShardError) -> ResponseError {
     // Only happens while the node shuts down: tell clients to go elsewhere.
@@ -45,6 +63,29 @@ pub fn topic(e: &TopicError) -> ResponseError {
     match e {
         TopicError::InvalidName(..) => ResponseError::InvalidTopicException,
         TopicError::InvalidConfig { .. } | TopicError::UnknownConfig(_) => ResponseError::InvalidConfig,
+    }
+}
+
+/// A topic command the controller's state machine refused.
+pub fn command(e: &CommandError) -> ResponseError {
+    match e {
+        CommandError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
+        CommandError::UnknownTopic { .. } => ResponseError::UnknownTopicOrPartition,
+        CommandError::IdMismatch { .. } => ResponseError::UnknownTopicId,
+        CommandError::DuplicateTopicId { .. } => ResponseError::InvalidRequest,
+        CommandError::InvalidName(e) | CommandError::InvalidConfig { source: e, .. } => topic(e),
+        CommandError::InvalidPartitionCount { .. } => ResponseError::InvalidPartitions,
+        CommandError::InvalidAssignment { .. } => ResponseError::InvalidReplicaAssignment,
+    }
+}
+
+/// An operation of the controller that failed.
+pub fn controller(e: &ControllerError) -> ResponseError {
+    match e {
+        ControllerError::Command(e) => command(e),
+        // KAFKA_STORAGE_ERROR is retriable in the clients.
+        ControllerError::Store(_) | ControllerError::ProducerIds(_) => ResponseError::KafkaStorageError,
+        ControllerError::Stopping => ResponseError::NotController,
     }
 }
 
@@ -85,5 +126,12 @@ mod tests {
             expected: 3,
         };
         assert_eq!(producer(&gap).code(), 45);
+        let timeout = PartitionError::TimedOut(std::time::Duration::from_millis(5));
+        assert_eq!(partition(&timeout).code(), 7);
+        assert_eq!(
+            partition(&PartitionError::NotHere(ferrolog_model::Ntp::new("t", 0))).code(),
+            3
+        );
+        assert_eq!(partition(&PartitionError::InvalidRecord("x".into())).code(), 87);
     }
 }

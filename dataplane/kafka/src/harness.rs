@@ -17,10 +17,10 @@
 
 use crate::config::ServerConfig;
 use crate::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
-use crate::{controller, frame, registry, server, shard};
+use crate::{frame, registry, server, shard};
 use bytes::{Bytes, BytesMut};
 use ferrolog_model::NodeId;
-use ferrolog_shard::{RuntimeConfig, Smp};
+use ferrolog_shard::{ControlConfig, RuntimeConfig, Smp};
 use ferrolog_storage::LogConfig;
 use futures_channel::{mpsc, oneshot};
 use futures_lite::StreamExt;
@@ -28,7 +28,7 @@ use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Decodable;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,6 +55,8 @@ pub const IO_MEMORY_BYTES: usize = 1 << 20;
 pub const RING_DEPTH: usize = 64;
 /// Cross-shard call queue (unused with one shard, but bounded all the same).
 pub const CHANNEL_CAPACITY: usize = 64;
+/// How often the control executor looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(5);
 /// Feeds queued for the node; `feed` serializes callers, so one is enough
 /// and a few leave room for the shutdown.
 pub const FEED_QUEUE_DEPTH: usize = 4;
@@ -295,18 +297,28 @@ impl Harness {
         let (feeds, rx) = mpsc::channel::<Feed>(FEED_QUEUE_DEPTH);
         // `run` wants a cloneable `main`; the one shard takes the receiver.
         let rx = Arc::new(Mutex::new(Some(rx)));
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(2);
+        // Set by the shard when its feeds end; the control executor then ends.
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("ferrolog-harness".into())
             .spawn(move || {
                 let ready = ready_tx.clone();
-                let result = ferrolog_shard::run(runtime, move |smp| {
-                    let rx = rx.lock().ok().and_then(|mut r| r.take());
-                    node(smp, config.clone(), rx, ready.clone())
-                });
+                let shard_config = config.clone();
+                let shard_stop = stop.clone();
+                let result = ferrolog_shard::run_with_control(
+                    runtime,
+                    ControlConfig::default(),
+                    move |smp| {
+                        let rx = rx.lock().ok().and_then(|mut r| r.take());
+                        node(smp, shard_config.clone(), rx, shard_stop.clone())
+                    },
+                    move |smp| control(smp, config, ready, stop),
+                );
                 match result {
-                    Ok(results) => {
-                        for e in results.into_iter().filter_map(Result::err) {
+                    Ok(outcome) => {
+                        let all = outcome.shards.into_iter().chain([outcome.control]);
+                        for e in all.filter_map(Result::err) {
                             warn!("harness node: {e}");
                             let _ = ready_tx.try_send(Err(e));
                         }
@@ -396,36 +408,45 @@ impl Drop for Harness {
     }
 }
 
-/// The node's shard: `run_shard` without the listener, serving feeds instead.
+/// The node's one data shard: `run_shard` without the listener, serving
+/// feeds instead.
 async fn node(
     smp: Rc<Smp>,
     config: Arc<ServerConfig>,
     feeds: Option<mpsc::Receiver<Feed>>,
-    ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+    stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let Some(feeds) = feeds else {
+        stop.store(true, Ordering::SeqCst);
         return Err("the harness runs one shard".into());
     };
-    let shard = shard::Shard::new(smp, config);
     // Before the first await, like run_shard.
-    shard::install(shard.clone());
-    let result = match controller::bootstrap().await {
-        Ok(()) => {
-            crate::groups::coordinator::start_local(&shard.smp, &shard.config, shard.log_ctx.clone()).await
-        }
-        Err(e) => Err(e),
-    };
-    let _ = ready.try_send(result.clone());
-    if result.is_ok() {
-        serve_feeds(&shard, feeds).await;
-    }
+    let shard = crate::install_shard(smp, config);
+    serve_feeds(&shard, feeds).await;
+    stop.store(true, Ordering::SeqCst);
+    crate::groups::coordinator::close_local();
     // Like run_shard, the shard stays installed until the executor ends.
-    let failed = shard.close_all().await + crate::groups::coordinator::close_local().await;
-    result?;
+    let failed = shard.cluster.close_all().await;
     if failed > 0 {
         return Err(format!("{failed} logs failed to close cleanly"));
     }
     Ok(())
+}
+
+/// The control executor: starts the controller (opening the shard's
+/// partitions), says the node is ready, and ends with the shard.
+async fn control(
+    smp: Rc<Smp>,
+    config: Arc<ServerConfig>,
+    ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let started = crate::start_controller(smp, &config).await.map(drop);
+    let _ = ready.try_send(started.clone());
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    started
 }
 
 async fn serve_feeds(shard: &Rc<shard::Shard>, mut feeds: mpsc::Receiver<Feed>) {

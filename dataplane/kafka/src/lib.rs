@@ -2,14 +2,19 @@
 //!
 //! Owns framing and decoding (`frame`, pure), the registry of supported APIs
 //! (`registry`), one handler per API (`handlers`), the mapping of internal
-//! errors to Kafka codes (`errors`), topic metadata (`topics`, `controller`)
-//! and the per-shard partition state (`shard`).
+//! errors to Kafka codes (`errors`, the only place codes are made), the
+//! group coordinator (`groups`), the proposer side of topic changes
+//! (`controller`), connections (`server`) and the admin HTTP listener
+//! (`admin`). Partitions belong to ferrolog-cluster's partition manager,
+//! topic metadata to ferrolog-controlplane.
 //!
-//! Threading: every shard runs [`run_shard`] on its own glommio executor. A
-//! connection lives on the shard that accepted it; partition work runs on the
-//! partition's owner shard (`shard::scatter`); topic changes run on the
-//! controller shard (shard 0). Record batches travel as `Bytes` from the
-//! socket to the log and back; records are never decoded.
+//! Threading: every data shard runs [`run_shard`] on its own glommio
+//! executor; the control executor runs [`run_control`], which owns the
+//! controller and drives start-up. A connection lives on the shard that
+//! accepted it; partition work runs on the partition's owner shard
+//! (`ferrolog_cluster::ops::scatter`); topic changes are proposed to the
+//! controller on the control executor. Record batches travel as `Bytes` from
+//! the socket to the log and back; records are never decoded.
 
 pub mod admin;
 pub mod alloc_guard;
@@ -21,8 +26,6 @@ pub mod groups;
 pub mod handlers;
 pub mod harness;
 pub mod metrics;
-pub mod producer_ids;
-pub mod producer_state;
 pub mod registry;
 pub mod server;
 pub mod shard;
@@ -30,6 +33,10 @@ pub use ferrolog_controlplane::topics;
 
 pub use config::ServerConfig;
 
+use ferrolog_cluster::{PartitionManager, Placement};
+use ferrolog_controlplane::controller::{Controller, ControllerConfig, Publish};
+use ferrolog_controlplane::metadata::{Broker, MetadataSnapshot};
+use ferrolog_model::ShardId;
 use ferrolog_shard::Smp;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -38,58 +45,89 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// How often a shard looks at the stop flag.
+/// How often an executor looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(20);
 /// How often a shard applies retention to its partitions.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(300);
 /// Period of the reactor stall probe's timer.
 pub const STALL_PROBE_PERIOD: Duration = Duration::from_millis(10);
+/// The shard that serves the admin HTTP listener.
+const ADMIN_SHARD: ShardId = ShardId(0);
 
-/// One shard's life: recover (shard 0 drives the topic table and opens every
-/// partition on its owner), listen, serve until `stop` is set, then close
-/// every log. Shard 0 sets `stop` itself if startup fails, so all shards end.
-pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<AtomicBool>) -> Result<(), String> {
-    let shard = shard::Shard::new(smp.clone(), config.clone());
-    // Before the first await: other shards' calls may arrive from then on.
+/// Builds and installs this data shard's partition manager, Kafka state and
+/// group coordinator. Must run before the shard's first await, so that calls
+/// from other executors always find them.
+pub fn install_shard(smp: Rc<Smp>, config: Arc<ServerConfig>) -> Rc<shard::Shard> {
+    let placement = Arc::new(Placement::hashed(smp.nr_shards()));
+    let cluster = PartitionManager::new(smp.clone(), Arc::new(config.cluster_config()), placement);
+    ferrolog_cluster::install(cluster.clone());
+    let shard = shard::Shard::new(smp, config.clone(), cluster);
     shard::install(shard.clone());
-    let result = serve(&shard, &stop).await;
-    if result.is_err() {
-        stop.store(true, Ordering::SeqCst);
-    }
-    let failed = shard.close_all().await + groups::coordinator::close_local().await;
-    // The shard stays installed: connection tasks and calls from other shards
-    // may still run until the executor ends; they find no partitions and
-    // answer with errors instead of touching closed logs.
-    result?;
-    if failed > 0 {
-        return Err(format!("{failed} logs failed to close cleanly"));
-    }
-    Ok(())
+    groups::coordinator::start_local(&config.groups);
+    shard
 }
 
-async fn serve(shard: &Rc<shard::Shard>, stop: &Arc<AtomicBool>) -> Result<(), String> {
-    if shard.id() == controller::CONTROLLER_SHARD {
-        let started = start_node(shard).await;
-        // Startup calls every shard (partition opens, coordinator loads,
-        // listeners). A shard that ended meanwhile would leave shard 0
-        // waiting for an answer forever (glommio's shared channels do not
-        // report a peer executor that ended), so no shard ends before it
-        // hears that startup is over, whether it worked or not.
-        for s in shard.smp.shards() {
-            let _ = shard
-                .smp
-                .submit_to(s, || async { STARTUP_OVER.with(|f| f.set(true)) })
-                .await;
+/// Applies a metadata snapshot on this data shard: the partition manager
+/// reconciles, then the group coordinator attaches to the coordinator
+/// partitions this node now leads and lets go of removed ones.
+pub async fn apply_snapshot(snap: Arc<MetadataSnapshot>) {
+    let done = ferrolog_cluster::local().apply_snapshot(snap).await;
+    for p in &done.led {
+        if let Err(e) = groups::coordinator::attach(p).await {
+            warn!(partition = %p.ntp, "cannot load the group coordinator partition: {e}");
         }
-        started?;
     }
+    groups::coordinator::detach(&done.removed);
+}
+
+/// Starts the controller on the control executor; its snapshots are
+/// applied on every data shard before a change is answered.
+pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<Controller>, String> {
+    let publish: Publish = Rc::new(move |snap: Arc<MetadataSnapshot>| {
+        let smp = smp.clone();
+        Box::pin(async move {
+            let results = smp
+                .invoke_on_all(move || {
+                    let snap = snap.clone();
+                    async move { apply_snapshot(snap).await }
+                })
+                .await;
+            for (s, r) in results.into_iter().enumerate() {
+                if let Err(e) = r {
+                    warn!(shard = s, "cannot publish metadata: {e}");
+                }
+            }
+        })
+    });
+    let controller = ControllerConfig {
+        data_dir: config.data_dir.clone(),
+        cluster_id: config.cluster_id.clone(),
+        broker: Broker {
+            id: config.node_id,
+            host: config.advertised_host.clone(),
+            port: config.advertised_port,
+            rack: None,
+        },
+    };
+    Controller::bootstrap(controller, publish)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One data shard's life: install, serve until `stop` is set (and start-up,
+/// driven by the control executor, is over), then close every log.
+pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<AtomicBool>) -> Result<(), String> {
+    let shard = install_shard(smp, config);
     let retention = glommio::spawn_local(retention_loop(shard.clone())).detach();
     let stall_probe = glommio::spawn_local(stall_probe(shard.clone())).detach();
+    // A shard that ended while the control executor still drives start-up
+    // would leave it waiting for an answer forever (glommio's shared
+    // channels do not report a peer executor that ended), so no shard ends
+    // before it hears that start-up is over, whether it worked or not.
     while !stop.load(Ordering::Relaxed) || !STARTUP_OVER.with(Cell::get) {
         glommio::timer::sleep(STOP_POLL).await;
     }
     info!(shard = %shard.id(), "stopping");
-    // Set by shard 0 once startup is done; absent if it never got that far.
     for task in [&ACCEPT, &ADMIN] {
         if let Some(t) = task.with(|t| t.borrow_mut().take()) {
             t.cancel();
@@ -97,24 +135,62 @@ async fn serve(shard: &Rc<shard::Shard>, stop: &Arc<AtomicBool>) -> Result<(), S
     }
     retention.cancel();
     stall_probe.cancel();
+    groups::coordinator::close_local();
+    // The shard stays installed: connection tasks and calls from other
+    // executors may still run until the executor ends; they find no
+    // partitions and answer with errors instead of touching closed logs.
+    let failed = shard.cluster.close_all().await;
+    if failed > 0 {
+        return Err(format!("{failed} logs failed to close cleanly"));
+    }
     Ok(())
 }
 
-/// Recovers the node and starts serving it (controller shard only).
-async fn start_node(shard: &Rc<shard::Shard>) -> Result<(), String> {
-    controller::bootstrap().await?;
-    for s in shard.smp.shards() {
-        shard
-            .smp
-            .submit_to(s, start_on_this_shard)
+/// The control executor's life: start the controller (which publishes the
+/// recovered metadata to every shard, opening their partitions), start the
+/// listeners, then wait for `stop`. Sets `stop` itself if start-up fails, so
+/// every executor ends.
+pub async fn run_control(
+    smp: Rc<Smp>,
+    config: Arc<ServerConfig>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let started = start_node(&smp, &config).await;
+    for r in smp
+        .invoke_on_all(|| async { STARTUP_OVER.with(|f| f.set(true)) })
+        .await
+    {
+        if let Err(e) = r {
+            warn!("cannot end start-up on a shard: {e}");
+        }
+    }
+    if let Err(e) = &started {
+        stop.store(true, Ordering::SeqCst);
+        return Err(e.clone());
+    }
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    Ok(())
+}
+
+/// Recovers the node and starts serving it (control executor).
+async fn start_node(smp: &Rc<Smp>, config: &Arc<ServerConfig>) -> Result<(), String> {
+    start_controller(smp.clone(), config).await?;
+    for r in smp.invoke_on_all(start_on_this_shard).await {
+        r.map_err(|e| e.to_string())??;
+    }
+    info!(addr = %config.listen, shards = smp.nr_shards(), "serving the Kafka API");
+    if let Some(addr) = config.admin_addr {
+        let bound = smp
+            .submit_to(ADMIN_SHARD, move || async move {
+                let (task, bound) = admin::start(addr)?;
+                ADMIN.with(|a| *a.borrow_mut() = Some(task));
+                Ok::<_, String>(bound)
+            })
             .await
             .map_err(|e| e.to_string())??;
-    }
-    info!(addr = %shard.config.listen, shards = shard.smp.nr_shards(), "serving the Kafka API");
-    if let Some(addr) = shard.config.admin_addr {
-        let (task, addr) = admin::start(addr)?;
-        ADMIN.with(|a| *a.borrow_mut() = Some(task));
-        info!(%addr, "serving the admin API (/metrics, /v1/status)");
+        info!(addr = %bound, "serving the admin API (/metrics, /v1/status)");
     }
     Ok(())
 }
@@ -122,7 +198,7 @@ async fn start_node(shard: &Rc<shard::Shard>) -> Result<(), String> {
 type Task = std::cell::RefCell<Option<glommio::task::JoinHandle<()>>>;
 
 thread_local! {
-    /// Set on every shard by the controller shard once startup is over.
+    /// Set on every shard by the control executor once start-up is over.
     static STARTUP_OVER: Cell<bool> = const { Cell::new(false) };
     static ACCEPT: Task = const { std::cell::RefCell::new(None) };
     static ADMIN: Task = const { std::cell::RefCell::new(None) };
@@ -147,10 +223,8 @@ async fn stall_probe(shard: Rc<shard::Shard>) {
     }
 }
 
-/// Loads the group coordinator partitions this shard owns, then listens.
+/// Starts this shard's Kafka listener.
 async fn start_on_this_shard() -> Result<(), String> {
-    let shard = shard::local();
-    groups::coordinator::start_local(&shard.smp, &shard.config, shard.log_ctx.clone()).await?;
     let task = server::start_listening()?;
     ACCEPT.with(|a| *a.borrow_mut() = Some(task));
     Ok(())
@@ -159,7 +233,7 @@ async fn start_on_this_shard() -> Result<(), String> {
 async fn retention_loop(shard: Rc<shard::Shard>) {
     loop {
         glommio::timer::sleep(RETENTION_INTERVAL).await;
-        for log in shard.logs() {
+        for log in shard.cluster.logs() {
             match log.apply_retention().await {
                 Ok(out) if !out.deleted_segments.is_empty() => {
                     info!(log = %log.dir().display(), deleted = out.deleted_segments.len(), start = %out.start, "retention");

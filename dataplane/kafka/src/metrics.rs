@@ -3,7 +3,7 @@
 //! `/v1/status` (the admin listener, `admin.rs`, serves both).
 //!
 //! Ownership: [`ShardMetrics`] sits in the shard's `Shard`, a
-//! [`PartitionMetrics`] in each `Partition`; both are plain `Cell`s touched
+//! [`PartitionMetrics`] (ferrolog-cluster) in each `Partition`; both are plain `Cell`s touched
 //! only by their shard's tasks, so recording costs an add, no atomics and no
 //! locks. A scrape asks every shard for a [`ShardSnapshot`] (plain `Send`
 //! data) over the cross-shard channels and renders them on the admin shard.
@@ -12,79 +12,13 @@
 //! Prometheus can sum them over shards and partitions; percentiles for
 //! benchmarking come from the load generator's HdrHistograms, not from here.
 
-use ferrolog_model::Ntp;
+pub use ferrolog_cluster::metrics::{PartitionMetrics, PartitionSnapshot};
+pub use ferrolog_shard::metrics::{Counter, Histogram, HistogramSnapshot, LATENCY_BUCKETS_US};
 use kafka_protocol::messages::ApiKey;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
-
-/// Upper bounds (inclusive, µs) of the latency buckets; one more bucket
-/// counts everything slower. 1-2.5-5 steps from 10 µs to 10 s: the range
-/// between a loopback round trip and a stuck disk.
-pub const LATENCY_BUCKETS_US: [u64; 19] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
-];
-const BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;
-
-/// A monotonic count.
-#[derive(Default, Debug)]
-pub struct Counter(Cell<u64>);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.set(self.0.get().wrapping_add(n));
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.get()
-    }
-}
-
-/// A latency histogram with the fixed [`LATENCY_BUCKETS_US`] bounds.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [Cell<u64>; BUCKETS],
-    sum_ns: Cell<u64>,
-}
-
-impl Histogram {
-    pub fn record(&self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
-        let c = &self.counts[bucket];
-        c.set(c.get() + 1);
-        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_ns.set(self.sum_ns.get().saturating_add(ns));
-    }
-
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        HistogramSnapshot {
-            counts: self.counts.iter().map(Cell::get).collect(),
-            sum_ns: self.sum_ns.get(),
-        }
-    }
-}
-
-/// A histogram's values: per bucket (not cumulative), the last one being
-/// the overflow bucket, and the sum of all recorded latencies.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct HistogramSnapshot {
-    pub counts: Vec<u64>,
-    pub sum_ns: u64,
-}
-
-impl HistogramSnapshot {
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-}
 
 /// Requests of one API on one shard (the shard of the connection).
 #[derive(Debug, Default)]
@@ -112,9 +46,6 @@ pub struct ShardMetrics {
     pub reactor_stalls: Counter,
     /// How late the reactor ran the stall probe's timer.
     pub reactor_lag: Histogram,
-    /// Partition reads served by the batch cache, and by the disk.
-    pub batch_cache_hits: Counter,
-    pub batch_cache_misses: Counter,
 }
 
 impl ShardMetrics {
@@ -138,27 +69,6 @@ impl ShardMetrics {
             })
             .collect()
     }
-}
-
-/// One partition's counters, on its owner shard.
-#[derive(Debug, Default)]
-pub struct PartitionMetrics {
-    /// Partition entries of Produce requests (one per partition per request).
-    pub produce_requests: Counter,
-    pub produce_bytes: Counter,
-    pub produce_errors: Counter,
-    /// From the first append of a produce entry to its acknowledgement
-    /// (durable per the topic's durability mode).
-    pub append_latency: Histogram,
-    /// Partition entries of Fetch reads (a long poll reads more than once).
-    pub fetch_requests: Counter,
-    pub fetch_bytes: Counter,
-    pub fetch_errors: Counter,
-    /// Batch bytes made durable, and the time of each flush: a flush is one
-    /// group commit of the log (writes, plus fdatasync in fsync mode).
-    pub flush_bytes: Counter,
-    pub flush_batches: Counter,
-    pub flush_latency: Histogram,
 }
 
 /// A plain copy of one shard's metrics, sent to the admin shard.
@@ -189,50 +99,6 @@ pub struct ApiSnapshot {
     pub latency: HistogramSnapshot,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct PartitionSnapshot {
-    pub topic: String,
-    pub partition: i32,
-    pub start_offset: i64,
-    /// Next offset past the committed (acknowledgeable) records.
-    pub high_watermark: i64,
-    /// Next offset to assign (appended, maybe not yet durable).
-    pub log_end_offset: i64,
-    pub size_bytes: u64,
-    pub segments: usize,
-    pub producers: usize,
-    pub produce_requests: u64,
-    pub produce_bytes: u64,
-    pub produce_errors: u64,
-    pub append_latency: HistogramSnapshot,
-    pub fetch_requests: u64,
-    pub fetch_bytes: u64,
-    pub fetch_errors: u64,
-    pub flush_bytes: u64,
-    pub flush_batches: u64,
-    pub flush_latency: HistogramSnapshot,
-}
-
-impl PartitionSnapshot {
-    pub fn new(ntp: &Ntp, m: &PartitionMetrics) -> PartitionSnapshot {
-        PartitionSnapshot {
-            topic: ntp.topic.to_string(),
-            partition: ntp.partition.0,
-            produce_requests: m.produce_requests.get(),
-            produce_bytes: m.produce_bytes.get(),
-            produce_errors: m.produce_errors.get(),
-            append_latency: m.append_latency.snapshot(),
-            fetch_requests: m.fetch_requests.get(),
-            fetch_bytes: m.fetch_bytes.get(),
-            fetch_errors: m.fetch_errors.get(),
-            flush_bytes: m.flush_bytes.get(),
-            flush_batches: m.flush_batches.get(),
-            flush_latency: m.flush_latency.snapshot(),
-            ..PartitionSnapshot::default()
-        }
-    }
-}
-
 impl ShardSnapshot {
     /// The shard-level part; the caller fills in the rest.
     pub fn new(shard: u32, m: &ShardMetrics) -> ShardSnapshot {
@@ -246,8 +112,6 @@ impl ShardSnapshot {
             connections_failed: m.connections_failed.get(),
             reactor_stalls: m.reactor_stalls.get(),
             reactor_lag: m.reactor_lag.snapshot(),
-            batch_cache_hits: m.batch_cache_hits.get(),
-            batch_cache_misses: m.batch_cache_misses.get(),
             ..ShardSnapshot::default()
         }
     }
@@ -525,6 +389,10 @@ pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrolog_model::Ntp;
+    use std::time::Duration;
+
+    const BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;
 
     #[test]
     fn histogram_buckets_are_inclusive_upper_bounds() {

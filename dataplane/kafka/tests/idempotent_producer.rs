@@ -6,8 +6,9 @@ mod common;
 
 use bytes::Bytes;
 use common::{call, topic_name};
+use ferrolog_cluster::ops::split_batches;
+use ferrolog_cluster::partition::{Partition, ProducerStateSource, PRODUCER_SNAPSHOT_FILE};
 use ferrolog_kafka::harness::Harness;
-use ferrolog_kafka::shard::{split_batches, Partition, ProducerStateSource, PRODUCER_SNAPSHOT_FILE};
 use ferrolog_model::{BatchBuilder, BatchHeader, Offset, TimestampMs};
 use ferrolog_storage::{Durability, Log, LogConfig, LogContext, ReadRequest};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
@@ -215,7 +216,7 @@ async fn open_partition(dir: &std::path::Path, ctx: Rc<LogContext>) -> (Partitio
 async fn batch_count(log: &Log) -> usize {
     let mut n = 0;
     let mut at = log.offsets().start;
-    while at < log.offsets().committed_next {
+    while at < log.offsets().durable_next {
         let r = log
             .read(ReadRequest {
                 offset: at,
@@ -247,8 +248,8 @@ fn batch_b(i: i32) -> Bytes {
 async fn append_rounds(p: &Partition, from: i32, to: i32) {
     for i in from..to {
         let base = Offset(i64::from(i) * 3);
-        assert_eq!(p.append_producer_batch(batch_a(i)).await, Ok(base));
-        assert_eq!(p.append_producer_batch(batch_b(i)).await, Ok(base.plus(2)));
+        assert_eq!(p.append_producer_batch(batch_a(i)).await.ok(), Some(base));
+        assert_eq!(p.append_producer_batch(batch_b(i)).await.ok(), Some(base.plus(2)));
     }
 }
 
@@ -256,23 +257,26 @@ async fn append_rounds(p: &Partition, from: i32, to: i32) {
 /// answered with their offsets and not appended; the sequences go on where
 /// they were.
 async fn assert_retries_recognised(p: &Partition, rounds: i32) {
-    let end = p.log.offsets().committed_next;
+    let end = p.log.offsets().durable_next;
     assert_eq!(end, Offset(i64::from(rounds) * 3));
     assert_eq!(p.producer_count(), 2);
     for i in rounds - 5..rounds {
         let base = Offset(i64::from(i) * 3);
-        assert_eq!(p.append_producer_batch(batch_a(i)).await, Ok(base), "a{i}");
+        assert_eq!(p.append_producer_batch(batch_a(i)).await.ok(), Some(base), "a{i}");
         assert_eq!(
-            p.append_producer_batch(batch_b(i)).await,
-            Ok(base.plus(2)),
+            p.append_producer_batch(batch_b(i)).await.ok(),
+            Some(base.plus(2)),
             "b{i}"
         );
     }
-    assert_eq!(p.log.offsets().committed_next, end, "nothing appended");
+    assert_eq!(p.log.offsets().durable_next, end, "nothing appended");
     assert_eq!(batch_count(&p.log).await, 2 * rounds as usize);
     let gap = Bytes::from(batch(1, 0, rounds * 2 + 1, 1, "gap"));
     let e = p.append_producer_batch(gap).await.expect_err("a gap");
-    assert_eq!(e.0.code(), OUT_OF_ORDER_SEQUENCE_NUMBER);
+    assert_eq!(
+        ferrolog_kafka::errors::partition(&e).code(),
+        OUT_OF_ORDER_SEQUENCE_NUMBER
+    );
 }
 
 /// A clean close leaves a snapshot that the next open uses (and removes); a
@@ -355,9 +359,9 @@ fn a_retry_of_an_unflushed_batch_waits_for_it_and_learns_of_its_loss() {
 
         // Both in flight together: the retry gets the original's offset.
         let (first, retry) = twice(batch(9, 0, 1, 2, "second")).await;
-        assert_eq!(first, Ok(Offset(1)));
-        assert_eq!(retry, Ok(Offset(1)));
-        assert_eq!(p.log.offsets().committed_next, Offset(3));
+        assert_eq!(first.ok(), Some(Offset(1)));
+        assert_eq!(retry.ok(), Some(Offset(1)));
+        assert_eq!(p.log.offsets().durable_next, Offset(3));
 
         // The flush carrying the original fails: both fail, and the batch
         // is not remembered as appended.
@@ -365,11 +369,11 @@ fn a_retry_of_an_unflushed_batch_waits_for_it_and_learns_of_its_loss() {
         let (first, retry) = twice(batch(9, 0, 3, 1, "third")).await;
         assert!(first.is_err(), "{first:?}");
         assert!(retry.is_err(), "{retry:?}");
-        assert_eq!(p.log.offsets().committed_next, Offset(3));
+        assert_eq!(p.log.offsets().durable_next, Offset(3));
         let again = p
             .append_producer_batch(Bytes::from(batch(9, 0, 3, 1, "third")))
             .await;
-        assert_eq!(again, Ok(Offset(3)), "sent again, it goes in");
+        assert_eq!(again.ok(), Some(Offset(3)), "sent again, it goes in");
         assert_eq!(batch_count(&p.log).await, 3);
         p.log.close().await.expect("close");
     });

@@ -6,7 +6,27 @@
 //! ships a `Send` closure over a bounded single-producer channel to the owner,
 //! runs the future it builds there, and sends the result back over the
 //! channel of the opposite direction. This is Seastar's `submit_to` on
-//! glommio's cross-executor channels.
+//! glommio's cross-executor channels. [`Smp::invoke_on_all`] runs one closure
+//! on every data shard at once (all calls started before any is awaited) and
+//! [`Smp::map_reduce`] folds their results, in shard order.
+//!
+//! The control executor: [`run_with_control`] starts one more executor, for
+//! work that is not on the data path (the control plane, admin requests,
+//! housekeeping). It joins the same mesh of channels with the [`ShardId`]
+//! `nr_shards` (one past the last data shard), so it can call any data shard
+//! and any data shard can call it. It is not a data shard: on every executor
+//! [`Smp::nr_shards`], [`Smp::shards`] and [`Smp::invoke_on_all`] count only
+//! data shards, and [`Smp::control_shard`] names the control executor. It is
+//! pinned to its own CPU set (or unbound), takes little I/O memory and parks
+//! as soon as it is idle instead of spinning. [`run`] is the same runtime
+//! without a control executor.
+//!
+//! Blocking work: every executor has a pool of [`BLOCKING_THREADS`] threads
+//! for the few system calls io_uring cannot do for us cheaply (removing a
+//! directory tree, unlinking, fsync of a small file); [`blocking`] runs a
+//! closure there and wakes the caller when it is done. The pools may run on
+//! any CPU of the node (data shards' and control's), so a slow `rmdir -r`
+//! never preempts the reactor of the shard that asked for it.
 //!
 //! Nothing here wakes a task of one executor from another thread: glommio's
 //! shared channels notify through the peer's eventfd, and each reply is
@@ -15,29 +35,53 @@
 //! load died once with a heap double free, and glommio 0.9's foreign-waker
 //! drop path is the suspect. This design avoids that path entirely.)
 //!
-//! Start-up contract: calls from other shards are not run before the shard's
-//! `main` future has been polled once, so state that `main` installs before
-//! its first await is always there for them.
+//! Start-up contract: calls from other executors are not run before the
+//! executor's `main` future has been polled once, so state that `main`
+//! installs before its first await is always there for them. This holds for
+//! the control executor's `main` too.
 //!
-//! Concurrency contract: an [`Smp`] handle is per shard (`Rc`, not `Send`).
+//! Shutdown contract: the runtime never stops an executor; each one ends when
+//! its `main` returns, and [`run`] / [`run_with_control`] return when all have
+//! ended. An executor that ends first closes its channels before its thread
+//! goes away: calls to it that were queued or in flight, and later calls,
+//! fail with [`ShardError::Gone`], and no executor waits on another one's end.
+//! So the control executor may end before or after the data shards.
+//!
+//! Concurrency contract: an [`Smp`] handle is per executor (`Rc`, not `Send`).
 //! Closures and results cross threads and must be `Send`; the futures they
-//! build run on the owner shard only and need not be. Calls from one shard to
-//! another are started in the order they are made (one FIFO channel per pair
-//! of shards), which the Kafka layer relies on to keep a connection's appends
-//! to one partition in order.
+//! build run on the owner executor only and need not be. Calls from one
+//! executor to another are started in the order they are made (one FIFO
+//! channel per ordered pair), which the Kafka layer relies on to keep a
+//! connection's appends to one partition in order. Calls of one
+//! [`Smp::invoke_on_all`] to different shards are unordered between them.
+
+pub mod metrics;
 
 use ferrolog_model::ShardId;
 use futures_lite::StreamExt;
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 use tracing::warn;
+
+/// Threads in each executor's blocking pool. One is enough: the pool serves
+/// rare, short system calls (unlink, rmdir, fsync of a small file), not
+/// compute; more threads would only cost memory and scheduler noise.
+pub const BLOCKING_THREADS: usize = 1;
+
+/// The control executor's DMA buffer memory. glommio registers every
+/// executor's I/O memory with io_uring, which counts it against
+/// RLIMIT_MEMLOCK (8 MiB by default) together with the data shards'. The
+/// control executor does little I/O, so it takes glommio's floor (64 KiB),
+/// never more than a data shard's [`RuntimeConfig::io_memory_bytes`].
+pub const CONTROL_IO_MEMORY_BYTES_MAX: usize = 64 << 10;
 
 /// A call's result on its way back, type-erased.
 type Value = Box<dyn Any + Send>;
@@ -62,6 +106,12 @@ pub enum ShardError {
         cpu: usize,
         reason: String,
     },
+    /// `cpus` is [`ControlConfig::cpus`].
+    #[error("cannot start the control executor on CPUs {cpus:?}: {reason}")]
+    StartControl {
+        cpus: Option<Vec<usize>>,
+        reason: String,
+    },
 }
 
 /// How the shards are built.
@@ -79,19 +129,44 @@ pub struct RuntimeConfig {
     pub channel_capacity: usize,
 }
 
-/// One shard's handle on the runtime.
+/// How the control executor of [`run_with_control`] is built. Its ring depth
+/// and channel capacity are the data shards'; its I/O memory is at most
+/// [`CONTROL_IO_MEMORY_BYTES_MAX`]; it never spins before parking.
+#[derive(Clone, Debug, Default)]
+pub struct ControlConfig {
+    /// The CPUs the control executor may run on (it is fenced to the set, not
+    /// pinned to one of them); `None`: unbound, wherever the kernel puts it.
+    pub cpus: Option<Vec<usize>>,
+}
+
+/// What [`run_with_control`] returns once every executor has ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Each data shard's result, in shard order.
+    pub shards: Vec<Result<(), String>>,
+    /// The control executor's result.
+    pub control: Result<(), String>,
+}
+
+/// One executor's handle on the runtime.
 pub struct Smp {
     id: ShardId,
+    /// Data shards; they have the ids `0..nr_shards`.
     nr_shards: usize,
-    /// Indexed by target shard; `None` for this shard. Filled once at start.
+    /// `Some(ShardId(nr_shards))` when a control executor runs.
+    control: Option<ShardId>,
+    /// This handle, so that `&self` methods can spawn tasks that own it.
+    this: Weak<Smp>,
+    /// Indexed by target executor; `None` for this executor, and for all once
+    /// this executor is stopping. Filled once at start.
     peers: RefCell<Vec<Option<Rc<ConnectedSender<Msg>>>>>,
     next_call: Cell<u64>,
-    /// Calls this shard made and awaits, by id, with the shard they went to.
-    /// The sender ends are local: a reply is handed over on this thread.
+    /// Calls this executor made and awaits, by id, with the executor they went
+    /// to. The sender ends are local: a reply is handed over on this thread.
     pending: RefCell<HashMap<u64, (ShardId, futures_channel::oneshot::Sender<Value>)>>,
-    /// Calls sent to other shards (cross-shard hops), since start.
+    /// Calls sent to other executors (cross-shard hops), since start.
     calls_sent: Cell<u64>,
-    /// Calls from other shards run here, since start.
+    /// Calls from other executors run here, since start.
     calls_served: Cell<u64>,
 }
 
@@ -105,16 +180,35 @@ pub struct HopCounts {
 }
 
 impl Smp {
+    /// This executor's id: `0..nr_shards` for a data shard, `nr_shards` for
+    /// the control executor.
     pub fn shard_id(&self) -> ShardId {
         self.id
     }
 
+    /// The number of data shards (the control executor is not one).
     pub fn nr_shards(&self) -> usize {
         self.nr_shards
     }
 
+    /// The data shards, in order (never the control executor).
     pub fn shards(&self) -> impl Iterator<Item = ShardId> {
         (0..self.nr_shards as u32).map(ShardId)
+    }
+
+    /// The control executor's id, when one runs.
+    pub fn control_shard(&self) -> Option<ShardId> {
+        self.control
+    }
+
+    /// Whether this handle is the control executor's.
+    pub fn is_control(&self) -> bool {
+        self.control == Some(self.id)
+    }
+
+    /// Executors in the mesh: the data shards and the control executor.
+    fn nr_executors(&self) -> usize {
+        self.nr_shards + usize::from(self.control.is_some())
     }
 
     /// Cross-shard calls this shard has sent and served since it started.
@@ -125,8 +219,9 @@ impl Smp {
         }
     }
 
-    /// Runs `f` on `shard` and returns what its future resolves to. On this
-    /// shard the future runs inline, without a channel hop.
+    /// Runs `f` on `shard` (a data shard or the control executor) and returns
+    /// what its future resolves to. On this executor the future runs inline,
+    /// without a channel hop.
     pub async fn submit_to<R, F, Fut>(&self, shard: ShardId, f: F) -> Result<R, ShardError>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -136,9 +231,13 @@ impl Smp {
         if shard == self.id {
             return Ok(f().await);
         }
+        if shard.0 as usize >= self.nr_executors() {
+            return Err(ShardError::NoSuchShard(shard, self.nr_shards));
+        }
         let sender = match self.peers.borrow().get(shard.0 as usize) {
             Some(Some(s)) => s.clone(),
-            _ => return Err(ShardError::NoSuchShard(shard, self.nr_shards)),
+            // This executor is stopping and has closed its channels.
+            _ => return Err(ShardError::Gone(shard)),
         };
         let id = self.next_call.get();
         self.next_call.set(id + 1);
@@ -154,6 +253,59 @@ impl Smp {
         Ok(*value
             .downcast::<R>()
             .expect("a reply carries the type its call returns"))
+    }
+
+    /// Runs `f` on every data shard (this one too, inline, if it is one; never
+    /// on the control executor) and returns their results in shard order.
+    /// Every call is started, each in its own task, before any is awaited, so
+    /// the shards work in parallel and a full channel to one shard holds back
+    /// no other. Dropping the returned future cancels the calls not yet sent.
+    pub async fn invoke_on_all<R, F, Fut>(&self, f: F) -> Vec<Result<R, ShardError>>
+    where
+        F: Fn() -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        let me = self
+            .this
+            .upgrade()
+            .expect("an Smp is alive while one of its methods runs");
+        let tasks: Vec<_> = self
+            .shards()
+            .map(|shard| {
+                let smp = me.clone();
+                let f = f.clone();
+                glommio::spawn_local(async move { smp.submit_to(shard, f).await })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(task.await);
+        }
+        results
+    }
+
+    /// Runs `f` on every data shard like [`Smp::invoke_on_all`] and folds the
+    /// results into `init` with `reduce`, in shard order. Error rule: the
+    /// first failed call in shard order is returned and nothing else is; the
+    /// other shards' calls still ran to completion, since all were started
+    /// before any was awaited.
+    pub async fn map_reduce<R, A, F, Fut>(
+        &self,
+        f: F,
+        init: A,
+        mut reduce: impl FnMut(A, R) -> A,
+    ) -> Result<A, ShardError>
+    where
+        F: Fn() -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        let mut acc = init;
+        for result in self.invoke_on_all(f).await {
+            acc = reduce(acc, result?);
+        }
+        Ok(acc)
     }
 
     /// Runs a call from `from` and sends its result back.
@@ -182,25 +334,163 @@ impl Smp {
     fn fail_calls_to(&self, from: ShardId) {
         self.pending.borrow_mut().retain(|_, (to, _)| *to != from);
     }
+
+    /// Closes every channel this executor sends on, so that the peers see it
+    /// gone now rather than when (or if) its tasks are dropped; later calls
+    /// from here fail with [`ShardError::Gone`].
+    fn close_peers(&self) {
+        for peer in self.peers.borrow_mut().iter_mut() {
+            if let Some(sender) = peer.take() {
+                sender.close();
+            }
+        }
+    }
+}
+
+/// Runs `f` on this executor's blocking thread pool and returns its result;
+/// the reactor keeps running other tasks meanwhile. For blocking system calls
+/// that io_uring does not cover well (removing a directory tree, unlinking,
+/// fsync of a small file), not for compute. A panic in `f` is resumed here,
+/// on the caller's executor, and the pool thread survives it.
+///
+/// Must be called on an executor of this runtime (panics otherwise).
+pub async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    // glommio's pool thread does not catch panics: one would kill the thread
+    // and leave this and every later call waiting forever.
+    let result = glommio::executor()
+        .spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(f)))
+        .await;
+    match result {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// Starts one pinned executor per CPU, connects every pair of shards, runs
 /// `main(smp)` on each and waits for all of them. Returns each shard's result
-/// in shard order.
+/// in shard order. There is no control executor:
+/// [`Smp::control_shard`] is `None`.
 pub fn run<F, Fut>(config: RuntimeConfig, main: F) -> Result<Vec<Result<(), String>>, ShardError>
 where
     F: Fn(Rc<Smp>) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = Result<(), String>> + 'static,
 {
-    let n = config.cpus.len();
-    assert!(n > 0, "a node needs at least one shard");
+    let pool_cpus = node_cpus(&config, None)?;
+    let wirings = wire(&config, false);
+    let handles = spawn_shards(&config, &pool_cpus, wirings, main)?;
+    Ok(join_shards(handles))
+}
+
+/// Like [`run`], plus a control executor that runs `control_main(smp)` with
+/// the [`ShardId`] `nr_shards`, connected to every data shard in both
+/// directions. Returns when every executor has ended (see the crate doc for
+/// the shutdown contract).
+pub fn run_with_control<F, Fut, C, CFut>(
+    config: RuntimeConfig,
+    control: ControlConfig,
+    main: F,
+    control_main: C,
+) -> Result<RunOutcome, ShardError>
+where
+    F: Fn(Rc<Smp>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<(), String>> + 'static,
+    C: FnOnce(Rc<Smp>) -> CFut + Send + 'static,
+    CFut: Future<Output = Result<(), String>> + 'static,
+{
+    let pool_cpus = node_cpus(&config, Some(&control))?;
+    let placement = match &control.cpus {
+        None => Placement::Unbound,
+        Some(cpus) => Placement::Fenced(pool_cpus.clone().filter(|l| cpus.contains(&l.cpu))),
+    };
+    let mut wirings = wire(&config, true);
+    let control_wiring = wirings.pop().expect("the control executor is wired last");
+    let shards = spawn_shards(&config, &pool_cpus, wirings, main)?;
+    let control_handle = LocalExecutorBuilder::new(placement)
+        .name("control")
+        .io_memory(config.io_memory_bytes.min(CONTROL_IO_MEMORY_BYTES_MAX))
+        .ring_depth(config.ring_depth)
+        .blocking_thread_pool_placement(PoolPlacement::Fenced(BLOCKING_THREADS, pool_cpus))
+        .spawn(move || serve(control_wiring, control_main))
+        .map_err(|e| ShardError::StartControl {
+            cpus: control.cpus.clone(),
+            reason: e.to_string(),
+        })?;
+    let shards = join_shards(shards);
+    let control = match control_handle.join() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("control executor failed: {e}");
+            Err(format!("control executor failed: {e}"))
+        }
+    };
+    Ok(RunOutcome { shards, control })
+}
+
+/// The CPUs of the node (the data shards' and the control executor's): the
+/// blocking pools may run on any of them, never outside them. Checks that
+/// every CPU named is online.
+fn node_cpus(config: &RuntimeConfig, control: Option<&ControlConfig>) -> Result<CpuSet, ShardError> {
+    assert!(!config.cpus.is_empty(), "a node needs at least one shard");
+    let online = CpuSet::online().map_err(|e| ShardError::Start {
+        shard: ShardId(0),
+        cpu: config.cpus[0],
+        reason: format!("cannot read the CPU topology: {e}"),
+    })?;
+    let is_online = |cpu: usize| online.iter().any(|l| l.cpu == cpu);
+    for (shard, &cpu) in config.cpus.iter().enumerate() {
+        if !is_online(cpu) {
+            return Err(ShardError::Start {
+                shard: ShardId(shard as u32),
+                cpu,
+                reason: "the CPU is not online".into(),
+            });
+        }
+    }
+    let control_cpus = control.and_then(|c| c.cpus.clone()).unwrap_or_default();
+    if let Some(cpus) = control.and_then(|c| c.cpus.as_ref()) {
+        let reason = if cpus.is_empty() {
+            Some("the CPU set is empty".to_string())
+        } else {
+            cpus.iter()
+                .find(|&&cpu| !is_online(cpu))
+                .map(|cpu| format!("CPU {cpu} is not online"))
+        };
+        if let Some(reason) = reason {
+            return Err(ShardError::StartControl {
+                cpus: Some(cpus.clone()),
+                reason,
+            });
+        }
+    }
+    Ok(online.filter(|l| config.cpus.contains(&l.cpu) || control_cpus.contains(&l.cpu)))
+}
+
+/// One executor's ends of the mesh. Both rows are indexed by the peer
+/// executor (data shards, then the control executor), `None` at this one's
+/// own index.
+struct Wiring {
+    id: ShardId,
+    nr_shards: usize,
+    control: Option<ShardId>,
+    /// `senders[to]`: the channel from this executor to `to`.
+    senders: Vec<Option<SharedSender<Msg>>>,
+    /// `receivers[from]`: the channel from `from` to this executor.
+    receivers: Vec<Option<SharedReceiver<Msg>>>,
+}
+
+/// Builds a channel for every ordered pair of executors (the data shards
+/// and, with `control`, one more) and returns each executor's ends, in
+/// executor order.
+fn wire(config: &RuntimeConfig, control: bool) -> Vec<Wiring> {
+    let nr_shards = config.cpus.len();
+    let m = nr_shards + usize::from(control);
     // channels[from][to]: the sending end lives on `from`, the receiving end on `to`.
     let mut senders: Vec<Vec<Option<SharedSender<Msg>>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        (0..m).map(|_| (0..m).map(|_| None).collect()).collect();
     let mut receivers: Vec<Vec<Option<SharedReceiver<Msg>>>> =
-        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    for from in 0..n {
-        for to in 0..n {
+        (0..m).map(|_| (0..m).map(|_| None).collect()).collect();
+    for from in 0..m {
+        for to in 0..m {
             if from != to {
                 let (tx, rx) = shared_channel::new_bounded(config.channel_capacity);
                 senders[from][to] = Some(tx);
@@ -208,79 +498,43 @@ where
             }
         }
     }
-
-    let mut handles = Vec::with_capacity(n);
-    for (shard, (&cpu, (tx_row, rx_row))) in config
-        .cpus
-        .iter()
-        .zip(senders.into_iter().zip(receivers))
+    let control = control.then_some(ShardId(nr_shards as u32));
+    senders
+        .into_iter()
+        .zip(receivers)
         .enumerate()
-    {
+        .map(|(i, (senders, receivers))| Wiring {
+            id: ShardId(i as u32),
+            nr_shards,
+            control,
+            senders,
+            receivers,
+        })
+        .collect()
+}
+
+/// Spawns the data shards, one pinned executor per wiring.
+fn spawn_shards<F, Fut>(
+    config: &RuntimeConfig,
+    pool_cpus: &CpuSet,
+    wirings: Vec<Wiring>,
+    main: F,
+) -> Result<Vec<ExecutorJoinHandle<Result<(), String>>>, ShardError>
+where
+    F: Fn(Rc<Smp>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Result<(), String>> + 'static,
+{
+    let mut handles = Vec::with_capacity(wirings.len());
+    for (wiring, &cpu) in wirings.into_iter().zip(&config.cpus) {
         let main = main.clone();
-        let id = ShardId(shard as u32);
+        let id = wiring.id;
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
-            .name(&format!("shard-{shard}"))
+            .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .ring_depth(config.ring_depth)
             .spin_before_park(config.spin_before_park)
-            .spawn(move || async move {
-                // Each end of a channel waits for the other to connect: start
-                // the receiving loops first (as tasks), then connect senders,
-                // so no pair of shards waits on each other. The loops run no
-                // work until `main` has been polled once, so `main` can set up
-                // shard-local state before any other shard's call touches it.
-                let smp = Rc::new(Smp {
-                    id,
-                    nr_shards: n,
-                    peers: RefCell::new(Vec::new()),
-                    next_call: Cell::new(0),
-                    pending: RefCell::new(HashMap::new()),
-                    calls_sent: Cell::new(0),
-                    calls_served: Cell::new(0),
-                });
-                let mut gates = Vec::new();
-                for (from, rx) in rx_row.into_iter().enumerate() {
-                    if let Some(rx) = rx {
-                        let (open, gate) = futures_channel::oneshot::channel::<()>();
-                        gates.push(open);
-                        let smp = smp.clone();
-                        glommio::spawn_local(async move {
-                            let mut rx = rx.connect().await;
-                            if gate.await.is_err() {
-                                return;
-                            }
-                            while let Some(msg) = rx.next().await {
-                                match msg {
-                                    Msg::Call { id, work } => smp.serve_call(from, id, work),
-                                    Msg::Reply { id, value } => smp.deliver_reply(id, value),
-                                }
-                            }
-                            tracing::debug!(from, "peer channel closed");
-                            smp.fail_calls_to(ShardId(from as u32));
-                        })
-                        .detach();
-                    }
-                }
-                let mut peers = Vec::with_capacity(n);
-                for tx in tx_row {
-                    peers.push(match tx {
-                        Some(tx) => Some(Rc::new(tx.connect().await)),
-                        None => None,
-                    });
-                }
-                *smp.peers.borrow_mut() = peers;
-                let mut main = std::pin::pin!(main(smp));
-                // Poll `main` once before any queued call from another shard
-                // can run: its synchronous prologue comes first.
-                let first = futures_lite::future::poll_once(main.as_mut()).await;
-                for open in gates {
-                    let _ = open.send(());
-                }
-                match first {
-                    Some(r) => r,
-                    None => main.await,
-                }
-            });
+            .blocking_thread_pool_placement(PoolPlacement::Fenced(BLOCKING_THREADS, pool_cpus.clone()))
+            .spawn(move || serve(wiring, main));
         match handle {
             Ok(h) => handles.push(h),
             Err(e) => {
@@ -292,7 +546,11 @@ where
             }
         }
     }
-    let mut results = Vec::with_capacity(n);
+    Ok(handles)
+}
+
+fn join_shards(handles: Vec<ExecutorJoinHandle<Result<(), String>>>) -> Vec<Result<(), String>> {
+    let mut results = Vec::with_capacity(handles.len());
     for (shard, h) in handles.into_iter().enumerate() {
         results.push(match h.join() {
             Ok(r) => r,
@@ -302,7 +560,115 @@ where
             }
         });
     }
-    Ok(results)
+    results
+}
+
+/// An executor's whole life: joins the mesh, runs `main`, then leaves the
+/// mesh before the executor ends.
+async fn serve<F, Fut>(wiring: Wiring, main: F) -> Result<(), String>
+where
+    F: FnOnce(Rc<Smp>) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let smp = Rc::new_cyclic(|this| Smp {
+        id: wiring.id,
+        nr_shards: wiring.nr_shards,
+        control: wiring.control,
+        this: this.clone(),
+        peers: RefCell::new(Vec::new()),
+        next_call: Cell::new(0),
+        pending: RefCell::new(HashMap::new()),
+        calls_sent: Cell::new(0),
+        calls_served: Cell::new(0),
+    });
+    // Each end of a channel waits for the other to connect: start the
+    // receiving loops first (as tasks), then connect senders, so no pair of
+    // executors waits on each other. The loops run no work until `main` has
+    // been polled once, so `main` can set up executor-local state before any
+    // other executor's call touches it.
+    let mut gates = Vec::new();
+    let mut stops = Vec::new();
+    let mut loops = Vec::new();
+    for (from, rx) in wiring.receivers.into_iter().enumerate() {
+        if let Some(rx) = rx {
+            let (open, gate) = futures_channel::oneshot::channel::<()>();
+            let (stop, stopped) = futures_channel::oneshot::channel::<()>();
+            gates.push(open);
+            stops.push(stop);
+            loops.push(glommio::spawn_local(receive(
+                smp.clone(),
+                from,
+                rx,
+                gate,
+                stopped,
+            )));
+        }
+    }
+    let mut peers = Vec::with_capacity(wiring.senders.len());
+    for tx in wiring.senders {
+        peers.push(match tx {
+            Some(tx) => Some(Rc::new(tx.connect().await)),
+            None => None,
+        });
+    }
+    *smp.peers.borrow_mut() = peers;
+    let mut main = std::pin::pin!(main(smp.clone()));
+    // Poll `main` once before any queued call from another executor can
+    // run: its synchronous prologue comes first.
+    let first = futures_lite::future::poll_once(main.as_mut()).await;
+    for open in gates {
+        let _ = open.send(());
+    }
+    let result = match first {
+        Some(r) => r,
+        None => main.await,
+    };
+    // Leave the mesh while the reactor still runs, so that every peer is
+    // notified now: tasks still alive here (calls being served, tasks `main`
+    // spawned) are dropped with the executor, perhaps never, and must not
+    // keep a channel looking open. Senders first, so callers learn at once
+    // that their calls here will not be answered; then the receiving loops,
+    // which drop their channels when they end.
+    smp.close_peers();
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for task in loops {
+        task.await;
+    }
+    result
+}
+
+/// Runs the calls and delivers the replies that `from` sends here, until
+/// `from` closes its channel or this executor stops.
+async fn receive(
+    smp: Rc<Smp>,
+    from: usize,
+    rx: SharedReceiver<Msg>,
+    gate: futures_channel::oneshot::Receiver<()>,
+    mut stop: futures_channel::oneshot::Receiver<()>,
+) {
+    // Connecting is never abandoned half way (glommio would leave the channel
+    // looking connected to the peer): it ends as soon as `from` connects or
+    // drops its end, which every executor does at its start.
+    let mut rx = rx.connect().await;
+    if gate.await.is_ok() {
+        loop {
+            // The stop signal comes first: calls still queued when this
+            // executor stops are dropped, and their callers get `Gone`.
+            let stopped = async {
+                let _ = (&mut stop).await;
+                None
+            };
+            match futures_lite::future::or(stopped, rx.next()).await {
+                Some(Msg::Call { id, work }) => smp.serve_call(from, id, work),
+                Some(Msg::Reply { id, value }) => smp.deliver_reply(id, value),
+                None => break,
+            }
+        }
+    }
+    tracing::debug!(from, "peer channel closed");
+    smp.fail_calls_to(ShardId(from as u32));
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ impl std::fmt::Display for Durability {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     /// Roll to a new segment when the active one would grow past this.
     pub segment_bytes: u64,

@@ -5,7 +5,7 @@
 //! once the log's durability level covers the batch. Flushing is serialized by
 //! one permit: the task holding it writes *everything* queued so far, so
 //! appends that arrive while a write or fdatasync is in flight share the next
-//! one (group commit). Offsets obey `dirty >= written >= committed`, asserted
+//! one (group commit). Offsets obey `dirty >= written >= durable`, asserted
 //! on every update.
 //!
 //! Concurrency: a `Log` lives on one shard (glommio executor) and is used
@@ -70,8 +70,11 @@ pub struct LogOffsets {
     pub dirty_next: Offset,
     /// Everything whose O_DIRECT write completed.
     pub written_next: Offset,
-    /// Everything durable per the log's mode; reads stop here.
-    pub committed_next: Offset,
+    /// Everything durable on this disk per the log's mode; reads stop here.
+    /// Not "committed": that word belongs to replication (durable on a
+    /// majority of the replicas), which the partition layer tracks as its
+    /// high watermark.
+    pub durable_next: Offset,
 }
 
 /// Where an appended batch landed.
@@ -87,7 +90,7 @@ pub struct ReadRequest {
     pub offset: Offset,
     /// Stop adding batches past this many bytes (the first batch always comes).
     pub max_bytes: usize,
-    /// Exclusive upper bound; `None` means the committed end.
+    /// Exclusive upper bound; `None` means the durable end.
     pub end: Option<Offset>,
 }
 
@@ -149,8 +152,8 @@ struct LogState {
     pending_bytes: usize,
     dirty_next: Offset,
     written_next: Offset,
-    committed_next: Offset,
-    /// Bumped whenever appended-but-uncommitted batches are discarded, so
+    durable_next: Offset,
+    /// Bumped whenever appended-but-not-durable batches are discarded, so
     /// their waiters learn that their batch is gone.
     generation: u64,
     last_flush_error: String,
@@ -184,11 +187,11 @@ impl LogState {
 
     fn check_invariants(&self) {
         assert!(
-            self.dirty_next >= self.written_next && self.written_next >= self.committed_next,
-            "offset invariant broken: dirty {} written {} committed {}",
+            self.dirty_next >= self.written_next && self.written_next >= self.durable_next,
+            "offset invariant broken: dirty {} written {} durable {}",
             self.dirty_next,
             self.written_next,
-            self.committed_next
+            self.durable_next
         );
     }
 }
@@ -310,8 +313,14 @@ async fn write_small_file(path: &Path, data: &[u8]) -> Result<()> {
     file.close().await.map_err(gio("close", path))
 }
 
-fn remove_if_exists(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
+/// Unlinks `path` on the executor's blocking thread pool: an unlink can
+/// wait on the file system's journal, and the reactor must not.
+async fn remove_if_exists(path: &Path) -> Result<()> {
+    let owned = path.to_path_buf();
+    let removed = glommio::executor()
+        .spawn_blocking(move || std::fs::remove_file(owned))
+        .await;
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(StorageError::io("remove", path, e)),
@@ -319,15 +328,15 @@ fn remove_if_exists(path: &Path) -> Result<()> {
 }
 
 /// Removes a segment's index files (whichever exist).
-fn remove_index_files(log_path: &Path) -> Result<()> {
-    remove_if_exists(&index_path(log_path))?;
-    remove_if_exists(&time_index_path(log_path))
+async fn remove_index_files(log_path: &Path) -> Result<()> {
+    remove_if_exists(&index_path(log_path)).await?;
+    remove_if_exists(&time_index_path(log_path)).await
 }
 
 /// Removes a segment: its log file and its index files.
-fn remove_segment_files(log_path: &Path) -> Result<()> {
-    remove_if_exists(log_path)?;
-    remove_index_files(log_path)
+async fn remove_segment_files(log_path: &Path) -> Result<()> {
+    remove_if_exists(log_path).await?;
+    remove_index_files(log_path).await
 }
 
 /// Copies `dst.len()` bytes of the concatenation of `parts`, starting at
@@ -430,7 +439,7 @@ impl Log {
                 pending_bytes: 0,
                 dirty_next: next,
                 written_next: next,
-                committed_next: next,
+                durable_next: next,
                 generation: 0,
                 last_flush_error: String::new(),
                 rolling: false,
@@ -463,7 +472,7 @@ impl Log {
             start: st.start(),
             dirty_next: st.dirty_next,
             written_next: st.written_next,
-            committed_next: st.committed_next,
+            durable_next: st.durable_next,
         }
     }
 
@@ -571,7 +580,7 @@ impl Log {
             )
         };
         debug_assert_eq!(appended, proposed);
-        self.wait_committed(appended.last_offset.plus(1), generation)
+        self.wait_durable(appended.last_offset.plus(1), generation)
             .await?;
         Ok(Some(appended))
     }
@@ -621,10 +630,10 @@ impl Log {
         Ok(too_big || too_old || rel_full)
     }
 
-    /// Waits until `end` is committed, flushing if no one else is.
-    async fn wait_committed(&self, end: Offset, generation: u64) -> Result<()> {
+    /// Waits until `end` is durable, flushing if no one else is.
+    async fn wait_durable(&self, end: Offset, generation: u64) -> Result<()> {
         loop {
-            if self.committed_or_lost(end, generation)? {
+            if self.durable_or_lost(end, generation)? {
                 return Ok(());
             }
             let _permit = self
@@ -632,7 +641,7 @@ impl Log {
                 .acquire_permit(1)
                 .await
                 .map_err(|_| StorageError::Closed)?;
-            if self.committed_or_lost(end, generation)? {
+            if self.durable_or_lost(end, generation)? {
                 return Ok(());
             }
             // Let the appends that are already runnable queue their batches, so
@@ -648,12 +657,12 @@ impl Log {
         }
     }
 
-    fn committed_or_lost(&self, end: Offset, generation: u64) -> Result<bool> {
+    fn durable_or_lost(&self, end: Offset, generation: u64) -> Result<bool> {
         let st = self.state.borrow();
         if st.generation != generation {
             return Err(StorageError::FlushFailed(st.last_flush_error.clone()));
         }
-        Ok(st.committed_next >= end)
+        Ok(st.durable_next >= end)
     }
 
     /// Writes (and per durability syncs) everything appended so far.
@@ -667,7 +676,7 @@ impl Log {
     }
 
     /// The flush itself; the caller holds `flush_permit`. On failure every
-    /// appended-but-uncommitted batch is rolled back and the log is exactly as
+    /// appended-but-not-durable batch is rolled back and the log is exactly as
     /// it was after the last successful flush.
     async fn flush_locked(&self) -> Result<()> {
         let plan = {
@@ -702,7 +711,7 @@ impl Log {
                 };
                 let mut st = self.state.borrow_mut();
                 st.written_next = plan.new_next;
-                st.committed_next = plan.new_next;
+                st.durable_next = plan.new_next;
                 let seg = st.active_mut();
                 assert!(seg.file.is_same(&plan.file), "segment rolled during a flush");
                 seg.durable = DurablePoint {
@@ -837,14 +846,14 @@ impl Log {
 
     /// Returns the log to its last durable point after a failed flush.
     fn rollback(&self, error: &StorageError) {
-        let committed = self.rollback_state(error);
-        self.notify_discard(committed);
+        let durable = self.rollback_state(error);
+        self.notify_discard(durable);
     }
 
     /// The state half of `rollback`; returns the offset it rolled back to.
     fn rollback_state(&self, error: &StorageError) -> Offset {
         let mut st = self.state.borrow_mut();
-        let committed = st.committed_next;
+        let committed = st.durable_next;
         warn!(
             log = %self.dir.display(),
             error = %error,
@@ -956,7 +965,7 @@ impl Log {
     pub async fn read(&self, req: ReadRequest) -> Result<ReadOutcome> {
         let (end, file, path, position, limit) = {
             let st = self.state.borrow();
-            let committed = st.committed_next;
+            let committed = st.durable_next;
             let end = req.end.map_or(committed, |e| e.min(committed));
             let start = st.start();
             if req.offset < start || req.offset > end {
@@ -1041,7 +1050,7 @@ impl Log {
                         s.path.clone(),
                         u64::from(entry.position),
                         limit,
-                        st.committed_next,
+                        st.durable_next,
                     )
                 })
                 .collect()
@@ -1100,7 +1109,7 @@ impl Log {
         };
         for seg in doomed {
             info!(log = %self.dir.display(), segment = %seg.path.display(), "retention deleted segment");
-            remove_segment_files(&seg.path)?;
+            remove_segment_files(&seg.path).await?;
             outcome.deleted_segments.push(seg.base);
         }
         Ok(outcome)
@@ -1127,7 +1136,7 @@ impl Log {
             doomed
         };
         for seg in &doomed {
-            remove_segment_files(&seg.path)?;
+            remove_segment_files(&seg.path).await?;
         }
         Ok(doomed.len())
     }
@@ -1187,10 +1196,10 @@ impl Log {
                 .collect()
         };
         for seg in &removed {
-            remove_segment_files(&seg.path)?;
+            remove_segment_files(&seg.path).await?;
         }
         file.truncate(cut).await.map_err(gio("truncate", &path))?;
-        remove_index_files(&path)?;
+        remove_index_files(&path).await?;
         let mut report = RecoveryReport::default();
         let seg = recover_segment(
             &self.dir,
@@ -1210,7 +1219,7 @@ impl Log {
             st.segments.insert(seg_base, seg);
             st.dirty_next = offset;
             st.written_next = offset;
-            st.committed_next = offset;
+            st.durable_next = offset;
             st.generation += 1;
             st.last_flush_error = format!("log truncated to {offset}");
             self.ctx.cache.borrow_mut().remove_from(self.id, offset);
@@ -1437,7 +1446,7 @@ async fn recover_segment(
             if !stop.zero_padding {
                 // Every loaded entry precedes the scan start, so none is past the
                 // cut; drop the files anyway after damage, to be rebuilt from the log.
-                remove_index_files(&path)?;
+                remove_index_files(&path).await?;
             }
         } else {
             tracing::error!(

@@ -209,15 +209,15 @@ async fn verify(dir: &Path, durability: Durability, acked: &BTreeMap<Offset, Ack
     assert_eq!(offsets.start, Offset(0));
     let acked_end = acked.values().map(|a| a.last.plus(1)).max().expect("acks");
     assert!(
-        offsets.committed_next >= acked_end,
+        offsets.durable_next >= acked_end,
         "committed end {} is below acknowledged end {acked_end}",
-        offsets.committed_next
+        offsets.durable_next
     );
 
     let mut next = Offset(0);
     let mut found = 0;
     let mut seen = HashSet::new();
-    while next < offsets.committed_next {
+    while next < offsets.durable_next {
         let r = log
             .read(ReadRequest {
                 offset: next,
@@ -253,7 +253,7 @@ async fn verify(dir: &Path, durability: Durability, acked: &BTreeMap<Offset, Ack
     if close {
         log.close().await.expect("close");
     }
-    offsets.committed_next
+    offsets.durable_next
 }
 
 fn kill_9_mid_append(durability: Durability) {

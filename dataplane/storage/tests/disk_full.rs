@@ -83,11 +83,7 @@ fn full_disk_gives_typed_error_keeps_acknowledged_data_and_recovers() {
             assert!(err.is_no_space(), "expected a typed ENOSPC error, got: {err}");
             assert!(!acked.is_empty());
             let end = acked.last().expect("acked").last_offset.plus(1);
-            assert_eq!(
-                log.offsets().committed_next,
-                end,
-                "the failed append moved offsets"
-            );
+            assert_eq!(log.offsets().durable_next, end, "the failed append moved offsets");
             assert_eq!(log.offsets().dirty_next, end);
             // Everything acknowledged is still served, from disk and cache alike.
             let all = read_all(&log, Offset(0)).await;
@@ -109,7 +105,7 @@ fn full_disk_gives_typed_error_keeps_acknowledged_data_and_recovers() {
         run(|| async move {
             let log = open(&dir, c).await;
             let end = acked.last().expect("acked").last_offset.plus(1);
-            assert_eq!(log.offsets().committed_next, end);
+            assert_eq!(log.offsets().durable_next, end);
             assert_eq!(read_all(&log, Offset(0)).await.len(), acked.len());
         });
     }

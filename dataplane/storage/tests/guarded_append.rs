@@ -96,7 +96,7 @@ fn concurrent_guards_see_the_offsets_their_batches_take() {
             .filter(|i| i % 4 != 3)
             .map(|i| 1 + (i % 3) as i64)
             .sum();
-        assert_eq!(log.offsets().committed_next, Offset(total));
+        assert_eq!(log.offsets().durable_next, Offset(total));
         log.close().await.expect("close");
     });
 }

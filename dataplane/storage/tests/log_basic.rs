@@ -27,7 +27,7 @@ fn append_assigns_contiguous_offsets_and_reads_back_byte_exact() {
                 sent.push((b, 1 + i % 4));
             }
             let o = log.offsets();
-            assert_eq!(o.dirty_next, o.committed_next);
+            assert_eq!(o.dirty_next, o.durable_next);
             assert!(
                 log.segment_bases().len() > 1,
                 "64 KiB segments should have rolled"
@@ -98,7 +98,7 @@ fn reopen_continues_offsets_and_keeps_every_batch() {
     let d = dir.path().to_path_buf();
     run(|| async move {
         let log = open(&d, config).await;
-        assert_eq!(log.offsets().committed_next, Offset(60));
+        assert_eq!(log.offsets().durable_next, Offset(60));
         let a = log.append(batch(1, 10, 99)).await.expect("append after reopen");
         assert_eq!(a.base_offset, Offset(60));
         assert_eq!(read_all(&log, Offset(0)).await.len(), 31);
@@ -293,7 +293,7 @@ fn retention_by_size_and_age_moves_the_start_offset() {
         clock.advance(10 * 60_000);
         log.apply_retention().await.expect("retention by age");
         assert_eq!(log.segment_bases().len(), 1);
-        assert_eq!(log.offsets().committed_next, Offset(200));
+        assert_eq!(log.offsets().durable_next, Offset(200));
     });
 }
 
@@ -332,7 +332,7 @@ fn truncate_drops_suffix_and_offsets_are_reassigned() {
             Err(StorageError::BadTruncation(_))
         ));
         log.truncate(Offset(40)).await.expect("truncate");
-        assert_eq!(log.offsets().committed_next, Offset(40));
+        assert_eq!(log.offsets().durable_next, Offset(40));
         assert_eq!(read_all(&log, Offset(0)).await.len(), 20);
         let a = log.append(batch(3, 10, 5)).await.expect("append");
         assert_eq!(a.base_offset, Offset(40));
@@ -341,7 +341,7 @@ fn truncate_drops_suffix_and_offsets_are_reassigned() {
     let d = dir.path().to_path_buf();
     run(|| async move {
         let log = open(&d, config).await;
-        assert_eq!(log.offsets().committed_next, Offset(43));
+        assert_eq!(log.offsets().durable_next, Offset(43));
         assert_eq!(read_all(&log, Offset(0)).await.len(), 21);
     });
 }
@@ -419,11 +419,11 @@ fn disk_full_rolls_back_unacknowledged_appends_and_log_stays_usable() {
                 .append(batch(1, 100, 0))
                 .await
                 .expect("append after space frees up");
-            assert_eq!(a.base_offset, before.committed_next);
+            assert_eq!(a.base_offset, before.durable_next);
             if durability == Durability::Fsync {
                 faults.fail_syncs(1);
                 assert!(log.append(batch(1, 100, 0)).await.is_err());
-                assert_eq!(log.offsets().committed_next, Offset(11));
+                assert_eq!(log.offsets().durable_next, Offset(11));
             }
             log.append(batch(1, 100, 0)).await.expect("append");
             log.close().await.expect("close");
@@ -431,7 +431,7 @@ fn disk_full_rolls_back_unacknowledged_appends_and_log_stays_usable() {
         let d = dir.path().to_path_buf();
         run(|| async move {
             let log = open(&d, config).await;
-            assert_eq!(log.offsets().committed_next, Offset(12));
+            assert_eq!(log.offsets().durable_next, Offset(12));
             let all = read_all(&log, Offset(0)).await;
             assert_eq!(all.len(), 12);
         });
@@ -547,7 +547,7 @@ fn delete_before_drops_whole_segments_below_the_offset_only() {
             .expect_err("below the start");
         assert!(matches!(err, StorageError::OffsetOutOfRange { .. }), "{err}");
         // The active segment is never deleted, whatever the offset.
-        let end = log.offsets().committed_next;
+        let end = log.offsets().durable_next;
         log.delete_before(end.plus(1000)).await.expect("delete");
         assert_eq!(log.segment_bases().len(), 1);
         let remaining = read_all(&log, log.offsets().start).await;
@@ -555,7 +555,7 @@ fn delete_before_drops_whole_segments_below_the_offset_only() {
         let (log, _) = Log::open(dir.path(), config, LogContext::new(1 << 20))
             .await
             .expect("reopen");
-        assert_eq!(log.offsets().committed_next, end);
+        assert_eq!(log.offsets().durable_next, end);
         assert_eq!(read_all(&log, log.offsets().start).await, remaining);
         log.close().await.expect("close");
     });

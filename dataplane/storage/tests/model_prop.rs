@@ -299,7 +299,7 @@ fn check_shape(log: &Log, m: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(o.start, m.start());
     prop_assert_eq!(o.dirty_next, m.next);
     prop_assert_eq!(o.written_next, m.next);
-    prop_assert_eq!(o.committed_next, m.next);
+    prop_assert_eq!(o.durable_next, m.next);
     let bases: Vec<Offset> = m.segments.iter().map(|s| s.base).collect();
     prop_assert_eq!(log.segment_bases(), bases);
     prop_assert_eq!(log.size_bytes(), m.segments.iter().map(|s| s.size).sum::<u64>());

@@ -183,7 +183,7 @@ fn torn_last_batch_is_cut_at_every_byte() {
             };
             let end = survivors.last().expect("survivors").last.plus(1);
             assert_eq!(log.offsets().start, Offset(0), "cut {cut}");
-            assert_eq!(log.offsets().committed_next, end, "cut {cut}");
+            assert_eq!(log.offsets().durable_next, end, "cut {cut}");
             assert!(report.corrupt.is_empty(), "cut {cut}: {report:?}");
 
             // A torn tail is reported unless every byte of it is zero: the
@@ -214,7 +214,7 @@ fn torn_last_batch_is_cut_at_every_byte() {
 
             let (log, report) = reopen(&dir, &config).await;
             assert!(report.truncated.is_empty(), "cut {cut}: {report:?}");
-            assert_eq!(log.offsets().committed_next, next.last.plus(1), "cut {cut}");
+            assert_eq!(log.offsets().durable_next, next.last.plus(1), "cut {cut}");
             let mut want = survivors.to_vec();
             want.push(next);
             assert_same_batches(&read_all_with(&log, Offset(0), 1 << 20).await, &want);
@@ -281,7 +281,7 @@ fn garbage_after_the_last_batch_is_cut_and_zero_padding_dropped() {
             append_to_file(&active, tail);
 
             let (log, report) = reopen(&dir, &config).await;
-            assert_eq!(log.offsets().committed_next, end, "{name}");
+            assert_eq!(log.offsets().durable_next, end, "{name}");
             assert!(report.corrupt.is_empty(), "{name}: {report:?}");
             if *reported {
                 assert_eq!(report.truncated.len(), 1, "{name}: {report:?}");
@@ -373,7 +373,7 @@ fn flipped_byte_in_a_sealed_segment_is_never_served() {
                 assert!(report.corrupt[0].2.contains("CRC"), "{report:?}");
                 assert!(report.rebuilt_indexes.contains(&index_path(&seg0)), "{report:?}");
             }
-            assert_eq!(log.offsets().committed_next, end);
+            assert_eq!(log.offsets().durable_next, end);
 
             for o in 0..end.0 {
                 let o = Offset(o);
@@ -496,7 +496,7 @@ fn flipped_byte_in_the_active_segment_is_cut_on_recovery() {
             assert_eq!((&t.path, t.position, t.bytes), (&active, pos_k, file_len - pos_k));
             assert!(t.reason.contains("CRC"), "{}", t.reason);
             assert!(report.corrupt.is_empty(), "{report:?}");
-            assert_eq!(log.offsets().committed_next, written[k].base);
+            assert_eq!(log.offsets().durable_next, written[k].base);
             assert_same_batches(&read_all(&log, Offset(0)).await, &written[..k]);
 
             let next = append(&log, vec![8000], 100, 2).await;
@@ -646,7 +646,7 @@ fn missing_or_damaged_indexes_are_rebuilt() {
                 "{how:?}: {report:?}"
             );
             assert_eq!(
-                log.offsets().committed_next,
+                log.offsets().durable_next,
                 written.last().expect("batches").last.plus(1)
             );
             assert_reads_at_every_offset(&log, &written).await;

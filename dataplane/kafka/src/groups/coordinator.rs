@@ -3,11 +3,14 @@
 //! run here (through [`on_owner`]) for groups hashed to this shard.
 //!
 //! Each group lives in one of [`PARTITIONS`] coordinator partitions (hash of
-//! the group id), a log at `<data dir>/__consumer_offsets/<n>` owned by one
-//! shard like any partition. Every committed offset and every group change
-//! is a record there, written (fsync durability) before it is answered; on
-//! start the log is replayed into memory. Keeping the count of partitions
-//! fixed keeps a group in the same log when the number of shards changes.
+//! the group id), a log at `<data dir>/__consumer_offsets/<n>`: an internal
+//! topic ([`internal_topic`]) whose partitions the shard's partition manager
+//! opens and closes like any other. The coordinator attaches to the ones the
+//! manager says this node leads ([`attach`], which replays the log into
+//! memory). Every committed offset and every group change is a record
+//! there, written (fsync durability) before it is answered. Keeping the
+//! count of partitions fixed keeps a group in the same log when the number
+//! of shards changes.
 //!
 //! Borrows of the group table are never held across an await: the state
 //! machine (`group.rs`) runs synchronously and hands back what must be
@@ -18,16 +21,15 @@ use super::group::{
     Committed, Group, GroupLimits, GroupState, JoinArgs, JoinResult, Now, Reply, SyncArgs, SyncResult,
     SyncStep,
 };
-use crate::config::ServerConfig;
 use bytes::Bytes;
+use ferrolog_cluster::{InternalTopic, Partition};
 use ferrolog_model::{batch::records, BatchBuilder, BatchHeader, Ntp, Offset, ShardId, TimestampMs};
 use ferrolog_shard::{ShardError, Smp};
-use ferrolog_storage::{Durability, Log, LogConfig, LogContext, ReadRequest, StorageError};
+use ferrolog_storage::{Durability, Log, LogConfig, ReadRequest, StorageError};
 use glommio::sync::Semaphore;
 use kafka_protocol::error::ResponseError;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
@@ -76,8 +78,8 @@ pub fn partition_of(group: &str) -> i32 {
 }
 
 /// The shard that coordinates `group`.
-pub fn owner_shard(group: &str, nr_shards: usize) -> ShardId {
-    crate::shard::owner_of(&Ntp::new(TOPIC, partition_of(group)), nr_shards)
+pub fn owner_shard(group: &str) -> ShardId {
+    ferrolog_cluster::local().owner(&Ntp::new(TOPIC, partition_of(group)))
 }
 
 fn now() -> Now {
@@ -97,7 +99,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = R> + 'static,
 {
-    smp.submit_to(owner_shard(group, smp.nr_shards()), op).await
+    smp.submit_to(owner_shard(group), op).await
 }
 
 /// One coordinator partition: its log and its groups.
@@ -109,6 +111,8 @@ struct CoordPartition {
     /// bytes last counted, so they are not counted on every write.
     compact_at_bytes: Cell<u64>,
     log: Rc<Log>,
+    /// The partition of `log`: its high watermark bounds what is replayed.
+    partition: Rc<Partition>,
     groups: RefCell<HashMap<String, Group>>,
     writers: Semaphore,
     compacting: Cell<bool>,
@@ -128,81 +132,79 @@ fn local() -> Option<Rc<Coordinator>> {
     COORDINATOR.with(|c| c.borrow().clone())
 }
 
-fn log_config(segment_bytes: u64) -> LogConfig {
-    LogConfig {
-        segment_bytes,
-        retention_ms: None,
-        retention_bytes: None,
-        durability: Durability::Fsync,
-        ..LogConfig::default()
+/// The coordinator's logs as an internal topic of the partition manager.
+pub fn internal_topic(config: &GroupConfig) -> InternalTopic {
+    InternalTopic {
+        name: TOPIC.to_string(),
+        partitions: PARTITIONS,
+        log: LogConfig {
+            segment_bytes: config.log_segment_bytes,
+            retention_ms: None,
+            retention_bytes: None,
+            durability: Durability::Fsync,
+            ..LogConfig::default()
+        },
     }
 }
 
-fn partition_dir(data_dir: &std::path::Path, index: i32) -> PathBuf {
-    data_dir.join(TOPIC).join(index.to_string())
-}
-
-/// Opens and replays the coordinator partitions this shard owns and starts
-/// the group timers. Runs before the shard accepts connections.
-pub async fn start_local(smp: &Smp, config: &ServerConfig, log_ctx: Rc<LogContext>) -> Result<(), String> {
+/// Installs this shard's coordinator and starts its group timers. Runs
+/// before the shard's partitions are opened; they attach as they open.
+pub fn start_local(config: &GroupConfig) {
     let coord = Rc::new(Coordinator {
-        config: config.groups.clone(),
+        config: config.clone(),
         parts: RefCell::new(HashMap::new()),
         stopped: Cell::new(false),
     });
-    for index in 0..PARTITIONS {
-        if crate::shard::owner_of(&Ntp::new(TOPIC, index), smp.nr_shards()) != smp.shard_id() {
-            continue;
-        }
-        let dir = partition_dir(&config.data_dir, index);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let started = Instant::now();
-        let (log, _report) = Log::open(&dir, log_config(config.groups.log_segment_bytes), log_ctx.clone())
-            .await
-            .map_err(|e| format!("open {}: {e}", dir.display()))?;
-        let part = Rc::new(CoordPartition {
-            index,
-            compact_min_bytes: COMPACT_FACTOR * config.groups.log_segment_bytes,
-            compact_at_bytes: Cell::new(COMPACT_FACTOR * config.groups.log_segment_bytes),
-            log,
-            groups: RefCell::new(HashMap::new()),
-            writers: Semaphore::new(WRITER_PERMITS),
-            compacting: Cell::new(false),
-        });
-        let n = replay(&part)
-            .await
-            .map_err(|e| format!("replay {}: {e}", dir.display()))?;
-        info!(
-            partition = index,
-            shard = %smp.shard_id(),
-            records = n,
-            groups = part.groups.borrow().len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "loaded group coordinator partition"
-        );
-        coord.parts.borrow_mut().insert(index, part);
-    }
     COORDINATOR.with(|c| *c.borrow_mut() = Some(coord.clone()));
     glommio::spawn_local(sweep_loop(coord)).detach();
+}
+
+/// Takes over a coordinator partition this node now leads: replays its log
+/// into memory. Partitions of other topics are ignored.
+pub async fn attach(partition: &Rc<Partition>) -> Result<(), StorageError> {
+    let Some(coord) = local() else { return Ok(()) };
+    if partition.ntp.topic != TOPIC {
+        return Ok(());
+    }
+    let index = partition.ntp.partition.0;
+    let started = Instant::now();
+    let segment_bytes = coord.config.log_segment_bytes;
+    let part = Rc::new(CoordPartition {
+        index,
+        compact_min_bytes: COMPACT_FACTOR * segment_bytes,
+        compact_at_bytes: Cell::new(COMPACT_FACTOR * segment_bytes),
+        log: partition.log.clone(),
+        partition: partition.clone(),
+        groups: RefCell::new(HashMap::new()),
+        writers: Semaphore::new(WRITER_PERMITS),
+        compacting: Cell::new(false),
+    });
+    let n = replay(&part).await?;
+    info!(
+        partition = index,
+        records = n,
+        groups = part.groups.borrow().len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "loaded group coordinator partition"
+    );
+    coord.parts.borrow_mut().insert(index, part);
     Ok(())
 }
 
-/// Stops the timers and closes the coordinator logs (shutdown).
-pub async fn close_local() -> usize {
-    let Some(coord) = local() else { return 0 };
-    coord.stopped.set(true);
-    let parts: Vec<Rc<CoordPartition>> = coord.parts.borrow_mut().drain().map(|(_, p)| p).collect();
-    let mut failed = 0;
-    for p in parts {
-        if let Err(e) = p.log.close().await {
-            warn!(
-                partition = p.index,
-                "closing the group coordinator log failed: {e}"
-            );
-            failed += 1;
-        }
+/// Lets go of coordinator partitions this node no longer has.
+pub fn detach(removed: &[Ntp]) {
+    let Some(coord) = local() else { return };
+    for ntp in removed.iter().filter(|n| n.topic == TOPIC) {
+        coord.parts.borrow_mut().remove(&ntp.partition.0);
     }
-    failed
+}
+
+/// Stops the timers and lets go of the coordinator partitions (shutdown;
+/// the partition manager closes their logs).
+pub fn close_local() {
+    let Some(coord) = local() else { return };
+    coord.stopped.set(true);
+    coord.parts.borrow_mut().clear();
 }
 
 /// Replays the whole log: the newest record of each key wins.
@@ -211,7 +213,8 @@ async fn replay(part: &CoordPartition) -> Result<usize, StorageError> {
     let mut at = o.start;
     let mut n = 0;
     let now = now();
-    while at < o.committed_next {
+    let end = part.partition.high_watermark();
+    while at < end {
         let read = part
             .log
             .read(ReadRequest {
@@ -421,7 +424,7 @@ impl CoordPartition {
             let at = self.write_locked(chunk).await?;
             first.get_or_insert(at);
         }
-        let first = first.unwrap_or(self.log.offsets().committed_next);
+        let first = first.unwrap_or(self.partition.high_watermark());
         let deleted = self.log.delete_before(first).await?;
         info!(
             partition = self.index,

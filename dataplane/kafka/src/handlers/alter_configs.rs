@@ -25,12 +25,9 @@ pub async fn change_topics(
             out.push((kind, name, Some(Err((ResponseError::InvalidRequest, msg)))));
         }
     }
-    let n = items.len();
-    let mut answers = controller::call(&ctx.shard.smp, n, move || {
-        controller::alter_configs(items, validate_only)
-    })
-    .await
-    .into_iter();
+    let mut answers = controller::alter_configs(&ctx.shard, items, validate_only)
+        .await
+        .into_iter();
     out.into_iter()
         .map(|(k, n, r)| {
             (

@@ -26,10 +26,7 @@ pub async fn handle(ctx: &Ctx, req: CreatePartitionsRequest) -> CreatePartitions
     }
     let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
     let validate_only = req.validate_only;
-    let answers = controller::call(&ctx.shard.smp, names.len(), move || {
-        controller::create_partitions(items, validate_only)
-    })
-    .await;
+    let answers = controller::create_partitions(&ctx.shard, items, validate_only).await;
     let mut answers = names.into_iter().zip(answers);
     let results = results
         .into_iter()

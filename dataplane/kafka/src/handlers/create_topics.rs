@@ -30,10 +30,7 @@ pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse
         .collect();
     let names: Vec<String> = new.iter().map(|t| t.name.clone()).collect();
     let validate_only = req.validate_only;
-    let answers = controller::call(&ctx.shard.smp, names.len(), move || {
-        controller::create_topics(new, validate_only)
-    })
-    .await;
+    let answers = controller::create_topics(&ctx.shard, new, validate_only).await;
     let defaults = &ctx.shard.config.topic_defaults;
     let topics = names
         .into_iter()
@@ -55,7 +52,7 @@ pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse
                         })
                         .collect();
                     r.with_topic_id(Uuid::from_u128(meta.id))
-                        .with_num_partitions(meta.partitions)
+                        .with_num_partitions(meta.partitions())
                         .with_replication_factor(1)
                         .with_configs(Some(configs))
                 }

@@ -27,10 +27,7 @@ pub async fn handle(ctx: &Ctx, req: DeleteTopicsRequest) -> DeleteTopicsResponse
         wanted.extend(req.topic_names.iter().map(|n| Ok(n.0.to_string())));
     }
     let names: Vec<String> = wanted.iter().filter_map(|w| w.as_ref().ok().cloned()).collect();
-    let n = names.len();
-    let mut answers = controller::call(&ctx.shard.smp, n, move || controller::delete_topics(names))
-        .await
-        .into_iter();
+    let mut answers = controller::delete_topics(&ctx.shard, names).await.into_iter();
     let responses = wanted
         .into_iter()
         .map(|w| match w {

@@ -1,7 +1,9 @@
 use super::{str_bytes, Ctx};
 use crate::registry::Versions;
-use crate::shard::{read_local, scatter, wait_local, ReadAnswer, ReadItem, WaitItem, WaiterRef};
 use bytes::Bytes;
+use ferrolog_cluster::ops::{read_local, scatter, ReadAnswer, ReadItem};
+use ferrolog_cluster::waiters::WaiterRef;
+use ferrolog_cluster::PartitionError;
 use ferrolog_model::{Ntp, Offset};
 use futures_lite::StreamExt;
 use kafka_protocol::error::ResponseError;
@@ -25,10 +27,10 @@ struct Wanted {
 }
 
 fn partition_data(index: i32, a: &ReadAnswer, read_committed: bool) -> PartitionData {
-    let (hwm, start) = a.offsets.map_or((-1, -1), |o| (o.committed_next.0, o.start.0));
+    let (hwm, start) = a.offsets.map_or((-1, -1), |o| (o.high_watermark.0, o.start.0));
     PartitionData::default()
         .with_partition_index(index)
-        .with_error_code(a.error.map_or(0, |e| e.code()))
+        .with_error_code(a.error.as_ref().map_or(0, |e| crate::errors::partition(e).code()))
         .with_high_watermark(hwm)
         .with_last_stable_offset(hwm)
         .with_log_start_offset(start)
@@ -37,15 +39,18 @@ fn partition_data(index: i32, a: &ReadAnswer, read_committed: bool) -> Partition
         .with_records(Some(a.records.clone().unwrap_or_default()))
 }
 
-fn unknown() -> ReadAnswer {
+fn unknown(ntp: Ntp) -> ReadAnswer {
     ReadAnswer {
-        error: Some(ResponseError::UnknownTopicOrPartition),
+        error: Some(PartitionError::NotHere(ntp)),
         offsets: None,
         records: None,
     }
 }
 
-async fn read_all(wanted: &[Wanted], response_budget: usize) -> Vec<ReadAnswer> {
+/// Reads every wanted partition on its owner. With a waiter, an owner whose
+/// partition has nothing new registers it in the same call, so a long poll
+/// costs no extra hop to arm.
+async fn read_all(wanted: &[Wanted], response_budget: usize, waiter: Option<WaiterRef>) -> Vec<ReadAnswer> {
     let items = wanted
         .iter()
         .map(|w| ReadItem {
@@ -53,6 +58,7 @@ async fn read_all(wanted: &[Wanted], response_budget: usize) -> Vec<ReadAnswer> 
             offset: w.offset,
             max_bytes: w.max_bytes,
             response_budget,
+            waiter,
         })
         .collect();
     scatter(items, |i: &ReadItem| &i.ntp, read_local)
@@ -60,7 +66,7 @@ async fn read_all(wanted: &[Wanted], response_budget: usize) -> Vec<ReadAnswer> 
         .into_iter()
         .map(|r| {
             r.unwrap_or_else(|e| ReadAnswer {
-                error: Some(crate::errors::shard(&e)),
+                error: Some(PartitionError::Shard(e)),
                 offsets: None,
                 records: None,
             })
@@ -68,33 +74,11 @@ async fn read_all(wanted: &[Wanted], response_budget: usize) -> Vec<ReadAnswer> 
         .collect()
 }
 
-/// Waits until one of the partitions has data past its fetch offset, or the
-/// deadline passes.
-async fn wait_any(ctx: &Ctx, wanted: &[Wanted], deadline: Instant) {
-    let (id, mut rx) = ctx.shard.new_waiter();
-    let waiter = WaiterRef {
-        shard: ctx.shard.id(),
-        id,
-        deadline,
-    };
-    let items = wanted
+fn record_bytes(answers: &[ReadAnswer]) -> usize {
+    answers
         .iter()
-        .map(|w| WaitItem {
-            ntp: w.ntp.clone(),
-            offset: w.offset,
-            waiter,
-        })
-        .collect();
-    let _ = scatter(items, |i: &WaitItem| &i.ntp, wait_local).await;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    futures_lite::future::or(
-        async {
-            rx.next().await;
-        },
-        glommio::timer::sleep(remaining),
-    )
-    .await;
-    ctx.shard.forget_waiter(id);
+        .map(|a| a.records.as_ref().map_or(0, Bytes::len))
+        .sum()
 }
 
 pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
@@ -135,19 +119,38 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     } else {
         (req.max_bytes as usize).min(cap)
     };
-    let mut answers = read_all(&wanted, max_bytes).await;
-    loop {
-        let bytes: usize = answers
-            .iter()
-            .map(|a| a.records.as_ref().map_or(0, Bytes::len))
-            .sum();
-        let any_error = answers.iter().any(|a| a.error.is_some());
-        if wanted.is_empty() || any_error || bytes >= min_bytes.max(1) || Instant::now() >= deadline {
-            break;
+    let done = |answers: &[ReadAnswer]| {
+        wanted.is_empty()
+            || answers.iter().any(|a| a.error.is_some())
+            || record_bytes(answers) >= min_bytes.max(1)
+            || Instant::now() >= deadline
+    };
+    let mut answers = if Instant::now() >= deadline || wanted.is_empty() {
+        read_all(&wanted, max_bytes, None).await
+    } else {
+        // One waiter for the whole long poll, armed by every read.
+        let waiters = &ctx.shard.cluster.waiters;
+        let (id, mut rx) = waiters.register();
+        let waiter = WaiterRef {
+            shard: ctx.shard.id(),
+            id,
+            deadline,
+        };
+        let mut answers = read_all(&wanted, max_bytes, Some(waiter)).await;
+        while !done(&answers) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            futures_lite::future::or(
+                async {
+                    rx.next().await;
+                },
+                glommio::timer::sleep(remaining),
+            )
+            .await;
+            answers = read_all(&wanted, max_bytes, Some(waiter)).await;
         }
-        wait_any(ctx, &wanted, deadline).await;
-        answers = read_all(&wanted, max_bytes).await;
-    }
+        waiters.forget(id);
+        answers
+    };
 
     // The response limit: whole batches only, but the first non-empty
     // partition always gets its data so consumers make progress (KIP-74).
@@ -174,7 +177,7 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
                 .into_iter()
                 .map(|(index, slot)| match slot {
                     Some(i) => partition_data(index, &answers[i], read_committed),
-                    None => partition_data(index, &unknown(), read_committed),
+                    None => partition_data(index, &unknown(Ntp::new(name.clone(), index)), read_committed),
                 })
                 .collect();
             FetchableTopicResponse::default()

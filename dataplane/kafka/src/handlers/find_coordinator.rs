@@ -11,14 +11,28 @@ pub const VERSIONS: Versions = Versions::new(0, 4);
 const KEY_GROUP: i8 = 0;
 const KEY_TRANSACTION: i8 = 1;
 
-/// Every group and transactional id is coordinated by this node (its shards
-/// share the work out internally).
+/// Every group and transactional id is coordinated by this node, which
+/// leads the coordinator partitions (its shards share the work out
+/// internally); its address comes from the metadata snapshot.
 pub fn handle(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let cfg = &ctx.shard.config;
-    let error =
-        (!matches!(req.key_type, KEY_GROUP | KEY_TRANSACTION)).then_some(ResponseError::InvalidRequest);
+    let snap = ctx.shard.metadata();
+    let me = ctx.shard.cluster.config.node_id;
+    let (node, host, port) = match snap.broker(me) {
+        Some(b) => (b.id.0, b.host.clone(), b.port),
+        None => (-1, String::new(), -1),
+    };
+    let error = if !matches!(req.key_type, KEY_GROUP | KEY_TRANSACTION) {
+        Some(ResponseError::InvalidRequest)
+    } else if node < 0 {
+        Some(ResponseError::CoordinatorNotAvailable)
+    } else {
+        None
+    };
     let code = error.map_or(0, |e| e.code());
-    let message = error.map(|_| str_bytes(format!("unknown coordinator key type {}", req.key_type)));
+    let message = error.map(|e| match e {
+        ResponseError::InvalidRequest => str_bytes(format!("unknown coordinator key type {}", req.key_type)),
+        _ => str_bytes("the node is starting"),
+    });
     if ctx.version >= 4 {
         let coordinators = req
             .coordinator_keys
@@ -26,9 +40,9 @@ pub fn handle(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse
             .map(|key| {
                 Coordinator::default()
                     .with_key(key)
-                    .with_node_id(BrokerId(cfg.node_id.0))
-                    .with_host(str_bytes(cfg.advertised_host.clone()))
-                    .with_port(cfg.advertised_port)
+                    .with_node_id(BrokerId(node))
+                    .with_host(str_bytes(host.clone()))
+                    .with_port(port)
                     .with_error_code(code)
                     .with_error_message(message.clone())
             })
@@ -37,9 +51,9 @@ pub fn handle(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse
     }
     let mut r = FindCoordinatorResponse::default()
         .with_error_code(code)
-        .with_node_id(BrokerId(cfg.node_id.0))
-        .with_host(str_bytes(cfg.advertised_host.clone()))
-        .with_port(cfg.advertised_port);
+        .with_node_id(BrokerId(node))
+        .with_host(str_bytes(host))
+        .with_port(port);
     if ctx.version >= 1 {
         r = r.with_error_message(message);
     }

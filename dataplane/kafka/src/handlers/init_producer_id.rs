@@ -23,7 +23,6 @@
 use super::Ctx;
 use crate::controller;
 use crate::registry::Versions;
-use crate::shard::local;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use tracing::warn;
@@ -43,15 +42,10 @@ pub async fn handle(ctx: &Ctx, req: InitProducerIdRequest) -> InitProducerIdResp
         Some(_) => return failed(ResponseError::TransactionalIdAuthorizationFailed),
         None => {}
     }
-    let answer = controller::call(&ctx.shard.smp, 1, || async {
-        vec![local().next_producer_id().map_err(|e| {
-            warn!("cannot allocate a producer id: {e}");
-            (ResponseError::KafkaStorageError, e)
-        })]
-    })
-    .await
-    .pop()
-    .expect("one answer per item");
+    let answer = controller::next_producer_id(&ctx.shard).await;
+    if let Err((_, e)) = &answer {
+        warn!("cannot allocate a producer id: {e}");
+    }
     match answer {
         Ok(id) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))

@@ -9,19 +9,12 @@ pub const VERSIONS: Versions = Versions::new(0, 4);
 
 /// Every group of every shard (v4: only those in the listed states).
 pub async fn handle(ctx: &Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
-    let smp = ctx.shard.smp.clone();
-    let mut tasks = Vec::new();
-    for s in smp.shards() {
-        let smp = smp.clone();
-        tasks.push(glommio::spawn_local(async move {
-            smp.submit_to(s, coordinator::list_local).await
-        }));
-    }
+    let answers = ctx.shard.smp.invoke_on_all(coordinator::list_local).await;
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
     let mut error = None;
     let mut groups = Vec::new();
-    for t in tasks {
-        match t.await {
+    for a in answers {
+        match a {
             Ok(listed) => {
                 for (id, protocol_type, state) in listed {
                     if ctx.version >= 4

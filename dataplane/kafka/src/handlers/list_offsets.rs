@@ -1,6 +1,6 @@
 use super::{str_bytes, Ctx};
 use crate::registry::Versions;
-use crate::shard::{list_offsets_local, scatter, OffsetAnswer, OffsetQuery};
+use ferrolog_cluster::ops::{list_offsets_local, scatter, OffsetQuery};
 use ferrolog_model::Ntp;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_offsets_response::{
@@ -10,6 +10,15 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicNam
 
 pub const VERSIONS: Versions = Versions::new(1, 6);
 
+/// One partition's answer, as the response carries it.
+#[derive(Clone, Copy)]
+struct OffsetAnswer {
+    error: Option<ResponseError>,
+    offset: i64,
+    timestamp: i64,
+    leader_epoch: i32,
+}
+
 fn response(version: i16, index: i32, a: &OffsetAnswer) -> ListOffsetsPartitionResponse {
     let r = ListOffsetsPartitionResponse::default()
         .with_partition_index(index)
@@ -18,14 +27,15 @@ fn response(version: i16, index: i32, a: &OffsetAnswer) -> ListOffsetsPartitionR
         .with_timestamp(a.timestamp);
     // The field exists from v4; the codec refuses a non-default value before.
     if version >= 4 {
-        r.with_leader_epoch(0)
+        r.with_leader_epoch(a.leader_epoch)
     } else {
         r
     }
 }
 
 pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
-    let table = ctx.shard.topics();
+    let meta = ctx.shard.metadata();
+    let table = &meta.topics;
     let mut layout = Vec::new();
     let mut queries = Vec::new();
     for t in &req.topics {
@@ -45,22 +55,38 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
         }
         layout.push((name, parts));
     }
+    let epochs: Vec<i32> = queries
+        .iter()
+        .map(|q| meta.leader(&q.ntp).map_or(-1, |(_, epoch)| epoch.0))
+        .collect();
+    let failed = |error| OffsetAnswer {
+        error: Some(error),
+        offset: -1,
+        timestamp: -1,
+        leader_epoch: -1,
+    };
     let answers: Vec<OffsetAnswer> = scatter(queries, |q: &OffsetQuery| &q.ntp, list_offsets_local)
         .await
         .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|e| OffsetAnswer {
-                error: Some(crate::errors::shard(&e)),
+        .zip(epochs)
+        .map(|(r, leader_epoch)| match r {
+            Ok(Ok(Some((offset, timestamp)))) => OffsetAnswer {
+                error: None,
+                offset: offset.0,
+                timestamp,
+                leader_epoch,
+            },
+            Ok(Ok(None)) => OffsetAnswer {
+                error: None,
                 offset: -1,
                 timestamp: -1,
-            })
+                leader_epoch,
+            },
+            Ok(Err(e)) => failed(crate::errors::partition(&e)),
+            Err(e) => failed(crate::errors::shard(&e)),
         })
         .collect();
-    let unknown = OffsetAnswer {
-        error: Some(ResponseError::UnknownTopicOrPartition),
-        offset: -1,
-        timestamp: -1,
-    };
+    let unknown = failed(ResponseError::UnknownTopicOrPartition);
     let topics = layout
         .into_iter()
         .map(|(name, parts)| {

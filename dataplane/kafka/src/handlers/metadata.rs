@@ -1,7 +1,8 @@
 use super::{str_bytes, Ctx};
-use crate::controller::{self, CONTROLLER_SHARD};
+use crate::controller;
 use crate::registry::Versions;
 use crate::topics::{self, TopicMeta};
+use ferrolog_controlplane::metadata::MetadataSnapshot;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -15,16 +16,28 @@ pub const VERSIONS: Versions = Versions::new(0, 12);
 /// "Authorized operations not requested".
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
-fn topic_entry(ctx: &Ctx, name: &str, meta: &TopicMeta) -> MetadataResponseTopic {
-    let node = BrokerId(ctx.shard.config.node_id.0);
-    let partitions = (0..meta.partitions)
-        .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+/// One topic as the snapshot describes it: each partition's leader, leader
+/// epoch and replicas. Every replica counts as in sync: a partition's
+/// acknowledged writes are on a majority of its replicas, and the
+/// controller elects only among them.
+fn topic_entry(snap: &MetadataSnapshot, name: &str, meta: &TopicMeta) -> MetadataResponseTopic {
+    let partitions = meta
+        .assignments
+        .iter()
+        .enumerate()
+        .map(|(p, a)| {
+            let replicas: Vec<BrokerId> = a.replicas.iter().map(|n| BrokerId(n.0)).collect();
+            let live = snap.broker(a.leader).is_some();
+            let mut r = MetadataResponsePartition::default()
+                .with_partition_index(p as i32)
+                .with_leader_id(BrokerId(if live { a.leader.0 } else { -1 }))
+                .with_leader_epoch(a.leader_epoch.0)
+                .with_replica_nodes(replicas.clone())
+                .with_isr_nodes(replicas);
+            if !live {
+                r = r.with_error_code(ResponseError::LeaderNotAvailable.code());
+            }
+            r
         })
         .collect();
     MetadataResponseTopic::default()
@@ -44,7 +57,8 @@ fn error_entry(name: Option<&str>, id: Uuid, error: ResponseError) -> MetadataRe
 
 pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     let cfg = &ctx.shard.config;
-    let table = ctx.shard.topics();
+    let snap = ctx.shard.metadata();
+    let table = snap.topics.clone();
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let requested = match req.topics {
         None => None,
@@ -56,7 +70,7 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     match requested {
         None => {
             for (name, meta) in &table.topics {
-                topics_out.push(topic_entry(ctx, name, meta));
+                topics_out.push(topic_entry(&snap, name, meta));
             }
         }
         Some(list) => {
@@ -76,7 +90,7 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
                     }
                 };
                 if let Some(meta) = table.get(&name) {
-                    topics_out.push(topic_entry(ctx, &name, meta));
+                    topics_out.push(topic_entry(&snap, &name, meta));
                     continue;
                 }
                 if let Err(e) = topics::validate_name(&name) {
@@ -91,33 +105,31 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
                     ));
                     continue;
                 }
-                let n = name.clone();
-                let created = ctx
-                    .shard
-                    .smp
-                    .submit_to(CONTROLLER_SHARD, move || controller::ensure_topic(n))
-                    .await;
-                match created {
-                    Ok(Ok(meta)) => topics_out.push(topic_entry(ctx, &name, &meta)),
-                    Ok(Err((code, msg))) => {
+                match controller::ensure_topic(&ctx.shard, name.clone()).await {
+                    Ok(meta) => topics_out.push(topic_entry(&snap, &name, &meta)),
+                    Err((code, msg)) => {
                         warn!(topic = %name, "auto-create failed: {msg}");
                         topics_out.push(error_entry(Some(&name), Uuid::nil(), code));
-                    }
-                    Err(e) => {
-                        topics_out.push(error_entry(Some(&name), Uuid::nil(), crate::errors::shard(&e)))
                     }
                 }
             }
         }
     }
-    let broker = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(cfg.node_id.0))
-        .with_host(str_bytes(cfg.advertised_host.clone()))
-        .with_port(cfg.advertised_port);
+    let brokers = snap
+        .brokers
+        .iter()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id.0))
+                .with_host(str_bytes(b.host.clone()))
+                .with_port(b.port)
+                .with_rack(b.rack.clone().map(str_bytes))
+        })
+        .collect();
     MetadataResponse::default()
-        .with_brokers(vec![broker])
-        .with_cluster_id(Some(str_bytes(cfg.cluster_id.clone())))
-        .with_controller_id(BrokerId(cfg.node_id.0))
+        .with_brokers(brokers)
+        .with_cluster_id(Some(str_bytes(snap.cluster_id.clone())))
+        .with_controller_id(BrokerId(snap.controller.0))
         .with_topics(topics_out)
         .with_cluster_authorized_operations(OPERATIONS_OMITTED)
 }

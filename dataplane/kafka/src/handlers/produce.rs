@@ -1,18 +1,44 @@
 use super::{str_bytes, Ctx};
 use crate::registry::Versions;
-use crate::shard::{produce_local, scatter, ProduceAnswer, ProduceItem};
+use ferrolog_cluster::ops::{produce_local, scatter, Acks, ProduceAnswer, ProduceItem};
+use ferrolog_cluster::PartitionError;
 use ferrolog_model::{Ntp, Offset};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use std::time::Duration;
 
 pub const VERSIONS: Versions = Versions::new(3, 9);
 
 /// Per topic of the request: its partitions, each with the index of its item
 /// sent to an owner shard, or the answer it already has.
-type Layout = Vec<(String, Vec<(i32, Result<usize, ProduceAnswer>)>)>;
+type Layout = Vec<(String, Vec<(i32, Result<usize, Answer>)>)>;
 
-fn partition_response(index: i32, a: &ProduceAnswer) -> PartitionProduceResponse {
+/// One partition's answer, as the response carries it.
+struct Answer {
+    error: Option<(ResponseError, String)>,
+    base_offset: Offset,
+    log_start: Offset,
+}
+
+impl From<ProduceAnswer> for Answer {
+    fn from(a: ProduceAnswer) -> Answer {
+        match a.result {
+            Ok(base_offset) => Answer {
+                error: None,
+                base_offset,
+                log_start: a.log_start,
+            },
+            Err(e) => Answer {
+                error: Some((crate::errors::partition(&e), e.to_string())),
+                base_offset: Offset(-1),
+                log_start: a.log_start,
+            },
+        }
+    }
+}
+
+fn partition_response(index: i32, a: &Answer) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default()
         .with_index(index)
         .with_base_offset(a.base_offset.0)
@@ -26,8 +52,8 @@ fn partition_response(index: i32, a: &ProduceAnswer) -> PartitionProduceResponse
     r
 }
 
-fn failed(error: ResponseError, msg: &str) -> ProduceAnswer {
-    ProduceAnswer {
+fn failed(error: ResponseError, msg: &str) -> Answer {
+    Answer {
         error: Some((error, msg.to_string())),
         base_offset: Offset(-1),
         log_start: Offset(-1),
@@ -38,7 +64,15 @@ fn failed(error: ResponseError, msg: &str) -> ProduceAnswer {
 /// acks=0: the client expects no response.
 pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
     let table = ctx.shard.topics();
-    let acks_ok = matches!(req.acks, -1..=1);
+    let acks = match req.acks {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    };
+    // How long acks=all may take, from the append to the answer; a
+    // negative timeout counts as 0.
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut layout: Layout = Vec::new();
     let mut items = Vec::new();
     for topic in req.topic_data {
@@ -46,7 +80,7 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
         let mut parts = Vec::new();
         for p in topic.partition_data {
             let ntp = Ntp::new(name.clone(), p.index);
-            let slot = if !acks_ok {
+            let slot = if acks.is_none() {
                 Err(failed(
                     ResponseError::InvalidRequiredAcks,
                     "acks must be -1, 0 or 1",
@@ -56,8 +90,13 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     ResponseError::UnknownTopicOrPartition,
                     "unknown topic or partition",
                 ))
-            } else if let Some(records) = p.records {
-                items.push(ProduceItem { ntp, records });
+            } else if let (Some(records), Some(acks)) = (p.records, acks) {
+                items.push(ProduceItem {
+                    ntp,
+                    records,
+                    acks,
+                    timeout,
+                });
                 Ok(items.len() - 1)
             } else {
                 Err(failed(ResponseError::CorruptMessage, "null records"))
@@ -81,10 +120,8 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                 .into_iter()
                 .map(|(index, slot)| match slot {
                     Ok(i) => match answers[i].take().expect("each answer is used once") {
-                        Ok(a) => partition_response(index, &a),
-                        Err(e) => {
-                            partition_response(index, &failed(crate::errors::shard(&e), &e.to_string()))
-                        }
+                        Ok(a) => partition_response(index, &Answer::from(a)),
+                        Err(e) => partition_response(index, &Answer::from(shard_failed(e))),
                     },
                     Err(a) => partition_response(index, &a),
                 })
@@ -95,4 +132,11 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
         })
         .collect();
     Some(ProduceResponse::default().with_responses(responses))
+}
+
+fn shard_failed(e: ferrolog_shard::ShardError) -> ProduceAnswer {
+    ProduceAnswer {
+        result: Err(PartitionError::Shard(e)),
+        log_start: Offset(-1),
+    }
 }

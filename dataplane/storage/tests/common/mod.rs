@@ -58,7 +58,7 @@ pub async fn read_all(log: &Log, from: Offset) -> Vec<Bytes> {
 /// `max_bytes`; each batch must verify and start where the previous one ended
 /// (the first one must contain `from`).
 pub async fn read_all_with(log: &Log, from: Offset, max_bytes: usize) -> Vec<Bytes> {
-    let end = log.offsets().committed_next;
+    let end = log.offsets().durable_next;
     let mut out: Vec<Bytes> = Vec::new();
     let mut next = from;
     while next < end {

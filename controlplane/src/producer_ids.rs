@@ -8,10 +8,10 @@
 //! continues past every id it may have given out. A crash skips the rest of
 //! the current block; ids are 64-bit, so the waste does not matter.
 //!
-//! The allocator lives on the controller shard (shard 0, in its `Shard`);
-//! other shards reach it through `controller::call`. Allocating is
-//! synchronous (the fsyncs block the shard for a few milliseconds once per
-//! block), so two requests can never take the same id.
+//! The allocator lives in the controller, on the control executor (never a
+//! data shard); shards reach it with a cross-shard call. Allocating is
+//! synchronous (the fsyncs block the control executor for a few
+//! milliseconds once per block), so two requests can never take the same id.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,20 @@ use std::path::{Path, PathBuf};
 pub const BLOCK_IDS: i64 = 1000;
 /// The file that holds the start of the next block, in the data directory.
 pub const FILE_NAME: &str = "producer_ids";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerIdError {
+    #[error("{} does not hold a producer id block start ({text:?}); refusing to guess", path.display())]
+    Unreadable { path: PathBuf, text: String },
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("producer ids are exhausted")]
+    Exhausted,
+}
 
 /// Hands out producer ids; see the module doc.
 #[derive(Debug)]
@@ -34,17 +48,21 @@ impl ProducerIdAllocator {
     /// Reads the allocator's state from `data_dir`. No file means no id was
     /// ever handed out. A file that does not parse is an error: guessing
     /// could hand out ids twice.
-    pub fn open(data_dir: &Path) -> Result<ProducerIdAllocator, String> {
+    pub fn open(data_dir: &Path) -> Result<ProducerIdAllocator, ProducerIdError> {
         let path = data_dir.join(FILE_NAME);
         let next = match std::fs::read_to_string(&path) {
-            Ok(text) => parse(&text).ok_or_else(|| {
-                format!(
-                    "{} does not hold a producer id block start ({text:?}); refusing to guess",
-                    path.display()
-                )
-            })?,
+            Ok(text) => match parse(&text) {
+                Some(next) => next,
+                None => return Err(ProducerIdError::Unreadable { path, text }),
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(format!("read {}: {e}", path.display())),
+            Err(source) => {
+                return Err(ProducerIdError::Io {
+                    op: "read",
+                    path,
+                    source,
+                })
+            }
         };
         Ok(ProducerIdAllocator {
             data_dir: data_dir.to_path_buf(),
@@ -55,17 +73,16 @@ impl ProducerIdAllocator {
 
     /// The next id. Fails (and hands out nothing) if the next block cannot
     /// be made durable.
-    pub fn allocate(&mut self) -> Result<i64, String> {
+    pub fn allocate(&mut self) -> Result<i64, ProducerIdError> {
         if self.next == self.block_end {
             let end = self
                 .block_end
                 .checked_add(BLOCK_IDS)
-                .ok_or("producer ids are exhausted")?;
-            store(&self.data_dir, end).map_err(|e| {
-                format!(
-                    "cannot store the producer id block in {}: {e}",
-                    self.data_dir.display()
-                )
+                .ok_or(ProducerIdError::Exhausted)?;
+            store(&self.data_dir, end).map_err(|source| ProducerIdError::Io {
+                op: "store the producer id block in",
+                path: self.data_dir.clone(),
+                source,
             })?;
             self.block_end = end;
         }

@@ -1,0 +1,58 @@
+//! Typed errors of the partition layer. The kafka crate maps them to Kafka
+//! error codes (its `errors` module, the only place codes are made).
+
+use crate::producer_state::SequenceError;
+use ferrolog_model::{Ntp, Offset};
+use ferrolog_shard::ShardError;
+use ferrolog_storage::StorageError;
+use std::time::Duration;
+
+/// Why an operation on one partition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    /// This node has no open partition of that name (unknown, deleted, or
+    /// not assigned to this node).
+    #[error("{0} is not here")]
+    NotHere(Ntp),
+    /// The payload does not split into record batches.
+    #[error("{0}")]
+    CorruptBatch(String),
+    /// A batch whose header breaks a producer rule (record count, offsets,
+    /// sequence numbers).
+    #[error("{0}")]
+    InvalidRecord(String),
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A retried batch whose first copy a failed flush discarded.
+    #[error(
+        "the first copy of this batch (offsets {base}..={last}) was lost to a failed write; send it again"
+    )]
+    LostToFailedWrite { base: Offset, last: Offset },
+    /// acks=all was not satisfied within the request's timeout. The batch
+    /// may still become durable later, as in Kafka.
+    #[error("not acknowledged within the request timeout of {0:?}")]
+    TimedOut(Duration),
+    /// ListOffsets with a timestamp that is neither a time nor -1/-2.
+    #[error("invalid timestamp query {0}")]
+    BadTimestampQuery(i64),
+    /// The owner shard could not be reached (the node is stopping).
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+}
+
+impl PartitionError {
+    /// Errors caused by what the client sent, not by the broker: they are
+    /// not worth a warning in the log.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            PartitionError::CorruptBatch(_)
+                | PartitionError::InvalidRecord(_)
+                | PartitionError::Sequence(_)
+                | PartitionError::BadTimestampQuery(_)
+                | PartitionError::Storage(StorageError::InvalidBatch(_) | StorageError::BatchTooLarge { .. })
+        )
+    }
+}

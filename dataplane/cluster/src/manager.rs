@@ -1,0 +1,490 @@
+//! The partition manager: the one owner of every partition log of a shard.
+//!
+//! Partitions are opened, reconfigured, closed and deleted only here, and
+//! only to match a published metadata snapshot ([`PartitionManager::apply_snapshot`],
+//! which carries out a `reconcile::plan`), plus the node's internal topics
+//! (the group coordinator's), which are ordinary partitions of this manager.
+//! Other layers look partitions up here and learn from the returned
+//! [`Reconciled`] which partitions this node now leads or no longer has.
+//!
+//! One manager per data shard, installed before the shard's first await and
+//! reached with [`local`]. Reconciliations run one at a time (a permit);
+//! snapshots older than the one applied are ignored.
+
+use crate::metrics::{ManagerMetrics, PartitionSnapshot};
+use crate::partition::Partition;
+use crate::placement::Placement;
+use crate::reconcile::{self, Desired};
+use crate::waiters::Waiters;
+use ferrolog_controlplane::metadata::MetadataSnapshot;
+use ferrolog_controlplane::topics::{self, TopicDefaults};
+use ferrolog_model::{Epoch, NodeId, Ntp, ShardId};
+use ferrolog_shard::Smp;
+use ferrolog_storage::{Log, LogConfig, LogContext, StorageError};
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// Where directories that no metadata names are moved, in the data dir.
+pub const SET_ASIDE_DIR: &str = "set-aside";
+
+/// A topic of the node's own (not in the topic table, not shown to
+/// clients): fixed partition count and settings, led by this node.
+#[derive(Clone, Debug)]
+pub struct InternalTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub log: LogConfig,
+}
+
+/// Settings of the partition layer, identical on every shard.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// Per-shard cache of recently appended batches.
+    pub batch_cache_bytes: usize,
+    /// Long-poll fetches one partition remembers; more just wait out max_wait_ms.
+    pub fetch_waiters_per_partition_max: usize,
+    pub topic_defaults: TopicDefaults,
+    pub internal_topics: Vec<InternalTopic>,
+}
+
+impl ClusterConfig {
+    /// A partition's directory: `<topic>-<n>` as Kafka names it, or
+    /// `<topic>/<n>` for internal topics.
+    pub fn partition_dir(&self, ntp: &Ntp) -> PathBuf {
+        if self.internal(&ntp.topic).is_some() {
+            self.data_dir.join(&ntp.topic).join(ntp.partition.0.to_string())
+        } else {
+            self.data_dir.join(ntp.dir_name())
+        }
+    }
+
+    pub fn internal(&self, topic: &str) -> Option<&InternalTopic> {
+        self.internal_topics.iter().find(|t| t.name == topic)
+    }
+}
+
+thread_local! {
+    static MANAGER: RefCell<Option<Rc<PartitionManager>>> = const { RefCell::new(None) };
+}
+
+/// This shard's partition manager. Panics off a data shard: a programmer error.
+pub fn local() -> Rc<PartitionManager> {
+    MANAGER.with(|m| {
+        m.borrow()
+            .clone()
+            .expect("the partition manager is used off a data shard")
+    })
+}
+
+/// Installs this shard's manager; must run before the shard's first await
+/// so that calls from other shards always find it.
+pub fn install(manager: Rc<PartitionManager>) {
+    MANAGER.with(|m| *m.borrow_mut() = Some(manager));
+}
+
+/// What one reconciliation changed, for the layers above.
+#[derive(Default)]
+pub struct Reconciled {
+    /// Partitions this node now leads (opened, or newly leader).
+    pub led: Vec<Rc<Partition>>,
+    /// Partitions closed and deleted.
+    pub removed: Vec<Ntp>,
+    /// Partitions the plan wanted open that failed to open (logged).
+    pub failed: Vec<Ntp>,
+}
+
+pub struct PartitionManager {
+    pub smp: Rc<Smp>,
+    pub config: Arc<ClusterConfig>,
+    pub log_ctx: Rc<LogContext>,
+    placement: Arc<Placement>,
+    metadata: RefCell<Arc<MetadataSnapshot>>,
+    partitions: RefCell<HashMap<Ntp, Rc<Partition>>>,
+    /// The settings each open partition was opened or last reconfigured with.
+    applied: RefCell<BTreeMap<Ntp, Desired>>,
+    /// Long-poll fetches of this shard's connections.
+    pub waiters: Waiters,
+    pub metrics: ManagerMetrics,
+    reconciling: Semaphore,
+    /// Whether the start-up directory scan has run.
+    scanned: Cell<bool>,
+    /// Set by `close_all`: no partition opens after it.
+    closed: Cell<bool>,
+    /// A seam for crash tests: how many more directory-changing steps
+    /// (open, remove, set aside) reconciliation may take before it stops as
+    /// if the process had died there. `None`: no limit.
+    steps_left: Cell<Option<usize>>,
+}
+
+impl PartitionManager {
+    pub fn new(smp: Rc<Smp>, config: Arc<ClusterConfig>, placement: Arc<Placement>) -> Rc<PartitionManager> {
+        assert_eq!(
+            placement.nr_shards(),
+            smp.nr_shards(),
+            "the placement covers every data shard"
+        );
+        let log_ctx = LogContext::new(config.batch_cache_bytes);
+        Rc::new(PartitionManager {
+            smp,
+            config,
+            log_ctx,
+            placement,
+            metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
+            partitions: RefCell::new(HashMap::new()),
+            applied: RefCell::new(BTreeMap::new()),
+            waiters: Waiters::default(),
+            metrics: ManagerMetrics::default(),
+            reconciling: Semaphore::new(1),
+            scanned: Cell::new(false),
+            closed: Cell::new(false),
+            steps_left: Cell::new(None),
+        })
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.smp.shard_id()
+    }
+
+    /// Crash tests: reconciliation stops for good after `steps` more
+    /// directory-changing steps, leaving the data directory as a process
+    /// killed at that point would.
+    pub fn crash_after_steps(&self, steps: usize) {
+        self.steps_left.set(Some(steps));
+    }
+
+    /// Whether a step limit set with `crash_after_steps` was reached.
+    pub fn crashed(&self) -> bool {
+        self.steps_left.get() == Some(0)
+    }
+
+    /// Takes one directory-changing step, or refuses if the limit is spent.
+    fn step(&self) -> bool {
+        match self.steps_left.get() {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                self.steps_left.set(Some(n - 1));
+                true
+            }
+        }
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The shard that owns `ntp`.
+    pub fn owner(&self, ntp: &Ntp) -> ShardId {
+        self.placement.owner(ntp)
+    }
+
+    /// The metadata snapshot this shard last applied.
+    pub fn metadata(&self) -> Arc<MetadataSnapshot> {
+        self.metadata.borrow().clone()
+    }
+
+    pub fn partition(&self, ntp: &Ntp) -> Option<Rc<Partition>> {
+        self.partitions.borrow().get(ntp).cloned()
+    }
+
+    /// Every open partition, sorted by name.
+    pub fn partitions(&self) -> Vec<Rc<Partition>> {
+        let mut parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        parts.sort_by(|a, b| a.ntp.cmp(&b.ntp));
+        parts
+    }
+
+    pub fn logs(&self) -> Vec<Rc<Log>> {
+        self.partitions.borrow().values().map(|p| p.log.clone()).collect()
+    }
+
+    /// Copies of every partition's offsets and counters, sorted by name.
+    pub fn partition_snapshots(&self) -> Vec<PartitionSnapshot> {
+        self.partitions()
+            .iter()
+            .map(|p| PartitionSnapshot {
+                start_offset: p.start_offset().0,
+                high_watermark: p.high_watermark().0,
+                log_end_offset: p.log_end().0,
+                size_bytes: p.log.size_bytes(),
+                segments: p.log.segment_bases().len(),
+                producers: p.producer_count(),
+                ..PartitionSnapshot::new(&p.ntp, &p.metrics)
+            })
+            .collect()
+    }
+
+    /// The partitions this shard should hold under `snap`: every partition
+    /// of the table that it owns and of which this node is a replica, and
+    /// the internal topics' partitions it owns.
+    fn desired(&self, snap: &MetadataSnapshot) -> BTreeMap<Ntp, Desired> {
+        let me = self.config.node_id;
+        let defaults = &self.config.topic_defaults;
+        let mut out = BTreeMap::new();
+        for (name, meta) in &snap.topics.topics {
+            let log = topics::log_config(&meta.config, defaults);
+            for (p, a) in meta.assignments.iter().enumerate() {
+                let ntp = Ntp::new(name.clone(), p as i32);
+                if self.owner(&ntp) != self.id() || !a.replicas.contains(&me) {
+                    continue;
+                }
+                let leader_epoch = a.leader_epoch;
+                out.insert(
+                    ntp,
+                    Desired {
+                        log: log.clone(),
+                        leader_epoch,
+                    },
+                );
+            }
+        }
+        for t in &self.config.internal_topics {
+            for p in 0..t.partitions {
+                let ntp = Ntp::new(t.name.clone(), p);
+                if self.owner(&ntp) == self.id() {
+                    out.insert(
+                        ntp,
+                        Desired {
+                            log: t.log.clone(),
+                            leader_epoch: Epoch(0),
+                        },
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes this shard's partitions match `snap` (see `reconcile`), then
+    /// publishes it to this shard's readers. A snapshot older than the one
+    /// applied is ignored. Partitions that fail to open are logged and
+    /// reported; the next snapshot or restart tries again.
+    pub async fn apply_snapshot(self: &Rc<Self>, snap: Arc<MetadataSnapshot>) -> Reconciled {
+        let Ok(_permit) = self.reconciling.acquire_permit(1).await else {
+            return Reconciled::default();
+        };
+        if self.closed.get() || snap.revision() < self.metadata().revision() {
+            return Reconciled::default();
+        }
+        let desired = self.desired(&snap);
+        let on_disk = if self.scanned.replace(true) {
+            BTreeSet::new()
+        } else {
+            self.scan_dirs().await
+        };
+        let plan = reconcile::plan(&desired, &self.applied.borrow(), &on_disk);
+        let mut done = Reconciled::default();
+        for ntp in &plan.set_aside {
+            if !self.step() {
+                return done;
+            }
+            self.set_aside(ntp).await;
+        }
+        for ntp in &plan.open {
+            if !self.step() {
+                return done;
+            }
+            let want = &desired[ntp];
+            match self.open(ntp, want).await {
+                Ok(p) => done.led.push(p),
+                Err(e) => {
+                    warn!(partition = %ntp, shard = %self.id(), "cannot open partition: {e}");
+                    done.failed.push(ntp.clone());
+                }
+            }
+        }
+        for ntp in &plan.reconfigure {
+            let want = &desired[ntp];
+            if let Some(p) = self.partition(ntp) {
+                p.log.set_config(want.log.clone());
+                if want.leader_epoch != p.leader_epoch() {
+                    p.set_leader_epoch(want.leader_epoch);
+                    done.led.push(p);
+                }
+                self.applied.borrow_mut().insert(ntp.clone(), want.clone());
+            }
+        }
+        // Readers see the new metadata once what it names is open, and
+        // before what it dropped is closed.
+        *self.metadata.borrow_mut() = snap;
+        for ntp in &plan.remove {
+            if !self.step() {
+                return done;
+            }
+            match self.remove(ntp).await {
+                Ok(()) => done.removed.push(ntp.clone()),
+                Err(e) => warn!(partition = %ntp, "deleting a removed partition failed: {e}"),
+            }
+        }
+        done
+    }
+
+    async fn open(&self, ntp: &Ntp, want: &Desired) -> Result<Rc<Partition>, StorageError> {
+        let dir = self.config.partition_dir(ntp);
+        let create = dir.clone();
+        ferrolog_shard::blocking(move || std::fs::create_dir_all(&create))
+            .await
+            .map_err(|source| StorageError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+        let started = Instant::now();
+        let (log, report) = Log::open(&dir, want.log.clone(), self.log_ctx.clone()).await?;
+        let (partition, producer_state) = Partition::recover(ntp.clone(), log.clone()).await?;
+        partition.set_leader_epoch(want.leader_epoch);
+        info!(
+            partition = %ntp,
+            shard = %self.id(),
+            segments = report.segments,
+            start = %partition.start_offset(),
+            end = %partition.high_watermark(),
+            truncated = report.truncated.len(),
+            rebuilt_indexes = report.rebuilt_indexes.len(),
+            corrupt = report.corrupt.len(),
+            producers = partition.producer_count(),
+            producer_state = ?producer_state,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "opened partition"
+        );
+        let partition = Rc::new(partition);
+        self.partitions
+            .borrow_mut()
+            .insert(ntp.clone(), partition.clone());
+        self.applied.borrow_mut().insert(ntp.clone(), want.clone());
+        Ok(partition)
+    }
+
+    /// Closes and deletes a partition the metadata no longer names.
+    async fn remove(&self, ntp: &Ntp) -> Result<(), std::io::Error> {
+        let removed = self.partitions.borrow_mut().remove(ntp);
+        self.applied.borrow_mut().remove(ntp);
+        if let Some(p) = removed {
+            if let Err(e) = p.log.close().await {
+                warn!(partition = %ntp, "close before delete failed: {e}");
+            }
+            p.wake_waiters();
+        }
+        let dir = self.config.partition_dir(ntp);
+        ferrolog_shard::blocking(move || match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await?;
+        info!(partition = %ntp, "deleted partition");
+        Ok(())
+    }
+
+    /// Moves a directory no metadata names out of the way, keeping its data.
+    async fn set_aside(&self, ntp: &Ntp) {
+        let from = self.config.partition_dir(ntp);
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let aside = self.config.data_dir.join(SET_ASIDE_DIR);
+        let to = aside.join(format!("{}.{stamp}", ntp.dir_name()));
+        let (f, t) = (from.clone(), to.clone());
+        let moved = ferrolog_shard::blocking(move || {
+            std::fs::create_dir_all(&aside)?;
+            std::fs::rename(&f, &t)?;
+            std::fs::File::open(&aside)?.sync_all()?;
+            std::fs::File::open(f.parent().unwrap_or(&aside))?.sync_all()
+        })
+        .await;
+        match moved {
+            Ok(()) => warn!(
+                partition = %ntp,
+                from = %from.display(),
+                to = %to.display(),
+                "set aside a partition directory that no topic names (an interrupted delete, or copied in by hand)"
+            ),
+            Err(e) => {
+                warn!(partition = %ntp, from = %from.display(), "cannot set aside a directory no topic names: {e}")
+            }
+        }
+    }
+
+    /// Partition directories in the data dir that this shard owns.
+    async fn scan_dirs(&self) -> BTreeSet<Ntp> {
+        let data_dir = self.config.data_dir.clone();
+        let found = ferrolog_shard::blocking(move || partition_dirs(&data_dir)).await;
+        match found {
+            Ok(dirs) => dirs
+                .into_iter()
+                .filter(|n| self.owner(n) == self.id() && self.config.internal(&n.topic).is_none())
+                .collect(),
+            Err(e) => {
+                warn!(dir = %self.config.data_dir.display(), "cannot scan for partition directories: {e}");
+                BTreeSet::new()
+            }
+        }
+    }
+
+    /// Closes every log (shutdown). Returns how many failed.
+    pub async fn close_all(&self) -> usize {
+        // Waits for a reconciliation in progress; none starts afterwards.
+        let _permit = self.reconciling.acquire_permit(1).await;
+        self.closed.set(true);
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow_mut().drain().map(|(_, p)| p).collect();
+        self.applied.borrow_mut().clear();
+        let mut failed = 0;
+        for p in parts {
+            if let Err(e) = p.close().await {
+                warn!(partition = %p.ntp, "close failed: {e}");
+                failed += 1;
+            }
+            p.wake_waiters();
+        }
+        failed
+    }
+}
+
+/// `<topic>-<partition>` directory names back to an Ntp.
+pub fn parse_partition_dir(name: &str) -> Option<Ntp> {
+    let (topic, digits) = name.rsplit_once('-')?;
+    if topic.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let partition: i32 = digits.parse().ok()?;
+    Some(Ntp::new(topic, partition))
+}
+
+/// Every `<topic>-<n>` directory in `data_dir` (blocking).
+fn partition_dirs(data_dir: &Path) -> std::io::Result<Vec<Ntp>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if let Some(ntp) = entry.file_name().to_str().and_then(parse_partition_dir) {
+            if is_dir {
+                out.push(ntp);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_dir_names() {
+        assert_eq!(parse_partition_dir("orders-3"), Some(Ntp::new("orders", 3)));
+        assert_eq!(parse_partition_dir("my-topic-12"), Some(Ntp::new("my-topic", 12)));
+        assert_eq!(parse_partition_dir("orders"), None);
+        assert_eq!(parse_partition_dir("-1"), None);
+        assert_eq!(parse_partition_dir("x-1a"), None);
+        assert_eq!(parse_partition_dir("x-+1"), None);
+        assert_eq!(parse_partition_dir("x--1"), Some(Ntp::new("x-", 1)));
+    }
+}

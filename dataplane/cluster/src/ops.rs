@@ -1,0 +1,428 @@
+//! Operations other shards run on a partition's owner shard, and
+//! [`scatter`], which sends each item of a request to its owner.
+//!
+//! Each `*_local` function runs on the owner shard, takes the items of one
+//! request that this shard owns, and returns one answer per item, in order.
+
+use crate::error::PartitionError;
+use crate::manager::{self, PartitionManager};
+use crate::partition::Partition;
+use crate::waiters::WaiterRef;
+use bytes::{Bytes, BytesMut};
+use ferrolog_model::{Ntp, Offset, ShardId, TimestampMs};
+use ferrolog_shard::ShardError;
+use ferrolog_storage::{ReadRequest, StorageError};
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::warn;
+
+/// Runs `run` on the owner shard of each item, items of one shard together,
+/// and returns one answer per item in the order of `items`. `run` must return
+/// exactly one answer per item it is given, in order.
+pub async fn scatter<T, R, Fut>(
+    items: Vec<T>,
+    ntp_of: impl Fn(&T) -> &Ntp,
+    run: fn(Vec<T>) -> Fut,
+) -> Vec<Result<R, ShardError>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    Fut: Future<Output = Vec<R>> + 'static,
+{
+    let m = manager::local();
+    let n = items.len();
+    let mut groups: Vec<(ShardId, Vec<usize>, Vec<T>)> = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let owner = m.owner(ntp_of(&item));
+        match groups.iter_mut().find(|(s, _, _)| *s == owner) {
+            Some((_, idx, its)) => {
+                idx.push(i);
+                its.push(item);
+            }
+            None => groups.push((owner, vec![i], vec![item])),
+        }
+    }
+    // Start every group before awaiting any, so shards work in parallel.
+    let mut tasks = Vec::with_capacity(groups.len());
+    for (owner, idx, its) in groups {
+        let smp = m.smp.clone();
+        tasks.push((
+            idx,
+            glommio::spawn_local(async move { smp.submit_to(owner, move || run(its)).await }),
+        ));
+    }
+    let mut out: Vec<Option<Result<R, ShardError>>> = (0..n).map(|_| None).collect();
+    for (idx, task) in tasks {
+        match task.await {
+            Ok(answers) => {
+                assert_eq!(answers.len(), idx.len(), "scatter: one answer per item");
+                for (i, a) in idx.into_iter().zip(answers) {
+                    out[i] = Some(Ok(a));
+                }
+            }
+            Err(e) => {
+                for i in idx {
+                    out[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|a| a.expect("scatter: every item answered"))
+        .collect()
+}
+
+/// How many replicas must have a produced batch before it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=0: no answer is sent; the batch is still appended.
+    None,
+    /// acks=1: the leader has it (durable on its disk per the topic).
+    Leader,
+    /// acks=-1: the high watermark covers it (a majority of the replicas
+    /// has it durable), within the request's timeout.
+    All,
+}
+
+/// One partition's share of a Produce request.
+pub struct ProduceItem {
+    pub ntp: Ntp,
+    pub records: Bytes,
+    pub acks: Acks,
+    /// Kafka's timeout_ms: how long acks=all may wait.
+    pub timeout: Duration,
+}
+
+pub struct ProduceAnswer {
+    pub result: Result<Offset, PartitionError>,
+    pub log_start: Offset,
+}
+
+/// Splits a produce payload into RecordBatch v2 byte strings. Only the length
+/// field is read here; the log validates magic and CRC.
+pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, String> {
+    use ferrolog_model::batch::LOG_OVERHEAD_BYTES;
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < records.len() {
+        let rest = &records[at..];
+        if rest.len() < LOG_OVERHEAD_BYTES {
+            return Err(format!("{} trailing bytes are not a record batch", rest.len()));
+        }
+        let len = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
+        let total = usize::try_from(len)
+            .ok()
+            .and_then(|l| l.checked_add(LOG_OVERHEAD_BYTES))
+            .filter(|&t| t <= rest.len())
+            .ok_or_else(|| {
+                format!(
+                    "batch length {len} at byte {at} runs past the {} bytes sent",
+                    records.len()
+                )
+            })?;
+        out.push(records.slice(at..at + total));
+        at += total;
+    }
+    if out.is_empty() {
+        return Err("no record batch".into());
+    }
+    Ok(out)
+}
+
+/// Header checks Kafka makes on a producer's batch beyond the log's own
+/// (magic, length, CRC): at least one record, and offsets that cover exactly
+/// the records (a lying lastOffsetDelta would make the log skip offsets).
+pub fn check_producer_batch(batch: &[u8]) -> Result<(), String> {
+    let h = ferrolog_model::BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+    if h.record_count < 1 {
+        return Err(format!("record batch claims {} records", h.record_count));
+    }
+    if i64::from(h.last_offset_delta) != i64::from(h.record_count) - 1 {
+        return Err(format!(
+            "lastOffsetDelta {} does not match {} records",
+            h.last_offset_delta, h.record_count
+        ));
+    }
+    Ok(())
+}
+
+/// Appends every batch of one produce entry in order; returns the first
+/// one's base offset. One batch per partition is what clients send.
+async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<Offset, PartitionError> {
+    let batches = split_batches(&records).map_err(PartitionError::CorruptBatch)?;
+    let mut first = None;
+    for batch in batches {
+        check_producer_batch(&batch).map_err(PartitionError::InvalidRecord)?;
+        let base = p.append_producer_batch(batch).await?;
+        first.get_or_insert(base);
+    }
+    Ok(first.expect("split_batches returns at least one batch"))
+}
+
+/// Appends, then waits as `acks` asks. For acks=all the wait is bounded by
+/// the timeout; the append itself is never cancelled (it runs on in its own
+/// task and may still become durable, as in Kafka).
+async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, PartitionError> {
+    if item.acks != Acks::All {
+        return append_all(p, item.records).await;
+    }
+    let hwm_of = p.clone();
+    let task = glommio::spawn_local(async move {
+        let base = append_all(p, item.records).await?;
+        // On a single replica the high watermark is the durable end, which
+        // the append waited for; replication will wait here for a majority.
+        debug_assert!(hwm_of.high_watermark() > base);
+        Ok(base)
+    })
+    .detach();
+    let timeout = item.timeout;
+    futures_lite::future::or(
+        async move {
+            task.await
+                .unwrap_or(Err(PartitionError::Storage(StorageError::Closed)))
+        },
+        async move {
+            glommio::timer::sleep(timeout).await;
+            Err(PartitionError::TimedOut(timeout))
+        },
+    )
+    .await
+}
+
+pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
+    let m = manager::local();
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(p) = m.partition(&item.ntp) else {
+            out.push(ProduceAnswer {
+                result: Err(PartitionError::NotHere(item.ntp)),
+                log_start: Offset(-1),
+            });
+            continue;
+        };
+        let started = Instant::now();
+        p.metrics.produce_requests.inc();
+        p.metrics.produce_bytes.add(item.records.len() as u64);
+        let result = produce_one(p.clone(), item).await;
+        p.wake_waiters();
+        if result.is_err() {
+            p.metrics.produce_errors.inc();
+        } else {
+            p.metrics.append_latency.record(started.elapsed());
+        }
+        out.push(ProduceAnswer {
+            result,
+            log_start: p.start_offset(),
+        });
+    }
+    out
+}
+
+/// The offsets a fetch answer reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionOffsets {
+    pub start: Offset,
+    pub high_watermark: Offset,
+}
+
+impl PartitionOffsets {
+    fn of(p: &Partition) -> PartitionOffsets {
+        PartitionOffsets {
+            start: p.start_offset(),
+            high_watermark: p.high_watermark(),
+        }
+    }
+}
+
+/// One partition's share of a Fetch.
+pub struct ReadItem {
+    pub ntp: Ntp,
+    pub offset: Offset,
+    pub max_bytes: usize,
+    /// Record bytes the whole fetch may still carry; the same in every item
+    /// of a fetch. Partitions read after it is used up return no records.
+    pub response_budget: usize,
+    /// A long poll's waiter: registered on the partition, in this same
+    /// call, when the read finds nothing new, and woken by the next append.
+    pub waiter: Option<WaiterRef>,
+}
+
+pub struct ReadAnswer {
+    pub error: Option<PartitionError>,
+    pub offsets: Option<PartitionOffsets>,
+    pub records: Option<Bytes>,
+}
+
+pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
+    let m = manager::local();
+    let mut out = Vec::with_capacity(items.len());
+    let mut budget = items.first().map_or(0, |i| i.response_budget);
+    for item in items {
+        let Some(p) = m.partition(&item.ntp) else {
+            if let Some(w) = item.waiter {
+                // Deleted meanwhile: let the fetch re-read and see the error.
+                w.wake();
+            }
+            out.push(ReadAnswer {
+                error: Some(PartitionError::NotHere(item.ntp)),
+                offsets: None,
+                records: None,
+            });
+            continue;
+        };
+        let answer = read_one(&m, &p, &item, budget).await;
+        let len = answer.records.as_ref().map_or(0, Bytes::len);
+        budget = budget.saturating_sub(len);
+        if let (Some(w), None, 0) = (item.waiter, &answer.error, len) {
+            let seen = answer.offsets.map_or(item.offset, |o| o.high_watermark);
+            p.add_waiter(seen.max(item.offset), w, m.config.fetch_waiters_per_partition_max);
+        }
+        out.push(answer);
+    }
+    out
+}
+
+async fn read_one(m: &PartitionManager, p: &Partition, item: &ReadItem, budget: usize) -> ReadAnswer {
+    p.metrics.fetch_requests.inc();
+    let o = PartitionOffsets::of(p);
+    if item.offset < o.start || item.offset > o.high_watermark {
+        p.metrics.fetch_errors.inc();
+        return ReadAnswer {
+            error: Some(PartitionError::Storage(StorageError::OffsetOutOfRange {
+                requested: item.offset,
+                start: o.start,
+                end: o.high_watermark,
+            })),
+            offsets: Some(o),
+            records: None,
+        };
+    }
+    if item.offset == o.high_watermark || budget == 0 || item.max_bytes == 0 {
+        return ReadAnswer {
+            error: None,
+            offsets: Some(o),
+            records: None,
+        };
+    }
+    let req = ReadRequest {
+        offset: item.offset,
+        max_bytes: item.max_bytes.min(budget),
+        end: Some(o.high_watermark),
+    };
+    match p.log.read(req).await {
+        Ok(r) => {
+            match (r.batches.is_empty(), r.from_cache) {
+                (true, _) => {}
+                (false, true) => m.metrics.batch_cache_hits.inc(),
+                (false, false) => m.metrics.batch_cache_misses.inc(),
+            }
+            let records = match r.batches.len() {
+                0 => None,
+                1 => r.batches.into_iter().next(),
+                _ => {
+                    let mut all = BytesMut::with_capacity(r.batches.iter().map(|b| b.len()).sum());
+                    for b in &r.batches {
+                        all.extend_from_slice(b);
+                    }
+                    Some(all.freeze())
+                }
+            };
+            p.metrics
+                .fetch_bytes
+                .add(records.as_ref().map_or(0, Bytes::len) as u64);
+            ReadAnswer {
+                error: None,
+                offsets: Some(PartitionOffsets::of(p)),
+                records,
+            }
+        }
+        Err(e) => {
+            p.metrics.fetch_errors.inc();
+            if !matches!(e, StorageError::OffsetOutOfRange { .. }) {
+                warn!(partition = %item.ntp, offset = %item.offset, "read failed: {e}");
+            }
+            ReadAnswer {
+                error: Some(PartitionError::Storage(e)),
+                offsets: Some(PartitionOffsets::of(p)),
+                records: None,
+            }
+        }
+    }
+}
+
+pub struct OffsetQuery {
+    pub ntp: Ntp,
+    /// -1 latest, -2 earliest, otherwise a timestamp in ms.
+    pub timestamp: i64,
+}
+
+/// The offset found for a query; `None` if no record has a timestamp at
+/// or past the one asked for.
+pub type OffsetAnswer = Result<Option<(Offset, i64)>, PartitionError>;
+
+pub async fn list_offsets_local(items: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
+    let m = manager::local();
+    let mut out = Vec::with_capacity(items.len());
+    for q in items {
+        let Some(p) = m.partition(&q.ntp) else {
+            out.push(Err(PartitionError::NotHere(q.ntp)));
+            continue;
+        };
+        out.push(match q.timestamp {
+            -1 => Ok(Some((p.high_watermark(), -1))),
+            -2 => Ok(Some((p.start_offset(), -1))),
+            ts if ts >= 0 => match p.log.offset_for_timestamp(TimestampMs(ts)).await {
+                // Only what readers may see: not past the high watermark.
+                Ok(Some(off)) if off < p.high_watermark() => Ok(Some((off, ts))),
+                Ok(_) => Ok(None),
+                Err(e) => Err(PartitionError::Storage(e)),
+            },
+            other => Err(PartitionError::BadTimestampQuery(other)),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrolog_model::BatchBuilder;
+
+    #[test]
+    fn splits_concatenated_batches() {
+        let a = BatchBuilder::new(ferrolog_model::TimestampMs(1))
+            .record(ferrolog_model::TimestampMs(1), None, b"a")
+            .build();
+        let b = BatchBuilder::new(ferrolog_model::TimestampMs(2))
+            .record(ferrolog_model::TimestampMs(2), None, b"bb")
+            .build();
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        let split = split_batches(&Bytes::from(all.clone())).expect("valid");
+        assert_eq!(split, vec![Bytes::from(a.clone()), Bytes::from(b)]);
+        assert!(split_batches(&Bytes::new()).is_err());
+        assert!(split_batches(&Bytes::from(all[..all.len() - 1].to_vec())).is_err());
+        let mut neg = a;
+        neg[8..12].copy_from_slice(&(-1i32).to_be_bytes());
+        assert!(split_batches(&Bytes::from(neg)).is_err());
+    }
+
+    #[test]
+    fn producer_batches_must_cover_their_records() {
+        let ts = ferrolog_model::TimestampMs(1);
+        let good = BatchBuilder::new(ts)
+            .record(ts, None, b"a")
+            .record(ts, None, b"b")
+            .build();
+        assert_eq!(check_producer_batch(&good), Ok(()));
+        // lastOffsetDelta at bytes 23..27, recordCount at 57..61 (the CRC is
+        // not checked here; the log checks it).
+        let mut skip = good.clone();
+        skip[23..27].copy_from_slice(&1_000_000i32.to_be_bytes());
+        assert!(check_producer_batch(&skip).is_err());
+        let mut empty = good;
+        empty[57..61].copy_from_slice(&0i32.to_be_bytes());
+        assert!(check_producer_batch(&empty).is_err());
+    }
+}

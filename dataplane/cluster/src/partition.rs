@@ -1,0 +1,384 @@
+//! One partition on its owner shard: its log, its idempotent producers'
+//! state, its leader epoch and the long-poll fetches waiting on it.
+//!
+//! The offsets a reader sees go through [`Partition::high_watermark`] and
+//! [`Partition::log_end`]. On a single replica the high watermark is the
+//! log's durable end; replication will make it the end durable on a majority
+//! of the replica set, and every reader (fetch, list offsets, groups) already
+//! asks the partition, not the log.
+//!
+//! Lives on one shard (`Rc`/`RefCell`); no borrow is held across an await.
+
+use crate::error::PartitionError;
+use crate::metrics::PartitionMetrics;
+use crate::producer_state::{
+    decode_snapshot, BatchMeta, ProducerBatch, ProducerStateTable, Verdict, PRODUCERS_PER_PARTITION_MAX,
+};
+use crate::waiters::WaiterRef;
+use bytes::Bytes;
+use ferrolog_model::{BatchHeader, Epoch, Ntp, Offset};
+use ferrolog_storage::{Log, ReadRequest, StorageError};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+/// Bytes the producer-state rebuild reads from the log at a time.
+pub const PRODUCER_REBUILD_READ_BYTES: usize = 4 << 20;
+/// In a partition's directory between a clean close and the next open: the
+/// producer state as of the close, so that open can skip the scan.
+pub const PRODUCER_SNAPSHOT_FILE: &str = "producer_state.snapshot";
+
+/// Where a recovered partition's producer state came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProducerStateSource {
+    /// The snapshot its last clean close left.
+    Snapshot,
+    /// A scan of every batch header in the log.
+    Scan,
+}
+
+/// One partition on its owner shard.
+pub struct Partition {
+    pub ntp: Ntp,
+    pub log: Rc<Log>,
+    /// The leader epoch this replica appends in, from the metadata
+    /// snapshot; stamped into every batch it appends.
+    leader_epoch: Cell<Epoch>,
+    /// Fetches waiting for data past their offset; woken (and dropped) by the
+    /// next append. They may be waiting on other shards.
+    waiters: RefCell<Vec<WaiterRef>>,
+    /// Idempotent producers' sequence state. Changed only inside the log's
+    /// append section (the guard of `append_guarded`) and by the log's
+    /// discard listener, so it always describes exactly the log's batches.
+    producers: Rc<RefCell<ProducerStateTable>>,
+    /// Times the log discarded appended batches (failed flush, truncation).
+    discards: Rc<Cell<u64>>,
+    pub metrics: Rc<PartitionMetrics>,
+}
+
+impl Partition {
+    /// A partition with no producer state (a new, empty log).
+    pub fn new(ntp: Ntp, log: Rc<Log>) -> Partition {
+        Self::with_producers(ntp, log, ProducerStateTable::new(PRODUCERS_PER_PARTITION_MAX))
+    }
+
+    /// A partition over a recovered log, with the producer state the log
+    /// implies, so retries sent before a restart (or a kill -9) are still
+    /// recognised: the snapshot of the last clean close if it matches the
+    /// log, else rebuilt from every batch header in the log.
+    pub async fn recover(ntp: Ntp, log: Rc<Log>) -> Result<(Partition, ProducerStateSource), StorageError> {
+        let (producers, source) = match take_producer_snapshot(&ntp, &log).await? {
+            Some(table) => (table, ProducerStateSource::Snapshot),
+            None => (
+                rebuild_producer_state(&ntp, &log).await?,
+                ProducerStateSource::Scan,
+            ),
+        };
+        Ok((Self::with_producers(ntp, log, producers), source))
+    }
+
+    /// Closes the log and, if that worked, leaves a snapshot of the producer
+    /// state for the next open. A snapshot that cannot be written only costs
+    /// the next open a scan.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.log.close().await?;
+        let end = self.high_watermark();
+        // An append that queued while the close flushed is neither written
+        // nor reported discarded; it must not be in the snapshot.
+        self.producers.borrow_mut().discard_from(end);
+        let bytes = self.producers.borrow().encode_snapshot(end);
+        let path = self.log.dir().join(PRODUCER_SNAPSHOT_FILE);
+        let file = path.clone();
+        if let Err(e) = ferrolog_shard::blocking(move || write_producer_snapshot(&file, &bytes)).await {
+            warn!(partition = %self.ntp, "cannot write {}: {e}", path.display());
+        }
+        Ok(())
+    }
+
+    fn with_producers(ntp: Ntp, log: Rc<Log>, producers: ProducerStateTable) -> Partition {
+        let producers = Rc::new(RefCell::new(producers));
+        let discards = Rc::new(Cell::new(0));
+        let (table, count) = (producers.clone(), discards.clone());
+        log.set_discard_listener(move |from| {
+            table.borrow_mut().discard_from(from);
+            count.set(count.get() + 1);
+        });
+        let metrics = Rc::new(PartitionMetrics::default());
+        let m = metrics.clone();
+        log.set_flush_observer(move |f| {
+            m.flush_bytes.add(f.bytes as u64);
+            m.flush_batches.add(f.batches as u64);
+            m.flush_latency.record(f.elapsed);
+        });
+        Partition {
+            ntp,
+            log,
+            leader_epoch: Cell::new(Epoch(0)),
+            waiters: RefCell::new(Vec::new()),
+            producers,
+            discards,
+            metrics,
+        }
+    }
+
+    /// Producers whose sequence state this partition holds.
+    pub fn producer_count(&self) -> usize {
+        self.producers.borrow().len()
+    }
+
+    /// Appends one batch from a client; returns its base offset. Batches of
+    /// an idempotent producer (producer id >= 0) are checked against its
+    /// sequence state: a retry of a batch the log holds is answered with
+    /// that batch's base offset and not appended again. The batch must have
+    /// passed `check_producer_batch`.
+    pub async fn append_producer_batch(&self, batch: Bytes) -> Result<Offset, PartitionError> {
+        let header = BatchHeader::parse(&batch).map_err(|e| PartitionError::CorruptBatch(e.to_string()))?;
+        let epoch = Some(self.leader_epoch());
+        let Some(pb) = ProducerBatch::from_header(&header) else {
+            return self
+                .log
+                .append_with_epoch(batch, epoch)
+                .await
+                .map(|a| a.base_offset)
+                .map_err(|e| self.storage_error(e));
+        };
+        if pb.first_seq < 0 {
+            return Err(PartitionError::InvalidRecord(format!(
+                "batch of producer {} has no sequence number ({})",
+                pb.producer_id, pb.first_seq
+            )));
+        }
+        // The guard's verdict, and the discard count when it was reached.
+        let mut verdict = None;
+        let appended = self
+            .log
+            .append_guarded(batch, epoch, |at| {
+                let v = self
+                    .producers
+                    .borrow_mut()
+                    .check_and_record(&pb, at.base_offset, at.last_offset);
+                let go = v == Ok(Verdict::Append);
+                verdict = Some((v, self.discards.get()));
+                go
+            })
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        if let Some(a) = appended {
+            return Ok(a.base_offset);
+        }
+        match verdict.expect("a refused append ran its guard") {
+            (Ok(Verdict::Duplicate(original)), discards) => {
+                debug!(
+                    partition = %self.ntp,
+                    producer_id = pb.producer_id,
+                    first_seq = pb.first_seq,
+                    base_offset = %original.base_offset,
+                    "retried batch answered with its original offsets"
+                );
+                self.settle_duplicate(&pb, original, discards).await
+            }
+            (Ok(Verdict::Append), _) => unreachable!("the guard refused an append it agreed to"),
+            (Err(e), _) => Err(PartitionError::Sequence(e)),
+        }
+    }
+
+    /// Answers a retry once its original is durable: the original may still
+    /// wait for its flush, and that flush may fail.
+    async fn settle_duplicate(
+        &self,
+        pb: &ProducerBatch,
+        original: BatchMeta,
+        discards_before: u64,
+    ) -> Result<Offset, PartitionError> {
+        // The original was in the log when the retry was checked; it is
+        // still there unless a discard since then took it.
+        let durable = || {
+            let kept = self.discards.get() == discards_before
+                || self
+                    .producers
+                    .borrow()
+                    .contains(pb.producer_id, pb.epoch, &original);
+            kept && self.high_watermark() > original.last_offset
+        };
+        if durable() {
+            return Ok(original.base_offset);
+        }
+        // Everything appended before this flush is committed or discarded
+        // when it returns.
+        let flushed = self.log.flush().await;
+        if durable() {
+            return Ok(original.base_offset);
+        }
+        Err(match flushed {
+            Err(e) => self.storage_error(e),
+            Ok(()) => PartitionError::LostToFailedWrite {
+                base: original.base_offset,
+                last: original.last_offset,
+            },
+        })
+    }
+
+    fn storage_error(&self, e: StorageError) -> PartitionError {
+        let e = PartitionError::Storage(e);
+        if !e.is_client_error() {
+            warn!(partition = %self.ntp, "append failed: {e}");
+        }
+        e
+    }
+
+    /// Next offset past what readers may see: on a single replica, what is
+    /// durable on this disk per the topic's durability.
+    pub fn high_watermark(&self) -> Offset {
+        self.log.offsets().durable_next
+    }
+
+    /// Next offset to assign: everything appended, durable or not.
+    pub fn log_end(&self) -> Offset {
+        self.log.offsets().dirty_next
+    }
+
+    /// First offset still in the log.
+    pub fn start_offset(&self) -> Offset {
+        self.log.offsets().start
+    }
+
+    pub fn leader_epoch(&self) -> Epoch {
+        self.leader_epoch.get()
+    }
+
+    /// Set from the metadata snapshot. Epochs never go back: an older
+    /// snapshot arriving late is a programmer error upstream.
+    pub fn set_leader_epoch(&self, epoch: Epoch) {
+        assert!(
+            epoch >= self.leader_epoch.get(),
+            "{}: leader epoch would go back from {} to {epoch}",
+            self.ntp,
+            self.leader_epoch.get()
+        );
+        self.leader_epoch.set(epoch);
+    }
+
+    /// Registers a long-poll fetch waiting for data past `offset`, or wakes
+    /// it at once if there is some already. At most `max` are kept; over
+    /// that the fetch simply waits out its max_wait_ms.
+    pub fn add_waiter(&self, offset: Offset, waiter: WaiterRef, max: usize) {
+        if self.high_watermark() > offset {
+            waiter.wake();
+            return;
+        }
+        let mut w = self.waiters.borrow_mut();
+        if w.len() >= max {
+            let now = Instant::now();
+            w.retain(|r| r.deadline > now);
+        }
+        if w.len() < max {
+            w.push(waiter);
+        }
+    }
+
+    pub fn wake_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// Reads and removes the producer snapshot of `log`'s directory. Returns
+/// the table if the snapshot is valid and was taken at the log's current
+/// end. It is removed (durably) before anything is appended: it describes
+/// the log only until the log changes, and a stale one left behind by a
+/// crash could otherwise match a log that was truncated and refilled to the
+/// same end.
+async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerStateTable>, StorageError> {
+    let path = log.dir().join(PRODUCER_SNAPSHOT_FILE);
+    let dir = log.dir().to_path_buf();
+    let file = path.clone();
+    // Blocking file calls go to the shard's blocking pool, off the reactor.
+    let taken = ferrolog_shard::blocking(
+        move || -> Result<Option<Vec<u8>>, (&'static str, std::io::Error)> {
+            let bytes = match std::fs::read(&file) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(("read", e)),
+            };
+            std::fs::remove_file(&file).map_err(|e| ("remove", e))?;
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| ("sync dir of", e))?;
+            Ok(Some(bytes))
+        },
+    )
+    .await;
+    let bytes = match taken {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(None),
+        Err((op, source)) => return Err(StorageError::Io { op, path, source }),
+    };
+    let end = log.offsets().durable_next;
+    match decode_snapshot(&bytes, PRODUCERS_PER_PARTITION_MAX) {
+        Ok((table, at)) if at == end => Ok(Some(table)),
+        Ok((_, at)) => {
+            warn!(partition = %ntp, snapshot_end = %at, log_end = %end, "producer snapshot does not match the log; scanning");
+            Ok(None)
+        }
+        Err(e) => {
+            warn!(partition = %ntp, "{e}; scanning the log");
+            Ok(None)
+        }
+    }
+}
+
+/// Writes the snapshot through a temporary file and a rename, so the file
+/// is whole or absent. Not fsynced: a snapshot lost or torn by a power
+/// failure fails its CRC or is missing, and the next open scans.
+fn write_producer_snapshot(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The producer state a log implies: every batch header from the log start,
+/// read [`PRODUCER_REBUILD_READ_BYTES`] at a time. A damaged stretch (which
+/// reads report as corrupt) is skipped to the next segment, with a warning:
+/// retries of batches in it are not recognised.
+async fn rebuild_producer_state(ntp: &Ntp, log: &Log) -> Result<ProducerStateTable, StorageError> {
+    let mut table = ProducerStateTable::new(PRODUCERS_PER_PARTITION_MAX);
+    let mut at = log.offsets().start;
+    let end = log.offsets().durable_next;
+    while at < end {
+        let req = ReadRequest {
+            offset: at,
+            max_bytes: PRODUCER_REBUILD_READ_BYTES,
+            end: None,
+        };
+        let batches = match log.read(req).await {
+            Ok(r) => r.batches,
+            Err(e @ StorageError::Corrupt { .. }) => {
+                let next = log.segment_bases().into_iter().find(|b| *b > at);
+                warn!(partition = %ntp, offset = %at, skip_to = ?next, "producer state rebuild skips damage: {e}");
+                match next {
+                    Some(n) => {
+                        at = n;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if batches.is_empty() {
+            break;
+        }
+        for b in &batches {
+            // Reads return only batches that verified.
+            let h = BatchHeader::parse(b).expect("the log returned a batch whose header does not parse");
+            if let Some(pb) = ProducerBatch::from_header(&h) {
+                table.record(&pb, h.base_offset, h.last_offset());
+            }
+            at = h.last_offset().plus(1);
+        }
+    }
+    Ok(table)
+}
