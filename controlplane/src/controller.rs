@@ -16,7 +16,7 @@
 use crate::commands::{self, CommandError, TopicCommand, TopicDelta};
 use crate::metadata::{Broker, MetadataSnapshot};
 use crate::producer_ids::{ProducerIdAllocator, ProducerIdError};
-use crate::topics::{TopicTable, TOPICS_FILE};
+use crate::topics::{TableFileError, TopicTable, TOPICS_FILE};
 use ferrolog_model::NodeId;
 use glommio::sync::Semaphore;
 use std::cell::RefCell;
@@ -54,8 +54,8 @@ pub enum ControllerError {
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    #[error("cannot load {TOPICS_FILE}: {0}")]
-    Load(String),
+    #[error("cannot load the topic table: {0}")]
+    Load(#[from] TableFileError),
 }
 
 pub struct Controller {
@@ -89,8 +89,7 @@ impl Controller {
     ) -> Result<Rc<Controller>, BootstrapError> {
         let (dir, node) = (config.data_dir.clone(), config.broker.id);
         let table = ferrolog_shard::blocking(move || TopicTable::load(&dir, node))
-            .await
-            .map_err(|e| BootstrapError::Load(e.to_string()))?
+            .await?
             .unwrap_or_default();
         info!(
             topics = table.topics.len(),

@@ -11,7 +11,7 @@ use ferrolog_storage::{Durability, LogConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_MAX_CHARS: usize = 249;
@@ -414,33 +414,35 @@ impl TopicTable {
     /// Parses and validates the file format. A topic written before
     /// assignments were recorded gets every partition on `node`, led by it at
     /// epoch 0; a file without a revision is at revision 0.
-    pub fn from_toml(text: &str, node: NodeId) -> Result<TopicTable, String> {
-        let file: TableFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str, node: NodeId) -> Result<TopicTable, InvalidTable> {
+        let file: TableFile = toml::from_str(text).map_err(|e| InvalidTable(e.to_string()))?;
         let mut topics = BTreeMap::new();
         for (name, record) in file.topics {
-            let meta = record.into_meta(node).map_err(|e| format!("topic {name}: {e}"))?;
+            let meta = record
+                .into_meta(node)
+                .map_err(|e| InvalidTable(format!("topic {name}: {e}")))?;
             topics.insert(name, meta);
         }
         let table = TopicTable {
             revision: file.revision,
             topics,
         };
-        table.validate().map_err(|e| e.to_string())?;
+        table.validate().map_err(|e| InvalidTable(e.to_string()))?;
         Ok(table)
     }
 
     /// Reads the table; a missing file is `Ok(None)`. See `from_toml` for
     /// what `node` fills in.
-    pub fn load(data_dir: &Path, node: NodeId) -> Result<Option<TopicTable>, String> {
+    pub fn load(data_dir: &Path, node: NodeId) -> Result<Option<TopicTable>, TableFileError> {
         let path = data_dir.join(TOPICS_FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(source) => return Err(TableFileError::Read { path, source }),
         };
         TopicTable::from_toml(&text, node)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|source| TableFileError::Invalid { path, source })
     }
 
     /// Replaces the file atomically and durably: write a temporary file, sync
@@ -455,6 +457,20 @@ impl TopicTable {
         std::fs::rename(&tmp, data_dir.join(TOPICS_FILE))?;
         std::fs::File::open(data_dir)?.sync_all()
     }
+}
+
+/// Why the table's file text is not a valid table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidTable(pub String);
+
+/// Why the table's file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TableFileError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Invalid { path: PathBuf, source: InvalidTable },
 }
 
 /// The file's shape. Assignments are stored as three parallel arrays per
@@ -658,7 +674,7 @@ mod tests {
     #[test]
     fn table_round_trips_through_its_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(TopicTable::load(dir.path(), NODE), Ok(None));
+        assert_eq!(TopicTable::load(dir.path(), NODE).expect("load"), None);
         let mut t = TopicTable {
             revision: 17,
             ..TopicTable::default()
@@ -670,7 +686,7 @@ mod tests {
         t.topics.insert("orders".into(), orders);
         t.topics.insert("events".into(), topic(1, &[2]));
         t.store(dir.path()).expect("store");
-        assert_eq!(TopicTable::load(dir.path(), NODE), Ok(Some(t.clone())));
+        assert_eq!(TopicTable::load(dir.path(), NODE).expect("load"), Some(t.clone()));
         assert!(t.contains(&Ntp::new("orders", 2)));
         assert!(!t.contains(&Ntp::new("orders", 3)));
         assert!(!t.contains(&Ntp::new("orders", -1)));
@@ -748,11 +764,11 @@ partitions = 1
         ] {
             let text = format!("{head}{body}");
             let err = TopicTable::from_toml(&text, NODE).expect_err(&text);
-            assert!(err.contains(why), "{text}: {err}");
+            assert!(err.0.contains(why), "{text}: {err}");
         }
         let twins = "[topics.a]\nid = \"01\"\npartitions = 1\n[topics.b]\nid = \"01\"\npartitions = 1\n";
         let err = TopicTable::from_toml(twins, NODE).expect_err("shared id");
-        assert!(err.contains("share the id"), "{err}");
+        assert!(err.0.contains("share the id"), "{err}");
         let bad_name = "[topics.\"a/b\"]\nid = \"01\"\npartitions = 1\n";
         assert!(TopicTable::from_toml(bad_name, NODE).is_err());
     }
@@ -768,7 +784,7 @@ partitions = 1
             t.topics.insert(format!("topic-{i}"), topic(1000, &[1, 2, 3]));
         }
         t.store(dir.path()).expect("store");
-        assert_eq!(TopicTable::load(dir.path(), NODE), Ok(Some(t)));
+        assert_eq!(TopicTable::load(dir.path(), NODE).expect("load"), Some(t));
     }
 
     #[test]

@@ -561,7 +561,7 @@ proptest! {
         let table = run(&ops)?;
         let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
         table.store(dir.path()).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        let loaded = TopicTable::load(dir.path(), NodeId(node)).map_err(TestCaseError::fail)?;
+        let loaded = TopicTable::load(dir.path(), NodeId(node)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(loaded, Some(table));
     }
 }

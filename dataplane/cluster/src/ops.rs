@@ -101,14 +101,18 @@ pub struct ProduceAnswer {
 
 /// Splits a produce payload into RecordBatch v2 byte strings. Only the length
 /// field is read here; the log validates magic and CRC.
-pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, String> {
+pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, PartitionError> {
     use ferrolog_model::batch::LOG_OVERHEAD_BYTES;
+    let corrupt = PartitionError::CorruptBatch;
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < records.len() {
         let rest = &records[at..];
         if rest.len() < LOG_OVERHEAD_BYTES {
-            return Err(format!("{} trailing bytes are not a record batch", rest.len()));
+            return Err(corrupt(format!(
+                "{} trailing bytes are not a record batch",
+                rest.len()
+            )));
         }
         let len = i32::from_be_bytes([rest[8], rest[9], rest[10], rest[11]]);
         let total = usize::try_from(len)
@@ -116,16 +120,16 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, String> {
             .and_then(|l| l.checked_add(LOG_OVERHEAD_BYTES))
             .filter(|&t| t <= rest.len())
             .ok_or_else(|| {
-                format!(
+                corrupt(format!(
                     "batch length {len} at byte {at} runs past the {} bytes sent",
                     records.len()
-                )
+                ))
             })?;
         out.push(records.slice(at..at + total));
         at += total;
     }
     if out.is_empty() {
-        return Err("no record batch".into());
+        return Err(corrupt("no record batch".into()));
     }
     Ok(out)
 }
@@ -133,36 +137,43 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<Bytes>, String> {
 /// Header checks Kafka makes on a producer's batch beyond the log's own
 /// (magic, length, CRC): at least one record, and offsets that cover exactly
 /// the records (a lying lastOffsetDelta would make the log skip offsets).
-pub fn check_producer_batch(batch: &[u8]) -> Result<(), String> {
-    let h = ferrolog_model::BatchHeader::parse(batch).map_err(|e| e.to_string())?;
+pub fn check_producer_batch(batch: &[u8]) -> Result<(), PartitionError> {
+    let invalid = PartitionError::InvalidRecord;
+    let h = ferrolog_model::BatchHeader::parse(batch).map_err(|e| invalid(e.to_string()))?;
     if h.record_count < 1 {
-        return Err(format!("record batch claims {} records", h.record_count));
+        return Err(invalid(format!("record batch claims {} records", h.record_count)));
     }
     if i64::from(h.last_offset_delta) != i64::from(h.record_count) - 1 {
-        return Err(format!(
+        return Err(invalid(format!(
             "lastOffsetDelta {} does not match {} records",
             h.last_offset_delta, h.record_count
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Appends every batch of one produce entry in order; returns the first
-/// one's base offset. One batch per partition is what clients send.
+/// one's base offset. One batch per partition is what clients send. Wakes
+/// the partition's long polls whatever the outcome: some batches may be in.
 async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<Offset, PartitionError> {
-    let batches = split_batches(&records).map_err(PartitionError::CorruptBatch)?;
-    let mut first = None;
-    for batch in batches {
-        check_producer_batch(&batch).map_err(PartitionError::InvalidRecord)?;
-        let base = p.append_producer_batch(batch).await?;
-        first.get_or_insert(base);
+    let appended = async {
+        let batches = split_batches(&records)?;
+        let mut first = None;
+        for batch in batches {
+            check_producer_batch(&batch)?;
+            let base = p.append_producer_batch(batch).await?;
+            first.get_or_insert(base);
+        }
+        Ok(first.expect("split_batches returns at least one batch"))
     }
-    Ok(first.expect("split_batches returns at least one batch"))
+    .await;
+    p.wake_waiters();
+    appended
 }
 
 /// Appends, then waits as `acks` asks. For acks=all the wait is bounded by
 /// the timeout; the append itself is never cancelled (it runs on in its own
-/// task and may still become durable, as in Kafka).
+/// task, may still become durable and then wakes long polls, as in Kafka).
 async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, PartitionError> {
     if item.acks != Acks::All {
         return append_all(p, item.records).await;
@@ -205,7 +216,6 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
         p.metrics.produce_requests.inc();
         p.metrics.produce_bytes.add(item.records.len() as u64);
         let result = produce_one(p.clone(), item).await;
-        p.wake_waiters();
         if result.is_err() {
             p.metrics.produce_errors.inc();
         } else {
@@ -415,7 +425,7 @@ mod tests {
             .record(ts, None, b"a")
             .record(ts, None, b"b")
             .build();
-        assert_eq!(check_producer_batch(&good), Ok(()));
+        assert!(check_producer_batch(&good).is_ok());
         // lastOffsetDelta at bytes 23..27, recordCount at 57..61 (the CRC is
         // not checked here; the log checks it).
         let mut skip = good.clone();

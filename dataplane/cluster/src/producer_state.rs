@@ -342,11 +342,28 @@ const SNAPSHOT_VERSION: u16 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 4 + 2 + 8 + 4;
 const SNAPSHOT_CRC_BYTES: usize = 4;
 
+/// Why a producer state snapshot cannot be used (the caller scans the log).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct BadSnapshot(pub String);
+
+impl From<&str> for BadSnapshot {
+    fn from(s: &str) -> BadSnapshot {
+        BadSnapshot(s.to_string())
+    }
+}
+
+impl From<String> for BadSnapshot {
+    fn from(s: String) -> BadSnapshot {
+        BadSnapshot(s)
+    }
+}
+
 /// Reads fixed-width big-endian fields off the front of a byte string.
 struct Fields<'a>(&'a [u8]);
 
 impl<'a> Fields<'a> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], BadSnapshot> {
         let (head, rest) = self
             .0
             .split_first_chunk::<N>()
@@ -359,7 +376,10 @@ impl<'a> Fields<'a> {
 /// A table and the log end it was taken at, from `encode_snapshot` bytes.
 /// Anything that does not check out (length, magic, version, CRC, counts,
 /// offsets) is an error: the caller rebuilds from the log instead.
-pub fn decode_snapshot(bytes: &[u8], producers_max: usize) -> Result<(ProducerStateTable, Offset), String> {
+pub fn decode_snapshot(
+    bytes: &[u8],
+    producers_max: usize,
+) -> Result<(ProducerStateTable, Offset), BadSnapshot> {
     let body_len = bytes
         .len()
         .checked_sub(SNAPSHOT_CRC_BYTES)
@@ -375,7 +395,7 @@ pub fn decode_snapshot(bytes: &[u8], producers_max: usize) -> Result<(ProducerSt
     }
     let version = u16::from_be_bytes(f.take()?);
     if version != SNAPSHOT_VERSION {
-        return Err(format!("producer state snapshot version {version}"));
+        return Err(format!("producer state snapshot version {version}").into());
     }
     let log_end = Offset(i64::from_be_bytes(f.take()?));
     let count = u32::from_be_bytes(f.take()?);
@@ -385,9 +405,9 @@ pub fn decode_snapshot(bytes: &[u8], producers_max: usize) -> Result<(ProducerSt
         let epoch = i16::from_be_bytes(f.take()?);
         let [batches] = f.take::<1>()?;
         if producer_id < 0 || !(1..=BATCHES_PER_PRODUCER).contains(&usize::from(batches)) {
-            return Err(format!(
-                "producer state snapshot: producer {producer_id} with {batches} batches"
-            ));
+            return Err(
+                format!("producer state snapshot: producer {producer_id} with {batches} batches").into(),
+            );
         }
         for _ in 0..batches {
             let first_seq = i32::from_be_bytes(f.take()?);
@@ -397,7 +417,8 @@ pub fn decode_snapshot(bytes: &[u8], producers_max: usize) -> Result<(ProducerSt
             if first_seq < 0 || last_seq < 0 || base > last || last >= log_end {
                 return Err(format!(
                     "producer state snapshot: producer {producer_id} batch {first_seq}..{last_seq} at {base}..{last}"
-                ));
+                )
+                .into());
             }
             let b = ProducerBatch {
                 producer_id,

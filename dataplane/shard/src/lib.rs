@@ -236,7 +236,7 @@ impl Smp {
         }
         let sender = match self.peers.borrow().get(shard.0 as usize) {
             Some(Some(s)) => s.clone(),
-            // This executor is stopping and has closed its channels.
+            // The target stopped, or this executor is stopping.
             _ => return Err(ShardError::Gone(shard)),
         };
         let id = self.next_call.get();
@@ -330,8 +330,21 @@ impl Smp {
         }
     }
 
-    /// `from` closed its channel: its answers will never come.
-    fn fail_calls_to(&self, from: ShardId) {
+    /// `from` closed its channel to here, which it does only when it stops:
+    /// its answers will never come, and later calls to it fail at once. (A
+    /// call sent after this point could otherwise still slip into `from`'s
+    /// receiving channel, which it closes a little later, and wait forever.)
+    /// There is no await between a call's check of `peers` and its entry in
+    /// `pending`, so every call is either refused here or failed here.
+    fn peer_gone(&self, from: ShardId) {
+        if let Some(sender) = self
+            .peers
+            .borrow_mut()
+            .get_mut(from.0 as usize)
+            .and_then(Option::take)
+        {
+            sender.close();
+        }
         self.pending.borrow_mut().retain(|_, (to, _)| *to != from);
     }
 
@@ -668,7 +681,7 @@ async fn receive(
         }
     }
     tracing::debug!(from, "peer channel closed");
-    smp.fail_calls_to(ShardId(from as u32));
+    smp.peer_gone(ShardId(from as u32));
 }
 
 #[cfg(test)]

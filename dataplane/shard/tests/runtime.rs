@@ -280,20 +280,63 @@ fn map_reduce_returns_the_first_error_in_shard_order() {
         }
         let deadline = Instant::now() + WAIT_MAX;
         loop {
-            let r = smp.invoke_on_all(|| async {}).await;
+            let r = within("invoke_on_all", smp.invoke_on_all(|| async {})).await?;
             if r[1].is_err() && r[2].is_err() {
                 break;
             }
             check(Instant::now() < deadline, || "shards 1 and 2 never went".into())?;
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        match smp.map_reduce(|| async { 1 }, 0, |a, b| a + b).await {
+        let sum = smp.map_reduce(|| async { 1 }, 0, |a, b| a + b);
+        match within("map_reduce", sum).await? {
             Err(ShardError::Gone(ShardId(1))) => Ok(()),
             other => Err(format!("expected Gone(1), got {other:?}")),
         }
     })
     .expect("runtime starts");
     results.into_iter().for_each(|r| r.expect("shard ok"));
+}
+
+/// Calls racing their target's end each finish, with an answer or `Gone`,
+/// never hang: shard 1 stops while shard 0 keeps calling it from four tasks.
+/// (The map_reduce test above caught a hang here once.)
+#[test]
+fn calls_racing_a_targets_end_all_finish() {
+    for _ in 0..10 {
+        let results = run(config(2), |smp: Rc<Smp>| async move {
+            if smp.shard_id() == ShardId(1) {
+                return wait_until("calls from shard 0", || smp.hop_counts().served >= 50).await;
+            }
+            let callers: Vec<_> = (0..4)
+                .map(|_| {
+                    let smp = smp.clone();
+                    glommio::spawn_local(async move {
+                        loop {
+                            let call = smp.submit_to(ShardId(1), || async {});
+                            match within("a call to a stopping shard", call).await? {
+                                Ok(()) => {}
+                                Err(ShardError::Gone(ShardId(1))) => break,
+                                Err(e) => return Err(format!("expected Gone(1), got {e}")),
+                            }
+                        }
+                        // Once a call saw it gone, later calls fail too, even
+                        // if shard 1's receiving end is not yet closed.
+                        let call = smp.submit_to(ShardId(1), || async {});
+                        match within("a call to a stopped shard", call).await? {
+                            Err(ShardError::Gone(ShardId(1))) => Ok(()),
+                            other => Err(format!("expected Gone(1), got {other:?}")),
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await?;
+            }
+            Ok(())
+        })
+        .expect("runtime starts");
+        results.into_iter().for_each(|r| r.expect("shard ok"));
+    }
 }
 
 #[test]

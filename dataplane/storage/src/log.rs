@@ -313,13 +313,17 @@ async fn write_small_file(path: &Path, data: &[u8]) -> Result<()> {
     file.close().await.map_err(gio("close", path))
 }
 
-/// Unlinks `path` on the executor's blocking thread pool: an unlink can
+/// Runs a blocking file system call (listing a directory, reading a small
+/// file, unlinking) on the executor's blocking thread pool: such calls can
 /// wait on the file system's journal, and the reactor must not.
+pub(crate) async fn off_reactor<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// Unlinks `path` off the reactor.
 async fn remove_if_exists(path: &Path) -> Result<()> {
     let owned = path.to_path_buf();
-    let removed = glommio::executor()
-        .spawn_blocking(move || std::fs::remove_file(owned))
-        .await;
+    let removed = off_reactor(move || std::fs::remove_file(owned)).await;
     match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -392,13 +396,18 @@ impl Log {
         crate::probe::probe_direct_io(&dir).await?;
         let mut report = RecoveryReport::default();
 
-        let mut bases = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| StorageError::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| StorageError::io("list", &dir, e))?;
-            if let Some(base) = entry.file_name().to_str().and_then(parse_log_file_name) {
-                bases.push(base);
+        let listed = dir.clone();
+        let mut bases = off_reactor(move || -> std::io::Result<Vec<Offset>> {
+            let mut bases = Vec::new();
+            for entry in std::fs::read_dir(&listed)? {
+                if let Some(base) = entry?.file_name().to_str().and_then(parse_log_file_name) {
+                    bases.push(base);
+                }
             }
-        }
+            Ok(bases)
+        })
+        .await
+        .map_err(|e| StorageError::io("list", &dir, e))?;
         bases.sort();
 
         let now = ctx.clock.now_ms();
@@ -1504,8 +1513,9 @@ async fn load_indexes(
 )> {
     let ipath = index_path(&seg.path);
     let tpath = time_index_path(&seg.path);
-    let ibytes = std::fs::read(&ipath).ok()?;
-    let tbytes = std::fs::read(&tpath).ok()?;
+    let (i, t) = (ipath.clone(), tpath.clone());
+    let (ibytes, tbytes) =
+        off_reactor(move || Some((std::fs::read(i).ok()?, std::fs::read(t).ok()?))).await?;
     let index = match OffsetIndex::decode(&ibytes, file_size.max(1)) {
         Ok(i) => i,
         Err(reason) => {

@@ -27,10 +27,14 @@ thread_local! {
 /// Checks that `dir` supports O_DIRECT and settles glommio's poll detection
 /// for its device. Cheap after the first call per device on this thread.
 pub async fn probe_direct_io(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create dir", dir, e))?;
-    let dev = std::fs::metadata(dir)
-        .map_err(|e| StorageError::io("stat", dir, e))?
-        .dev();
+    let owned = dir.to_path_buf();
+    let dev = crate::log::off_reactor(move || {
+        std::fs::create_dir_all(&owned).map_err(|e| StorageError::io("create dir", &owned, e))?;
+        std::fs::metadata(&owned)
+            .map_err(|e| StorageError::io("stat", &owned, e))
+            .map(|m| m.dev())
+    })
+    .await?;
     if PROBED.with(|p| p.borrow().contains(&dev)) {
         return Ok(());
     }

@@ -1,0 +1,184 @@
+//! What a harness node answers from partition state and the metadata
+//! snapshot: produce's acks and timeout_ms, and the leader epoch that the
+//! topic table gives each partition (Metadata, ListOffsets, and the epoch
+//! stamped into every appended batch).
+
+use bytes::Bytes;
+use ferrolog_kafka::harness::Harness;
+use ferrolog_model::{BatchBuilder, BatchHeader, TimestampMs};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FindCoordinatorRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
+    RequestKind, ResponseKind,
+};
+
+mod common;
+
+use common::{call, create_topic, request, str_bytes, topic_name};
+
+const REQUEST_TIMED_OUT: i16 = 7;
+
+fn batch(value: &str) -> Bytes {
+    let ts = TimestampMs(1_700_000_000_000);
+    Bytes::from(BatchBuilder::new(ts).record(ts, None, value.as_bytes()).build())
+}
+
+fn produce_body(topic: &str, partition: i32, acks: i16, timeout_ms: i32, records: Bytes) -> RequestKind {
+    RequestKind::Produce(
+        ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(timeout_ms)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(records))])]),
+    )
+}
+
+/// (error code, base offset) of a Produce v9.
+fn produce(
+    h: &Harness,
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    timeout_ms: i32,
+    records: Bytes,
+) -> (i16, i64) {
+    let body = produce_body(topic, partition, acks, timeout_ms, records);
+    let ResponseKind::Produce(r) = call(h, ApiKey::Produce, 9, body) else {
+        panic!("not a Produce response")
+    };
+    let p = &r.responses[0].partition_responses[0];
+    (p.error_code, p.base_offset)
+}
+
+/// The record bytes a Fetch v12 from `offset` returns.
+fn fetch(h: &Harness, topic: &str, partition: i32, offset: i64) -> Bytes {
+    let body = RequestKind::Fetch(
+        FetchRequest::default()
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1 << 20)])]),
+    );
+    let ResponseKind::Fetch(r) = call(h, ApiKey::Fetch, 12, body) else {
+        panic!("not a Fetch response")
+    };
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, 0, "fetch {topic}/{partition} at {offset}");
+    p.records.clone().unwrap_or_default()
+}
+
+#[test]
+fn acks_all_is_bounded_by_timeout_ms_and_a_timed_out_batch_still_lands() {
+    let h = Harness::start().expect("harness");
+    create_topic(&h, "slow", 1);
+    // acks=all must be answered within timeout_ms; 0 ms cannot cover an
+    // fsync, so the answer is REQUEST_TIMED_OUT. As in Kafka, the batch is
+    // not taken back: it becomes durable and readable anyway.
+    let (err, _) = produce(&h, "slow", 0, -1, 0, batch("late"));
+    assert_eq!(err, REQUEST_TIMED_OUT);
+    let got = fetch(&h, "slow", 0, 0);
+    let header = BatchHeader::parse(&got).expect("the timed-out batch is in the log");
+    assert_eq!(header.base_offset.0, 0);
+    // acks=1 waits for the leader only; Kafka does not apply the timeout to it.
+    let (err, base) = produce(&h, "slow", 0, 1, 0, batch("leader only"));
+    assert_eq!((err, base), (0, 1));
+    // acks=0 gets no answer at all, and the batch is appended all the same.
+    let bytes = request(
+        ApiKey::Produce,
+        9,
+        &produce_body("slow", 0, 0, 0, batch("fire and forget")),
+    );
+    let out = h.feed(&bytes);
+    assert_eq!((out.frames, out.responses.len(), out.closed), (1, 0, None));
+    let (err, base) = produce(&h, "slow", 0, -1, 5000, batch("in time"));
+    assert_eq!((err, base), (0, 3));
+}
+
+/// Sets the leader epochs of `topic` in the stored table, as a controller
+/// that moved leadership would have.
+fn set_leader_epochs(h: &Harness, topic: &str, epochs: &str) {
+    let path = h.data_dir().join("topics.toml");
+    let text = std::fs::read_to_string(&path).expect("topics.toml");
+    let section = format!("[topics.{topic}]");
+    let at = text.find(&section).expect("the topic is in the table");
+    let (head, tail) = text.split_at(at);
+    let line = tail
+        .lines()
+        .find(|l| l.starts_with("leader_epochs"))
+        .expect("leader_epochs line")
+        .to_string();
+    let tail = tail.replacen(&line, &format!("leader_epochs = {epochs}"), 1);
+    std::fs::write(&path, format!("{head}{tail}")).expect("write topics.toml");
+}
+
+#[test]
+fn metadata_list_offsets_and_appends_carry_the_leader_epoch_of_the_table() {
+    let mut h = Harness::start().expect("harness");
+    create_topic(&h, "epochs", 2);
+    set_leader_epochs(&h, "epochs", "[5, 7]");
+    h.restart().expect("restart");
+
+    let body = RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(topic_name("epochs"))),
+    ])));
+    let ResponseKind::Metadata(m) = call(&h, ApiKey::Metadata, 12, body) else {
+        panic!("not a Metadata response")
+    };
+    let parts = &m.topics[0].partitions;
+    let epochs: Vec<i32> = parts.iter().map(|p| p.leader_epoch).collect();
+    assert_eq!(epochs, vec![5, 7]);
+    for p in parts {
+        assert_eq!(p.leader_id.0, 0);
+        assert_eq!(p.replica_nodes.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0]);
+    }
+    assert_eq!(m.brokers.len(), 1);
+    assert_eq!(m.controller_id.0, 0);
+
+    let (err, base) = produce(&h, "epochs", 1, -1, 5000, batch("stamped"));
+    assert_eq!((err, base), (0, 0));
+    let got = fetch(&h, "epochs", 1, 0);
+    let header = BatchHeader::parse(&got).expect("batch");
+    assert_eq!(
+        header.partition_leader_epoch.0, 7,
+        "the append stamps the partition's epoch"
+    );
+
+    let body = RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+        ListOffsetsTopic::default()
+            .with_name(topic_name("epochs"))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(1)
+                .with_timestamp(-1)]),
+    ]));
+    let ResponseKind::ListOffsets(l) = call(&h, ApiKey::ListOffsets, 6, body) else {
+        panic!("not a ListOffsets response")
+    };
+    let p = &l.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.offset, p.leader_epoch), (0, 1, 7));
+
+    let body = RequestKind::FindCoordinator(
+        FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_coordinator_keys(vec![str_bytes("g")]),
+    );
+    let ResponseKind::FindCoordinator(f) = call(&h, ApiKey::FindCoordinator, 4, body) else {
+        panic!("not a FindCoordinator response")
+    };
+    let c = &f.coordinators[0];
+    assert_eq!((c.error_code, c.node_id.0), (0, 0));
+    assert_eq!(
+        c.host.as_str(),
+        m.brokers[0].host.as_str(),
+        "the snapshot's broker address"
+    );
+}
