@@ -70,20 +70,6 @@ impl Model {
     }
 }
 
-fn first_allowed_cpu() -> usize {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most
-    // size_of::<cpu_set_t>() bytes into it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return 0;
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .unwrap_or(0)
-    }
-}
-
 fn cluster_config(data_dir: &Path) -> ClusterConfig {
     ClusterConfig {
         node_id: NODE,
@@ -116,7 +102,7 @@ fn life<R: Send + 'static>(
         + 'static,
 ) -> R {
     let runtime = RuntimeConfig {
-        cpus: vec![first_allowed_cpu()],
+        cpus: vec![ferrolog_shard::first_allowed_cpu()],
         io_memory_bytes: 1 << 20,
         ring_depth: 64,
         spin_before_park: Duration::ZERO,

@@ -225,26 +225,12 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         },
         listen_backlog: 128,
         admin_addr: None,
-        shard_cpus: vec![first_allowed_cpu()],
+        shard_cpus: vec![ferrolog_shard::first_allowed_cpu()],
         stall_threshold: Duration::from_millis(10),
     }
 }
 
 /// The first CPU this process may run on (0 if the mask cannot be read).
-fn first_allowed_cpu() -> usize {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most
-    // size_of::<cpu_set_t>() bytes into it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return 0;
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .unwrap_or(0)
-    }
-}
-
 fn fresh_data_dir() -> std::io::Result<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -288,7 +274,7 @@ impl Harness {
     fn start_in(config: ServerConfig) -> Result<(mpsc::Sender<Feed>, JoinHandle<()>), String> {
         let config = Arc::new(config);
         let runtime = RuntimeConfig {
-            cpus: vec![first_allowed_cpu()],
+            cpus: vec![ferrolog_shard::first_allowed_cpu()],
             io_memory_bytes: IO_MEMORY_BYTES,
             ring_depth: RING_DEPTH,
             spin_before_park: Duration::ZERO,

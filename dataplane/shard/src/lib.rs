@@ -360,6 +360,22 @@ impl Smp {
     }
 }
 
+/// The lowest CPU this thread may run on (its affinity mask), or 0 if the
+/// mask cannot be read: where a one-shard node for tests and tools goes.
+pub fn first_allowed_cpu() -> usize {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most
+    // size_of::<cpu_set_t>() bytes into it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 0;
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .unwrap_or(0)
+    }
+}
+
 /// Runs `f` on this executor's blocking thread pool and returns its result;
 /// the reactor keeps running other tasks meanwhile. For blocking system calls
 /// that io_uring does not cover well (removing a directory tree, unlinking,
