@@ -230,6 +230,11 @@ impl PartitionManager {
         let defaults = &self.config.topic_defaults;
         let mut out = BTreeMap::new();
         for (name, meta) in &snap.topics.topics {
+            // Never a table topic: its partitions are the internal topic's
+            // (the proposer refuses the name; this guards older tables).
+            if self.config.internal(name).is_some() {
+                continue;
+            }
             let log = topics::log_config(&meta.config, defaults);
             for (p, a) in meta.assignments.iter().enumerate() {
                 let ntp = Ntp::new(name.clone(), p as i32);

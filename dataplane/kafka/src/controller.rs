@@ -138,6 +138,14 @@ fn command_for_new_topic(
             format!("topic {} already exists", t.name),
         ));
     }
+    // The node's internal topics (the group coordinator's) exist without
+    // being in the table; a topic of the same name would share their logs.
+    if shard.cluster.config.internal(&t.name).is_some() {
+        return Err((
+            ResponseError::TopicAlreadyExists,
+            format!("topic {} is an internal topic of the broker", t.name),
+        ));
+    }
     let partitions = if t.partitions == -1 {
         shard.config.default_partitions
     } else {

@@ -18,6 +18,8 @@ use kafka_protocol::messages::{
 mod common;
 
 use common::{call, create_topic, request, str_bytes, topic_name};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::CreateTopicsRequest;
 
 const REQUEST_TIMED_OUT: i16 = 7;
 
@@ -181,4 +183,26 @@ fn metadata_list_offsets_and_appends_carry_the_leader_epoch_of_the_table() {
         m.brokers[0].host.as_str(),
         "the snapshot's broker address"
     );
+}
+
+/// The group coordinator's logs are partitions of the node's internal topic
+/// `__consumer_offsets`: no client topic may take that name (it would share
+/// their logs), and clients can neither produce to nor fetch from it.
+#[test]
+fn the_internal_topic_cannot_be_created_or_written_by_clients() {
+    let h = Harness::start().expect("harness");
+    let body = RequestKind::CreateTopics(CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(
+        vec![
+        CreatableTopic::default()
+            .with_name(topic_name("__consumer_offsets"))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ],
+    ));
+    let ResponseKind::CreateTopics(r) = call(&h, ApiKey::CreateTopics, 5, body) else {
+        panic!("not a CreateTopics response")
+    };
+    assert_eq!(r.topics[0].error_code, 36, "TOPIC_ALREADY_EXISTS");
+    let (err, _) = produce(&h, "__consumer_offsets", 0, -1, 5000, batch("intruder"));
+    assert_eq!(err, 3, "UNKNOWN_TOPIC_OR_PARTITION");
 }
