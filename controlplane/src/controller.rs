@@ -13,7 +13,7 @@
 //!
 //! Also here: the producer id allocator (InitProducerId).
 
-use crate::commands::{self, CommandError, TopicCommand, TopicDelta};
+use crate::commands::{self, CommandError, TopicChange, TopicCommand, TopicDelta};
 use crate::metadata::{Broker, MetadataSnapshot};
 use crate::producer_ids::{ProducerIdAllocator, ProducerIdError};
 use crate::topics::{TableFileError, TopicTable, TOPICS_FILE};
@@ -157,7 +157,7 @@ impl Controller {
             return out;
         }
         for d in out.iter().flatten() {
-            info!(revision = table.revision, "topic change: {d:?}");
+            info!(revision = d.revision, "{}", describe(&d.change));
         }
         *self.table.borrow_mut() = Arc::new(table);
         (self.publish)(self.snapshot()).await;
@@ -171,5 +171,25 @@ impl Controller {
             *ids = Some(ProducerIdAllocator::open(&self.config.data_dir)?);
         }
         Ok(ids.as_mut().expect("opened above").allocate()?)
+    }
+}
+
+/// One line for the log about an applied change (not its whole delta: a
+/// topic of thousands of partitions would make a line of thousands of
+/// assignments).
+fn describe(change: &TopicChange) -> String {
+    match change {
+        TopicChange::Created { name, meta } => format!(
+            "created topic {name} ({} partitions, replication factor {})",
+            meta.partitions(),
+            meta.replication_factor()
+        ),
+        TopicChange::Deleted { name, .. } => format!("deleted topic {name}"),
+        TopicChange::PartitionsAdded { name, from, to, .. } => {
+            format!("added partitions {from}..{to} to topic {name}")
+        }
+        TopicChange::ConfigChanged { name, after, .. } => {
+            format!("changed the config of topic {name}: {after:?}")
+        }
     }
 }
