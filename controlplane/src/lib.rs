@@ -14,6 +14,8 @@
 //!   executor (never a data shard): applies proposed commands in order, makes
 //!   the table durable, then publishes a snapshot to the shards. Also the
 //!   producer id allocator (`producer_ids`).
+//! - `raft_log`: the durable Raft log (entries, HardState, ConfState,
+//!   snapshot) behind raft-rs's `Storage`, for the controller's Raft group.
 //!
 //! `commands`, `topics` and `metadata` are pure and synchronous (`TopicTable`'s
 //! `load`/`store` read and write one file and run on a blocking pool). Shards
@@ -24,4 +26,5 @@ pub mod commands;
 pub mod controller;
 pub mod metadata;
 pub mod producer_ids;
+pub mod raft_log;
 pub mod topics;
