@@ -70,6 +70,31 @@ async fn propose(shard: &Shard, cmds: Vec<TopicCommand>, validate_only: bool) ->
     }
 }
 
+/// Proposes the commands among `prepared` (items refused before reaching
+/// the controller keep their error); one answer per item, in order.
+async fn propose_prepared(
+    shard: &Shard,
+    prepared: Vec<OpResult<TopicCommand>>,
+    validate_only: bool,
+) -> Vec<OpResult<TopicDelta>> {
+    let mut cmds = Vec::new();
+    let mut out: Vec<Option<OpResult<TopicDelta>>> = prepared
+        .into_iter()
+        .map(|p| match p {
+            Ok(cmd) => {
+                cmds.push(cmd);
+                None
+            }
+            Err(e) => Some(Err(e)),
+        })
+        .collect();
+    let mut answers = propose(shard, cmds, validate_only).await.into_iter();
+    for slot in out.iter_mut().filter(|o| o.is_none()) {
+        *slot = answers.next();
+    }
+    out.into_iter().map(|a| a.expect("every item answered")).collect()
+}
+
 /// Replica sets of partitions `from..to`: `rf` brokers each, round-robin
 /// over the snapshot's brokers, starting one further for each partition.
 fn place(meta: &MetadataSnapshot, from: i32, to: i32, rf: usize) -> Vec<ReplicaSet> {
@@ -91,28 +116,18 @@ pub async fn create_topics(
     validate_only: bool,
 ) -> Vec<OpResult<(String, TopicMeta)>> {
     let meta = shard.metadata();
-    let mut out: Vec<Option<OpResult<(String, TopicMeta)>>> = Vec::with_capacity(new.len());
-    let mut cmds = Vec::new();
-    let mut slots = Vec::new();
-    for (i, t) in new.iter().enumerate() {
-        match command_for_new_topic(shard, &meta, &new[..i], t) {
-            Ok(cmd) => {
-                slots.push(i);
-                cmds.push(cmd);
-                out.push(None);
-            }
-            Err(e) => out.push(Some(Err(e))),
-        }
-    }
-    let answers = propose(shard, cmds, validate_only).await;
-    for (i, a) in slots.into_iter().zip(answers) {
-        out[i] = Some(a.map(|d| match d.change {
-            TopicChange::Created { name, meta } => (name, meta),
-            other => unreachable!("a create answered with {other:?}"),
-        }));
-    }
-    out.into_iter()
-        .map(|a| a.expect("every topic answered"))
+    let prepared = (0..new.len())
+        .map(|i| command_for_new_topic(shard, &meta, &new[..i], &new[i]))
+        .collect();
+    propose_prepared(shard, prepared, validate_only)
+        .await
+        .into_iter()
+        .map(|a| {
+            a.map(|d| match d.change {
+                TopicChange::Created { name, meta } => (name, meta),
+                other => unreachable!("a create answered with {other:?}"),
+            })
+        })
         .collect()
 }
 
@@ -228,29 +243,26 @@ fn unknown_topic(name: &str) -> (ResponseError, String) {
 /// Deletes topics by name; answers carry the deleted topic's id.
 pub async fn delete_topics(shard: &Shard, names: Vec<String>) -> Vec<OpResult<u128>> {
     let table = shard.topics();
-    let mut out: Vec<Option<OpResult<u128>>> = Vec::with_capacity(names.len());
-    let (mut cmds, mut slots) = (Vec::new(), Vec::new());
-    for (i, name) in names.iter().enumerate() {
-        match table.get(name) {
-            Some(t) if !names[..i].contains(name) => {
-                slots.push(i);
-                cmds.push(TopicCommand::DeleteTopic {
-                    name: name.clone(),
-                    id: t.id,
-                });
-                out.push(None);
-            }
-            _ => out.push(Some(Err(unknown_topic(name)))),
-        }
-    }
-    for (i, a) in slots.into_iter().zip(propose(shard, cmds, false).await) {
-        out[i] = Some(a.map(|d| match d.change {
-            TopicChange::Deleted { meta, .. } => meta.id,
-            other => unreachable!("a delete answered with {other:?}"),
-        }));
-    }
-    out.into_iter()
-        .map(|a| a.expect("every topic answered"))
+    let prepared = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match table.get(name) {
+            Some(t) if !names[..i].contains(name) => Ok(TopicCommand::DeleteTopic {
+                name: name.clone(),
+                id: t.id,
+            }),
+            _ => Err(unknown_topic(name)),
+        })
+        .collect();
+    propose_prepared(shard, prepared, false)
+        .await
+        .into_iter()
+        .map(|a| {
+            a.map(|d| match d.change {
+                TopicChange::Deleted { meta, .. } => meta.id,
+                other => unreachable!("a delete answered with {other:?}"),
+            })
+        })
         .collect()
 }
 
@@ -261,44 +273,35 @@ pub async fn create_partitions(
     validate_only: bool,
 ) -> Vec<OpResult<()>> {
     let meta = shard.metadata();
-    let mut out: Vec<Option<OpResult<()>>> = Vec::with_capacity(items.len());
-    let (mut cmds, mut slots) = (Vec::new(), Vec::new());
-    for (i, (name, count)) in items.iter().enumerate() {
-        if items[..i].iter().any(|(n, _)| n == name) {
-            out.push(Some(Err((
-                ResponseError::InvalidRequest,
-                format!("topic {name} named twice"),
-            ))));
-            continue;
-        }
-        let Some(t) = meta.topics.get(name) else {
-            out.push(Some(Err(unknown_topic(name))));
-            continue;
-        };
-        let current = t.partitions();
-        if *count <= current || *count > topics::PARTITIONS_MAX {
-            out.push(Some(Err((
-                ResponseError::InvalidPartitions,
-                format!(
-                    "topic {name} has {current} partitions; the new count must be in {}..={}",
-                    current + 1,
-                    topics::PARTITIONS_MAX
-                ),
-            ))));
-            continue;
-        }
-        slots.push(i);
-        cmds.push(TopicCommand::CreatePartitions {
-            name: name.clone(),
-            new_assignments: place(&meta, current, *count, t.replication_factor()),
-        });
-        out.push(None);
-    }
-    for (i, a) in slots.into_iter().zip(propose(shard, cmds, validate_only).await) {
-        out[i] = Some(a.map(drop));
-    }
-    out.into_iter()
-        .map(|a| a.expect("every topic answered"))
+    let prepared = items
+        .iter()
+        .enumerate()
+        .map(|(i, (name, count))| {
+            if items[..i].iter().any(|(n, _)| n == name) {
+                return Err((ResponseError::InvalidRequest, format!("topic {name} named twice")));
+            }
+            let t = meta.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+            let current = t.partitions();
+            if *count <= current || *count > topics::PARTITIONS_MAX {
+                return Err((
+                    ResponseError::InvalidPartitions,
+                    format!(
+                        "topic {name} has {current} partitions; the new count must be in {}..={}",
+                        current + 1,
+                        topics::PARTITIONS_MAX
+                    ),
+                ));
+            }
+            Ok(TopicCommand::CreatePartitions {
+                name: name.clone(),
+                new_assignments: place(&meta, current, *count, t.replication_factor()),
+            })
+        })
+        .collect();
+    propose_prepared(shard, prepared, validate_only)
+        .await
+        .into_iter()
+        .map(|r| r.map(drop))
         .collect()
 }
 
