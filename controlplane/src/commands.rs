@@ -23,7 +23,7 @@ pub const CONFIG_OP_APPEND: i8 = 2;
 pub const CONFIG_OP_SUBTRACT: i8 = 3;
 
 /// How a config request changes a topic's overrides.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConfigChange {
     /// AlterConfigs: the given set replaces every override.
     Replace(Vec<(String, Option<String>)>),
@@ -86,8 +86,8 @@ impl ConfigChange {
     }
 }
 
-/// A change to the topic table, as the controller's log will carry it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A change to the topic table, as the controller's log carries it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TopicCommand {
     /// One replica set per partition; partition i is led by the first
     /// replica of set i, at epoch 0.

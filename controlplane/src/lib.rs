@@ -26,5 +26,7 @@ pub mod commands;
 pub mod controller;
 pub mod metadata;
 pub mod producer_ids;
+pub mod raft_core;
 pub mod raft_log;
+pub mod state;
 pub mod topics;

@@ -80,6 +80,9 @@ pub struct RaftLog {
     log: File,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The index of the entry whose application gave `conf_state` (the
+    /// snapshot's index when it came from the snapshot).
+    conf_index: u64,
     /// The newest snapshot; its index is the entry before the first held.
     snapshot: Snapshot,
     /// Entries after the snapshot, contiguous.
@@ -191,13 +194,14 @@ impl RaftLog {
         let cs_path = dir.join(CONF_STATE_FILE);
         // The newer of the conf state set at an applied index and the one
         // of the snapshot.
-        let conf_state = match read_file(&cs_path)? {
+        let snap_index = snapshot.get_metadata().index;
+        let (conf_state, conf_index) = match read_file(&cs_path)? {
             Some(b) if b.len() >= 8 => {
                 let at = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
-                if at >= snapshot.get_metadata().index {
-                    decode::<ConfState>(&cs_path, &b[8..])?
+                if at >= snap_index {
+                    (decode::<ConfState>(&cs_path, &b[8..])?, at)
                 } else {
-                    snapshot.get_metadata().get_conf_state().clone()
+                    (snapshot.get_metadata().get_conf_state().clone(), snap_index)
                 }
             }
             Some(_) => {
@@ -206,7 +210,7 @@ impl RaftLog {
                     reason: "conf state record without its index".into(),
                 })
             }
-            None => snapshot.get_metadata().get_conf_state().clone(),
+            None => (snapshot.get_metadata().get_conf_state().clone(), snap_index),
         };
         // A snapshot is of committed entries: a HardState written before it
         // (a crash between the two) is raised to cover it, as raft requires.
@@ -241,6 +245,7 @@ impl RaftLog {
             log,
             hard_state,
             conf_state,
+            conf_index,
             snapshot,
             entries: Vec::new(),
         };
@@ -329,7 +334,18 @@ impl RaftLog {
         payload.extend_from_slice(&encode(&cs));
         replace_file(&self.dir, CONF_STATE_FILE, &payload)?;
         self.conf_state = cs;
+        self.conf_index = applied_index;
         Ok(())
+    }
+
+    /// The conf state and the index of the entry (or snapshot) it is of.
+    pub fn conf_state(&self) -> (&ConfState, u64) {
+        (&self.conf_state, self.conf_index)
+    }
+
+    /// The newest snapshot (empty, at index 0, before the first).
+    pub fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
     }
 
     fn log_path(&self) -> PathBuf {

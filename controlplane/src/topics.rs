@@ -182,7 +182,7 @@ pub const REPLICATION_FACTOR_MAX: usize = 16;
 pub type ReplicaSet = Vec<NodeId>;
 
 /// Where one partition lives and who leads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionAssignment {
     pub replicas: ReplicaSet,
     pub leader: NodeId,
@@ -291,7 +291,7 @@ pub fn validate_assignment(
 }
 
 /// One topic.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicMeta {
     /// Kafka topic id (a UUID), fixed at creation.
     pub id: u128,
@@ -339,7 +339,7 @@ pub enum TableError {
 /// Changed only by `commands::apply` (and, until the Raft controller, by the
 /// single-node controller through it); each applied command bumps `revision`,
 /// so a shard can tell a newer snapshot from a stale one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicTable {
     pub revision: u64,
     pub topics: BTreeMap<String, TopicMeta>,

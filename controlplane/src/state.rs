@@ -1,0 +1,572 @@
+//! The metadata state machine of the controller's Raft group.
+//!
+//! [`ClusterState`] is everything the cluster agrees on: the cluster id,
+//! the members, the topic table (topics, configs, replica sets, leaders and
+//! leader epochs), the producer-id blocks handed out, and a copy of the
+//! voters. [`apply`] is pure and deterministic: every node applies the same
+//! committed [`Command`]s in the same order and reaches the same state.
+//! Whatever a command needs that is not a function of the state (ids,
+//! addresses, which partitions move) is chosen by the proposer and carried
+//! in the command. A refused command changes nothing; its error is the
+//! answer the proposer gets, on every node alike.
+
+use crate::commands::{self, CommandError, TopicCommand, TopicDelta};
+use crate::topics::TopicTable;
+use ferrolog_model::{Epoch, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Where a member is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Registered, not yet serving (reserved: registration makes a member active).
+    Joining,
+    Active,
+    /// Being emptied of partitions before removal.
+    Draining,
+    /// Gone for good; its id is not reused.
+    Removed,
+}
+
+/// A node of the cluster, as registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: NodeId,
+    /// Host and port clients are told to connect to.
+    pub kafka_host: String,
+    pub kafka_port: u16,
+    /// HOST:PORT of the node's control-plane RPC listener.
+    pub rpc_addr: String,
+    pub rack: Option<String>,
+    pub shards: u32,
+    pub state: MemberState,
+    /// Bumped at every registration: a restarted node is a new incarnation.
+    pub incarnation: u64,
+    /// Whether the controller leader hears the member's heartbeats. Changed
+    /// only on transitions (a command per change, not per heartbeat).
+    pub alive: bool,
+}
+
+/// What a node says of itself when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub id: NodeId,
+    pub kafka_host: String,
+    pub kafka_port: u16,
+    pub rpc_addr: String,
+    pub rack: Option<String>,
+    pub shards: u32,
+}
+
+/// One partition's new leader, as the proposer chose it (the epoch is
+/// bumped by `apply`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderMove {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: NodeId,
+}
+
+/// One partition's new replica set (its leader becomes the first replica
+/// if the old leader is no longer in the set).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Vec<NodeId>,
+}
+
+/// A change to the cluster state, as the Raft log carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster id if none is set yet (the first leader proposes
+    /// it); a later one is refused.
+    InitCluster {
+        cluster_id: String,
+    },
+    Topic(TopicCommand),
+    /// Adds the member, or a new incarnation of it; a removed member may not
+    /// come back.
+    Register(Registration),
+    SetLiveness {
+        node: NodeId,
+        alive: bool,
+    },
+    SetMemberState {
+        node: NodeId,
+        state: MemberState,
+    },
+    /// Moves leadership; each move bumps the partition's leader epoch. The
+    /// new leader must be a replica.
+    MoveLeaders(Vec<LeaderMove>),
+    /// Replaces replica sets (decommission); each bumps the leader epoch.
+    Reassign(Vec<Reassignment>),
+    /// Hands `count` producer ids to `node`, starting at the next free one.
+    AllocateProducerIds {
+        node: NodeId,
+        count: i64,
+    },
+}
+
+/// Why a command is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StateError {
+    #[error("{0}")]
+    Topic(CommandErrorText),
+    #[error("the cluster id is already {0}")]
+    ClusterIdSet(String),
+    #[error("node {0} is not a member")]
+    UnknownMember(NodeId),
+    #[error("node {0} was removed from the cluster; give the node a new id")]
+    RemovedMember(NodeId),
+    #[error("node {node}: cannot go from {from:?} to {to:?}")]
+    BadTransition {
+        node: NodeId,
+        from: MemberState,
+        to: MemberState,
+    },
+    #[error("partition {topic}/{partition} does not exist")]
+    UnknownPartition { topic: String, partition: i32 },
+    #[error("partition {topic}/{partition}: node {node} is not one of its replicas")]
+    NotAReplica {
+        topic: String,
+        partition: i32,
+        node: NodeId,
+    },
+    #[error("partition {topic}/{partition}: replica set {replicas:?} is empty or repeats a node")]
+    BadReplicaSet {
+        topic: String,
+        partition: i32,
+        replicas: Vec<NodeId>,
+    },
+    #[error("node {0} is not a member that can hold replicas")]
+    NotServing(NodeId),
+    #[error("producer id block of {0} ids refused")]
+    BadBlock(i64),
+    #[error("producer ids are exhausted")]
+    ProducerIdsExhausted,
+    #[error("address {addr} is already the address of node {owner}")]
+    AddressInUse { addr: String, owner: NodeId },
+}
+
+/// A topic command's refusal, carried with its kind so the Kafka side can
+/// still choose the right error code after it crossed the network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandErrorText {
+    pub kind: TopicErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for CommandErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TopicErrorKind {
+    TopicExists,
+    UnknownTopic,
+    IdMismatch,
+    DuplicateTopicId,
+    InvalidName,
+    InvalidConfig,
+    InvalidPartitionCount,
+    InvalidAssignment,
+}
+
+impl From<&CommandError> for CommandErrorText {
+    fn from(e: &CommandError) -> Self {
+        let kind = match e {
+            CommandError::TopicExists { .. } => TopicErrorKind::TopicExists,
+            CommandError::UnknownTopic { .. } => TopicErrorKind::UnknownTopic,
+            CommandError::IdMismatch { .. } => TopicErrorKind::IdMismatch,
+            CommandError::DuplicateTopicId { .. } => TopicErrorKind::DuplicateTopicId,
+            CommandError::InvalidName(_) => TopicErrorKind::InvalidName,
+            CommandError::InvalidConfig { .. } => TopicErrorKind::InvalidConfig,
+            CommandError::InvalidPartitionCount { .. } => TopicErrorKind::InvalidPartitionCount,
+            CommandError::InvalidAssignment { .. } => TopicErrorKind::InvalidAssignment,
+        };
+        CommandErrorText {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What an applied command changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    ClusterId(String),
+    /// Topic deltas are not carried over the wire; the proposer gets the
+    /// topic's state after the change instead (see `Outcome`).
+    Topic {
+        revision: u64,
+        topic: String,
+    },
+    Registered {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Liveness {
+        node: NodeId,
+        alive: bool,
+    },
+    MemberState {
+        node: NodeId,
+        state: MemberState,
+    },
+    LeadersMoved(usize),
+    Reassigned(usize),
+    ProducerIds {
+        start: i64,
+        count: i64,
+    },
+}
+
+/// The whole replicated state; `Default` is the state before the first
+/// command (no cluster id yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub cluster_id: String,
+    pub members: BTreeMap<NodeId, Member>,
+    pub topics: TopicTable,
+    /// The first producer id not yet handed out.
+    pub next_producer_id: i64,
+    /// A copy of the voters of Raft's ConfState (the authority), updated
+    /// when a configuration change is applied; for status.
+    pub voters: BTreeSet<NodeId>,
+}
+
+/// Most producer ids one block may take.
+pub const PRODUCER_ID_BLOCK_MAX: i64 = 1 << 20;
+
+impl ClusterState {
+    /// Members that may hold replicas and are heard: what clients are told.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .values()
+            .filter(|m| m.alive && matches!(m.state, MemberState::Active | MemberState::Draining))
+    }
+
+    /// Members new replicas may be placed on.
+    pub fn placeable(&self) -> impl Iterator<Item = &Member> {
+        self.members
+            .values()
+            .filter(|m| m.alive && m.state == MemberState::Active)
+    }
+
+    /// Partitions each node leads.
+    pub fn leaders_per_node(&self) -> BTreeMap<NodeId, usize> {
+        let mut out = BTreeMap::new();
+        for meta in self.topics.topics.values() {
+            for a in &meta.assignments {
+                *out.entry(a.leader).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// Whether any partition's replica set names `node`.
+    pub fn holds_replicas(&self, node: NodeId) -> bool {
+        self.topics
+            .topics
+            .values()
+            .any(|m| m.assignments.iter().any(|a| a.replicas.contains(&node)))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the cluster state always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ClusterState, String> {
+        if bytes.is_empty() {
+            return Ok(ClusterState::default());
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("cannot decode the cluster state: {e}"))
+    }
+}
+
+impl Command {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a command always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("cannot decode a command: {e}"))
+    }
+}
+
+fn topic_err(e: &CommandError) -> StateError {
+    StateError::Topic(CommandErrorText::from(e))
+}
+
+/// Applies `cmd` to `state`. On error `state` is unchanged.
+pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateError> {
+    match cmd {
+        Command::InitCluster { cluster_id } => {
+            if !state.cluster_id.is_empty() {
+                return Err(StateError::ClusterIdSet(state.cluster_id.clone()));
+            }
+            state.cluster_id = cluster_id.clone();
+            Ok(Applied::ClusterId(cluster_id.clone()))
+        }
+        Command::Topic(tc) => {
+            let TopicDelta { revision, .. } =
+                commands::apply(&mut state.topics, tc).map_err(|e| topic_err(&e))?;
+            Ok(Applied::Topic {
+                revision,
+                topic: tc.name().to_string(),
+            })
+        }
+        Command::Register(r) => {
+            if let Some(owner) = state
+                .members
+                .values()
+                .find(|m| m.id != r.id && m.state != MemberState::Removed && m.rpc_addr == r.rpc_addr)
+            {
+                return Err(StateError::AddressInUse {
+                    addr: r.rpc_addr.clone(),
+                    owner: owner.id,
+                });
+            }
+            let (incarnation, member_state) = match state.members.get(&r.id) {
+                Some(m) if m.state == MemberState::Removed => return Err(StateError::RemovedMember(r.id)),
+                Some(m) => (m.incarnation + 1, m.state),
+                None => (1, MemberState::Active),
+            };
+            state.members.insert(
+                r.id,
+                Member {
+                    id: r.id,
+                    kafka_host: r.kafka_host.clone(),
+                    kafka_port: r.kafka_port,
+                    rpc_addr: r.rpc_addr.clone(),
+                    rack: r.rack.clone(),
+                    shards: r.shards,
+                    state: member_state,
+                    incarnation,
+                    alive: true,
+                },
+            );
+            Ok(Applied::Registered {
+                node: r.id,
+                incarnation,
+            })
+        }
+        Command::SetLiveness { node, alive } => {
+            let m = state
+                .members
+                .get_mut(node)
+                .ok_or(StateError::UnknownMember(*node))?;
+            m.alive = *alive;
+            Ok(Applied::Liveness {
+                node: *node,
+                alive: *alive,
+            })
+        }
+        Command::SetMemberState { node, state: to } => {
+            let from = state
+                .members
+                .get(node)
+                .ok_or(StateError::UnknownMember(*node))?
+                .state;
+            let allowed = matches!(
+                (from, *to),
+                (MemberState::Joining, MemberState::Active)
+                    | (MemberState::Active | MemberState::Joining, MemberState::Draining)
+                    | (MemberState::Draining, MemberState::Active)
+            ) || (*to == MemberState::Removed
+                && from == MemberState::Draining
+                && !state.holds_replicas(*node));
+            if !allowed {
+                return Err(StateError::BadTransition {
+                    node: *node,
+                    from,
+                    to: *to,
+                });
+            }
+            state.members.get_mut(node).expect("checked above").state = *to;
+            Ok(Applied::MemberState {
+                node: *node,
+                state: *to,
+            })
+        }
+        Command::MoveLeaders(moves) => {
+            for mv in moves {
+                let a = assignment(&state.topics, &mv.topic, mv.partition)?;
+                if !a.replicas.contains(&mv.leader) {
+                    return Err(StateError::NotAReplica {
+                        topic: mv.topic.clone(),
+                        partition: mv.partition,
+                        node: mv.leader,
+                    });
+                }
+            }
+            for mv in moves {
+                let a = assignment_mut(&mut state.topics, &mv.topic, mv.partition);
+                a.leader = mv.leader;
+                a.leader_epoch = Epoch(a.leader_epoch.0 + 1);
+            }
+            state.topics.revision += 1;
+            Ok(Applied::LeadersMoved(moves.len()))
+        }
+        Command::Reassign(moves) => {
+            for mv in moves {
+                let a = assignment(&state.topics, &mv.topic, mv.partition)?;
+                let distinct: BTreeSet<_> = mv.replicas.iter().collect();
+                if mv.replicas.is_empty()
+                    || distinct.len() != mv.replicas.len()
+                    || mv.replicas.len() != a.replicas.len()
+                {
+                    return Err(StateError::BadReplicaSet {
+                        topic: mv.topic.clone(),
+                        partition: mv.partition,
+                        replicas: mv.replicas.clone(),
+                    });
+                }
+                for n in &mv.replicas {
+                    let serving = state
+                        .members
+                        .get(n)
+                        .is_some_and(|m| m.state == MemberState::Active);
+                    if !serving && !a.replicas.contains(n) {
+                        return Err(StateError::NotServing(*n));
+                    }
+                }
+            }
+            for mv in moves {
+                let a = assignment_mut(&mut state.topics, &mv.topic, mv.partition);
+                a.replicas = mv.replicas.clone();
+                if !a.replicas.contains(&a.leader) {
+                    a.leader = a.replicas[0];
+                }
+                a.leader_epoch = Epoch(a.leader_epoch.0 + 1);
+            }
+            state.topics.revision += 1;
+            Ok(Applied::Reassigned(moves.len()))
+        }
+        Command::AllocateProducerIds { node, count } => {
+            if !(1..=PRODUCER_ID_BLOCK_MAX).contains(count) {
+                return Err(StateError::BadBlock(*count));
+            }
+            if !state.members.contains_key(node) && !state.voters.contains(node) {
+                return Err(StateError::UnknownMember(*node));
+            }
+            let start = state.next_producer_id;
+            let end = start
+                .checked_add(*count)
+                .ok_or(StateError::ProducerIdsExhausted)?;
+            state.next_producer_id = end;
+            Ok(Applied::ProducerIds { start, count: *count })
+        }
+    }
+}
+
+fn assignment<'a>(
+    table: &'a TopicTable,
+    topic: &str,
+    partition: i32,
+) -> Result<&'a crate::topics::PartitionAssignment, StateError> {
+    table
+        .get(topic)
+        .and_then(|m| m.assignment(ferrolog_model::PartitionId(partition)))
+        .ok_or_else(|| StateError::UnknownPartition {
+            topic: topic.to_string(),
+            partition,
+        })
+}
+
+fn assignment_mut<'a>(
+    table: &'a mut TopicTable,
+    topic: &str,
+    partition: i32,
+) -> &'a mut crate::topics::PartitionAssignment {
+    &mut table.topics.get_mut(topic).expect("checked").assignments[partition as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(id: i32) -> Registration {
+        Registration {
+            id: NodeId(id),
+            kafka_host: "127.0.0.1".into(),
+            kafka_port: 9092 + id as u16,
+            rpc_addr: format!("127.0.0.1:{}", 33000 + id),
+            rack: None,
+            shards: 1,
+        }
+    }
+
+    #[test]
+    fn registration_bumps_incarnation_and_removed_members_stay_out() {
+        let mut s = ClusterState::default();
+        assert_eq!(
+            apply(&mut s, &Command::Register(reg(1))),
+            Ok(Applied::Registered {
+                node: NodeId(1),
+                incarnation: 1
+            })
+        );
+        assert_eq!(
+            apply(&mut s, &Command::Register(reg(1))),
+            Ok(Applied::Registered {
+                node: NodeId(1),
+                incarnation: 2
+            })
+        );
+        let mut other = reg(2);
+        other.rpc_addr = reg(1).rpc_addr;
+        assert!(matches!(
+            apply(&mut s, &Command::Register(other)),
+            Err(StateError::AddressInUse { .. })
+        ));
+        let drain = Command::SetMemberState {
+            node: NodeId(1),
+            state: MemberState::Draining,
+        };
+        let remove = Command::SetMemberState {
+            node: NodeId(1),
+            state: MemberState::Removed,
+        };
+        assert!(
+            apply(&mut s, &remove).is_err(),
+            "an active member is drained first"
+        );
+        apply(&mut s, &drain).expect("drain");
+        apply(&mut s, &remove).expect("remove");
+        let before = s.clone();
+        assert_eq!(
+            apply(&mut s, &Command::Register(reg(1))),
+            Err(StateError::RemovedMember(NodeId(1)))
+        );
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn state_round_trips_through_its_encoding() {
+        let mut s = ClusterState::default();
+        apply(
+            &mut s,
+            &Command::InitCluster {
+                cluster_id: "c1".into(),
+            },
+        )
+        .expect("init");
+        apply(&mut s, &Command::Register(reg(1))).expect("register");
+        apply(
+            &mut s,
+            &Command::AllocateProducerIds {
+                node: NodeId(1),
+                count: 10,
+            },
+        )
+        .expect("ids");
+        assert_eq!(ClusterState::decode(&s.encode()), Ok(s));
+        assert_eq!(ClusterState::decode(&[]), Ok(ClusterState::default()));
+        assert!(ClusterState::decode(b"{").is_err());
+    }
+}
