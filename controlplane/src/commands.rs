@@ -154,13 +154,13 @@ pub enum CommandError {
 }
 
 /// What an applied command changed, and the table's revision after it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TopicDelta {
     pub revision: u64,
     pub change: TopicChange,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TopicChange {
     Created {
         name: String,

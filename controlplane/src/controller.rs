@@ -1,52 +1,126 @@
-//! The controller: the one writer of the cluster metadata.
+//! The controller: this node's member of the controller Raft group, on the
+//! node's control executor (never a data shard).
 //!
-//! It runs on the node's control executor (never on a data shard), takes
-//! proposed [`TopicCommand`]s one batch at a time (a permit), applies them
-//! with the pure state machine (`commands::apply`), makes the new table
-//! durable (`topics.toml`, written on the blocking pool) and only then
-//! publishes an immutable [`MetadataSnapshot`] through the `Publish` hook,
-//! which the node wires to every shard's reconciler. Nothing here opens,
-//! creates or deletes a partition: the shards do, to match what was
-//! published. On a single node the controller applies commands locally;
-//! the Raft control plane will put the same commands through a replicated
-//! log before applying them.
+//! It drives a [`RaftCore`] (ticks, received messages, proposals, the Ready
+//! loop), sends Raft messages to the other nodes over Cap'n Proto RPC
+//! ([`crate::rpc`]), and publishes an immutable [`MetadataSnapshot`] of
+//! every applied change to the node's shards through the `Publish` hook. A
+//! proposal is answered once its entry is applied and the snapshot that
+//! holds it is published here, so the next request on any shard of this
+//! node sees it.
 //!
-//! Also here: the producer id allocator (InitProducerId).
+//! Any node takes admin operations: the leader proposes them; another node
+//! forwards them to the leader (RPC `propose`) and answers once it applied
+//! them itself. Every node registers itself with the leader at start (a new
+//! incarnation each time) and heartbeats it; the leader marks a member
+//! down when its session expires and moves leadership of the partitions it
+//! led to another replica, adds registered nodes that are not voters as
+//! Raft learners (so they receive every committed change, in order: the
+//! metadata watch), and drains decommissioned members before removing them.
+//!
+//! Without seeds the node is a one-voter group: today's single-node broker,
+//! on the same path (no RPC listener is needed for it).
 
 use crate::commands::{self, CommandError, TopicChange, TopicCommand, TopicDelta};
 use crate::metadata::{Broker, MetadataSnapshot};
 use crate::producer_ids::{ProducerIdAllocator, ProducerIdError};
+use crate::raft_core::{AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore};
+use crate::rpc::{self, HeartbeatReply, MemberInfo, Peer, RegisterReply, RpcError};
+use crate::state::{
+    Applied, ClusterState, Command, LeaderMove, MemberState, Reassignment, Registration, StateError,
+};
 use crate::topics::{TableFileError, TopicTable, TOPICS_FILE};
 use ferrolog_model::NodeId;
+use futures::future::LocalBoxFuture;
+use futures_channel::oneshot;
 use glommio::sync::Semaphore;
-use std::cell::RefCell;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, MessageType};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use tracing::{info, warn};
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
 
 /// Hands a new snapshot to every shard and resolves once they applied it.
 pub type Publish = Rc<dyn Fn(Arc<MetadataSnapshot>) -> Pin<Box<dyn Future<Output = ()>>>>;
+
+/// Where the Raft log lives, under the data directory.
+pub const RAFT_DIR: &str = "controller";
+/// Producer ids a node takes from the cluster at a time.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// Timing of the control plane (profile fields; see docs/tuning.md).
+#[derive(Clone, Debug)]
+pub struct ControlTiming {
+    /// One Raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before a voter campaigns (randomized up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between the leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// How often a node heartbeats the controller leader.
+    pub heartbeat_interval: Duration,
+    /// A member not heard for this long is marked down.
+    pub session_timeout: Duration,
+    /// How long an admin operation waits for a leader and its answer.
+    pub request_timeout: Duration,
+    /// Applied entries between two snapshots of the state machine.
+    pub snapshot_every: u64,
+}
+
+impl Default for ControlTiming {
+    fn default() -> Self {
+        ControlTiming {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            heartbeat_interval: Duration::from_millis(500),
+            session_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            snapshot_every: 1000,
+        }
+    }
+}
 
 /// What the controller needs to know of its node.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     pub data_dir: PathBuf,
-    pub cluster_id: String,
-    /// This node as clients see it.
-    pub broker: Broker,
+    /// The cluster id this data directory recorded (node.meta): the id of a
+    /// new one-voter cluster, and the one the first leader of a new
+    /// multi-voter cluster proposes.
+    pub local_cluster_id: String,
+    /// This node as it registers.
+    pub me: Registration,
+    /// The initial voters by node id and RPC address; empty: a one-voter
+    /// group of this node.
+    pub seeds: Vec<(NodeId, String)>,
+    /// Where to serve the control-plane RPC; `None`: no listener (a
+    /// one-voter group needs none).
+    pub rpc_listen: Option<SocketAddr>,
+    pub timing: ControlTiming,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Command(#[from] CommandError),
-    #[error("cannot store {TOPICS_FILE}: {0}")]
-    Store(std::io::Error),
-    #[error(transparent)]
-    ProducerIds(#[from] ProducerIdError),
+    #[error("{0}")]
+    Rejected(StateError),
+    #[error("no controller leader is known; retry")]
+    NoLeader,
+    #[error("the operation was not applied within {0:?}; it may still be")]
+    Timeout(Duration),
+    #[error("forwarding to the controller leader: {0}")]
+    Forward(String),
+    #[error("the controller failed: {0}")]
+    Failed(String),
     #[error("the controller is stopping")]
     Stopping,
 }
@@ -56,14 +130,47 @@ pub enum ControllerError {
 pub enum BootstrapError {
     #[error("cannot load the topic table: {0}")]
     Load(#[from] TableFileError),
+    #[error("cannot read the producer id file: {0}")]
+    ProducerIds(#[from] ProducerIdError),
+    #[error("cannot open the controller's Raft log: {0}")]
+    Core(#[from] CoreError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot serve the control-plane RPC on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
+
+type Answer = (u64, Result<Applied, StateError>);
 
 pub struct Controller {
     config: ControllerConfig,
-    table: RefCell<Arc<TopicTable>>,
-    permit: Semaphore,
+    core: RefCell<RaftCore>,
     publish: Publish,
-    producer_ids: RefCell<Option<ProducerIdAllocator>>,
+    /// The cluster id as applied ("" until the first leader set it).
+    cluster_id: Rc<RefCell<String>>,
+    /// RPC address of every node we may send to: seeds, then members.
+    addrs: RefCell<BTreeMap<u64, String>>,
+    peers: RefCell<HashMap<u64, Rc<Peer>>>,
+    next_ctx: Cell<u64>,
+    pending: RefCell<HashMap<Vec<u8>, oneshot::Sender<Answer>>>,
+    reads: RefCell<HashMap<Vec<u8>, oneshot::Sender<u64>>>,
+    /// The applied index of the last snapshot every shard applied.
+    published: Cell<u64>,
+    publish_waiters: RefCell<Vec<(u64, oneshot::Sender<()>)>>,
+    kick: RefCell<Option<futures_channel::mpsc::UnboundedSender<()>>>,
+    snapshot: RefCell<Arc<MetadataSnapshot>>,
+    /// Leader only: when each member was last heard.
+    heard: RefCell<HashMap<NodeId, Instant>>,
+    leader_since: Cell<Option<Instant>>,
+    /// The incarnation this process registered as (0: not yet).
+    incarnation: Cell<u64>,
+    producer_ids: RefCell<(i64, i64)>,
+    id_permit: Semaphore,
+    failed: RefCell<Option<String>>,
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
 thread_local! {
@@ -79,105 +186,1128 @@ pub fn local() -> Rc<Controller> {
     })
 }
 
+/// The state a data directory of the single-node broker had before the
+/// Raft controller: its topic table, producer ids and cluster id become the
+/// first snapshot of its one-voter group.
+fn imported_state(config: &ControllerConfig) -> Result<ClusterState, BootstrapError> {
+    let dir = &config.data_dir;
+    let topics = TopicTable::load(dir, config.me.id)?.unwrap_or_default();
+    let next_producer_id = ProducerIdAllocator::open(dir)?.next_unused();
+    Ok(ClusterState {
+        cluster_id: config.local_cluster_id.clone(),
+        topics,
+        next_producer_id,
+        ..ClusterState::default()
+    })
+}
+
+use crate::raft_core::{node_of as node_id, raft_id as node_u64};
+
 impl Controller {
-    /// Loads the table (no file: an empty one; a directory never becomes a
-    /// topic here), publishes it, and installs the controller on this
-    /// executor.
+    /// Opens the Raft log (bootstrapping a new one from the seeds, or from
+    /// a single-node data directory), starts the RPC listener and the
+    /// controller's tasks, and publishes the recovered metadata to every
+    /// shard before it returns.
     pub async fn bootstrap(
         config: ControllerConfig,
         publish: Publish,
     ) -> Result<Rc<Controller>, BootstrapError> {
-        let (dir, node) = (config.data_dir.clone(), config.broker.id);
-        let table = ferrolog_shard::blocking(move || TopicTable::load(&dir, node))
-            .await?
-            .unwrap_or_default();
+        let me = config.me.id;
+        let voters: Vec<NodeId> = config.seeds.iter().map(|(n, _)| *n).collect();
+        let raft_dir = config.data_dir.join(RAFT_DIR);
+        let fresh = !raft_dir.join("hardstate").exists() && !raft_dir.join("snapshot").exists();
+        let bootstrap = if config.seeds.is_empty() {
+            let initial = if fresh {
+                imported_state(&config)?
+            } else {
+                ClusterState::default()
+            };
+            Bootstrap::Voter {
+                voters: vec![node_u64(me)],
+                initial,
+            }
+        } else if voters.contains(&me) {
+            Bootstrap::Voter {
+                voters: voters.iter().map(|v| node_u64(*v)).collect(),
+                initial: ClusterState::default(),
+            }
+        } else {
+            Bootstrap::Join
+        };
+        let core_config = CoreConfig {
+            id: node_u64(me),
+            election_tick: config.timing.election_ticks,
+            heartbeat_tick: config.timing.heartbeat_ticks,
+            snapshot_every: config.timing.snapshot_every,
+        };
+        let core = {
+            let dir = raft_dir.clone();
+            RaftCore::open(&dir, core_config, bootstrap)?
+        };
+        check_voters(&config, &core)?;
+        if fresh && config.seeds.is_empty() && config.data_dir.join(TOPICS_FILE).exists() {
+            // The table is in the Raft log's first snapshot now; the file is
+            // kept for the operator, renamed so that it is never read again.
+            let from = config.data_dir.join(TOPICS_FILE);
+            let to = config.data_dir.join(format!("{TOPICS_FILE}.imported"));
+            if let Err(e) = std::fs::rename(&from, &to) {
+                warn!("cannot rename {} after importing it: {e}", from.display());
+            }
+        }
         info!(
-            topics = table.topics.len(),
-            revision = table.revision,
-            "topic table loaded"
+            applied = core.applied(),
+            topics = core.state().topics.topics.len(),
+            members = core.state().members.len(),
+            voters = ?core.conf_state().voters,
+            "controller state recovered"
         );
+        let addrs = config
+            .seeds
+            .iter()
+            .map(|(n, a)| (node_u64(*n), a.clone()))
+            .collect();
         let c = Rc::new(Controller {
-            config,
-            table: RefCell::new(Arc::new(table)),
-            permit: Semaphore::new(1),
+            cluster_id: Rc::new(RefCell::new(core.state().cluster_id.clone())),
+            core: RefCell::new(core),
             publish,
-            producer_ids: RefCell::new(None),
+            addrs: RefCell::new(addrs),
+            peers: RefCell::new(HashMap::new()),
+            next_ctx: Cell::new(1),
+            pending: RefCell::new(HashMap::new()),
+            reads: RefCell::new(HashMap::new()),
+            published: Cell::new(0),
+            publish_waiters: RefCell::new(Vec::new()),
+            kick: RefCell::new(None),
+            snapshot: RefCell::new(Arc::new(MetadataSnapshot::default())),
+            heard: RefCell::new(HashMap::new()),
+            leader_since: Cell::new(None),
+            incarnation: Cell::new(0),
+            producer_ids: RefCell::new((0, 0)),
+            id_permit: Semaphore::new(1),
+            failed: RefCell::new(None),
+            tasks: RefCell::new(Vec::new()),
+            config,
         });
         CONTROLLER.with(|slot| *slot.borrow_mut() = Some(c.clone()));
-        (c.publish)(c.snapshot()).await;
+        c.learn_addresses();
+        if let Some(addr) = c.config.rpc_listen {
+            let handler: Rc<dyn rpc::Handler> = Rc::new(RpcHandler(c.clone()));
+            let (task, bound) =
+                rpc::serve(addr, handler).map_err(|source| BootstrapError::Listen { addr, source })?;
+            info!(addr = %bound, "serving the control-plane RPC");
+            c.tasks.borrow_mut().push(task);
+        }
+        // A one-voter group need not wait out an election timeout.
+        if c.config.seeds.is_empty() {
+            let _ = c.core.borrow_mut().campaign();
+        }
+        c.drive();
+        let publisher = glommio::spawn_local(c.clone().publisher()).detach();
+        let ticker = glommio::spawn_local(c.clone().ticker()).detach();
+        let member = glommio::spawn_local(c.clone().member_loop()).detach();
+        c.tasks.borrow_mut().extend([publisher, ticker, member]);
+        c.publish_now().await;
         Ok(c)
     }
 
     pub fn node_id(&self) -> NodeId {
-        self.config.broker.id
+        self.config.me.id
     }
 
-    /// The current table (what proposers read to choose their commands).
+    /// Why the controller stopped working, if it did (its log could not be
+    /// written: the node must stop).
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Stops the controller's tasks (the RPC listener included).
+    pub fn stop(&self) {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.cancel();
+        }
+        *self.kick.borrow_mut() = None;
+    }
+
+    /// The current topic table.
     pub fn table(&self) -> Arc<TopicTable> {
-        self.table.borrow().clone()
+        self.snapshot.borrow().topics.clone()
     }
 
-    /// The metadata as published.
+    /// The metadata as last published.
     pub fn snapshot(&self) -> Arc<MetadataSnapshot> {
-        Arc::new(MetadataSnapshot {
-            cluster_id: self.config.cluster_id.clone(),
-            controller: self.config.broker.id,
-            brokers: vec![self.config.broker.clone()],
-            topics: self.table(),
-        })
+        self.snapshot.borrow().clone()
     }
 
-    /// Applies `cmds` in order, each on the table the previous ones left;
-    /// one answer per command. Unless `validate_only`, the table is stored
-    /// and published once, after every command was applied; if it cannot be
-    /// stored, nothing changes and every accepted command gets the error.
+    /// The replicated state as applied here.
+    pub fn state(&self) -> ClusterState {
+        self.core.borrow().state().clone()
+    }
+
+    fn build_snapshot(&self) -> (u64, Arc<MetadataSnapshot>) {
+        let core = self.core.borrow();
+        let s = core.state();
+        let mut brokers: Vec<Broker> = s.live_brokers().map(broker_of).collect();
+        // This node serves whatever the others think of it: clients may be
+        // told of it before its registration is applied.
+        if !brokers.iter().any(|b| b.id == self.config.me.id) {
+            let m = &self.config.me;
+            brokers.push(Broker {
+                id: m.id,
+                host: m.kafka_host.clone(),
+                port: i32::from(m.kafka_port),
+                rack: m.rack.clone(),
+            });
+            brokers.sort_by_key(|b| b.id);
+        }
+        let leader = core.leader();
+        let snap = MetadataSnapshot {
+            cluster_id: s.cluster_id.clone(),
+            controller: if leader == 0 { NodeId(-1) } else { node_id(leader) },
+            brokers,
+            topics: Arc::new(s.topics.clone()),
+        };
+        (core.applied(), Arc::new(snap))
+    }
+
+    async fn publish_now(&self) {
+        let (applied, snap) = self.build_snapshot();
+        *self.snapshot.borrow_mut() = snap.clone();
+        (self.publish)(snap).await;
+        self.published.set(self.published.get().max(applied));
+        let mut waiters = self.publish_waiters.borrow_mut();
+        let (done, rest): (Vec<_>, Vec<_>) = waiters.drain(..).partition(|(i, _)| *i <= applied);
+        *waiters = rest;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Publishes the newest state whenever something changed; changes that
+    /// arrive while a publish runs are coalesced into the next one.
+    async fn publisher(self: Rc<Self>) {
+        let (tx, mut rx) = futures_channel::mpsc::unbounded::<()>();
+        *self.kick.borrow_mut() = Some(tx);
+        use futures_lite::StreamExt;
+        while rx.next().await.is_some() {
+            while rx.try_recv().is_ok() {}
+            self.publish_now().await;
+        }
+    }
+
+    fn kick_publisher(&self) {
+        if let Some(tx) = self.kick.borrow().as_ref() {
+            let _ = tx.unbounded_send(());
+        }
+    }
+
+    /// Resolves once the snapshot of applied index `index` is published on
+    /// this node.
+    async fn wait_published(&self, index: u64, deadline: Instant) -> Result<(), ControllerError> {
+        if self.published.get() >= index {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.publish_waiters.borrow_mut().push((index, tx));
+        self.kick_publisher();
+        with_deadline(deadline, self.config.timing.request_timeout, async {
+            rx.await.map_err(|_| ControllerError::Stopping)
+        })
+        .await
+    }
+
+    async fn ticker(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(self.config.timing.tick).await;
+            self.core.borrow_mut().tick();
+            self.drive();
+        }
+    }
+
+    /// Runs Ready rounds until there is nothing left, sending their
+    /// messages and answering what they applied.
+    fn drive(&self) {
+        loop {
+            if self.failed.borrow().is_some() {
+                return;
+            }
+            let round = {
+                let mut core = self.core.borrow_mut();
+                if !core.has_ready() {
+                    break;
+                }
+                match core.handle_ready() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!("the controller's Raft log failed; this node stops serving: {e}");
+                        *self.failed.borrow_mut() = Some(e.to_string());
+                        return;
+                    }
+                }
+            };
+            self.send(round.messages);
+            let changed =
+                round.snapshot_installed || round.applied.iter().any(|a| a.outcome != Outcome::Empty);
+            for a in round.applied {
+                self.on_applied(a);
+            }
+            for rs in round.read_states {
+                if let Some(tx) = self.reads.borrow_mut().remove(rs.request_ctx.as_slice()) {
+                    let _ = tx.send(rs.index);
+                }
+            }
+            if changed {
+                self.after_change();
+            }
+        }
+        let leader = self.core.borrow().is_leader();
+        match (leader, self.leader_since.get()) {
+            (true, None) => {
+                info!(
+                    term = self.core.borrow().term(),
+                    "this node is the controller leader"
+                );
+                self.leader_since.set(Some(Instant::now()));
+                self.heard.borrow_mut().clear();
+            }
+            (false, Some(_)) => {
+                info!("this node is no longer the controller leader");
+                self.leader_since.set(None);
+            }
+            _ => {}
+        }
+    }
+
+    fn after_change(&self) {
+        let id = self.core.borrow().state().cluster_id.clone();
+        if *self.cluster_id.borrow() != id {
+            info!(cluster_id = %id, "cluster id");
+            *self.cluster_id.borrow_mut() = id;
+        }
+        self.learn_addresses();
+        self.kick_publisher();
+    }
+
+    /// Members' RPC addresses (seeds keep theirs from the command line
+    /// until they register).
+    fn learn_addresses(&self) {
+        let core = self.core.borrow();
+        let mut addrs = self.addrs.borrow_mut();
+        for m in core.state().members.values() {
+            if addrs.get(&node_u64(m.id)) != Some(&m.rpc_addr) {
+                addrs.insert(node_u64(m.id), m.rpc_addr.clone());
+                self.peers.borrow_mut().remove(&node_u64(m.id));
+            }
+        }
+    }
+
+    fn on_applied(&self, a: AppliedEntry) {
+        match &a.outcome {
+            Outcome::Command(cmd, Err(e)) => {
+                debug!(index = a.index, "refused {}: {e}", describe_command(cmd))
+            }
+            Outcome::Command(cmd, Ok(_)) => info!(index = a.index, "applied {}", describe_command(cmd)),
+            Outcome::ConfChange(Ok(cs)) => {
+                info!(index = a.index, voters = ?cs.voters, learners = ?cs.learners, "configuration changed")
+            }
+            Outcome::ConfChange(Err(e)) => warn!(index = a.index, "configuration change refused: {e}"),
+            Outcome::Undecodable(e) => error!(index = a.index, "skipped an entry that does not decode: {e}"),
+            Outcome::Empty => {}
+        }
+        if a.context.is_empty() {
+            return;
+        }
+        let Some(tx) = self.pending.borrow_mut().remove(&a.context) else {
+            return;
+        };
+        let answer = match a.outcome {
+            Outcome::Command(_, r) => r,
+            Outcome::ConfChange(Ok(_)) | Outcome::Empty => Ok(Applied::LeadersMoved(0)),
+            Outcome::ConfChange(Err(e)) | Outcome::Undecodable(e) => {
+                Err(StateError::Topic(crate::state::CommandErrorText {
+                    kind: crate::state::TopicErrorKind::InvalidAssignment,
+                    message: e,
+                }))
+            }
+        };
+        let _ = tx.send((a.index, answer));
+    }
+
+    fn peer(&self, to: u64) -> Option<Rc<Peer>> {
+        if let Some(p) = self.peers.borrow().get(&to) {
+            return Some(p.clone());
+        }
+        let addr = self.addrs.borrow().get(&to)?.clone();
+        let p = Peer::new(
+            node_u64(self.config.me.id),
+            addr,
+            self.cluster_id.clone(),
+            self.config.timing.request_timeout,
+        );
+        self.peers.borrow_mut().insert(to, p.clone());
+        Some(p)
+    }
+
+    fn send(&self, messages: Vec<raft::eraftpb::Message>) {
+        let mut by_peer: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+        for m in messages {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // Queued for sending; a lost one is asked for again by the
+                // follower's next rejection.
+                self.core.borrow_mut().report_snapshot(m.to, true);
+            }
+            match m.write_to_bytes() {
+                Ok(b) => by_peer.entry(m.to).or_default().push(b),
+                Err(e) => warn!("cannot encode a Raft message: {e}"),
+            }
+        }
+        for (to, msgs) in by_peer {
+            match self.peer(to) {
+                Some(p) => p.send_raft(msgs),
+                None => {
+                    debug!(to, "no address for a Raft peer yet");
+                    self.core.borrow_mut().report_unreachable(to);
+                }
+            }
+        }
+    }
+
+    /// Raft messages from a peer.
+    fn receive(&self, from: u64, messages: Vec<Vec<u8>>) {
+        {
+            let mut core = self.core.borrow_mut();
+            for bytes in messages {
+                match raft::eraftpb::Message::parse_from_bytes(&bytes) {
+                    Ok(m) if m.from == from => {
+                        if let Err(e) = core.step(m) {
+                            debug!(from, "raft refused a message: {e}");
+                        }
+                    }
+                    Ok(m) => warn!(
+                        from,
+                        claimed = m.from,
+                        "dropped a Raft message whose sender is not the caller"
+                    ),
+                    Err(e) => warn!(from, "dropped a Raft message that does not decode: {e}"),
+                }
+            }
+        }
+        self.drive();
+    }
+
+    fn new_context(&self) -> Vec<u8> {
+        let n = self.next_ctx.get();
+        self.next_ctx.set(n + 1);
+        let mut ctx = node_u64(self.config.me.id).to_be_bytes().to_vec();
+        ctx.extend_from_slice(&n.to_be_bytes());
+        // A restart reuses counters: the incarnation tells proposals apart.
+        ctx.extend_from_slice(&self.incarnation.get().to_be_bytes());
+        ctx.extend_from_slice(&std::process::id().to_be_bytes());
+        ctx
+    }
+
+    /// Leader only: proposes `cmds` and waits until each is applied here.
+    async fn propose_local(
+        &self,
+        cmds: &[Command],
+        deadline: Instant,
+    ) -> Result<Vec<Answer>, ControllerError> {
+        let mut waits = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let ctx = self.new_context();
+            let (tx, rx) = oneshot::channel();
+            self.pending.borrow_mut().insert(ctx.clone(), tx);
+            let r = self.core.borrow_mut().propose(ctx.clone(), cmd);
+            if let Err(e) = r {
+                self.pending.borrow_mut().remove(&ctx);
+                self.drive();
+                return Err(match e {
+                    CoreError::Raft(raft::Error::ProposalDropped) => ControllerError::NoLeader,
+                    e => ControllerError::Failed(e.to_string()),
+                });
+            }
+            waits.push((ctx, rx));
+        }
+        self.drive();
+        let mut out = Vec::with_capacity(waits.len());
+        for (ctx, rx) in waits {
+            let r = with_deadline(deadline, self.config.timing.request_timeout, async {
+                rx.await.map_err(|_| ControllerError::Stopping)
+            })
+            .await;
+            match r {
+                Ok(a) => out.push(a),
+                Err(e) => {
+                    self.pending.borrow_mut().remove(&ctx);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Proposes `cmds` through the leader (this node or another) and waits
+    /// until they are applied and published on this node. One answer per
+    /// command, in order.
+    pub async fn propose_commands(
+        &self,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Result<Applied, StateError>>, ControllerError> {
+        let deadline = Instant::now() + self.config.timing.request_timeout;
+        loop {
+            if self.failed.borrow().is_some() {
+                return Err(ControllerError::Stopping);
+            }
+            let (leader, me) = {
+                let core = self.core.borrow();
+                (core.leader(), core.is_leader())
+            };
+            let attempt = if me {
+                self.propose_local(&cmds, deadline).await.map(|answers| {
+                    let index = answers.iter().map(|a| a.0).max().unwrap_or(0);
+                    (index, answers.into_iter().map(|a| a.1).collect::<Vec<_>>())
+                })
+            } else if leader != 0 {
+                self.forward(leader, &cmds).await
+            } else {
+                Err(ControllerError::NoLeader)
+            };
+            match attempt {
+                Ok((index, answers)) => {
+                    self.wait_published(index, deadline).await?;
+                    return Ok(answers);
+                }
+                // No leader yet, or it changed under us: wait and retry.
+                Err(ControllerError::NoLeader) | Err(ControllerError::Forward(_))
+                    if Instant::now() < deadline =>
+                {
+                    glommio::timer::sleep(self.config.timing.tick).await;
+                }
+                Err(ControllerError::NoLeader) => return Err(ControllerError::NoLeader),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        cmds: &[Command],
+    ) -> Result<(u64, Vec<Result<Applied, StateError>>), ControllerError> {
+        let peer = self.peer(leader).ok_or(ControllerError::NoLeader)?;
+        let body = serde_json::to_vec(cmds).expect("commands serialize");
+        let (index, results) = peer
+            .propose(body)
+            .await
+            .map_err(|e| ControllerError::Forward(e.to_string()))?;
+        let answers: Vec<Result<Applied, StateError>> = serde_json::from_slice(&results)
+            .map_err(|e| ControllerError::Forward(format!("the leader's answer does not decode: {e}")))?;
+        if answers.len() != cmds.len() {
+            return Err(ControllerError::Forward(
+                "the leader answered a different number of commands".into(),
+            ));
+        }
+        Ok((index, answers))
+    }
+
+    /// Applies topic commands through the Raft group; one answer per
+    /// command. `validate_only`: checked against the current table in order,
+    /// nothing proposed.
     pub async fn propose(
         &self,
         cmds: Vec<TopicCommand>,
         validate_only: bool,
     ) -> Vec<Result<TopicDelta, ControllerError>> {
-        let Ok(_permit) = self.permit.acquire_permit(1).await else {
-            return cmds.iter().map(|_| Err(ControllerError::Stopping)).collect();
-        };
-        let mut table = TopicTable::clone(&self.table());
-        let mut out: Vec<Result<TopicDelta, ControllerError>> = cmds
-            .iter()
-            .map(|c| commands::apply(&mut table, c).map_err(ControllerError::from))
-            .collect();
-        if validate_only || out.iter().all(Result::is_err) {
-            return out;
+        if validate_only {
+            let mut table = TopicTable::clone(&self.table());
+            return cmds
+                .iter()
+                .map(|c| commands::apply(&mut table, c).map_err(ControllerError::from))
+                .collect();
         }
-        let (dir, stored) = (self.config.data_dir.clone(), table.clone());
-        if let Err(e) = ferrolog_shard::blocking(move || stored.store(&dir)).await {
-            warn!("cannot store the topic table: {e}");
-            let kind = e.kind();
-            for r in out.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(ControllerError::Store(std::io::Error::new(kind, e.to_string())));
-            }
-            return out;
+        let n = cmds.len();
+        let wrapped: Vec<Command> = cmds.into_iter().map(Command::Topic).collect();
+        match self.propose_commands(wrapped).await {
+            Ok(answers) => answers
+                .into_iter()
+                .map(|a| match a {
+                    Ok(Applied::Topic(d)) => Ok(d),
+                    Ok(other) => Err(ControllerError::Failed(format!(
+                        "a topic command answered {other:?}"
+                    ))),
+                    Err(e) => Err(ControllerError::Rejected(e)),
+                })
+                .collect(),
+            Err(e) => (0..n).map(|_| Err(clone_error(&e))).collect(),
         }
-        for d in out.iter().flatten() {
-            info!(revision = d.revision, "{}", describe(&d.change));
-        }
-        *self.table.borrow_mut() = Arc::new(table);
-        (self.publish)(self.snapshot()).await;
-        out
     }
 
-    /// A producer id never handed out before from this data directory.
-    pub fn next_producer_id(&self) -> Result<i64, ControllerError> {
-        let mut ids = self.producer_ids.borrow_mut();
-        if ids.is_none() {
-            *ids = Some(ProducerIdAllocator::open(&self.config.data_dir)?);
+    /// A producer id never handed out before in this cluster: from this
+    /// node's block, or from a new block taken from the cluster.
+    pub async fn next_producer_id(&self) -> Result<i64, ControllerError> {
+        let _permit = self
+            .id_permit
+            .acquire_permit(1)
+            .await
+            .map_err(|_| ControllerError::Stopping)?;
+        {
+            let mut ids = self.producer_ids.borrow_mut();
+            if ids.0 < ids.1 {
+                ids.0 += 1;
+                return Ok(ids.0 - 1);
+            }
         }
-        Ok(ids.as_mut().expect("opened above").allocate()?)
+        let cmd = Command::AllocateProducerIds {
+            node: self.config.me.id,
+            count: PRODUCER_ID_BLOCK,
+        };
+        let answer = self.propose_commands(vec![cmd]).await?.pop().expect("one answer");
+        match answer {
+            Ok(Applied::ProducerIds { start, count }) => {
+                *self.producer_ids.borrow_mut() = (start + 1, start + count);
+                Ok(start)
+            }
+            Ok(other) => Err(ControllerError::Failed(format!(
+                "a producer id block answered {other:?}"
+            ))),
+            Err(e) => Err(ControllerError::Rejected(e)),
+        }
+    }
+
+    /// A linearizable read point: resolves once this node applied (and
+    /// published) everything the leader had committed when it was asked.
+    /// Retried until the deadline: raft drops a ReadIndex while there is no
+    /// leader or the leader has not committed in its term yet.
+    pub async fn read_barrier(&self) -> Result<(), ControllerError> {
+        let deadline = Instant::now() + self.config.timing.request_timeout;
+        loop {
+            let ctx = self.new_context();
+            let (tx, rx) = oneshot::channel();
+            self.reads.borrow_mut().insert(ctx.clone(), tx);
+            self.core.borrow_mut().read_index(ctx.clone());
+            self.drive();
+            let attempt =
+                glommio::timer::timeout(self.config.timing.tick * 5, async { Ok(rx.await.ok()) }).await;
+            self.reads.borrow_mut().remove(&ctx);
+            match attempt {
+                Ok(Some(index)) => return self.wait_published(index, deadline).await,
+                _ if Instant::now() >= deadline => {
+                    return Err(ControllerError::Timeout(self.config.timing.request_timeout))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Registers this node with the leader (a new incarnation), then
+    /// heartbeats it; registers again when the leader forgot it.
+    async fn member_loop(self: Rc<Self>) {
+        loop {
+            if self.incarnation.get() == 0 {
+                match self.register_self().await {
+                    Ok(inc) => {
+                        info!(incarnation = inc, "registered with the controller");
+                        self.incarnation.set(inc);
+                    }
+                    Err(e) => debug!("cannot register yet: {e}"),
+                }
+            } else if let Err(e) = self.heartbeat_leader().await {
+                debug!("heartbeat: {e}");
+            }
+            if self.core.borrow().is_leader() {
+                self.leader_duties().await;
+            }
+            glommio::timer::sleep(self.config.timing.heartbeat_interval).await;
+        }
+    }
+
+    async fn register_self(&self) -> Result<u64, ControllerError> {
+        let mut leader = self.core.borrow().leader();
+        if leader == 0 {
+            // A node joining the cluster knows no leader until it is a
+            // learner: it asks the seeds in turn, which forward to theirs.
+            let seeds = &self.config.seeds;
+            if seeds.is_empty() {
+                return Err(ControllerError::NoLeader);
+            }
+            let n = self.next_ctx.get() as usize % seeds.len();
+            self.next_ctx.set(self.next_ctx.get() + 1);
+            leader = node_u64(seeds[n].0);
+        }
+        if leader == node_u64(self.config.me.id) {
+            return self.register(self.config.me.clone()).await.map(|r| r.incarnation);
+        }
+        let peer = self.peer(leader).ok_or(ControllerError::NoLeader)?;
+        let reply = peer
+            .register(&member_info(&self.config.me))
+            .await
+            .map_err(|e| ControllerError::Forward(e.to_string()))?;
+        if !reply.cluster_id.is_empty()
+            && !self.cluster_id.borrow().is_empty()
+            && *self.cluster_id.borrow() != reply.cluster_id
+        {
+            return Err(ControllerError::Forward(format!(
+                "the leader is of cluster {}, this node of {}",
+                reply.cluster_id,
+                self.cluster_id.borrow()
+            )));
+        }
+        Ok(reply.incarnation)
+    }
+
+    /// Leader side of a registration: refuses a second live node with the
+    /// same id, proposes the registration.
+    async fn register(&self, r: Registration) -> Result<RegisterReply, ControllerError> {
+        if !self.core.borrow().is_leader() {
+            return Err(ControllerError::NoLeader);
+        }
+        let live_elsewhere = {
+            let core = self.core.borrow();
+            core.state().members.get(&r.id).is_some_and(|m| {
+                m.rpc_addr != r.rpc_addr
+                    && m.state != MemberState::Removed
+                    && self
+                        .heard
+                        .borrow()
+                        .get(&r.id)
+                        .is_some_and(|t| t.elapsed() < self.config.timing.session_timeout)
+            })
+        };
+        if live_elsewhere {
+            return Err(ControllerError::Failed(format!(
+                "node id {} is in use by a live node at another address",
+                r.id
+            )));
+        }
+        let id = r.id;
+        let answer = self
+            .propose_commands(vec![Command::Register(r)])
+            .await?
+            .pop()
+            .expect("one answer");
+        match answer {
+            Ok(Applied::Registered { incarnation, .. }) => {
+                self.heard.borrow_mut().insert(id, Instant::now());
+                Ok(RegisterReply {
+                    cluster_id: self.cluster_id.borrow().clone(),
+                    incarnation,
+                    leader: self.core.borrow().leader(),
+                })
+            }
+            Ok(other) => Err(ControllerError::Failed(format!(
+                "a registration answered {other:?}"
+            ))),
+            Err(e) => Err(ControllerError::Rejected(e)),
+        }
+    }
+
+    async fn heartbeat_leader(&self) -> Result<(), ControllerError> {
+        let leader = self.core.borrow().leader();
+        if leader == 0 {
+            return Err(ControllerError::NoLeader);
+        }
+        if leader == node_u64(self.config.me.id) {
+            self.heard.borrow_mut().insert(self.config.me.id, Instant::now());
+            return Ok(());
+        }
+        let peer = self.peer(leader).ok_or(ControllerError::NoLeader)?;
+        match peer.heartbeat(self.incarnation.get()).await {
+            Ok(_) => Ok(()),
+            Err(RpcError::Remote(e)) if e.contains("register") => {
+                // The leader does not know this incarnation: register again.
+                self.incarnation.set(0);
+                Err(ControllerError::Forward(e))
+            }
+            Err(e) => Err(ControllerError::Forward(e.to_string())),
+        }
+    }
+
+    /// Leader side of a heartbeat.
+    fn heartbeat(&self, from: NodeId, incarnation: u64) -> Result<HeartbeatReply, String> {
+        let core = self.core.borrow();
+        if !core.is_leader() {
+            return Err(format!(
+                "node {} is not the controller leader (leader: {})",
+                self.config.me.id,
+                node_id(core.leader())
+            ));
+        }
+        match core.state().members.get(&from) {
+            Some(m) if m.incarnation == incarnation && m.state != MemberState::Removed => {
+                self.heard.borrow_mut().insert(from, Instant::now());
+                Ok(HeartbeatReply {
+                    leader: core.leader(),
+                    term: core.term(),
+                })
+            }
+            Some(m) if m.state == MemberState::Removed => {
+                Err(format!("node {from} was removed from the cluster"))
+            }
+            _ => Err(format!(
+                "node {from} incarnation {incarnation} is not registered; register again"
+            )),
+        }
+    }
+
+    /// The leader's periodic work: the cluster id, liveness, learners,
+    /// draining.
+    async fn leader_duties(&self) {
+        let (cluster_id_missing, members, conf) = {
+            let core = self.core.borrow();
+            (
+                core.state().cluster_id.is_empty(),
+                core.state().members.clone(),
+                core.conf_state(),
+            )
+        };
+        if cluster_id_missing {
+            let id = self.config.local_cluster_id.clone();
+            let _ = self
+                .propose_commands(vec![Command::InitCluster { cluster_id: id }])
+                .await;
+            return;
+        }
+        let since = self.leader_since.get().unwrap_or_else(Instant::now);
+        let session = self.config.timing.session_timeout;
+        let mut cmds = Vec::new();
+        for m in members.values().filter(|m| m.state != MemberState::Removed) {
+            let heard = self.heard.borrow().get(&m.id).copied();
+            let last = heard.unwrap_or(since).max(since);
+            let alive = m.id == self.config.me.id || last.elapsed() < session;
+            if m.alive && !alive {
+                warn!(node = %m.id, "member missed its session; marking it down");
+                cmds.push(Command::SetLiveness {
+                    node: m.id,
+                    alive: false,
+                });
+            } else if !m.alive && alive && heard.is_some() {
+                cmds.push(Command::SetLiveness {
+                    node: m.id,
+                    alive: true,
+                });
+            }
+        }
+        if !cmds.is_empty() {
+            let _ = self.propose_commands(cmds).await;
+        }
+        let moves = self.leader_moves();
+        if !moves.is_empty() {
+            info!(
+                partitions = moves.len(),
+                "moving leadership off members that are down"
+            );
+            let _ = self.propose_commands(vec![Command::MoveLeaders(moves)]).await;
+        }
+        // Raft takes one configuration change at a time.
+        let pending_conf = self.core.borrow().has_pending_conf();
+        if !pending_conf {
+            let known =
+                |n: NodeId| conf.voters.contains(&node_u64(n)) || conf.learners.contains(&node_u64(n));
+            if let Some(m) = members
+                .values()
+                .find(|m| m.state != MemberState::Removed && !known(m.id))
+            {
+                info!(node = %m.id, "adding a member as a Raft learner");
+                self.conf_change(ConfChangeType::AddLearnerNode, m.id).await;
+                return;
+            }
+            if let Some(m) = members
+                .values()
+                .find(|m| m.state == MemberState::Removed && known(m.id) && m.id != self.config.me.id)
+            {
+                info!(node = %m.id, "removing a removed member from the Raft group");
+                self.conf_change(ConfChangeType::RemoveNode, m.id).await;
+                return;
+            }
+        }
+        for m in members.values().filter(|m| m.state == MemberState::Draining) {
+            let plan = self.drain_plan(m.id);
+            match plan {
+                Some(moves) if !moves.is_empty() => {
+                    info!(node = %m.id, partitions = moves.len(), "draining: moving replicas");
+                    let _ = self.propose_commands(vec![Command::Reassign(moves)]).await;
+                }
+                Some(_) => {
+                    info!(node = %m.id, "drained; removing the member");
+                    let _ = self
+                        .propose_commands(vec![Command::SetMemberState {
+                            node: m.id,
+                            state: MemberState::Removed,
+                        }])
+                        .await;
+                }
+                None => warn!(node = %m.id, "cannot drain: no live member to move its replicas to"),
+            }
+        }
+    }
+
+    async fn conf_change(&self, kind: ConfChangeType, node: NodeId) {
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = node_u64(node);
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        // Voter changes go through a joint configuration, left automatically.
+        cc.set_transition(ConfChangeTransition::Implicit);
+        let r = self.core.borrow_mut().propose_conf_change(self.new_context(), cc);
+        if let Err(e) = r {
+            warn!(node = %node, "configuration change not proposed: {e}");
+        }
+        self.drive();
+    }
+
+    /// New leaders for partitions whose leader is down: the first live
+    /// replica of the set (the replication layer will choose among in-sync
+    /// replicas only).
+    fn leader_moves(&self) -> Vec<LeaderMove> {
+        let core = self.core.borrow();
+        let s = core.state();
+        let live = |n: &NodeId| {
+            s.members
+                .get(n)
+                .is_some_and(|m| m.alive && m.state != MemberState::Removed)
+        };
+        let mut moves = Vec::new();
+        for (name, meta) in &s.topics.topics {
+            for (p, a) in meta.assignments.iter().enumerate() {
+                if live(&a.leader) || !s.members.contains_key(&a.leader) {
+                    continue;
+                }
+                if let Some(next) = a.replicas.iter().find(|r| live(r)) {
+                    moves.push(LeaderMove {
+                        topic: name.clone(),
+                        partition: p as i32,
+                        leader: *next,
+                    });
+                }
+            }
+        }
+        moves
+    }
+
+    /// Replica sets without `node`: each replica of it replaced by the
+    /// active member that leads the fewest partitions and is not in the set
+    /// . `None` if
+    /// some set has no candidate.
+    fn drain_plan(&self, node: NodeId) -> Option<Vec<Reassignment>> {
+        let core = self.core.borrow();
+        let s = core.state();
+        let mut load: BTreeMap<NodeId, usize> = s
+            .placeable()
+            .filter(|m| m.id != node)
+            .map(|m| (m.id, 0))
+            .collect();
+        for meta in s.topics.topics.values() {
+            for a in &meta.assignments {
+                for r in &a.replicas {
+                    if let Some(l) = load.get_mut(r) {
+                        *l += 1;
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (name, meta) in &s.topics.topics {
+            for (p, a) in meta.assignments.iter().enumerate() {
+                if !a.replicas.contains(&node) {
+                    continue;
+                }
+                let pick = least_loaded(&load, &a.replicas)?;
+                *load.entry(pick).or_insert(0) += 1;
+                let replicas = a
+                    .replicas
+                    .iter()
+                    .map(|r| if *r == node { pick } else { *r })
+                    .collect();
+                out.push(Reassignment {
+                    topic: name.clone(),
+                    partition: p as i32,
+                    replicas,
+                });
+            }
+        }
+        Some(out)
+    }
+
+    /// Starts draining `node` (decommission); the leader moves its replicas
+    /// away, then removes it.
+    pub async fn decommission(&self, node: NodeId) -> Result<(), ControllerError> {
+        let answer = self
+            .propose_commands(vec![Command::SetMemberState {
+                node,
+                state: MemberState::Draining,
+            }])
+            .await?
+            .pop()
+            .expect("one answer");
+        answer.map(drop).map_err(ControllerError::Rejected)
+    }
+
+    /// The cluster as this node sees it, after a read barrier when `fresh`
+    /// (linearizable); JSON for `GET /v1/cluster` and `cluster status`.
+    pub async fn status(&self, fresh: bool) -> Result<serde_json::Value, ControllerError> {
+        if fresh {
+            self.read_barrier().await?;
+        }
+        let core = self.core.borrow();
+        let s = core.state();
+        let conf = core.conf_state();
+        let led = s.leaders_per_node();
+        let heard = self.heard.borrow();
+        let members: Vec<serde_json::Value> = s
+            .members
+            .values()
+            .map(|m| {
+                serde_json::json!({
+                    "node_id": m.id.0,
+                    "kafka_addr": format!("{}:{}", m.kafka_host, m.kafka_port),
+                    "rpc_addr": m.rpc_addr,
+                    "rack": m.rack,
+                    "shards": m.shards,
+                    "state": m.state,
+                    "alive": m.alive,
+                    "incarnation": m.incarnation,
+                    "voter": conf.voters.contains(&node_u64(m.id)),
+                    "last_heard_ms": heard.get(&m.id).map(|t| t.elapsed().as_millis() as u64),
+                    "partitions_led": led.get(&m.id).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "cluster_id": s.cluster_id,
+            "node_id": self.config.me.id.0,
+            "term": core.term(),
+            "leader_id": match core.leader() {
+                0 => -1,
+                l => node_id(l).0,
+            },
+            "voters": conf.voters.iter().map(|v| node_id(*v).0).collect::<Vec<_>>(),
+            "learners": conf.learners.iter().map(|v| node_id(*v).0).collect::<Vec<_>>(),
+            "applied_index": core.applied(),
+            "commit_index": core.commit_index(),
+            "members": members,
+            "topics": s.topics.topics.len(),
+            "partitions": s.topics.topics.values().map(|t| t.assignments.len()).sum::<usize>(),
+        }))
     }
 }
 
-/// One line for the log about an applied change (not its whole delta: a
-/// topic of thousands of partitions would make a line of thousands of
-/// assignments).
-fn describe(change: &TopicChange) -> String {
+/// The candidate with the fewest replicas that is not in `set` (lowest id
+/// on ties).
+fn least_loaded(load: &BTreeMap<NodeId, usize>, set: &[NodeId]) -> Option<NodeId> {
+    load.iter()
+        .filter(|(n, _)| !set.contains(n))
+        .min_by_key(|(n, l)| (**l, **n))
+        .map(|(n, _)| *n)
+}
+
+fn clone_error(e: &ControllerError) -> ControllerError {
+    match e {
+        ControllerError::NoLeader => ControllerError::NoLeader,
+        ControllerError::Timeout(d) => ControllerError::Timeout(*d),
+        ControllerError::Stopping => ControllerError::Stopping,
+        ControllerError::Rejected(s) => ControllerError::Rejected(s.clone()),
+        ControllerError::Command(c) => ControllerError::Command(c.clone()),
+        ControllerError::Forward(s) => ControllerError::Forward(s.clone()),
+        ControllerError::Failed(s) => ControllerError::Failed(s.clone()),
+    }
+}
+
+async fn with_deadline<T>(
+    deadline: Instant,
+    limit: Duration,
+    f: impl Future<Output = Result<T, ControllerError>>,
+) -> Result<T, ControllerError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    glommio::timer::timeout(left, async { Ok(f.await) })
+        .await
+        .map_err(|_| ControllerError::Timeout(limit))?
+}
+
+fn broker_of(m: &crate::state::Member) -> Broker {
+    Broker {
+        id: m.id,
+        host: m.kafka_host.clone(),
+        port: i32::from(m.kafka_port),
+        rack: m.rack.clone(),
+    }
+}
+
+fn member_info(r: &Registration) -> MemberInfo {
+    MemberInfo {
+        node_id: node_u64(r.id),
+        kafka_host: r.kafka_host.clone(),
+        kafka_port: r.kafka_port,
+        rpc_addr: r.rpc_addr.clone(),
+        rack: r.rack.clone(),
+        shards: r.shards,
+    }
+}
+
+/// The seeds must be the voters the log was started with; after a
+/// configuration change the stored voters are the authority.
+fn check_voters(config: &ControllerConfig, core: &RaftCore) -> Result<(), BootstrapError> {
+    let me = node_u64(config.me.id);
+    let conf = core.conf_state();
+    let (_, conf_index) = core.log().conf_state();
+    let mut stored: Vec<u64> = conf.voters.clone();
+    stored.sort_unstable();
+    if stored.is_empty() {
+        return Ok(()); // a joining node before its first snapshot
+    }
+    let mut seeds: Vec<u64> = config.seeds.iter().map(|(n, _)| node_u64(*n)).collect();
+    seeds.sort_unstable();
+    if seeds.is_empty() {
+        if stored != [me] {
+            return Err(BootstrapError::Config(format!(
+                "this data directory belongs to a cluster whose voters are {stored:?}; start it with --seeds"
+            )));
+        }
+        return Ok(());
+    }
+    if seeds != stored {
+        if conf_index <= 1 {
+            return Err(BootstrapError::Config(format!(
+                "--seeds names voters {seeds:?} but this data directory's cluster was started with {stored:?}"
+            )));
+        }
+        warn!(?seeds, voters = ?stored, "the voters changed since the cluster was started; the stored ones hold");
+    }
+    Ok(())
+}
+
+/// One line for the log about an applied command (not the whole command:
+/// a topic of thousands of partitions would make a line of thousands).
+fn describe_command(cmd: &Command) -> String {
+    match cmd {
+        Command::InitCluster { cluster_id } => format!("cluster id {cluster_id}"),
+        Command::Topic(TopicCommand::CreateTopic {
+            name, assignments, ..
+        }) => format!(
+            "create topic {name} ({} partitions, replication factor {})",
+            assignments.len(),
+            assignments.first().map_or(0, Vec::len)
+        ),
+        Command::Topic(TopicCommand::DeleteTopic { name, .. }) => format!("delete topic {name}"),
+        Command::Topic(TopicCommand::CreatePartitions {
+            name,
+            new_assignments,
+        }) => {
+            format!("add {} partitions to topic {name}", new_assignments.len())
+        }
+        Command::Topic(TopicCommand::AlterConfig { name, .. }) => {
+            format!("change the config of topic {name}")
+        }
+        Command::Register(r) => format!("register node {} (rpc {})", r.id, r.rpc_addr),
+        Command::SetLiveness { node, alive } => format!("node {node} {}", if *alive { "up" } else { "down" }),
+        Command::SetMemberState { node, state } => format!("node {node} {state:?}"),
+        Command::MoveLeaders(m) => format!("move leadership of {} partitions", m.len()),
+        Command::Reassign(m) => format!("reassign {} partitions", m.len()),
+        Command::AllocateProducerIds { node, count } => format!("{count} producer ids for node {node}"),
+    }
+}
+
+/// One line about an applied topic change.
+pub fn describe(change: &TopicChange) -> String {
     match change {
         TopicChange::Created { name, meta } => format!(
             "created topic {name} ({} partitions, replication factor {})",
@@ -191,5 +1321,83 @@ fn describe(change: &TopicChange) -> String {
         TopicChange::ConfigChanged { name, after, .. } => {
             format!("changed the config of topic {name}: {after:?}")
         }
+    }
+}
+
+/// The RPC service of this node, answered by its controller.
+struct RpcHandler(Rc<Controller>);
+
+impl rpc::Handler for RpcHandler {
+    fn cluster_id(&self) -> String {
+        self.0.cluster_id.borrow().clone()
+    }
+
+    fn raft(&self, from: u64, messages: Vec<Vec<u8>>) {
+        self.0.receive(from, messages);
+    }
+
+    fn propose(
+        &self,
+        from: u64,
+        commands: Vec<u8>,
+    ) -> LocalBoxFuture<'static, Result<(u64, Vec<u8>), String>> {
+        let c = self.0.clone();
+        Box::pin(async move {
+            let cmds: Vec<Command> = serde_json::from_slice(&commands)
+                .map_err(|e| format!("commands from node {from} do not decode: {e}"))?;
+            if !c.core.borrow().is_leader() {
+                return Err(format!("node {} is not the controller leader", c.config.me.id));
+            }
+            let deadline = Instant::now() + c.config.timing.request_timeout;
+            let answers = c
+                .propose_local(&cmds, deadline)
+                .await
+                .map_err(|e| e.to_string())?;
+            let index = answers.iter().map(|a| a.0).max().unwrap_or(0);
+            let results: Vec<Result<Applied, StateError>> = answers.into_iter().map(|a| a.1).collect();
+            Ok((index, serde_json::to_vec(&results).expect("answers serialize")))
+        })
+    }
+
+    fn register(&self, member: MemberInfo) -> LocalBoxFuture<'static, Result<RegisterReply, String>> {
+        let c = self.0.clone();
+        Box::pin(async move {
+            let leader = c.core.borrow().leader();
+            if leader != node_u64(c.config.me.id) {
+                // Not the leader: forward to it (a joining node only knows seeds).
+                let peer = c
+                    .peer(leader)
+                    .ok_or_else(|| ControllerError::NoLeader.to_string())?;
+                return peer.register(&member).await.map_err(|e| e.to_string());
+            }
+            let r = Registration {
+                id: node_id(member.node_id),
+                kafka_host: member.kafka_host,
+                kafka_port: member.kafka_port,
+                rpc_addr: member.rpc_addr,
+                rack: member.rack,
+                shards: member.shards,
+            };
+            c.register(r).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        from: u64,
+        incarnation: u64,
+    ) -> LocalBoxFuture<'static, Result<HeartbeatReply, String>> {
+        let r = self.0.heartbeat(node_id(from), incarnation);
+        Box::pin(async move { r })
+    }
+
+    fn status(&self) -> LocalBoxFuture<'static, Result<String, String>> {
+        let c = self.0.clone();
+        Box::pin(async move {
+            c.status(false)
+                .await
+                .map(|v| v.to_string())
+                .map_err(|e| e.to_string())
+        })
     }
 }

@@ -28,5 +28,6 @@ pub mod metadata;
 pub mod producer_ids;
 pub mod raft_core;
 pub mod raft_log;
+pub mod rpc;
 pub mod state;
 pub mod topics;

@@ -71,6 +71,12 @@ impl ProducerIdAllocator {
         })
     }
 
+    /// The first id this directory never handed out (where a cluster-wide
+    /// allocation must start when this directory becomes a cluster's).
+    pub fn next_unused(&self) -> i64 {
+        self.block_end
+    }
+
     /// The next id. Fails (and hands out nothing) if the next block cannot
     /// be made durable.
     pub fn allocate(&mut self) -> Result<i64, ProducerIdError> {

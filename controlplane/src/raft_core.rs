@@ -23,6 +23,17 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Messa
 use raft::{Config, RawNode, ReadState, StateRole, Storage};
 use std::path::Path;
 
+/// The Raft id of a node: raft-rs reserves 0 (no node), and node ids start
+/// at 0, so a node's Raft id is its node id plus one.
+pub fn raft_id(node: ferrolog_model::NodeId) -> u64 {
+    u64::try_from(node.0).expect("node ids are not negative") + 1
+}
+
+/// The node of a Raft id (see [`raft_id`]).
+pub fn node_of(raft_id: u64) -> ferrolog_model::NodeId {
+    ferrolog_model::NodeId(i32::try_from(raft_id.saturating_sub(1)).unwrap_or(i32::MAX))
+}
+
 /// Timing and sizing of the group. Ticks are the caller's clock.
 #[derive(Clone, Debug)]
 pub struct CoreConfig {
@@ -240,6 +251,18 @@ impl RaftCore {
     /// Entries not yet replicated to the given peer's match index (leader).
     pub fn match_index(&self, peer: u64) -> Option<u64> {
         self.node.raft.prs().get(peer).map(|p| p.matched)
+    }
+
+    /// Campaigns at once (a one-voter group need not wait out an election
+    /// timeout).
+    pub fn campaign(&mut self) -> Result<(), CoreError> {
+        Ok(self.node.campaign()?)
+    }
+
+    /// Whether a configuration change is proposed and not yet applied
+    /// (raft takes one at a time).
+    pub fn has_pending_conf(&self) -> bool {
+        self.node.raft.has_pending_conf()
     }
 
     pub fn tick(&mut self) {

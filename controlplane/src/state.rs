@@ -199,30 +199,13 @@ impl From<&CommandError> for CommandErrorText {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
     ClusterId(String),
-    /// Topic deltas are not carried over the wire; the proposer gets the
-    /// topic's state after the change instead (see `Outcome`).
-    Topic {
-        revision: u64,
-        topic: String,
-    },
-    Registered {
-        node: NodeId,
-        incarnation: u64,
-    },
-    Liveness {
-        node: NodeId,
-        alive: bool,
-    },
-    MemberState {
-        node: NodeId,
-        state: MemberState,
-    },
+    Topic(TopicDelta),
+    Registered { node: NodeId, incarnation: u64 },
+    Liveness { node: NodeId, alive: bool },
+    MemberState { node: NodeId, state: MemberState },
     LeadersMoved(usize),
     Reassigned(usize),
-    ProducerIds {
-        start: i64,
-        count: i64,
-    },
+    ProducerIds { start: i64, count: i64 },
 }
 
 /// The whole replicated state; `Default` is the state before the first
@@ -313,12 +296,8 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
             Ok(Applied::ClusterId(cluster_id.clone()))
         }
         Command::Topic(tc) => {
-            let TopicDelta { revision, .. } =
-                commands::apply(&mut state.topics, tc).map_err(|e| topic_err(&e))?;
-            Ok(Applied::Topic {
-                revision,
-                topic: tc.name().to_string(),
-            })
+            let delta = commands::apply(&mut state.topics, tc).map_err(|e| topic_err(&e))?;
+            Ok(Applied::Topic(delta))
         }
         Command::Register(r) => {
             if let Some(owner) = state

@@ -94,6 +94,33 @@ pub struct Profile {
     pub network: Network,
     #[serde(default)]
     pub storage: Storage,
+    #[serde(default)]
+    pub control: Control,
+}
+
+/// `[control]`: timing of the control plane (Raft group and failure detection).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Control {
+    /// One Raft tick, in ms.
+    pub raft_tick_ms: u64,
+    /// Ticks without a leader before a voter campaigns (raft randomizes up to twice this).
+    pub election_ticks: u32,
+    /// How often a node heartbeats the controller leader, in ms.
+    pub heartbeat_interval_ms: u64,
+    /// A node not heard for this long is marked down and its partitions get new leaders, in ms.
+    pub session_timeout_ms: u64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            raft_tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_interval_ms: 500,
+            session_timeout_ms: 3000,
+        }
+    }
 }
 
 /// `[shards]`: which cores run a shard, which run everything else, and each shard's memory.
@@ -364,6 +391,35 @@ impl Profile {
     pub fn validate_against(&self, online: &[usize]) -> Result<(), ProfileError> {
         self.shard_cpus(online)?;
         self.control_cpus(online)?;
+
+        let c = &self.control;
+        if !(10..=10_000).contains(&c.raft_tick_ms) {
+            return Err(invalid(
+                "control.raft_tick_ms",
+                format!("{} outside 10..=10000", c.raft_tick_ms),
+            ));
+        }
+        if !(3..=100).contains(&c.election_ticks) {
+            return Err(invalid(
+                "control.election_ticks",
+                format!("{} outside 3..=100", c.election_ticks),
+            ));
+        }
+        if !(10..=60_000).contains(&c.heartbeat_interval_ms) {
+            return Err(invalid(
+                "control.heartbeat_interval_ms",
+                format!("{} outside 10..=60000", c.heartbeat_interval_ms),
+            ));
+        }
+        if c.session_timeout_ms < 2 * c.heartbeat_interval_ms || c.session_timeout_ms > 600_000 {
+            return Err(invalid(
+                "control.session_timeout_ms",
+                format!(
+                    "{} must be at least twice control.heartbeat_interval_ms ({}) and at most 600000",
+                    c.session_timeout_ms, c.heartbeat_interval_ms
+                ),
+            ));
+        }
 
         let io = &self.io;
         if io.io_memory_bytes < IO_MEMORY_BYTES_MIN || io.io_memory_bytes % DMA_ALIGN_BYTES != 0 {
@@ -830,6 +886,7 @@ mod tests {
                 io: Io::default(),
                 network: Network::default(),
                 storage: Storage::default(),
+                control: Control::default(),
             },
             "dev.toml and the code's section defaults must agree"
         );

@@ -1,11 +1,13 @@
 //! `ferrolog`: the broker binary and its operator subcommands.
 //!
+//! `ferrolog cluster status|decommission` talk to a node's admin listener.
 //! `ferrolog start` runs a node in the foreground (logs to stderr; SIGTERM or
 //! SIGINT shut it down cleanly: in-flight appends finish, logs are flushed and
 //! synced, exit 0). `ferrolog tune` measures the machine and writes a hardware
 //! profile for it. `ferrolog log dump|verify DIR` inspect a data directory
 //! offline.
 
+mod clustercmd;
 mod logcmd;
 mod node;
 mod start;
@@ -31,13 +33,35 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a broker node in the foreground.
-    Start(start::StartArgs),
+    Start(Box<start::StartArgs>),
     /// Measure this machine and its data disk, and write a hardware profile for it.
     Tune(tune::TuneArgs),
+    /// The control plane: status, decommission (through a node's admin listener).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Inspect log directories offline.
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Term, leader, voters, members with their state and liveness, as JSON.
+    Status {
+        /// Any node's admin listener, HOST:PORT.
+        #[arg(long, value_parser = parse_addr)]
+        admin_addr: SocketAddr,
+    },
+    /// Drain a node of its partitions, then remove it from the cluster.
+    Decommission {
+        node_id: i32,
+        /// Any node's admin listener, HOST:PORT.
+        #[arg(long, value_parser = parse_addr)]
+        admin_addr: SocketAddr,
     },
 }
 
@@ -72,8 +96,14 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Start(args) => start::run(args),
+        Command::Start(args) => start::run(*args),
         Command::Tune(args) => tune::run(args),
+        Command::Cluster { command } => match command {
+            ClusterCommand::Status { admin_addr } => clustercmd::status(admin_addr),
+            ClusterCommand::Decommission { node_id, admin_addr } => {
+                clustercmd::decommission(admin_addr, node_id)
+            }
+        },
         Command::Log { command } => match command {
             LogCommand::Dump { dir } => logcmd::dump(&dir),
             LogCommand::Verify { dir } => logcmd::verify(&dir),

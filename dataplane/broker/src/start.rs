@@ -53,7 +53,7 @@ pub struct StartArgs {
     #[arg(long)]
     pub cpuset: Option<String>,
     /// This node's id; recorded in the data directory at first start.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..))]
     pub node_id: i32,
     /// Create a topic when a client asks for its metadata.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -93,6 +93,22 @@ pub struct StartArgs {
     /// stall (ferrolog_reactor_stalls_total).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub reactor_stall_threshold_ms: u64,
+    /// Address of the control-plane RPC listener (Cap'n Proto), HOST:PORT.
+    /// Required with --seeds; without it a one-voter node serves no RPC.
+    #[arg(long, value_parser = crate::parse_addr)]
+    pub rpc_addr: Option<SocketAddr>,
+    /// HOST:PORT other nodes reach this node's RPC at. Default: --rpc-addr
+    /// (which must then not be a wildcard address).
+    #[arg(long)]
+    pub advertised_rpc_addr: Option<String>,
+    /// The initial voters of the controller group, `ID@HOST:PORT,...` (their
+    /// RPC addresses). Without it this node is a one-voter group. A node
+    /// whose id is not listed joins the cluster as a broker, not a voter.
+    #[arg(long, value_parser = parse_seeds)]
+    pub seeds: Option<Seeds>,
+    /// This node's rack (rack-aware replica placement; Metadata).
+    #[arg(long)]
+    pub rack: Option<String>,
     /// Log lines as human-readable text or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -102,6 +118,74 @@ pub struct StartArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `--seeds`: node id and RPC address of each initial voter.
+#[derive(Clone, Debug)]
+pub struct Seeds(pub Vec<(i32, String)>);
+
+pub fn parse_seeds(s: &str) -> Result<Seeds, String> {
+    let mut out: Vec<(i32, String)> = Vec::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| format!("{item:?}: expected ID@HOST:PORT"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| format!("{item:?}: the node id must be a number >= 0"))?;
+        let (_, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{item:?}: expected ID@HOST:PORT"))?;
+        port.parse::<u16>().map_err(|_| format!("{item:?}: bad port"))?;
+        if out.iter().any(|(n, _)| *n == id) {
+            return Err(format!("node id {id} is listed twice"));
+        }
+        if out.iter().any(|(_, a)| a == addr) {
+            return Err(format!("address {addr} is listed twice"));
+        }
+        out.push((id, addr.to_string()));
+    }
+    if out.is_empty() {
+        return Err("no seeds given".into());
+    }
+    Ok(Seeds(out))
+}
+
+/// The control plane's RPC settings: (listen, advertised, seeds).
+type ControlPlane = (Option<SocketAddr>, String, Vec<(NodeId, String)>);
+
+fn control_plane(args: &StartArgs) -> Result<ControlPlane, String> {
+    let seeds: Vec<(NodeId, String)> = args
+        .seeds
+        .as_ref()
+        .map(|s| s.0.iter().map(|(n, a)| (NodeId(*n), a.clone())).collect())
+        .unwrap_or_default();
+    let Some(listen) = args.rpc_addr else {
+        if !seeds.is_empty() {
+            return Err("--seeds needs --rpc-addr".into());
+        }
+        return Ok((None, String::new(), seeds));
+    };
+    let advertised = match &args.advertised_rpc_addr {
+        Some(a) => a.clone(),
+        None if listen.ip().is_unspecified() => {
+            return Err(format!(
+                "--rpc-addr {listen} is a wildcard address: give --advertised-rpc-addr"
+            ))
+        }
+        None => listen.to_string(),
+    };
+    if let Some((_, addr)) = seeds.iter().find(|(n, _)| n.0 == args.node_id) {
+        if *addr != advertised {
+            return Err(format!(
+                "--seeds says node {} is at {addr}, but its RPC address is {advertised}",
+                args.node_id
+            ));
+        }
+    }
+    Ok((Some(listen), advertised, seeds))
 }
 
 /// `--admin-addr`: an address, or `none` for no admin listener.
@@ -305,6 +389,13 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         }
         info!(cpus = %format_cpuset(control), "main thread pinned to the control CPUs");
     }
+    let (rpc_listen, rpc_advertised, seeds) = match control_plane(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let claim = match node::claim(&args.data_dir, args.node_id) {
         Ok(c) => c,
         Err(e) => {
@@ -327,6 +418,11 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         advertised_host,
         advertised_port,
         cluster_id: claim.cluster_id(),
+        rack: args.rack.clone(),
+        seeds,
+        rpc_listen,
+        rpc_advertised,
+        control_timing: control_timing(&profile),
         max_request_bytes: args.max_request_bytes as usize,
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
@@ -406,6 +502,18 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn control_timing(p: &Profile) -> ferrolog_controlplane::controller::ControlTiming {
+    let c = &p.control;
+    ferrolog_controlplane::controller::ControlTiming {
+        tick: Duration::from_millis(c.raft_tick_ms),
+        election_ticks: c.election_ticks as usize,
+        heartbeat_ticks: 2.min(c.election_ticks as usize - 1),
+        heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
+        session_timeout: Duration::from_millis(c.session_timeout_ms),
+        ..Default::default()
     }
 }
 

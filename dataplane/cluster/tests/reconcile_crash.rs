@@ -21,7 +21,8 @@ use bytes::Bytes;
 use ferrolog_cluster::{ClusterConfig, PartitionManager, Placement};
 use ferrolog_controlplane::commands::{assign_all_to, TopicCommand};
 use ferrolog_controlplane::controller::{Controller, ControllerConfig, Publish};
-use ferrolog_controlplane::metadata::{Broker, MetadataSnapshot};
+use ferrolog_controlplane::metadata::MetadataSnapshot;
+use ferrolog_controlplane::state::Registration;
 use ferrolog_controlplane::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
 use ferrolog_model::{BatchBuilder, NodeId, Ntp, TimestampMs};
 use ferrolog_shard::RuntimeConfig;
@@ -127,13 +128,18 @@ fn life<R: Send + 'static>(
             let controller = Controller::bootstrap(
                 ControllerConfig {
                     data_dir: dir.clone(),
-                    cluster_id: "test".into(),
-                    broker: Broker {
+                    local_cluster_id: "test".into(),
+                    me: Registration {
                         id: NODE,
-                        host: "127.0.0.1".into(),
-                        port: 9092,
+                        kafka_host: "127.0.0.1".into(),
+                        kafka_port: 9092,
+                        rpc_addr: String::new(),
                         rack: None,
+                        shards: 1,
                     },
+                    seeds: Vec::new(),
+                    rpc_listen: None,
+                    timing: Default::default(),
                 },
                 publish,
             )

@@ -165,7 +165,11 @@ fn parse_request_line(head: &[u8]) -> Result<(&str, &str), Response> {
 }
 
 async fn route(shard: &Rc<Shard>, method: &str, path: &str, started: Instant) -> Response {
-    const ENDPOINTS: &str = "GET /metrics (Prometheus), GET /v1/status (JSON)\n";
+    const ENDPOINTS: &str = "GET /metrics (Prometheus), GET /v1/status (JSON), GET /v1/cluster (JSON), \
+                             POST /v1/cluster/decommission/<node id>\n";
+    if path == "/v1/cluster" || path.starts_with("/v1/cluster/") {
+        return cluster_route(shard, method, path, ENDPOINTS).await;
+    }
     if !matches!(path, "/metrics" | "/v1/status") {
         return Response::text("404 Not Found", ENDPOINTS);
     }
@@ -188,6 +192,49 @@ async fn route(shard: &Rc<Shard>, method: &str, path: &str, started: Instant) ->
             content_type: "application/json",
             body: status_json(shard, &snapshots, started.elapsed()),
         }
+    }
+}
+
+/// `GET /v1/cluster`: the control plane's view, after a linearizable read
+/// barrier (so a follower answers no older than the leader committed).
+/// `POST /v1/cluster/decommission/<id>`: starts draining a node.
+async fn cluster_route(shard: &Rc<Shard>, method: &str, path: &str, endpoints: &'static str) -> Response {
+    let Some(control) = shard.smp.control_shard() else {
+        return Response::text("503 Service Unavailable", "this node runs no controller\n");
+    };
+    let decommission = match path.strip_prefix("/v1/cluster/decommission/") {
+        Some(id) => match id.parse::<i32>() {
+            Ok(id) if method == "POST" => Some(id),
+            Ok(_) => return Response::text("405 Method Not Allowed", endpoints),
+            Err(_) => return Response::text("400 Bad Request", format!("{id:?} is not a node id\n")),
+        },
+        None if path == "/v1/cluster" && method == "GET" => None,
+        None if path == "/v1/cluster" => return Response::text("405 Method Not Allowed", endpoints),
+        None => return Response::text("404 Not Found", endpoints),
+    };
+    let answer = shard
+        .smp
+        .submit_to(control, move || async move {
+            let c = ferrolog_controlplane::controller::local();
+            match decommission {
+                Some(id) => c
+                    .decommission(ferrolog_model::NodeId(id))
+                    .await
+                    .map(|()| json!({ "decommissioning": id }))
+                    .map_err(|e| e.to_string()),
+                None => c.status(true).await.map_err(|e| e.to_string()),
+            }
+        })
+        .await;
+    match answer {
+        Ok(Ok(v)) => Response {
+            status: "200 OK",
+            content_type: "application/json",
+            body: format!("{v}\n"),
+        },
+        Ok(Err(e)) if decommission.is_some() => Response::text("409 Conflict", format!("{e}\n")),
+        Ok(Err(e)) => Response::text("503 Service Unavailable", format!("{e}\n")),
+        Err(e) => Response::text("503 Service Unavailable", format!("{e}\n")),
     }
 }
 

@@ -15,7 +15,17 @@ pub struct ServerConfig {
     /// Host and port clients are told to connect to (Metadata).
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// The cluster id this data directory recorded at its first start: the
+    /// id a new cluster takes when this node is its first leader (clients
+    /// are told the cluster's id, from the metadata).
     pub cluster_id: String,
+    pub rack: Option<String>,
+    /// The control plane: initial voters (empty: a one-voter group of this
+    /// node), the RPC listener and the address other nodes reach it at.
+    pub seeds: Vec<(NodeId, String)>,
+    pub rpc_listen: Option<SocketAddr>,
+    pub rpc_advertised: String,
+    pub control_timing: ferrolog_controlplane::controller::ControlTiming,
     /// Largest request frame accepted; a larger size field closes the connection.
     pub max_request_bytes: usize,
     pub auto_create_topics: bool,

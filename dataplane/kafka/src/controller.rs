@@ -322,7 +322,7 @@ pub async fn alter_configs(
         .collect()
 }
 
-/// A producer id never handed out before from this data directory.
+/// A producer id never handed out before in this cluster.
 pub async fn next_producer_id(shard: &Shard) -> OpResult<i64> {
     let Some(control) = shard.smp.control_shard() else {
         return Err((
@@ -335,6 +335,7 @@ pub async fn next_producer_id(shard: &Shard) -> OpResult<i64> {
         .submit_to(control, || async {
             control::local()
                 .next_producer_id()
+                .await
                 .map_err(|e| controller_error(&e))
         })
         .await

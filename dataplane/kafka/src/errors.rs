@@ -5,6 +5,7 @@ use ferrolog_cluster::producer_state::SequenceError;
 use ferrolog_cluster::PartitionError;
 use ferrolog_controlplane::commands::CommandError;
 use ferrolog_controlplane::controller::ControllerError;
+use ferrolog_controlplane::state::{StateError, TopicErrorKind};
 use ferrolog_model::BatchError;
 use ferrolog_shard::ShardError;
 use ferrolog_storage::StorageError;
@@ -83,9 +84,25 @@ pub fn command(e: &CommandError) -> ResponseError {
 pub fn controller(e: &ControllerError) -> ResponseError {
     match e {
         ControllerError::Command(e) => command(e),
+        ControllerError::Rejected(StateError::Topic(t)) => match t.kind {
+            TopicErrorKind::TopicExists => ResponseError::TopicAlreadyExists,
+            TopicErrorKind::UnknownTopic => ResponseError::UnknownTopicOrPartition,
+            TopicErrorKind::IdMismatch => ResponseError::UnknownTopicId,
+            TopicErrorKind::DuplicateTopicId => ResponseError::InvalidRequest,
+            TopicErrorKind::InvalidName => ResponseError::InvalidTopicException,
+            TopicErrorKind::InvalidConfig => ResponseError::InvalidConfig,
+            TopicErrorKind::InvalidPartitionCount => ResponseError::InvalidPartitions,
+            TopicErrorKind::InvalidAssignment => ResponseError::InvalidReplicaAssignment,
+        },
+        ControllerError::Rejected(StateError::ProducerIdsExhausted) => ResponseError::UnknownServerError,
+        ControllerError::Rejected(_) => ResponseError::InvalidRequest,
+        // Retriable in the clients: they look for the controller again.
+        ControllerError::NoLeader | ControllerError::Forward(_) | ControllerError::Stopping => {
+            ResponseError::NotController
+        }
+        ControllerError::Timeout(_) => ResponseError::RequestTimedOut,
         // KAFKA_STORAGE_ERROR is retriable in the clients.
-        ControllerError::Store(_) | ControllerError::ProducerIds(_) => ResponseError::KafkaStorageError,
-        ControllerError::Stopping => ResponseError::NotController,
+        ControllerError::Failed(_) => ResponseError::KafkaStorageError,
     }
 }
 

@@ -35,7 +35,8 @@ pub use config::ServerConfig;
 
 use ferrolog_cluster::{PartitionManager, Placement};
 use ferrolog_controlplane::controller::{Controller, ControllerConfig, Publish};
-use ferrolog_controlplane::metadata::{Broker, MetadataSnapshot};
+use ferrolog_controlplane::metadata::MetadataSnapshot;
+use ferrolog_controlplane::state::Registration;
 use ferrolog_model::ShardId;
 use ferrolog_shard::Smp;
 use std::cell::Cell;
@@ -83,6 +84,7 @@ pub async fn apply_snapshot(snap: Arc<MetadataSnapshot>) {
 /// Starts the controller on the control executor; its snapshots are
 /// applied on every data shard before a change is answered.
 pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<Controller>, String> {
+    let smp_shards = smp.nr_shards();
     let publish: Publish = Rc::new(move |snap: Arc<MetadataSnapshot>| {
         let smp = smp.clone();
         Box::pin(async move {
@@ -101,13 +103,19 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
     });
     let controller = ControllerConfig {
         data_dir: config.data_dir.clone(),
-        cluster_id: config.cluster_id.clone(),
-        broker: Broker {
+        local_cluster_id: config.cluster_id.clone(),
+        me: Registration {
             id: config.node_id,
-            host: config.advertised_host.clone(),
-            port: config.advertised_port,
-            rack: None,
+            kafka_host: config.advertised_host.clone(),
+            kafka_port: u16::try_from(config.advertised_port)
+                .map_err(|_| format!("advertised port {} out of range", config.advertised_port))?,
+            rpc_addr: config.rpc_advertised.clone(),
+            rack: config.rack.clone(),
+            shards: u32::try_from(smp_shards).unwrap_or(u32::MAX),
         },
+        seeds: config.seeds.clone(),
+        rpc_listen: config.rpc_listen,
+        timing: config.control_timing.clone(),
     };
     Controller::bootstrap(controller, publish)
         .await
@@ -164,19 +172,28 @@ pub async fn run_control(
             warn!("cannot end start-up on a shard: {e}");
         }
     }
-    if let Err(e) = &started {
-        stop.store(true, Ordering::SeqCst);
-        return Err(e.clone());
-    }
+    let controller = match started {
+        Ok(c) => c,
+        Err(e) => {
+            stop.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
+        if let Some(e) = controller.failure() {
+            stop.store(true, Ordering::SeqCst);
+            controller.stop();
+            return Err(format!("the controller failed: {e}"));
+        }
         glommio::timer::sleep(STOP_POLL).await;
     }
+    controller.stop();
     Ok(())
 }
 
 /// Recovers the node and starts serving it (control executor).
-async fn start_node(smp: &Rc<Smp>, config: &Arc<ServerConfig>) -> Result<(), String> {
-    start_controller(smp.clone(), config).await?;
+async fn start_node(smp: &Rc<Smp>, config: &Arc<ServerConfig>) -> Result<Rc<Controller>, String> {
+    let controller = start_controller(smp.clone(), config).await?;
     for r in smp.invoke_on_all(start_on_this_shard).await {
         r.map_err(|e| e.to_string())??;
     }
@@ -190,9 +207,9 @@ async fn start_node(smp: &Rc<Smp>, config: &Arc<ServerConfig>) -> Result<(), Str
             })
             .await
             .map_err(|e| e.to_string())??;
-        info!(addr = %bound, "serving the admin API (/metrics, /v1/status)");
+        info!(addr = %bound, "serving the admin API (/metrics, /v1/status, /v1/cluster)");
     }
-    Ok(())
+    Ok(controller)
 }
 
 type Task = std::cell::RefCell<Option<glommio::task::JoinHandle<()>>>;

@@ -4,8 +4,10 @@
 //! stamped into every appended batch).
 
 use bytes::Bytes;
+use ferrolog_controlplane::commands::{apply, TopicCommand};
+use ferrolog_controlplane::topics::TopicTable;
 use ferrolog_kafka::harness::Harness;
-use ferrolog_model::{BatchBuilder, BatchHeader, TimestampMs};
+use ferrolog_model::{BatchBuilder, BatchHeader, Epoch, NodeId, TimestampMs};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -106,28 +108,32 @@ fn acks_all_is_bounded_by_timeout_ms_and_a_timed_out_batch_still_lands() {
     assert_eq!((err, base), (0, 3));
 }
 
-/// Sets the leader epochs of `topic` in the stored table, as a controller
-/// that moved leadership would have.
-fn set_leader_epochs(h: &Harness, topic: &str, epochs: &str) {
-    let path = h.data_dir().join("topics.toml");
-    let text = std::fs::read_to_string(&path).expect("topics.toml");
-    let section = format!("[topics.{topic}]");
-    let at = text.find(&section).expect("the topic is in the table");
-    let (head, tail) = text.split_at(at);
-    let line = tail
-        .lines()
-        .find(|l| l.starts_with("leader_epochs"))
-        .expect("leader_epochs line")
-        .to_string();
-    let tail = tail.replacen(&line, &format!("leader_epochs = {epochs}"), 1);
-    std::fs::write(&path, format!("{head}{tail}")).expect("write topics.toml");
+/// Writes a single-node broker's topic table naming `topic` with one
+/// partition per epoch, led by node 0 at those leader epochs, as a
+/// controller that moved leadership would have left it. The Raft
+/// controller imports it into its first snapshot.
+fn store_table_with_epochs(data_dir: &std::path::Path, topic: &str, epochs: &[i32]) {
+    let mut table = TopicTable::default();
+    let cmd = TopicCommand::CreateTopic {
+        name: topic.into(),
+        id: 0x5eed,
+        config: Default::default(),
+        assignments: vec![vec![NodeId(0)]; epochs.len()],
+    };
+    apply(&mut table, &cmd).expect("create");
+    let meta = table.topics.get_mut(topic).expect("created");
+    for (a, e) in meta.assignments.iter_mut().zip(epochs) {
+        a.leader_epoch = Epoch(*e);
+    }
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    table.store(data_dir).expect("store the table");
 }
 
 #[test]
 fn metadata_list_offsets_and_appends_carry_the_leader_epoch_of_the_table() {
-    let mut h = Harness::start().expect("harness");
-    create_topic(&h, "epochs", 2);
-    set_leader_epochs(&h, "epochs", "[5, 7]");
+    let mut h =
+        Harness::start_with(|c| store_table_with_epochs(&c.data_dir, "epochs", &[5, 7])).expect("harness");
+    // The epochs come from the Raft log now, across restarts too.
     h.restart().expect("restart");
 
     let body = RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![

@@ -1,0 +1,171 @@
+"""Admin steps of the multi-node tests (../cluster.rs), with confluent-kafka's AdminClient.
+
+  cluster_admin.py --bootstrap ADDR create TOPIC PARTITIONS RF
+      CreateTopics on this node (any node forwards to the controller leader); retried on
+      retriable errors (no controller yet, a leader just killed) until WAIT_S; prints
+      "created TOPIC in N ms" measured from the first attempt.
+  cluster_admin.py --bootstrap ADDR expect-create-error TOPIC PARTITIONS RF CODE_NAME
+      CreateTopics must fail with that Kafka error (e.g. INVALID_REPLICATION_FACTOR).
+  cluster_admin.py --bootstrap ADDR wait-topics BROKERS TOPIC:PARTITIONS...
+      Metadata from this node must list exactly BROKERS brokers and every TOPIC with
+      that many partitions, each with a leader among the brokers, within WAIT_S.
+  cluster_admin.py --bootstrap ADDR describe-cluster BROKERS
+      DescribeCluster: a cluster id, a controller among the brokers, BROKERS brokers.
+  cluster_admin.py --bootstrap ADDR roundtrip TOPIC
+      Produces 20 messages with acks=all to partition 0 and reads them back.
+"""
+
+import argparse
+import sys
+import time
+
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from e2e import WAIT_S, consumer, fail, log
+
+
+def admin(bootstrap):
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+
+
+def create(bootstrap, topic, partitions, rf):
+    started = time.monotonic()
+    deadline = started + WAIT_S
+    last = None
+    while time.monotonic() < deadline:
+        a = admin(bootstrap)
+        fut = a.create_topics([NewTopic(topic, partitions, rf)], operation_timeout=10, request_timeout=10)[topic]
+        try:
+            fut.result(timeout=WAIT_S)
+            log(f"created {topic} in {(time.monotonic() - started) * 1000:.0f} ms")
+            return
+        except KafkaException as e:
+            err = e.args[0]
+            if err.code() == KafkaError.TOPIC_ALREADY_EXISTS and last is not None:
+                # An attempt that timed out on our side was applied after all.
+                log(f"created {topic} (an earlier attempt was applied) in {(time.monotonic() - started) * 1000:.0f} ms")
+                return
+            if not err.retriable() and err.code() not in (
+                KafkaError._TIMED_OUT,
+                KafkaError._TRANSPORT,
+                KafkaError.NOT_CONTROLLER,
+                KafkaError.REQUEST_TIMED_OUT,
+            ):
+                fail(f"create {topic}: {err}")
+            last = err
+        time.sleep(0.2)
+    fail(f"create {topic}: not created within {WAIT_S} s; last error {last}")
+
+
+def expect_create_error(bootstrap, topic, partitions, rf, code_name):
+    want = getattr(KafkaError, code_name)
+    a = admin(bootstrap)
+    fut = a.create_topics([NewTopic(topic, partitions, rf)], request_timeout=10)[topic]
+    try:
+        fut.result(timeout=WAIT_S)
+    except KafkaException as e:
+        got = e.args[0]
+        if got.code() != want:
+            fail(f"create {topic}: expected {code_name}, got {got}")
+        log(f"create {topic} refused as expected: {got.str()}")
+        return
+    fail(f"create {topic} with replication factor {rf} succeeded; expected {code_name}")
+
+
+def wait_topics(bootstrap, brokers, specs):
+    want = {}
+    for s in specs:
+        name, n = s.rsplit(":", 1)
+        want[name] = int(n)
+    deadline = time.monotonic() + WAIT_S
+    problem = "no metadata yet"
+    while time.monotonic() < deadline:
+        try:
+            md = admin(bootstrap).list_topics(timeout=5)
+        except KafkaException as e:
+            problem = f"metadata: {e}"
+            time.sleep(0.2)
+            continue
+        ids = set(md.brokers.keys())
+        problem = None
+        if len(ids) != brokers:
+            problem = f"{len(ids)} brokers listed ({sorted(ids)}), expected {brokers}"
+        for name, n in want.items():
+            t = md.topics.get(name)
+            if problem:
+                break
+            if t is None or t.error is not None:
+                problem = f"topic {name} not listed ({t.error if t else 'absent'})"
+            elif len(t.partitions) != n:
+                problem = f"topic {name} has {len(t.partitions)} partitions, expected {n}"
+            else:
+                for p in t.partitions.values():
+                    if p.leader not in ids:
+                        problem = f"{name}/{p.id} leader {p.leader} is not a listed broker {sorted(ids)}"
+                        break
+        if problem is None:
+            log(f"{bootstrap}: {brokers} brokers, topics {sorted(want)} listed")
+            return
+        time.sleep(0.2)
+    fail(f"{bootstrap}: {problem} after {WAIT_S} s")
+
+
+def describe_cluster(bootstrap, brokers):
+    a = admin(bootstrap)
+    d = a.describe_cluster(request_timeout=10).result(timeout=WAIT_S)
+    ids = sorted(n.id for n in d.nodes)
+    if not d.cluster_id:
+        fail("DescribeCluster returned no cluster id")
+    if d.controller is None or d.controller.id not in ids:
+        fail(f"DescribeCluster controller {d.controller} not among brokers {ids}")
+    if len(ids) != brokers:
+        fail(f"DescribeCluster lists {ids}, expected {brokers} brokers")
+    log(f"cluster {d.cluster_id}: controller {d.controller.id}, brokers {ids}")
+
+
+def roundtrip(bootstrap, topic):
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": int(WAIT_S * 1000)})
+    errors = []
+    values = [f"{topic}-{i}".encode() for i in range(20)]
+    for v in values:
+        p.produce(topic, v, partition=0, on_delivery=lambda err, msg: errors.append(err) if err else None)
+    if p.flush(WAIT_S) != 0 or errors:
+        fail(f"produce to {topic}: {errors[:3]} (unflushed: {len(p)})")
+    c = consumer(bootstrap)
+    c.assign([TopicPartition(topic, 0, 0)])
+    got = []
+    deadline = time.monotonic() + WAIT_S
+    while len(got) < len(values) and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            got.append(m.value())
+    c.close()
+    if got != values:
+        fail(f"read back {len(got)} of {len(values)} messages from {topic}")
+    log(f"{topic}: 20 messages produced with acks=all and read back")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("step", nargs="+")
+    args = parser.parse_args()
+    rest = args.step
+    cmd = rest[0]
+    if cmd == "create":
+        create(args.bootstrap, rest[1], int(rest[2]), int(rest[3]))
+    elif cmd == "expect-create-error":
+        expect_create_error(args.bootstrap, rest[1], int(rest[2]), int(rest[3]), rest[4])
+    elif cmd == "wait-topics":
+        wait_topics(args.bootstrap, int(rest[1]), rest[2:])
+    elif cmd == "describe-cluster":
+        describe_cluster(args.bootstrap, int(rest[1]))
+    elif cmd == "roundtrip":
+        roundtrip(args.bootstrap, rest[1])
+    else:
+        fail(f"unknown step {cmd}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+//! Multi-node tests: real `ferrolog start` processes on loopback forming one
+//! cluster through `--seeds`, driven by confluent-kafka's AdminClient
+//! (tests/clients/cluster_admin.py) and checked through every node's
+//! Metadata and `GET /v1/cluster`.
+//!
+//! Each node has its own data directory, Kafka, RPC and admin ports; a
+//! killed node is restarted on the same ports. Every wait is bounded; a
+//! failure prints the tail of every node's log.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
+const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+/// From spawn to the Kafka port accepting connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client script (each of its waits is bounded by 20 s).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+/// A condition on the cluster's state (an election, a catch-up, a drain).
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(40);
+const LOG_TAIL_LINES: usize = 60;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One node: its ports and directory outlive its processes.
+struct Node {
+    id: i32,
+    kafka: SocketAddr,
+    rpc: SocketAddr,
+    admin: SocketAddr,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Node {
+    fn new(id: i32) -> Node {
+        Node {
+            id,
+            kafka: loopback(free_port()),
+            rpc: loopback(free_port()),
+            admin: loopback(free_port()),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("node{}.{n}.log", self.id))
+    }
+
+    fn command(&self, seeds: &str) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["start", "--node-id", &self.id.to_string(), "--data-dir"])
+            .arg(self.data())
+            .args(["--kafka-addr", &self.kafka.to_string()])
+            .args(["--rpc-addr", &self.rpc.to_string()])
+            .args(["--admin-addr", &self.admin.to_string()])
+            .args(["--seeds", seeds])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    /// Starts the node; returns once its Kafka port accepts connections.
+    fn start(&mut self, seeds: &str) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        self.starts += 1;
+        let log = File::create(self.log_path(self.starts)).expect("log file");
+        let child = self.command(seeds).stderr(log).spawn().expect("spawn ferrolog");
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().expect("child").try_wait().expect("try_wait") {
+                panic!(
+                    "node {} exited during start with {status}\n{}",
+                    self.id,
+                    self.log_tail()
+                );
+            }
+            if TcpStream::connect_timeout(&self.kafka, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} not serving within {READY_TIMEOUT:?}\n{}",
+                self.id,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `ferrolog start` expecting it to refuse; returns its stderr.
+    fn start_refused(&self, seeds: &str) -> String {
+        let out = self
+            .command(seeds)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run ferrolog");
+        assert!(
+            !out.status.success(),
+            "node {} started with seeds {seeds}",
+            self.id
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+        format!(
+            "--- node {} log (last {} lines) ---\n{}",
+            self.id,
+            lines.len() - from,
+            lines[from..].join("\n")
+        )
+    }
+
+    /// `GET /v1/cluster` from this node, parsed.
+    fn cluster(&self) -> Result<serde_json::Value, String> {
+        let (code, body) = http(self.admin, "GET", "/v1/cluster")?;
+        if code != 200 {
+            return Err(format!("{code}: {}", body.trim_end()));
+        }
+        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not HTTP")?;
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("bad status")?;
+    Ok((code, body.to_string()))
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    seeds: String,
+}
+
+impl Cluster {
+    /// `voters` nodes with ids 1..=voters, all seeds, started together.
+    fn start(voters: i32) -> Cluster {
+        let mut nodes: Vec<Node> = (1..=voters).map(Node::new).collect();
+        let seeds = nodes
+            .iter()
+            .map(|n| format!("{}@{}", n.id, n.rpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        // Spawned at once: a node's start waits for its first metadata, which
+        // needs a quorum.
+        for n in &mut nodes {
+            n.starts += 1;
+            let log = File::create(n.log_path(n.starts)).expect("log file");
+            n.child = Some(n.command(&seeds).stderr(log).spawn().expect("spawn"));
+        }
+        let c = Cluster { nodes, seeds };
+        for n in &c.nodes {
+            c.wait_serving(n);
+        }
+        c
+    }
+
+    fn node(&mut self, id: i32) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node")
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Node::log_tail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn wait_serving(&self, n: &Node) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect_timeout(&n.kafka, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} not serving\n{}",
+                n.id,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls `GET /v1/cluster` on node `on` until `check` holds.
+    fn wait_until(
+        &self,
+        on: i32,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let n = self.nodes.iter().find(|n| n.id == on).expect("node");
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        let mut last;
+        loop {
+            match n.cluster() {
+                Ok(v) if check(&v) => return v,
+                Ok(v) => last = v.to_string(),
+                Err(e) => last = e,
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {on}: {what} not reached within {CONVERGE_TIMEOUT:?}; last /v1/cluster: {last}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every running node agrees on one leader; returns its id.
+    fn leader(&mut self) -> i32 {
+        let running: Vec<i32> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.running().then_some(n.id))
+            .collect();
+        let first = self.wait_until(running[0], "a leader", |v| {
+            v["leader_id"].as_i64().unwrap_or(-1) >= 0
+        });
+        let leader = first["leader_id"].as_i64().expect("leader") as i32;
+        for id in &running[1..] {
+            self.wait_until(*id, "the same leader", |v| {
+                v["leader_id"].as_i64() == Some(i64::from(leader))
+            });
+        }
+        leader
+    }
+
+    fn python(&self, bootstrap_node: i32, args: &[&str]) -> String {
+        let n = self.nodes.iter().find(|n| n.id == bootstrap_node).expect("node");
+        let mut cmd = Command::new("python3");
+        cmd.arg(Path::new(CLIENTS).join("cluster_admin.py"))
+            .args(["--bootstrap", &n.kafka.to_string()])
+            .args(args)
+            .current_dir(CLIENTS)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .expect("python3 (tools/setup.sh installs the clients)");
+        let status = wait_bounded(&mut child, SCRIPT_TIMEOUT);
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("read");
+        let fails: Vec<&str> = err.lines().filter(|l| l.starts_with("FAIL")).collect();
+        assert!(
+            status.success(),
+            "cluster_admin.py {args:?} on node {bootstrap_node} failed ({status}): {}\n{out}\n{}",
+            fails.join("\n"),
+            self.logs()
+        );
+        println!("{}", out.trim_end());
+        out
+    }
+
+    fn assert_running(&mut self) {
+        for n in &mut self.nodes {
+            if n.child.is_some() {
+                assert!(n.running(), "node {} exited\n{}", n.id, n.log_tail());
+            }
+        }
+    }
+}
+
+fn wait_bounded(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not end within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn member(v: &serde_json::Value, id: i32) -> Option<&serde_json::Value> {
+    v["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node_id"].as_i64() == Some(i64::from(id)))
+}
+
+fn alive_members(v: &serde_json::Value) -> usize {
+    v["members"].as_array().map_or(0, |m| {
+        m.iter().filter(|m| m["alive"].as_bool() == Some(true)).count()
+    })
+}
+
+#[test]
+fn three_nodes_agree_on_topics_through_leader_kills_full_restarts_a_join_and_a_decommission() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
+
+    // Topics created through any node show on every node.
+    c.python(2, &["create", "orders", "3", "1"]);
+    c.python(3, &["create", "events", "2", "3"]);
+    for id in 1..=3 {
+        c.python(id, &["wait-topics", "3", "orders:3", "events:2"]);
+    }
+    c.python(1, &["describe-cluster", "3"]);
+    c.python(
+        1,
+        &[
+            "expect-create-error",
+            "too-wide",
+            "1",
+            "4",
+            "INVALID_REPLICATION_FACTOR",
+        ],
+    );
+    c.python(1, &["roundtrip", "orders"]);
+
+    // kill -9 of the controller leader: another is elected, admin works again.
+    c.node(leader).kill9();
+    let next = c.leader();
+    assert_ne!(next, leader);
+    let survivor = (1..=3).find(|id| *id != leader).expect("a survivor");
+    c.python(survivor, &["create", "after-failover", "1", "1"]);
+    // The killed node restarts and catches up.
+    let seeds = c.seeds.clone();
+    c.node(leader).start(&seeds);
+    c.python(
+        leader,
+        &["wait-topics", "3", "orders:3", "events:2", "after-failover:1"],
+    );
+    c.assert_running();
+
+    // All three killed together recover their state from disk.
+    for id in 1..=3 {
+        c.node(id).kill9();
+    }
+    for n in &mut c.nodes {
+        n.starts += 1;
+        let log = File::create(n.log_path(n.starts)).expect("log file");
+        n.child = Some(n.command(&seeds).stderr(log).spawn().expect("spawn"));
+    }
+    for n in &c.nodes {
+        c.wait_serving(n);
+    }
+    let leader = c.leader();
+    for id in 1..=3 {
+        c.python(
+            id,
+            &["wait-topics", "3", "orders:3", "events:2", "after-failover:1"],
+        );
+    }
+    c.python(leader, &["create", "after-restart", "2", "2"]);
+
+    // A fourth node, not a seed, joins as a broker and learns everything.
+    let mut four = Node::new(4);
+    four.start(&seeds);
+    c.nodes.push(four);
+    c.wait_until(leader, "node 4 registered and alive", |v| {
+        member(v, 4).is_some_and(|m| m["alive"].as_bool() == Some(true))
+    });
+    let v = c.wait_until(4, "node 4 as a learner", |v| {
+        v["learners"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x.as_i64() == Some(4)))
+    });
+    assert_eq!(v["voters"].as_array().map(Vec::len), Some(3), "{v}");
+    c.python(
+        4,
+        &[
+            "wait-topics",
+            "4",
+            "orders:3",
+            "events:2",
+            "after-failover:1",
+            "after-restart:2",
+        ],
+    );
+    // Admin requests on the new node are forwarded to the leader.
+    c.python(4, &["create", "from-four", "4", "1"]);
+    for id in 1..=4 {
+        c.python(id, &["wait-topics", "4", "from-four:4"]);
+    }
+
+    // Decommission node 4: drained of every replica, then removed.
+    let (code, body) = http(c.node(1).admin, "POST", "/v1/cluster/decommission/4").expect("decommission");
+    assert_eq!(code, 200, "{body}");
+    let v = c.wait_until(1, "node 4 removed", |v| {
+        member(v, 4).is_some_and(|m| m["state"] == "removed")
+    });
+    assert_eq!(member(&v, 4).expect("node 4")["partitions_led"], 0, "{v}");
+    for id in 1..=3 {
+        c.python(id, &["wait-topics", "3", "from-four:4", "orders:3"]);
+    }
+    c.assert_running();
+}
+
+#[test]
+fn a_seed_list_that_disagrees_with_the_stored_voters_is_refused() {
+    let mut c = Cluster::start(3);
+    c.leader();
+    let seeds = c.seeds.clone();
+    c.node(3).kill9();
+    let n3 = c.node(3);
+    // Only two of the three voters: this data directory was started with three.
+    let two: String = seeds.split(',').take(2).collect::<Vec<_>>().join(",");
+    let err = n3.start_refused(&two);
+    assert!(err.contains("--seeds names voters"), "{err}");
+    // No seeds at all: refused too (it is not a one-voter group).
+    let mut cmd = Command::new(BIN);
+    cmd.args(["start", "--node-id", "3", "--data-dir"])
+        .arg(n3.data())
+        .args(["--kafka-addr", &n3.kafka.to_string(), "--admin-addr", "none"]);
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("start it with --seeds"), "{err}");
+    // Nothing stored changed: the right seeds start it again.
+    n3.start(&seeds);
+    c.python(3, &["create", "still-works", "1", "3"]);
+}
