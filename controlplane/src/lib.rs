@@ -7,8 +7,10 @@
 //!   them and says what changed (`TopicDelta`). It will be the state machine of
 //!   the controller's Raft group: every node applies the same commands in the
 //!   same order and reaches the same table.
-//! - `metadata`: the immutable snapshot (brokers + topic table) a node
+//! - `metadata`: the immutable snapshot (live brokers + topic table) a node
 //!   publishes to its shards.
+//! - `placement`: which brokers hold the replicas of new partitions (pure,
+//!   deterministic, rack-aware, leaders spread evenly across topics).
 //!
 //! - `controller`: the one writer of the table, on the node's control
 //!   executor (never a data shard): applies proposed commands in order, makes
@@ -17,14 +19,16 @@
 //! - `raft_log`: the durable Raft log (entries, HardState, ConfState,
 //!   snapshot) behind raft-rs's `Storage`, for the controller's Raft group.
 //!
-//! `commands`, `topics` and `metadata` are pure and synchronous (`TopicTable`'s
-//! `load`/`store` read and write one file and run on a blocking pool). Shards
-//! only read `Arc` snapshots. On a single node the controller applies
-//! commands directly; the Raft issue puts them through a replicated log first.
+//! `commands`, `topics`, `metadata` and `placement` are pure and synchronous
+//! (`TopicTable`'s `load`/`store` read and write one file and run on a
+//! blocking pool). Shards only read `Arc` snapshots. On a single node the
+//! controller applies commands directly; the Raft issue puts them through a
+//! replicated log first.
 
 pub mod commands;
 pub mod controller;
 pub mod metadata;
+pub mod placement;
 pub mod producer_ids;
 pub mod raft_core;
 pub mod raft_log;

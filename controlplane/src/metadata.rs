@@ -24,6 +24,10 @@ pub struct Broker {
 pub struct MetadataSnapshot {
     pub cluster_id: String,
     pub controller: NodeId,
+    /// The live brokers of the cluster: those that are up and not removed,
+    /// each once. A broker that is down or removed is absent, even while
+    /// partitions still name it as a replica or leader; readers answer such
+    /// a partition as offline, and placement never picks it.
     pub brokers: Vec<Broker>,
     pub topics: Arc<TopicTable>,
 }
@@ -42,6 +46,17 @@ impl MetadataSnapshot {
     /// Linear: a cluster has a handful of brokers.
     pub fn broker(&self, id: NodeId) -> Option<&Broker> {
         self.brokers.iter().find(|b| b.id == id)
+    }
+
+    /// Whether `id` is a live broker.
+    pub fn is_live(&self, id: NodeId) -> bool {
+        self.broker(id).is_some()
+    }
+
+    /// Id and rack of every live broker, what `placement::place` chooses
+    /// among.
+    pub fn placement_brokers(&self) -> Vec<(NodeId, Option<String>)> {
+        self.brokers.iter().map(|b| (b.id, b.rack.clone())).collect()
     }
 
     /// The revision of the topic table this snapshot holds.

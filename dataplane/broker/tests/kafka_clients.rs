@@ -427,6 +427,23 @@ fn confluent_admin_creates_alters_describes_and_deletes_topics() {
 }
 
 #[test]
+fn describe_cluster_metadata_and_replication_factor_with_three_clients() {
+    const NODE_ID: &str = "3";
+    let node = Node::new();
+    let mut broker = node.start(&["--node-id", NODE_ID]);
+    // The cluster id the broker recorded at first start, in `node.meta`.
+    let meta = std::fs::read_to_string(node.data().join("node.meta")).expect("node.meta");
+    let cluster_id = meta
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster_id="))
+        .expect("node.meta records the cluster id");
+    broker.python(
+        "cluster_describe.py",
+        &["--cluster-id", cluster_id, "--node-id", NODE_ID],
+    );
+}
+
+#[test]
 fn confluent_produce_consume_every_codec_keys_headers_byte_exact() {
     let node = Node::new();
     let mut broker = node.start(&[]);

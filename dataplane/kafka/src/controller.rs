@@ -1,7 +1,8 @@
 //! The proposer side of topic changes: turns CreateTopics, DeleteTopics,
 //! CreatePartitions, config changes and Metadata auto-creation into
 //! [`TopicCommand`]s, choosing what the state machine must not (topic ids,
-//! defaults, replica placement over the brokers of the metadata snapshot),
+//! defaults, replica placement over the live brokers of the metadata
+//! snapshot with `ferrolog_controlplane::placement`),
 //! and proposes them to the controller on the control executor.
 //!
 //! Runs on the data shard of the request's connection. The controller
@@ -10,12 +11,11 @@
 
 use crate::shard::Shard;
 use crate::topics::{self, TopicMeta};
-use ferrolog_controlplane::commands::{TopicChange, TopicCommand, TopicDelta};
+use ferrolog_controlplane::commands::{self, TopicChange, TopicCommand, TopicDelta};
 use ferrolog_controlplane::controller::{self as control, ControllerError};
 use ferrolog_controlplane::metadata::MetadataSnapshot;
-use ferrolog_controlplane::topics::ConfigOverrides;
-use ferrolog_controlplane::topics::ReplicaSet;
-use ferrolog_model::NodeId;
+use ferrolog_controlplane::placement;
+use ferrolog_controlplane::topics::{ConfigOverrides, ReplicaSet, TopicTable};
 use kafka_protocol::error::ResponseError;
 
 pub use ferrolog_controlplane::commands::ConfigChange;
@@ -95,18 +95,26 @@ async fn propose_prepared(
     out.into_iter().map(|a| a.expect("every item answered")).collect()
 }
 
-/// Replica sets of partitions `from..to`: `rf` brokers each, round-robin
-/// over the snapshot's brokers, starting one further for each partition.
-fn place(meta: &MetadataSnapshot, from: i32, to: i32, rf: usize) -> Vec<ReplicaSet> {
-    let mut brokers: Vec<NodeId> = meta.brokers.iter().map(|b| b.id).collect();
-    brokers.sort();
-    (from..to)
-        .map(|p| {
-            (0..rf)
-                .map(|k| brokers[(p as usize + k) % brokers.len()])
-                .collect()
-        })
-        .collect()
+/// Replica sets for `count` new partitions of `rf` replicas over the live
+/// brokers of `meta`, balanced against `table` (the snapshot's table plus
+/// what earlier items of the request created); a factor the live brokers
+/// cannot hold is INVALID_REPLICATION_FACTOR.
+fn place(meta: &MetadataSnapshot, table: &TopicTable, count: i32, rf: usize) -> OpResult<Vec<ReplicaSet>> {
+    let count = usize::try_from(count).expect("callers pass a validated, positive partition count");
+    placement::place(&meta.placement_brokers(), table, count, rf)
+        .map_err(|e| (crate::errors::placement(&e), e.to_string()))
+}
+
+/// Applies a prepared command to the scratch copy of the table that a
+/// request's items are placed against, so each item counts the replicas of
+/// the items before it. The copy costs as much as counting the table's load
+/// once, and topic changes are rare. `apply` is atomic, so a command it
+/// refuses leaves the copy as it was; the controller refuses that command
+/// too and reports why, so the error is dropped here.
+fn note(scratch: &mut TopicTable, cmd: &OpResult<TopicCommand>) {
+    if let Ok(cmd) = cmd {
+        let _ = commands::apply(scratch, cmd);
+    }
 }
 
 /// Creates topics; one answer per input, in order.
@@ -116,8 +124,13 @@ pub async fn create_topics(
     validate_only: bool,
 ) -> Vec<OpResult<(String, TopicMeta)>> {
     let meta = shard.metadata();
+    let mut scratch = TopicTable::clone(&meta.topics);
     let prepared = (0..new.len())
-        .map(|i| command_for_new_topic(shard, &meta, &new[..i], &new[i]))
+        .map(|i| {
+            let cmd = command_for_new_topic(shard, &meta, &scratch, &new[..i], &new[i]);
+            note(&mut scratch, &cmd);
+            cmd
+        })
         .collect();
     propose_prepared(shard, prepared, validate_only)
         .await
@@ -133,10 +146,11 @@ pub async fn create_topics(
 
 /// The command for one topic of a CreateTopics, or why it is refused
 /// before it reaches the controller. `earlier` are the request's topics
-/// before it.
+/// before it; `table` is what placement balances against.
 fn command_for_new_topic(
     shard: &Shard,
     meta: &MetadataSnapshot,
+    table: &TopicTable,
     earlier: &[NewTopic],
     t: &NewTopic,
 ) -> OpResult<TopicCommand> {
@@ -175,17 +189,18 @@ fn command_for_new_topic(
             ),
         ));
     }
-    let brokers = meta.brokers.len();
+    // -1 is the node default: 1, as for auto-created topics. Whether the
+    // live brokers can hold the factor is placement's answer.
     let rf = match t.replication_factor {
         -1 => 1,
-        rf if rf >= 1 && rf as usize <= brokers => rf as usize,
-        rf => {
-            return Err((
+        rf => usize::try_from(rf).map_err(|_| {
+            (
                 ResponseError::InvalidReplicationFactor,
-                format!("replication factor {rf} with {brokers} broker(s) in the cluster"),
-            ))
-        }
+                format!("replication factor {rf} is negative"),
+            )
+        })?,
     };
+    let assignments = place(meta, table, partitions, rf)?;
     if t.has_assignments {
         return Err((
             ResponseError::InvalidRequest,
@@ -206,7 +221,7 @@ fn command_for_new_topic(
         name: t.name.clone(),
         id: topics::new_topic_id(),
         config,
-        assignments: place(meta, 0, partitions, rf),
+        assignments,
     })
 }
 
@@ -273,29 +288,12 @@ pub async fn create_partitions(
     validate_only: bool,
 ) -> Vec<OpResult<()>> {
     let meta = shard.metadata();
-    let prepared = items
-        .iter()
-        .enumerate()
-        .map(|(i, (name, count))| {
-            if items[..i].iter().any(|(n, _)| n == name) {
-                return Err((ResponseError::InvalidRequest, format!("topic {name} named twice")));
-            }
-            let t = meta.topics.get(name).ok_or_else(|| unknown_topic(name))?;
-            let current = t.partitions();
-            if *count <= current || *count > topics::PARTITIONS_MAX {
-                return Err((
-                    ResponseError::InvalidPartitions,
-                    format!(
-                        "topic {name} has {current} partitions; the new count must be in {}..={}",
-                        current + 1,
-                        topics::PARTITIONS_MAX
-                    ),
-                ));
-            }
-            Ok(TopicCommand::CreatePartitions {
-                name: name.clone(),
-                new_assignments: place(&meta, current, *count, t.replication_factor()),
-            })
+    let mut scratch = TopicTable::clone(&meta.topics);
+    let prepared = (0..items.len())
+        .map(|i| {
+            let cmd = command_for_growth(&meta, &scratch, &items[..i], &items[i]);
+            note(&mut scratch, &cmd);
+            cmd
         })
         .collect();
     propose_prepared(shard, prepared, validate_only)
@@ -303,6 +301,39 @@ pub async fn create_partitions(
         .into_iter()
         .map(|r| r.map(drop))
         .collect()
+}
+
+/// The command that grows one topic of a CreatePartitions to `count`
+/// partitions, or why it is refused before it reaches the controller.
+/// `earlier` are the request's items before it; `table` is what placement
+/// balances against.
+fn command_for_growth(
+    meta: &MetadataSnapshot,
+    table: &TopicTable,
+    earlier: &[(String, i32)],
+    (name, count): &(String, i32),
+) -> OpResult<TopicCommand> {
+    if earlier.iter().any(|(n, _)| n == name) {
+        return Err((ResponseError::InvalidRequest, format!("topic {name} named twice")));
+    }
+    let t = meta.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+    let current = t.partitions();
+    if *count <= current || *count > topics::PARTITIONS_MAX {
+        return Err((
+            ResponseError::InvalidPartitions,
+            format!(
+                "topic {name} has {current} partitions; the new count must be in {}..={}",
+                current + 1,
+                topics::PARTITIONS_MAX
+            ),
+        ));
+    }
+    // New partitions keep the topic's replication factor, which the live
+    // brokers may no longer be able to hold.
+    Ok(TopicCommand::CreatePartitions {
+        name: name.clone(),
+        new_assignments: place(meta, table, count - current, t.replication_factor())?,
+    })
 }
 
 /// Changes topic configs; one answer per input.

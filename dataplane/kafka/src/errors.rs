@@ -5,6 +5,7 @@ use ferrolog_cluster::producer_state::SequenceError;
 use ferrolog_cluster::PartitionError;
 use ferrolog_controlplane::commands::CommandError;
 use ferrolog_controlplane::controller::ControllerError;
+use ferrolog_controlplane::placement::PlacementError;
 use ferrolog_controlplane::state::{StateError, TopicErrorKind};
 use ferrolog_model::BatchError;
 use ferrolog_shard::ShardError;
@@ -80,6 +81,13 @@ pub fn command(e: &CommandError) -> ResponseError {
     }
 }
 
+/// New partitions that cannot be placed on the live brokers.
+pub fn placement(e: &PlacementError) -> ResponseError {
+    match e {
+        PlacementError::ReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
+    }
+}
+
 /// An operation of the controller that failed.
 pub fn controller(e: &ControllerError) -> ResponseError {
     match e {
@@ -150,5 +158,7 @@ mod tests {
             3
         );
         assert_eq!(partition(&PartitionError::InvalidRecord("x".into())).code(), 87);
+        let rf = PlacementError::ReplicationFactor { rf: 2, brokers: 1 };
+        assert_eq!(placement(&rf).code(), 38);
     }
 }

@@ -49,6 +49,7 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
     (ApiKey::DescribeGroups, handlers::describe_groups::VERSIONS),
     (ApiKey::DeleteGroups, handlers::delete_groups::VERSIONS),
     (ApiKey::OffsetDelete, handlers::offset_delete::VERSIONS),
+    (ApiKey::DescribeCluster, handlers::describe_cluster::VERSIONS),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -102,6 +103,7 @@ mod tests {
                 ApiKey::DescribeGroups => check::<DescribeGroupsRequest, DescribeGroupsResponse>(*v),
                 ApiKey::DeleteGroups => check::<DeleteGroupsRequest, DeleteGroupsResponse>(*v),
                 ApiKey::OffsetDelete => check::<OffsetDeleteRequest, OffsetDeleteResponse>(*v),
+                ApiKey::DescribeCluster => check::<DescribeClusterRequest, DescribeClusterResponse>(*v),
                 other => panic!("{other:?} has no codec check"),
             }
         }

@@ -3,6 +3,7 @@ use crate::controller;
 use crate::registry::Versions;
 use crate::topics::{self, TopicMeta};
 use ferrolog_controlplane::metadata::MetadataSnapshot;
+use ferrolog_model::NodeId;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -16,28 +17,36 @@ pub const VERSIONS: Versions = Versions::new(0, 12);
 /// "Authorized operations not requested".
 const OPERATIONS_OMITTED: i32 = i32::MIN;
 
+fn broker_ids<'a>(nodes: impl IntoIterator<Item = &'a NodeId>) -> Vec<BrokerId> {
+    nodes.into_iter().map(|n| BrokerId(n.0)).collect()
+}
+
 /// One topic as the snapshot describes it: each partition's leader, leader
-/// epoch and replicas. Every replica counts as in sync: a partition's
-/// acknowledged writes are on a majority of its replicas, and the
-/// controller elects only among them.
+/// epoch, replicas and in-sync replicas. A partition whose leader is not a
+/// live broker has no leader to offer: LEADER_NOT_AVAILABLE with leader -1,
+/// and its replicas that are not live listed as offline.
 fn topic_entry(snap: &MetadataSnapshot, name: &str, meta: &TopicMeta) -> MetadataResponseTopic {
     let partitions = meta
         .assignments
         .iter()
         .enumerate()
         .map(|(p, a)| {
-            let replicas: Vec<BrokerId> = a.replicas.iter().map(|n| BrokerId(n.0)).collect();
-            let live = snap.broker(a.leader).is_some();
-            let mut r = MetadataResponsePartition::default()
+            let live = snap.is_live(a.leader);
+            let r = MetadataResponsePartition::default()
                 .with_partition_index(p as i32)
                 .with_leader_id(BrokerId(if live { a.leader.0 } else { -1 }))
                 .with_leader_epoch(a.leader_epoch.0)
-                .with_replica_nodes(replicas.clone())
-                .with_isr_nodes(replicas);
-            if !live {
-                r = r.with_error_code(ResponseError::LeaderNotAvailable.code());
+                .with_replica_nodes(broker_ids(&a.replicas))
+                // Until replication exists only the leader holds the data, so
+                // only the leader is in sync. It stays listed while it is
+                // down: it is still the only replica that has everything.
+                .with_isr_nodes(vec![BrokerId(a.leader.0)])
+                .with_offline_replicas(broker_ids(a.replicas.iter().filter(|n| !snap.is_live(**n))));
+            if live {
+                r
+            } else {
+                r.with_error_code(ResponseError::LeaderNotAvailable.code())
             }
-            r
         })
         .collect();
     MetadataResponseTopic::default()
