@@ -808,6 +808,11 @@ impl Controller {
                         info!(incarnation = inc, "registered with the controller");
                         self.incarnation.set(inc);
                     }
+                    Err(e) if refused_for_good(&e.to_string()) => {
+                        error!("the cluster refuses this node: {e}");
+                        *self.failed.borrow_mut() = Some(format!("registration refused: {e}"));
+                        return;
+                    }
                     Err(e) => debug!("cannot register yet: {e}"),
                 }
             } else if let Err(e) = self.heartbeat_leader().await {
@@ -874,7 +879,7 @@ impl Controller {
         };
         if live_elsewhere {
             return Err(ControllerError::Failed(format!(
-                "node id {} is in use by a live node at another address",
+                "node id {} {ID_IN_USE} at another address",
                 r.id
             )));
         }
@@ -912,6 +917,11 @@ impl Controller {
         let peer = self.peer(leader).ok_or(ControllerError::NoLeader)?;
         match peer.heartbeat(self.incarnation.get()).await {
             Ok(_) => Ok(()),
+            Err(RpcError::Remote(e)) if refused_for_good(&e) => {
+                error!("the cluster removed this node: {e}");
+                *self.failed.borrow_mut() = Some(e.clone());
+                Err(ControllerError::Forward(e))
+            }
             Err(RpcError::Remote(e)) if e.contains("register") => {
                 // The leader does not know this incarnation: register again.
                 self.incarnation.set(0);
@@ -1189,6 +1199,15 @@ impl Controller {
             "partitions": s.topics.topics.values().map(|t| t.assignments.len()).sum::<usize>(),
         }))
     }
+}
+
+/// Phrases of the refusals that retrying cannot cure: another live node
+/// has this id, or the id was removed from the cluster.
+const ID_IN_USE: &str = "is in use by a live node";
+const ID_REMOVED: &str = "was removed from the cluster";
+
+fn refused_for_good(error: &str) -> bool {
+    error.contains(ID_IN_USE) || error.contains(ID_REMOVED)
 }
 
 /// The candidate with the fewest replicas that is not in `set` (lowest id

@@ -468,6 +468,80 @@ fn three_nodes_agree_on_topics_through_leader_kills_full_restarts_a_join_and_a_d
     for id in 1..=3 {
         c.python(id, &["wait-topics", "3", "from-four:4", "orders:3"]);
     }
+    // The removed node hears it at its next heartbeat and stops.
+    let four = c.node(4);
+    let status = wait_bounded(four.child.as_mut().expect("node 4 runs"), CONVERGE_TIMEOUT);
+    assert!(!status.success(), "a removed node exits with an error");
+    four.child = None;
+    let log = std::fs::read_to_string(four.log_path(four.starts)).expect("node 4 log");
+    assert!(
+        log.contains("was removed from the cluster"),
+        "{}",
+        four.log_tail()
+    );
+    c.assert_running();
+}
+
+#[test]
+fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new_incarnation() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
+    c.python(leader, &["create", "moving", "6", "3"]);
+    let victim = (1..=3).find(|id| *id != leader).expect("a follower");
+    let before = c.wait_until(leader, "leaders spread", |v| {
+        member(v, victim).is_some_and(|m| m["partitions_led"].as_u64() > Some(0))
+    });
+    let incarnation = member(&before, victim).expect("victim")["incarnation"]
+        .as_u64()
+        .expect("incarnation");
+    c.node(victim).kill9();
+    // Marked down after its session, and every partition it led moves.
+    let v = c.wait_until(leader, "the victim marked down and drained of leadership", |v| {
+        member(v, victim).is_some_and(|m| m["alive"] == false && m["partitions_led"] == 0)
+    });
+    assert_eq!(alive_members(&v), 2, "{v}");
+    let other = (1..=3)
+        .find(|id| *id != leader && *id != victim)
+        .expect("the third node");
+    // Clients are told of two brokers, and every leader is one of them.
+    c.python(other, &["wait-topics", "2", "moving:6"]);
+    c.python(other, &["roundtrip", "moving"]);
+    // A second process with the id of a live node (another address, another
+    // data directory) is refused by the cluster and exits.
+    let seeds = c.seeds.clone();
+    let mut seven = Node::new(7);
+    seven.start(&seeds);
+    c.wait_until(leader, "node 7 alive", |v| {
+        member(v, 7).is_some_and(|m| m["alive"] == true)
+    });
+    let dup = Node::new(7);
+    let mut child = dup.command(&seeds).stderr(Stdio::piped()).spawn().expect("spawn");
+    let status = wait_bounded(&mut child, CONVERGE_TIMEOUT);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert!(
+        !status.success() && err.contains("is in use by a live node"),
+        "{status}: {err}"
+    );
+    let v = c.node(leader).cluster().expect("status");
+    assert_eq!(
+        member(&v, 7).expect("node 7")["rpc_addr"],
+        seven.rpc.to_string(),
+        "{v}"
+    );
+    c.nodes.push(seven);
+    // The victim restarts as a new incarnation and is alive again.
+    c.node(victim).start(&seeds);
+    c.wait_until(leader, "the victim back", |v| {
+        member(v, victim).is_some_and(|m| m["alive"] == true && m["incarnation"].as_u64() > Some(incarnation))
+    });
+    c.python(victim, &["wait-topics", "4", "moving:6"]);
     c.assert_running();
 }
 
