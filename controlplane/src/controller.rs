@@ -1007,6 +1007,17 @@ impl Controller {
             );
             let _ = self.propose_commands(vec![Command::MoveLeaders(moves)]).await;
         }
+        // A removed leader hands leadership to another voter, which then
+        // takes it out of the configuration.
+        let me = self.config.me.id;
+        if members.get(&me).is_some_and(|m| m.state == MemberState::Removed) {
+            if let Some(to) = conf.voters.iter().find(|v| **v != node_u64(me)) {
+                info!(to = %node_id(*to), "this node was removed; handing over the leadership");
+                self.core.borrow_mut().transfer_leader(*to);
+                self.drive();
+            }
+            return;
+        }
         // Raft takes one configuration change at a time.
         let pending_conf = self.core.borrow().has_pending_conf();
         if !pending_conf {

@@ -265,6 +265,11 @@ impl RaftCore {
         self.node.raft.has_pending_conf()
     }
 
+    /// Asks `to` to take over leadership (leader only).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
     pub fn tick(&mut self) {
         self.node.tick();
     }
