@@ -1,5 +1,8 @@
-//! Producer ids for InitProducerId, never handed out twice for the life of a
-//! data directory, across restarts and crashes included.
+//! The producer id file of a single-node data directory from before the Raft
+//! controller: when such a directory becomes a cluster's first snapshot, its
+//! `next_unused` id is where the cluster's producer-id blocks start (the
+//! cluster hands out ids through the Raft group since, `state.rs`). The
+//! allocator below is what wrote the file.
 //!
 //! Ids come from blocks of [`BLOCK_IDS`]. Before the first id of a block is
 //! handed out, the start of the *next* block is made durable in

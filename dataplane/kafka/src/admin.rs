@@ -283,7 +283,7 @@ fn status_json(shard: &Shard, snapshots: &[ShardSnapshot], uptime: Duration) -> 
         .collect();
     let status = json!({
         "node_id": c.node_id.0,
-        "cluster_id": c.cluster_id,
+        "cluster_id": shard.metadata().cluster_id.clone(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_ms": u64::try_from(uptime.as_millis()).unwrap_or(u64::MAX),
         "kafka_addr": c.listen.to_string(),

@@ -3,8 +3,9 @@
 //! Without a transactional id the answer is always a fresh producer id with
 //! epoch 0, as Kafka does, also when v3+ names an existing id and epoch
 //! (KIP-360 epoch bumps only apply to transactional producers). Ids come
-//! from the controller shard's allocator (`producer_ids`), which never hands
-//! one out twice.
+//! from the node's controller: blocks of ids taken from the cluster through
+//! the Raft group (`AllocateProducerIds`), so no id is handed out twice in
+//! the cluster.
 //!
 //! With a transactional id the answer is TRANSACTIONAL_ID_AUTHORIZATION_FAILED
 //! (53): transactions are not implemented, and that is the code real clients
