@@ -1273,35 +1273,47 @@ fn member_info(r: &Registration) -> MemberInfo {
     }
 }
 
-/// The seeds must be the voters the log was started with; after a
-/// configuration change the stored voters are the authority.
+/// The seeds must be the voters the stored configuration has; the one
+/// difference allowed is a seed that was decommissioned since (removed from
+/// the cluster and the voters). Without seeds, this node must be the only
+/// voter.
 fn check_voters(config: &ControllerConfig, core: &RaftCore) -> Result<(), BootstrapError> {
-    let me = node_u64(config.me.id);
-    let conf = core.conf_state();
-    let (_, conf_index) = core.log().conf_state();
-    let mut stored: Vec<u64> = conf.voters.clone();
+    let mut stored: Vec<NodeId> = core.conf_state().voters.iter().map(|v| node_id(*v)).collect();
     stored.sort_unstable();
     if stored.is_empty() {
         return Ok(()); // a joining node before its first snapshot
     }
-    let mut seeds: Vec<u64> = config.seeds.iter().map(|(n, _)| node_u64(*n)).collect();
+    let show = |v: &[NodeId]| v.iter().map(|n| n.0.to_string()).collect::<Vec<_>>().join(",");
+    let mut seeds: Vec<NodeId> = config.seeds.iter().map(|(n, _)| *n).collect();
     seeds.sort_unstable();
     if seeds.is_empty() {
-        if stored != [me] {
+        if stored != [config.me.id] {
             return Err(BootstrapError::Config(format!(
-                "this data directory belongs to a cluster whose voters are {stored:?}; start it with --seeds"
+                "this data directory belongs to a cluster whose voters are nodes {}; start it with --seeds",
+                show(&stored)
             )));
         }
         return Ok(());
     }
-    if seeds != stored {
-        if conf_index <= 1 {
-            return Err(BootstrapError::Config(format!(
-                "--seeds names voters {seeds:?} but this data directory's cluster was started with {stored:?}"
-            )));
-        }
-        warn!(?seeds, voters = ?stored, "the voters changed since the cluster was started; the stored ones hold");
+    if seeds == stored {
+        return Ok(());
     }
+    let members = &core.state().members;
+    let removed = |n: &NodeId| members.get(n).is_some_and(|m| m.state == MemberState::Removed);
+    let only_removed_extra =
+        stored.iter().all(|v| seeds.contains(v)) && seeds.iter().filter(|s| !stored.contains(s)).all(removed);
+    if !only_removed_extra {
+        return Err(BootstrapError::Config(format!(
+            "--seeds names voters {} but this data directory's cluster has voters {}",
+            show(&seeds),
+            show(&stored)
+        )));
+    }
+    warn!(
+        seeds = %show(&seeds),
+        voters = %show(&stored),
+        "some seeds were decommissioned since the cluster started; the stored voters hold"
+    );
     Ok(())
 }
 

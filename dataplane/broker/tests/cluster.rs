@@ -114,17 +114,36 @@ impl Node {
 
     /// Runs `ferrolog start` expecting it to refuse; returns its stderr.
     fn start_refused(&self, seeds: &str) -> String {
-        let out = self
+        let mut child = self
             .command(seeds)
             .stderr(Stdio::piped())
-            .output()
+            .spawn()
             .expect("run ferrolog");
-        assert!(
-            !out.status.success(),
-            "node {} started with seeds {seeds}",
-            self.id
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        // A start that is not refused runs on: killed after a bound, and failed.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node {} started with seeds {seeds} and ran for {READY_TIMEOUT:?}",
+                    self.id
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut err)
+            .expect("read");
+        assert!(!status.success(), "node {} started with seeds {seeds}", self.id);
+        err
     }
 
     fn kill9(&mut self) {
@@ -548,8 +567,20 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
 #[test]
 fn a_seed_list_that_disagrees_with_the_stored_voters_is_refused() {
     let mut c = Cluster::start(3);
-    c.leader();
+    let leader = c.leader();
     let seeds = c.seeds.clone();
+    // A learner joins first: the stored configuration has changed since the
+    // start, and its voters must still match the seeds.
+    let mut four = Node::new(4);
+    four.start(&seeds);
+    c.nodes.push(four);
+    for id in [leader, 3] {
+        c.wait_until(id, "node 4 a learner", |v| {
+            v["learners"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x.as_i64() == Some(4)))
+        });
+    }
     c.node(3).kill9();
     let n3 = c.node(3);
     // Only two of the three voters: this data directory was started with three.
