@@ -28,8 +28,13 @@ use std::path::Path;
 pub struct CoreConfig {
     pub id: u64,
     /// Ticks without a leader's heartbeat before a follower campaigns (raft
-    /// randomizes it in [election_tick, 2 * election_tick)).
+    /// randomizes it in [election_tick, max_election_tick)).
     pub election_tick: usize,
+    /// The exclusive upper bound of that draw; 0 means 2 * election_tick.
+    /// raft-rs draws from the thread's RNG, which no test can seed: a
+    /// deterministic simulation sets election_tick + 1 (a fixed timeout) and
+    /// varies timeouts itself.
+    pub max_election_tick: usize,
     pub heartbeat_tick: usize,
     /// Applied entries between two snapshots (and log compactions).
     pub snapshot_every: u64,
@@ -40,6 +45,7 @@ impl CoreConfig {
         CoreConfig {
             id,
             election_tick: 10,
+            max_election_tick: 0,
             heartbeat_tick: 2,
             snapshot_every: 1000,
         }
@@ -165,6 +171,7 @@ impl RaftCore {
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_tick,
+            max_election_tick: config.max_election_tick,
             heartbeat_tick: config.heartbeat_tick,
             applied,
             pre_vote: true,
