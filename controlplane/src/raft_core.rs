@@ -350,11 +350,11 @@ impl RaftCore {
                         Err(err) => Outcome::Undecodable(err),
                     },
                     EntryType::EntryConfChange => match ConfChange::parse_from_bytes(&e.data) {
-                        Ok(cc) => self.apply_conf_change(e.index, |n| n.apply_conf_change(&cc))?,
+                        Ok(cc) => self.apply_conf_change(|n| n.apply_conf_change(&cc)),
                         Err(err) => Outcome::Undecodable(err.to_string()),
                     },
                     EntryType::EntryConfChangeV2 => match ConfChangeV2::parse_from_bytes(&e.data) {
-                        Ok(cc) => self.apply_conf_change(e.index, |n| n.apply_conf_change(&cc))?,
+                        Ok(cc) => self.apply_conf_change(|n| n.apply_conf_change(&cc)),
                         Err(err) => Outcome::Undecodable(err.to_string()),
                     },
                 }
@@ -369,36 +369,27 @@ impl RaftCore {
         Ok(())
     }
 
-    /// Applies a configuration change, unless the stored conf state already
-    /// includes it (a replay after restart: raft starts from that conf state).
+    /// Applies a configuration change to raft and copies the voters into
+    /// the state. raft restarts from the snapshot's configuration (nothing
+    /// else records one), so a replay after a restart applies each change
+    /// again to the configuration it was first applied to: the same outcome,
+    /// and the same voters for the commands after it that consult them.
     fn apply_conf_change(
         &mut self,
-        index: u64,
         change: impl FnOnce(&mut RawNode<RaftLog>) -> raft::Result<ConfState>,
-    ) -> Result<Outcome, CoreError> {
-        let (stored, at) = self.node.store().conf_state();
-        if index <= at {
-            let cs = stored.clone();
-            self.state.voters = cs
-                .voters
-                .iter()
-                .map(|v| ferrolog_model::NodeId(*v as i32))
-                .collect();
-            return Ok(Outcome::ConfChange(Ok(cs)));
-        }
+    ) -> Outcome {
         match change(&mut self.node) {
             Ok(cs) => {
-                self.node.mut_store().set_conf_state(cs.clone(), index)?;
                 self.state.voters = cs
                     .voters
                     .iter()
                     .map(|v| ferrolog_model::NodeId(*v as i32))
                     .collect();
-                Ok(Outcome::ConfChange(Ok(cs)))
+                Outcome::ConfChange(Ok(cs))
             }
             // Refused the same way on every node (e.g. a second change while
             // one is in progress): nothing changes.
-            Err(e) => Ok(Outcome::ConfChange(Err(e.to_string()))),
+            Err(e) => Outcome::ConfChange(Err(e.to_string())),
         }
     }
 
@@ -422,7 +413,7 @@ impl RaftCore {
         let meta = snap.mut_metadata();
         meta.index = self.applied;
         meta.term = term;
-        meta.set_conf_state(self.node.store().conf_state().0.clone());
+        meta.set_conf_state(self.conf_state());
         self.node.mut_store().compact(snap)?;
         self.snapshot_index = self.applied;
         Ok(())

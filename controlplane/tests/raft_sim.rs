@@ -40,7 +40,7 @@ use ferrolog_controlplane::raft_log::RaftLog;
 use ferrolog_controlplane::state::{Applied, ClusterState, Command, Registration, PRODUCER_ID_BLOCK_MAX};
 use ferrolog_model::NodeId;
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, Message, MessageType, Snapshot};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, Message, MessageType, Snapshot};
 use raft::{GetEntriesContext, ReadState, Storage};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
@@ -1573,4 +1573,101 @@ fn raft_sim_checker_refuses_a_leader_without_a_committed_entry() {
     c.leader(4, 1).expect("a newer leader");
     c.leader_log(2, 3, &log)
         .expect("no longer the newest term: not checked");
+}
+/// A proposal to a leader, given the context to propose it with.
+type Proposer<'a> = &'a dyn Fn(&mut RaftCore, Vec<u8>) -> Result<(), CoreError>;
+
+/// Proposes (again after RETRY_STEPS if lost) until the proposal with
+/// context `ctx` is applied on every live node; returns its index.
+fn apply_everywhere(sim: &mut Sim, ctx: &str, propose: Proposer<'_>) -> Result<u64, String> {
+    let start = sim.now;
+    let mut asked = None;
+    while sim.now - start <= LIVENESS_STEPS_MAX {
+        if let Some(&index) = sim.proposals_applied.get(ctx.as_bytes()) {
+            let live = sim.live();
+            if live
+                .iter()
+                .all(|id| sim.nodes[id].core.as_ref().is_some_and(|c| c.applied() >= index))
+            {
+                return Ok(index);
+            }
+        } else if asked.is_none_or(|at| sim.now - at >= RETRY_STEPS) {
+            if let Some(l) = sim.leaders().first().copied() {
+                let core = sim.core(l).expect("a live leader");
+                match propose(core, ctx.as_bytes().to_vec()) {
+                    Ok(()) | Err(CoreError::Raft(raft::Error::ProposalDropped)) => asked = Some(sim.now),
+                    Err(e) => return Err(format!("propose {ctx}: {e}")),
+                }
+            }
+        }
+        sim.step(false)?;
+    }
+    Err(format!(
+        "{ctx} not applied everywhere in {LIVENESS_STEPS_MAX} steps"
+    ))
+}
+
+fn conf_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(ConfChangeSingle {
+        change_type,
+        node_id,
+        ..ConfChangeSingle::default()
+    });
+    cc
+}
+
+/// A restarted node replays the committed entries after its snapshot; the
+/// configuration changes among them must give the outcomes (and the voters
+/// that `apply` consults) they gave the first time, not those of the newest
+/// configuration change on disk.
+#[test]
+fn raft_sim_a_restarted_node_replays_conf_changes_as_they_were() {
+    let setup = Setup {
+        snapshot_every: Some(1000),
+        ..Setup::new(11, 3)
+    };
+    let mut sim = Sim::new(setup).unwrap_or_else(|m| panic!("{m}"));
+    let result = (|| -> Check {
+        sim.heal()?;
+        let learner = conf_change(ConfChangeType::AddLearnerNode, 4);
+        apply_everywhere(&mut sim, "learner", &|c, ctx| {
+            c.propose_conf_change(ctx, learner.clone())
+        })?;
+        let ids = Command::AllocateProducerIds {
+            node: NodeId(4),
+            count: 10,
+        };
+        let at = apply_everywhere(&mut sim, "ids", &|c, ctx| c.propose(ctx, &ids))?;
+        let refused = &sim.checker.applied[&at].outcome;
+        assert!(
+            matches!(refused, Outcome::Command(_, Err(_))),
+            "a learner is not a voter: {refused:?}"
+        );
+        let voter = conf_change(ConfChangeType::AddNode, 4);
+        let last = apply_everywhere(&mut sim, "voter", &|c, ctx| {
+            c.propose_conf_change(ctx, voter.clone())
+        })?;
+        let follower = sim
+            .live()
+            .into_iter()
+            .find(|id| !sim.leaders().contains(id))
+            .expect("a follower");
+        sim.crash(follower, "to replay");
+        sim.start(follower)?;
+        assert!(
+            sim.core(follower).expect("up").applied() < at,
+            "the restarted node replays from a snapshot before the changes"
+        );
+        for _ in 0..RETRY_STEPS {
+            sim.step(false)?;
+        }
+        let replayed = sim.core(follower).expect("up").applied();
+        assert!(replayed >= last, "replayed up to {replayed} of {last}");
+        Ok(())
+    })();
+    if let Err(m) = result {
+        let trace: Vec<String> = sim.trace.iter().cloned().collect();
+        panic!("step {}: {m}\n{}", sim.now, trace.join("\n"));
+    }
 }
