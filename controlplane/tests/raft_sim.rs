@@ -66,6 +66,12 @@ const HEARTBEAT_TICK: usize = 2;
 /// Per mille per faulty step: a client proposes; a client reads.
 const PROPOSE_PM: u64 = 350;
 const READ_PM: u64 = 40;
+/// Per mille per faulty step: a leader is asked to add or remove the learner.
+const CONF_CHANGE_PM: u64 = 25;
+/// A learner that is added and removed but never runs: configuration
+/// changes go through the log, snapshots and replays without touching the
+/// voters' quorum.
+const LEARNER: u64 = 9;
 /// Members registered by the clients get ids from here (voters are 1..=n).
 const MEMBER_BASE: u64 = 100;
 const MEMBERS: u64 = 4;
@@ -73,10 +79,11 @@ const MEMBERS: u64 = 4;
 const TRACE_LINES: usize = 40;
 /// Seeds per group size when FERROLOG_SIM_SEEDS is unset, sized so that both
 /// group sizes together (nextest runs them in parallel) take well under a
-/// minute in a debug build on two cores. The time is fsync latency, not CPU:
-/// a seed of 3 voters took about 3 s, one of 5 voters about 6.5 s.
-const SEEDS_DEFAULT_3: u64 = 12;
-const SEEDS_DEFAULT_5: u64 = 6;
+/// minute in a debug build on two cores. The time is mostly fsync latency:
+/// a seed of 3 voters took 0.4 s on a quiet disk and 3 s while other builds
+/// shared it; one of 5 voters 0.7 s and 6.5 s.
+const SEEDS_DEFAULT_3: u64 = 20;
+const SEEDS_DEFAULT_5: u64 = 10;
 
 type Check = Result<(), String>;
 
@@ -215,6 +222,7 @@ struct Stats {
     steps: u64,
     terms_with_leader: u64,
     proposals: u64,
+    conf_changes: u64,
     entries_applied: u64,
     commands_refused: u64,
     producer_blocks: u64,
@@ -239,6 +247,7 @@ impl Stats {
         self.steps += o.steps;
         self.terms_with_leader += o.terms_with_leader;
         self.proposals += o.proposals;
+        self.conf_changes += o.conf_changes;
         self.entries_applied += o.entries_applied;
         self.commands_refused += o.commands_refused;
         self.producer_blocks += o.producer_blocks;
@@ -645,6 +654,17 @@ struct Sim {
     stats: Stats,
 }
 
+/// A configuration change of one node.
+fn conf_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(ConfChangeSingle {
+        change_type,
+        node_id,
+        ..ConfChangeSingle::default()
+    });
+    cc
+}
+
 fn core_err(node: u64, what: &str) -> impl FnOnce(CoreError) -> String + '_ {
     move |e| format!("node {node}: {what}: {e}")
 }
@@ -902,6 +922,23 @@ impl Sim {
         if self.rng.chance(READ_PM) {
             if let Some(id) = self.rng.pick(&self.leaders()) {
                 self.read(id);
+            }
+        }
+        if self.rng.chance(CONF_CHANGE_PM) {
+            if let Some(id) = self.rng.pick(&self.leaders()) {
+                let change = if self.rng.chance(500) {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::RemoveNode
+                };
+                self.next_id += 1;
+                let ctx = format!("c{}", self.next_id).into_bytes();
+                let core = self.core(id).expect("a live leader");
+                match core.propose_conf_change(ctx, conf_change(change, LEARNER)) {
+                    Ok(()) => self.stats.conf_changes += 1,
+                    Err(CoreError::Raft(raft::Error::ProposalDropped)) => {}
+                    Err(e) => return Err(format!("node {id}: propose a conf change: {e}")),
+                }
             }
         }
         Ok(())
@@ -1350,6 +1387,7 @@ fn run_seeds(test: &str, voters: u64, seeds_default: u64) {
             ("snapshots sent", total.snapshots_sent),
             ("snapshots installed", total.snapshots_installed),
             ("refused commands", total.commands_refused),
+            ("configuration changes", total.conf_changes),
             ("producer-id blocks", total.producer_blocks),
             ("duplicated messages", total.duplicated),
         ] {
@@ -1605,16 +1643,6 @@ fn apply_everywhere(sim: &mut Sim, ctx: &str, propose: Proposer<'_>) -> Result<u
     Err(format!(
         "{ctx} not applied everywhere in {LIVENESS_STEPS_MAX} steps"
     ))
-}
-
-fn conf_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
-    let mut cc = ConfChangeV2::default();
-    cc.mut_changes().push(ConfChangeSingle {
-        change_type,
-        node_id,
-        ..ConfChangeSingle::default()
-    });
-    cc
 }
 
 /// A restarted node replays the committed entries after its snapshot; the
