@@ -9,7 +9,8 @@
 //! that crash (the `RaftCore` is dropped with every message to or from it,
 //! including a round's messages not yet sent) and reopen from their
 //! directory; clients that propose valid and refused commands to whichever
-//! node believes it leads; read-index requests. raft-rs draws election
+//! node believes it leads; configuration changes (a learner that never runs
+//! is added and removed); read-index requests. raft-rs draws election
 //! timeouts from the thread's RNG, which no test can seed, so each node gets
 //! a fixed timeout drawn from the seed (`max_election_tick = election_tick +
 //! 1`) plus seeded tick jitter; a run is then a function of its seed.
@@ -18,8 +19,10 @@
 //! the tests at the end can show that it fails on broken input), citing the
 //! properties of the Raft paper's Figure 3 and the thesis' §6.4:
 //! 1. Election Safety: at most one leader per term, over the whole run;
-//! 2. Log Matching between every pair of durable logs, and no durable log
+//! 2. Log Matching between every pair of durable logs; no durable log
 //!    contradicts a committed entry at or below its own durable commit index;
+//!    Leader Completeness: the leader of the newest term holds every entry
+//!    committed so far;
 //! 3. State Machine Safety: every node applies the same entry, with the same
 //!    outcome, at each index, in order and without gaps (but for a snapshot
 //!    installed), and reaches the same `ClusterState` at the same applied
@@ -31,8 +34,14 @@
 //! number of steps a leader exists, a fresh proposal is applied on every node
 //! and a read index issued on the leader is answered (liveness).
 //!
+//! Not simulated: a crash inside `handle_ready` between two of its writes
+//! (the log's own tests cut torn tails), disk errors, changes of the voters.
+//!
 //! `FERROLOG_SIM_SEEDS=<n>` sets how many seeds each group size runs;
 //! `FERROLOG_SIM_SEED=<n>` replays one. A failure prints its replay command.
+//! A long soak runs the test binary directly, since nextest ends a test after
+//! 300 s: `FERROLOG_SIM_SEEDS=500 target/debug/deps/raft_sim-<hash>
+//! raft_sim_three_voters --nocapture`.
 
 use ferrolog_controlplane::commands::TopicCommand;
 use ferrolog_controlplane::raft_core::{AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore};
