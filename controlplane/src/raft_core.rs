@@ -39,8 +39,13 @@ pub fn node_of(raft_id: u64) -> ferrolog_model::NodeId {
 pub struct CoreConfig {
     pub id: u64,
     /// Ticks without a leader's heartbeat before a follower campaigns (raft
-    /// randomizes it in [election_tick, 2 * election_tick)).
+    /// randomizes it in [election_tick, max_election_tick)).
     pub election_tick: usize,
+    /// The exclusive upper bound of that draw; 0 means 2 * election_tick.
+    /// raft-rs draws from the thread's RNG, which no test can seed: a
+    /// deterministic simulation sets election_tick + 1 (a fixed timeout) and
+    /// varies timeouts itself.
+    pub max_election_tick: usize,
     pub heartbeat_tick: usize,
     /// Applied entries between two snapshots (and log compactions).
     pub snapshot_every: u64,
@@ -51,6 +56,7 @@ impl CoreConfig {
         CoreConfig {
             id,
             election_tick: 10,
+            max_election_tick: 0,
             heartbeat_tick: 2,
             snapshot_every: 1000,
         }
@@ -176,6 +182,7 @@ impl RaftCore {
         let raft_config = Config {
             id: config.id,
             election_tick: config.election_tick,
+            max_election_tick: config.max_election_tick,
             heartbeat_tick: config.heartbeat_tick,
             applied,
             pre_vote: true,
@@ -371,11 +378,11 @@ impl RaftCore {
                         Err(err) => Outcome::Undecodable(err),
                     },
                     EntryType::EntryConfChange => match ConfChange::parse_from_bytes(&e.data) {
-                        Ok(cc) => self.apply_conf_change(e.index, |n| n.apply_conf_change(&cc))?,
+                        Ok(cc) => self.apply_conf_change(|n| n.apply_conf_change(&cc)),
                         Err(err) => Outcome::Undecodable(err.to_string()),
                     },
                     EntryType::EntryConfChangeV2 => match ConfChangeV2::parse_from_bytes(&e.data) {
-                        Ok(cc) => self.apply_conf_change(e.index, |n| n.apply_conf_change(&cc))?,
+                        Ok(cc) => self.apply_conf_change(|n| n.apply_conf_change(&cc)),
                         Err(err) => Outcome::Undecodable(err.to_string()),
                     },
                 }
@@ -390,36 +397,27 @@ impl RaftCore {
         Ok(())
     }
 
-    /// Applies a configuration change, unless the stored conf state already
-    /// includes it (a replay after restart: raft starts from that conf state).
+    /// Applies a configuration change to raft and copies the voters into
+    /// the state. raft restarts from the snapshot's configuration (nothing
+    /// else records one), so a replay after a restart applies each change
+    /// again to the configuration it was first applied to: the same outcome,
+    /// and the same voters for the commands after it that consult them.
     fn apply_conf_change(
         &mut self,
-        index: u64,
         change: impl FnOnce(&mut RawNode<RaftLog>) -> raft::Result<ConfState>,
-    ) -> Result<Outcome, CoreError> {
-        let (stored, at) = self.node.store().conf_state();
-        if index <= at {
-            let cs = stored.clone();
-            self.state.voters = cs
-                .voters
-                .iter()
-                .map(|v| ferrolog_model::NodeId(*v as i32))
-                .collect();
-            return Ok(Outcome::ConfChange(Ok(cs)));
-        }
+    ) -> Outcome {
         match change(&mut self.node) {
             Ok(cs) => {
-                self.node.mut_store().set_conf_state(cs.clone(), index)?;
                 self.state.voters = cs
                     .voters
                     .iter()
                     .map(|v| ferrolog_model::NodeId(*v as i32))
                     .collect();
-                Ok(Outcome::ConfChange(Ok(cs)))
+                Outcome::ConfChange(Ok(cs))
             }
             // Refused the same way on every node (e.g. a second change while
             // one is in progress): nothing changes.
-            Err(e) => Ok(Outcome::ConfChange(Err(e.to_string()))),
+            Err(e) => Outcome::ConfChange(Err(e.to_string())),
         }
     }
 
@@ -443,7 +441,7 @@ impl RaftCore {
         let meta = snap.mut_metadata();
         meta.index = self.applied;
         meta.term = term;
-        meta.set_conf_state(self.node.store().conf_state().0.clone());
+        meta.set_conf_state(self.conf_state());
         self.node.mut_store().compact(snap)?;
         self.snapshot_index = self.applied;
         Ok(())
