@@ -237,6 +237,7 @@ impl Controller {
         let core_config = CoreConfig {
             id: node_u64(me),
             election_tick: config.timing.election_ticks,
+            max_election_tick: 0,
             heartbeat_tick: config.timing.heartbeat_ticks,
             snapshot_every: config.timing.snapshot_every,
         };

@@ -408,11 +408,7 @@ impl RaftCore {
     ) -> Outcome {
         match change(&mut self.node) {
             Ok(cs) => {
-                self.state.voters = cs
-                    .voters
-                    .iter()
-                    .map(|v| ferrolog_model::NodeId(*v as i32))
-                    .collect();
+                self.state.voters = cs.voters.iter().map(|v| node_of(*v)).collect();
                 Outcome::ConfChange(Ok(cs))
             }
             // Refused the same way on every node (e.g. a second change while

@@ -44,7 +44,9 @@
 //! raft_sim_three_voters --nocapture`.
 
 use ferrolog_controlplane::commands::TopicCommand;
-use ferrolog_controlplane::raft_core::{AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore};
+use ferrolog_controlplane::raft_core::{
+    node_of, AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore,
+};
 use ferrolog_controlplane::raft_log::RaftLog;
 use ferrolog_controlplane::state::{Applied, ClusterState, Command, Registration, PRODUCER_ID_BLOCK_MAX};
 use ferrolog_model::NodeId;
@@ -694,7 +696,7 @@ impl Sim {
         let voters: Vec<u64> = (1..=voters).collect();
         let initial = ClusterState {
             cluster_id: "sim".into(),
-            voters: voters.iter().map(|v| NodeId(*v as i32)).collect(),
+            voters: voters.iter().map(|v| node_of(*v)).collect(),
             ..ClusterState::default()
         };
         let nodes = voters
@@ -1024,7 +1026,11 @@ impl Sim {
             4 => Command::Register(self.registration(member)),
             5 | 6 => Command::AllocateProducerIds {
                 // A member not registered yet is refused.
-                node: NodeId(if self.rng.chance(500) { voter } else { member } as i32),
+                node: if self.rng.chance(500) {
+                    node_of(voter)
+                } else {
+                    NodeId(member as i32)
+                },
                 count: 1 + self.rng.below(1000) as i64,
             },
             7 => match known {
@@ -1047,7 +1053,7 @@ impl Sim {
             },
             // Refused: blocks of no ids, too many, for an unknown node.
             10 => Command::AllocateProducerIds {
-                node: NodeId(voter as i32),
+                node: node_of(voter),
                 count: [0, -3, PRODUCER_ID_BLOCK_MAX + 1][self.rng.below(3) as usize],
             },
             _ => {
