@@ -9,10 +9,13 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{free_port, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
@@ -23,14 +26,6 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 /// A condition on the cluster's state (an election, a catch-up, a drain).
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(40);
 const LOG_TAIL_LINES: usize = 60;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -120,21 +115,7 @@ impl Node {
             .spawn()
             .expect("run ferrolog");
         // A start that is not refused runs on: killed after a bound, and failed.
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("try_wait") {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "node {} started with seeds {seeds} and ran for {READY_TIMEOUT:?}",
-                    self.id
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = wait_exit(&mut child, READY_TIMEOUT);
         let mut err = String::new();
         child
             .stderr
@@ -324,7 +305,7 @@ impl Cluster {
         let mut child = cmd
             .spawn()
             .expect("python3 (tools/setup.sh installs the clients)");
-        let status = wait_bounded(&mut child, SCRIPT_TIMEOUT);
+        let status = wait_exit(&mut child, SCRIPT_TIMEOUT);
         let mut out = String::new();
         child
             .stdout
@@ -356,20 +337,6 @@ impl Cluster {
                 assert!(n.running(), "node {} exited\n{}", n.id, n.log_tail());
             }
         }
-    }
-}
-
-fn wait_bounded(child: &mut Child, within: Duration) -> ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("process did not end within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -489,7 +456,7 @@ fn three_nodes_agree_on_topics_through_leader_kills_full_restarts_a_join_and_a_d
     }
     // The removed node hears it at its next heartbeat and stops.
     let four = c.node(4);
-    let status = wait_bounded(four.child.as_mut().expect("node 4 runs"), CONVERGE_TIMEOUT);
+    let status = wait_exit(four.child.as_mut().expect("node 4 runs"), CONVERGE_TIMEOUT);
     assert!(!status.success(), "a removed node exits with an error");
     four.child = None;
     let log = std::fs::read_to_string(four.log_path(four.starts)).expect("node 4 log");
@@ -536,7 +503,7 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
     });
     let dup = Node::new(7);
     let mut child = dup.command(&seeds).stderr(Stdio::piped()).spawn().expect("spawn");
-    let status = wait_bounded(&mut child, CONVERGE_TIMEOUT);
+    let status = wait_exit(&mut child, CONVERGE_TIMEOUT);
     let mut err = String::new();
     child
         .stderr
