@@ -170,6 +170,8 @@ pub struct Controller {
     producer_ids: RefCell<(i64, i64)>,
     id_permit: Semaphore,
     failed: RefCell<Option<String>>,
+    /// Senders of Raft messages outside the configuration, warned about once.
+    strangers: RefCell<std::collections::HashSet<u64>>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
 }
 
@@ -286,6 +288,7 @@ impl Controller {
             producer_ids: RefCell::new((0, 0)),
             id_permit: Semaphore::new(1),
             failed: RefCell::new(None),
+            strangers: RefCell::new(std::collections::HashSet::new()),
             tasks: RefCell::new(Vec::new()),
             config,
         });
@@ -576,6 +579,23 @@ impl Controller {
     fn receive(&self, from: u64, messages: Vec<Vec<u8>>) {
         {
             let mut core = self.core.borrow_mut();
+            // Only members of this node's Raft configuration may speak to it
+            // (a node still waiting for its first snapshot has none and
+            // listens to whoever leads). A node of another group, e.g.
+            // started with seeds that name this node by mistake, is dropped
+            // before raft sees it and cannot disturb elections here.
+            let conf = core.conf_state();
+            let joining = conf.voters.is_empty() && conf.learners.is_empty();
+            let known = conf.voters.contains(&from) || conf.learners.contains(&from);
+            if !known && !joining {
+                if self.strangers.borrow_mut().insert(from) {
+                    warn!(
+                        node = %node_id(from),
+                        "dropping Raft messages from a node outside this cluster's configuration"
+                    );
+                }
+                return;
+            }
             for bytes in messages {
                 match raft::eraftpb::Message::parse_from_bytes(&bytes) {
                     Ok(m) if m.from == from => {
@@ -831,8 +851,10 @@ impl Controller {
         if leader == 0 {
             // A node joining the cluster knows no leader until it is a
             // learner: it asks the seeds in turn, which forward to theirs.
+            // A voter waits for its own group's leader: registering through
+            // seeds would make a voter of another group a learner here.
             let seeds = &self.config.seeds;
-            if seeds.is_empty() {
+            if seeds.is_empty() || self.core.borrow().is_voter() {
                 return Err(ControllerError::NoLeader);
             }
             let n = self.next_ctx.get() as usize % seeds.len();

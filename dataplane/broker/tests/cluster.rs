@@ -567,3 +567,42 @@ fn a_seed_list_that_disagrees_with_the_stored_voters_is_refused() {
     n3.start(&seeds);
     c.python(3, &["create", "still-works", "1", "3"]);
 }
+
+#[test]
+fn a_node_of_another_group_naming_cluster_nodes_as_seeds_is_ignored() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    let before = c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
+    // Node 5 believes nodes 1 and 2 are its fellow voters: a configuration
+    // mistake. Their cluster must not hear it.
+    let mut five = Node::new(5);
+    let (one, two) = (c.node(1).rpc, c.node(2).rpc);
+    five.start(&format!("5@{},1@{one},2@{two}", five.rpc));
+    // Longer than an election timeout of node 5 (1-2 s) and a session.
+    std::thread::sleep(Duration::from_secs(4));
+    let after = c.wait_until(leader, "the same leader", |v| {
+        v["leader_id"] == before["leader_id"]
+    });
+    assert_eq!(
+        after["term"], before["term"],
+        "node 5 disturbed the term: {after}"
+    );
+    // An idle cluster commits nothing but liveness changes: no proposal loop.
+    let grew = after["applied_index"].as_u64().expect("applied")
+        - before["applied_index"].as_u64().expect("applied");
+    assert!(grew <= 3, "{grew} entries applied while idle: {after}");
+    assert!(member(&after, 5).is_none(), "node 5 became a member: {after}");
+    let five_status = five.cluster();
+    assert!(
+        five_status.is_err() || five_status.as_ref().is_ok_and(|v| v["leader_id"] == -1),
+        "node 5 found a leader: {five_status:?}"
+    );
+    let log = std::fs::read_to_string(c.node(1).log_path(1)).expect("node 1 log");
+    assert!(
+        log.contains("outside this cluster's configuration"),
+        "{}",
+        c.node(1).log_tail()
+    );
+    five.kill9();
+    c.assert_running();
+}
