@@ -410,8 +410,8 @@ impl Replica {
     }
 
     /// A client's append of `n` records on the leader: the offsets they get.
-    /// The adapter writes them (in this replica's epoch) before the next
-    /// input.
+    /// The adapter writes them (in this replica's epoch) before it carries
+    /// out the queued actions, which may already send them.
     pub fn append(&mut self, n: u64) -> Result<Range<Offset>, AppendError> {
         assert!(n > 0, "an append of no records");
         if self.role != Role::Leader {
