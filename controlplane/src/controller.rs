@@ -247,7 +247,6 @@ impl Controller {
             let dir = raft_dir.clone();
             RaftCore::open(&dir, core_config, bootstrap)?
         };
-        check_voters(&config, &core)?;
         if fresh && config.seeds.is_empty() && config.data_dir.join(TOPICS_FILE).exists() {
             // The table is in the Raft log's first snapshot now; the file is
             // kept for the operator, renamed so that it is never read again.
@@ -294,6 +293,13 @@ impl Controller {
         });
         CONTROLLER.with(|slot| *slot.borrow_mut() = Some(c.clone()));
         c.learn_addresses();
+        // Replays the committed entries after the snapshot (configuration
+        // changes included) before the seeds are checked against the voters.
+        c.drive();
+        if let Err(e) = check_voters(&c.config, &c.core.borrow()) {
+            CONTROLLER.with(|slot| *slot.borrow_mut() = None);
+            return Err(e);
+        }
         if let Some(addr) = c.config.rpc_listen {
             let handler: Rc<dyn rpc::Handler> = Rc::new(RpcHandler(c.clone()));
             let (task, bound) =
