@@ -6,11 +6,12 @@ set -euo pipefail
 
 # libudev-dev: glommio links libudev. pkg-config + libhwloc-dev: hwlocality uses the system hwloc.
 # capnproto: the Cap'n Proto schema compiler for the control plane. kcat: a librdkafka client for
-# end-to-end checks. iproute2: `ss`/`ip` for network tests and tuning.
+# end-to-end checks. iproute2: `ss`/`ip` for network tests and tuning; nftables: `nft`, partitions
+# between the network namespaces of multi-node tests.
 # e2fsprogs + mount: the disk-full test mounts a small ext4 image on a loop device.
 # gcc + make: rdkafka-sys (the benches' Kafka client) builds its bundled librdkafka with
 # librdkafka's own configure script and make.
-APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 e2fsprogs mount gcc make)
+APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 nftables e2fsprogs mount gcc make)
 # Real Kafka clients used by the end-to-end tests.
 PIP_PACKAGES=(confluent-kafka kafka-python)
 
