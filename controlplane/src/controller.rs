@@ -531,13 +531,8 @@ impl Controller {
         };
         let answer = match a.outcome {
             Outcome::Command(_, r) => r,
-            Outcome::ConfChange(Ok(_)) | Outcome::Empty => Ok(Applied::LeadersMoved(0)),
-            Outcome::ConfChange(Err(e)) | Outcome::Undecodable(e) => {
-                Err(StateError::Topic(crate::state::CommandErrorText {
-                    kind: crate::state::TopicErrorKind::InvalidAssignment,
-                    message: e,
-                }))
-            }
+            Outcome::ConfChange(Ok(_)) | Outcome::Empty => Ok(Applied::Nothing),
+            Outcome::ConfChange(Err(e)) | Outcome::Undecodable(e) => Err(StateError::NotApplied(e)),
         };
         let _ = tx.send((a.index, answer));
     }

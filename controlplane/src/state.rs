@@ -146,6 +146,10 @@ pub enum StateError {
     BadBlock(i64),
     #[error("producer ids are exhausted")]
     ProducerIdsExhausted,
+    /// An entry that was not a command of this state machine (a refused
+    /// configuration change, bytes that do not decode).
+    #[error("not applied: {0}")]
+    NotApplied(String),
     #[error("address {addr} is already the address of node {owner}")]
     AddressInUse { addr: String, owner: NodeId },
 }
@@ -198,14 +202,28 @@ impl From<&CommandError> for CommandErrorText {
 /// What an applied command changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
+    /// An entry that changed no state (an empty entry, a configuration change).
+    Nothing,
     ClusterId(String),
     Topic(TopicDelta),
-    Registered { node: NodeId, incarnation: u64 },
-    Liveness { node: NodeId, alive: bool },
-    MemberState { node: NodeId, state: MemberState },
+    Registered {
+        node: NodeId,
+        incarnation: u64,
+    },
+    Liveness {
+        node: NodeId,
+        alive: bool,
+    },
+    MemberState {
+        node: NodeId,
+        state: MemberState,
+    },
     LeadersMoved(usize),
     Reassigned(usize),
-    ProducerIds { start: i64, count: i64 },
+    ProducerIds {
+        start: i64,
+        count: i64,
+    },
 }
 
 /// The whole replicated state; `Default` is the state before the first
