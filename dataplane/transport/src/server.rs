@@ -202,7 +202,9 @@ async fn serve_connection(
                     buf.len()
                 )))
             }
-            Some(Ok(_)) => {}
+            // A peer that keeps the socket full would otherwise keep this
+            // task running: let the shard's other tasks in.
+            Some(Ok(_)) => glommio::yield_if_needed().await,
             Some(Err(e)) => return Err(Closed::PeerGone(e)),
             None => {
                 return Err(Closed::Protocol(format!(

@@ -488,4 +488,40 @@ proptest! {
             );
         }
     }
+
+    /// Arbitrary bytes, fed in arbitrary chunks, never panic the splitter and
+    /// never yield a frame over its bounds; a valid frame placed first is
+    /// always found whole. (A stable-toolchain stand-in for a fuzz target.)
+    #[test]
+    fn split_frame_survives_arbitrary_input(
+        garbage in proptest::collection::vec(any::<u8>(), 0..2048),
+        chunk in 1usize..300,
+        lead_with_valid: bool,
+    ) {
+        let max_payload = 1024;
+        let valid = frame(9, 12, 300);
+        let mut input = if lead_with_valid { wire(&valid) } else { Vec::new() };
+        input.extend_from_slice(&garbage);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        'feed: for piece in input.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            loop {
+                match split_frame(&mut buf, max_payload) {
+                    Ok(Split::Frame(f)) => {
+                        prop_assert!(f.ext.len() <= EXT_BYTES_MAX && f.payload.len() <= max_payload);
+                        frames.push(f);
+                    }
+                    Ok(Split::NeedMore(n)) => {
+                        prop_assert!(n >= 1);
+                        break;
+                    }
+                    Err(_) => break 'feed,
+                }
+            }
+        }
+        if lead_with_valid {
+            prop_assert_eq!(frames.first(), Some(&valid));
+        }
+    }
 }
