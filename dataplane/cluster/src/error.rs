@@ -14,6 +14,10 @@ pub enum PartitionError {
     /// not assigned to this node).
     #[error("{0} is not here")]
     NotHere(Ntp),
+    /// The partition exists but this node does not lead it (a replica, or
+    /// not assigned here): the client must ask the leader.
+    #[error("this node does not lead {0}")]
+    NotLeader(Ntp),
     /// The payload does not split into record batches.
     #[error("{0}")]
     CorruptBatch(String),

@@ -247,6 +247,7 @@ impl PartitionManager {
                     Desired {
                         log: log.clone(),
                         leader_epoch,
+                        leads: a.leader == me,
                     },
                 );
             }
@@ -260,6 +261,7 @@ impl PartitionManager {
                         Desired {
                             log: t.log.clone(),
                             leader_epoch: Epoch(0),
+                            leads: true,
                         },
                     );
                 }
@@ -299,7 +301,8 @@ impl PartitionManager {
             }
             let want = &desired[ntp];
             match self.open(ntp, want).await {
-                Ok(p) => done.led.push(p),
+                Ok(p) if want.leads => done.led.push(p),
+                Ok(_) => {}
                 Err(e) => {
                     warn!(partition = %ntp, shard = %self.id(), "cannot open partition: {e}");
                     done.failed.push(ntp.clone());
@@ -310,8 +313,10 @@ impl PartitionManager {
             let want = &desired[ntp];
             if let Some(p) = self.partition(ntp) {
                 p.log.set_config(want.log.clone());
-                if want.leader_epoch != p.leader_epoch() {
-                    p.set_leader_epoch(want.leader_epoch);
+                let moved = want.leader_epoch != p.leader_epoch() || want.leads != p.leads();
+                p.set_leader_epoch(want.leader_epoch);
+                p.set_leads(want.leads);
+                if moved && want.leads {
                     done.led.push(p);
                 }
                 self.applied.borrow_mut().insert(ntp.clone(), want.clone());
@@ -346,6 +351,7 @@ impl PartitionManager {
         let (log, report) = Log::open(&dir, want.log.clone(), self.log_ctx.clone()).await?;
         let (partition, producer_state) = Partition::recover(ntp.clone(), log.clone()).await?;
         partition.set_leader_epoch(want.leader_epoch);
+        partition.set_leads(want.leads);
         info!(
             partition = %ntp,
             shard = %self.id(),

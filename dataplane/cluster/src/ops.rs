@@ -201,16 +201,31 @@ async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, Part
     .await
 }
 
+/// The partition, if this node leads it: a replica that does not lead
+/// answers NotLeader, and so does a partition the metadata names that is not
+/// on this node, so the client asks the leader; one nobody names is NotHere.
+fn led(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, PartitionError> {
+    match m.partition(ntp) {
+        Some(p) if p.leads() => Ok(p),
+        Some(_) => Err(PartitionError::NotLeader(ntp.clone())),
+        None if m.metadata().topics.contains(ntp) => Err(PartitionError::NotLeader(ntp.clone())),
+        None => Err(PartitionError::NotHere(ntp.clone())),
+    }
+}
+
 pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
     let m = manager::local();
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let Some(p) = m.partition(&item.ntp) else {
-            out.push(ProduceAnswer {
-                result: Err(PartitionError::NotHere(item.ntp)),
-                log_start: Offset(-1),
-            });
-            continue;
+        let p = match led(&m, &item.ntp) {
+            Ok(p) => p,
+            Err(e) => {
+                out.push(ProduceAnswer {
+                    result: Err(e),
+                    log_start: Offset(-1),
+                });
+                continue;
+            }
         };
         let started = Instant::now();
         p.metrics.produce_requests.inc();
@@ -269,17 +284,20 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
     let mut out = Vec::with_capacity(items.len());
     let mut budget = items.first().map_or(0, |i| i.response_budget);
     for item in items {
-        let Some(p) = m.partition(&item.ntp) else {
-            if let Some(w) = item.waiter {
-                // Deleted meanwhile: let the fetch re-read and see the error.
-                w.wake();
+        let p = match led(&m, &item.ntp) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(w) = item.waiter {
+                    // Deleted or moved meanwhile: let the fetch re-read and see the error.
+                    w.wake();
+                }
+                out.push(ReadAnswer {
+                    error: Some(e),
+                    offsets: None,
+                    records: None,
+                });
+                continue;
             }
-            out.push(ReadAnswer {
-                error: Some(PartitionError::NotHere(item.ntp)),
-                offsets: None,
-                records: None,
-            });
-            continue;
         };
         let answer = read_one(&m, &p, &item, budget).await;
         let len = answer.records.as_ref().map_or(0, Bytes::len);
@@ -375,9 +393,12 @@ pub async fn list_offsets_local(items: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
     let m = manager::local();
     let mut out = Vec::with_capacity(items.len());
     for q in items {
-        let Some(p) = m.partition(&q.ntp) else {
-            out.push(Err(PartitionError::NotHere(q.ntp)));
-            continue;
+        let p = match led(&m, &q.ntp) {
+            Ok(p) => p,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
         };
         out.push(match q.timestamp {
             -1 => Ok(Some((p.high_watermark(), -1))),

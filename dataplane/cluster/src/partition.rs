@@ -45,6 +45,9 @@ pub struct Partition {
     /// The leader epoch this replica appends in, from the metadata
     /// snapshot; stamped into every batch it appends.
     leader_epoch: Cell<Epoch>,
+    /// Whether this node leads the partition (else it is a replica that
+    /// serves no client produce, fetch or list offsets).
+    leads: Cell<bool>,
     /// Fetches waiting for data past their offset; woken (and dropped) by the
     /// next append. They may be waiting on other shards.
     waiters: RefCell<Vec<WaiterRef>>,
@@ -115,6 +118,7 @@ impl Partition {
             ntp,
             log,
             leader_epoch: Cell::new(Epoch(0)),
+            leads: Cell::new(true),
             waiters: RefCell::new(Vec::new()),
             producers,
             discards,
@@ -245,6 +249,15 @@ impl Partition {
 
     pub fn leader_epoch(&self) -> Epoch {
         self.leader_epoch.get()
+    }
+
+    /// Whether this node leads the partition (from the metadata snapshot).
+    pub fn leads(&self) -> bool {
+        self.leads.get()
+    }
+
+    pub fn set_leads(&self, leads: bool) {
+        self.leads.set(leads);
     }
 
     /// Set from the metadata snapshot. Epochs never go back: an older

@@ -23,6 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Desired {
     pub log: LogConfig,
     pub leader_epoch: Epoch,
+    /// Whether this node leads the partition.
+    pub leads: bool,
 }
 
 /// The steps of one reconciliation, each list sorted.
@@ -87,6 +89,7 @@ mod tests {
                 ..LogConfig::default()
             },
             leader_epoch: Epoch(epoch),
+            leads: epoch % 2 == 0,
         }
     }
 

@@ -34,6 +34,7 @@ pub fn storage(e: &StorageError) -> ResponseError {
 pub fn partition(e: &PartitionError) -> ResponseError {
     match e {
         PartitionError::NotHere(_) => ResponseError::UnknownTopicOrPartition,
+        PartitionError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
         PartitionError::CorruptBatch(_) => ResponseError::CorruptMessage,
         PartitionError::InvalidRecord(_) => ResponseError::InvalidRecord,
         PartitionError::Sequence(e) => producer(e),

@@ -212,3 +212,58 @@ fn the_internal_topic_cannot_be_created_or_written_by_clients() {
     let (err, _) = produce(&h, "__consumer_offsets", 0, -1, 5000, batch("intruder"));
     assert_eq!(err, 3, "UNKNOWN_TOPIC_OR_PARTITION");
 }
+
+/// A partition this node holds as a replica but does not lead answers
+/// NOT_LEADER_OR_FOLLOWER to produce, fetch and list offsets (clients then
+/// refresh their metadata and go to the leader).
+#[test]
+fn a_replica_that_does_not_lead_refuses_produce_fetch_and_list_offsets() {
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    let h = Harness::start_with(|c| {
+        let mut table = TopicTable::default();
+        let cmd = TopicCommand::CreateTopic {
+            name: "followed".into(),
+            id: 0xf011,
+            config: Default::default(),
+            // Partition 0 is led by node 1 (node 0, this one, is a replica);
+            // partition 1 by node 0.
+            assignments: vec![vec![NodeId(1), NodeId(0)], vec![NodeId(0), NodeId(1)]],
+        };
+        apply(&mut table, &cmd).expect("create");
+        std::fs::create_dir_all(&c.data_dir).expect("data dir");
+        table.store(&c.data_dir).expect("store the table");
+    })
+    .expect("harness");
+    let (err, _) = produce(&h, "followed", 0, -1, 5000, batch("to a replica"));
+    assert_eq!(err, NOT_LEADER_OR_FOLLOWER, "a replica took a produce");
+    let (err, base) = produce(&h, "followed", 1, -1, 5000, batch("to the leader"));
+    assert_eq!((err, base), (0, 0));
+
+    let body = RequestKind::Fetch(
+        FetchRequest::default()
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(topic_name("followed"))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])]),
+    );
+    let ResponseKind::Fetch(r) = call(&h, ApiKey::Fetch, 12, body) else {
+        panic!("not a Fetch response")
+    };
+    assert_eq!(r.responses[0].partitions[0].error_code, NOT_LEADER_OR_FOLLOWER);
+
+    let body = RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+        ListOffsetsTopic::default()
+            .with_name(topic_name("followed"))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)]),
+    ]));
+    let ResponseKind::ListOffsets(l) = call(&h, ApiKey::ListOffsets, 6, body) else {
+        panic!("not a ListOffsets response")
+    };
+    assert_eq!(l.topics[0].partitions[0].error_code, NOT_LEADER_OR_FOLLOWER);
+}
