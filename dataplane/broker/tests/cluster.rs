@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, wait_exit};
+use common::{free_port, output_bounded, wait_exit};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
@@ -298,28 +298,8 @@ impl Cluster {
             .current_dir(CLIENTS)
             .env_remove("LD_LIBRARY_PATH")
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("python3 (tools/setup.sh installs the clients)");
-        let status = wait_exit(&mut child, SCRIPT_TIMEOUT);
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read");
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut err)
-            .expect("read");
+            .env("PYTHONUNBUFFERED", "1");
+        let (status, out, err) = output_bounded(cmd, SCRIPT_TIMEOUT);
         let fails: Vec<&str> = err.lines().filter(|l| l.starts_with("FAIL")).collect();
         assert!(
             status.success(),

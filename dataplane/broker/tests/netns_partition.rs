@@ -10,13 +10,12 @@
 //! failure: `Drop`). Needs root, iproute2 and nftables (tools/setup.sh).
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::wait_exit;
+use common::output_bounded;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
@@ -270,34 +269,15 @@ fn wait_until(
 
 /// `cluster_admin.py` inside a node's namespace, against that node.
 fn admin(node: &Node, args: &[&str]) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.ns, "python3"])
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.ns, "python3"])
         .arg(Path::new(CLIENTS).join("cluster_admin.py"))
         .args(["--bootstrap", &format!("{}:{KAFKA_PORT}", Net::ip(node.id))])
         .args(args)
         .current_dir(CLIENTS)
         .env_remove("LD_LIBRARY_PATH")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 in the namespace");
-    let status = wait_exit(&mut child, Duration::from_secs(90));
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read");
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let (status, out, err) = output_bounded(cmd, Duration::from_secs(90));
     assert!(
         status.success(),
         "cluster_admin.py {args:?} on node {}: {err}\n{out}\n{}",

@@ -71,3 +71,31 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs `cmd` with stdout and stderr captured (read by threads, so a chatty
+/// child never blocks on a full pipe) until it exits, killing it and failing
+/// after `within`. Returns its status, stdout and stderr.
+pub fn output_bounded(mut cmd: Command, within: Duration) -> (ExitStatus, String, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn (tools/setup.sh installs the test clients)");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = read(Box::new(child.stdout.take().expect("stdout")));
+    let err = read(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_exit(&mut child, within);
+    (
+        status,
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
