@@ -289,28 +289,39 @@ impl Sealed {
 }
 
 /// Writes a small file (an index) whole, padded to the block size.
+/// Writes a small file (an index) whole: to `<path>.tmp`, then renamed over
+/// `path`, so a process killed in the middle leaves the old file or the new
+/// one, never a torn or empty one. Not synced: an index that a power loss
+/// tears is checked and rebuilt at open.
 async fn write_small_file(path: &Path, data: &[u8]) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .dma_open(path)
+        .dma_open(&tmp)
         .await
-        .map_err(gio("create", path))?;
+        .map_err(gio("create", &tmp))?;
     let len = align_up(data.len() as u64).max(BLOCK_BYTES) as usize;
     let mut buf = file.alloc_dma_buffer(len);
     let dst = buf.as_bytes_mut();
     dst[..data.len()].copy_from_slice(data);
     dst[data.len()..].fill(0);
-    let n = file.write_at(buf, 0).await.map_err(gio("write", path))?;
+    let n = file.write_at(buf, 0).await.map_err(gio("write", &tmp))?;
     if n != len {
         return Err(StorageError::io(
             "write",
-            path,
+            &tmp,
             std::io::Error::other("short write"),
         ));
     }
-    file.close().await.map_err(gio("close", path))
+    file.close().await.map_err(gio("close", &tmp))?;
+    let (from, to) = (tmp.clone(), path.to_path_buf());
+    off_reactor(move || std::fs::rename(from, to))
+        .await
+        .map_err(|e| StorageError::io("rename", &tmp, e))
 }
 
 /// Runs a blocking file system call (listing a directory, reading a small
