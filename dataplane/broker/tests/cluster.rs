@@ -109,21 +109,13 @@ impl Node {
 
     /// Runs `ferrolog start` expecting it to refuse; returns its stderr.
     fn start_refused(&self, seeds: &str) -> String {
-        let mut child = self
-            .command(seeds)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run ferrolog");
         // A start that is not refused runs on: killed after a bound, and failed.
-        let status = wait_exit(&mut child, READY_TIMEOUT);
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .expect("stderr")
-            .read_to_string(&mut err)
-            .expect("read");
-        assert!(!status.success(), "node {} started with seeds {seeds}", self.id);
+        let (status, _, err) = output_bounded(self.command(seeds), READY_TIMEOUT);
+        assert!(
+            !status.success(),
+            "node {} started with seeds {seeds}: {err}",
+            self.id
+        );
         err
     }
 
@@ -371,6 +363,7 @@ fn three_nodes_agree_on_topics_through_leader_kills_full_restarts_a_join_and_a_d
         leader,
         &["wait-topics", "3", "orders:3", "events:2", "after-failover:1"],
     );
+    c.python(leader, &["verify", "orders"]);
     c.assert_running();
 
     // All three killed together recover their state from disk.
@@ -393,6 +386,8 @@ fn three_nodes_agree_on_topics_through_leader_kills_full_restarts_a_join_and_a_d
         );
     }
     c.python(leader, &["create", "after-restart", "2", "2"]);
+    // The messages acknowledged before the kills are all still there.
+    c.python(leader, &["verify", "orders"]);
 
     // A fourth node, not a seed, joins as a broker and learns everything.
     let mut four = Node::new(4);
@@ -481,20 +476,8 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
     c.wait_until(leader, "node 7 alive", |v| {
         member(v, 7).is_some_and(|m| m["alive"] == true)
     });
-    let dup = Node::new(7);
-    let mut child = dup.command(&seeds).stderr(Stdio::piped()).spawn().expect("spawn");
-    let status = wait_exit(&mut child, CONVERGE_TIMEOUT);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err)
-        .expect("read");
-    assert!(
-        !status.success() && err.contains("is in use by a live node"),
-        "{status}: {err}"
-    );
+    let err = Node::new(7).start_refused(&seeds);
+    assert!(err.contains("is in use by a live node"), "{err}");
     let v = c.node(leader).cluster().expect("status");
     assert_eq!(
         member(&v, 7).expect("node 7")["rpc_addr"],

@@ -117,6 +117,23 @@ fn note(scratch: &mut TopicTable, cmd: &OpResult<TopicCommand>) {
     }
 }
 
+/// One command per item, in order: `make` sees the table with the commands
+/// of the items before it applied, and those items.
+fn prepare_in_order<T>(
+    meta: &MetadataSnapshot,
+    items: &[T],
+    mut make: impl FnMut(&TopicTable, &[T], &T) -> OpResult<TopicCommand>,
+) -> Vec<OpResult<TopicCommand>> {
+    let mut scratch = TopicTable::clone(&meta.topics);
+    (0..items.len())
+        .map(|i| {
+            let cmd = make(&scratch, &items[..i], &items[i]);
+            note(&mut scratch, &cmd);
+            cmd
+        })
+        .collect()
+}
+
 /// Creates topics; one answer per input, in order.
 pub async fn create_topics(
     shard: &Shard,
@@ -124,14 +141,9 @@ pub async fn create_topics(
     validate_only: bool,
 ) -> Vec<OpResult<(String, TopicMeta)>> {
     let meta = shard.metadata();
-    let mut scratch = TopicTable::clone(&meta.topics);
-    let prepared = (0..new.len())
-        .map(|i| {
-            let cmd = command_for_new_topic(shard, &meta, &scratch, &new[..i], &new[i]);
-            note(&mut scratch, &cmd);
-            cmd
-        })
-        .collect();
+    let prepared = prepare_in_order(&meta, &new, |scratch, earlier, t| {
+        command_for_new_topic(shard, &meta, scratch, earlier, t)
+    });
     propose_prepared(shard, prepared, validate_only)
         .await
         .into_iter()
@@ -288,14 +300,9 @@ pub async fn create_partitions(
     validate_only: bool,
 ) -> Vec<OpResult<()>> {
     let meta = shard.metadata();
-    let mut scratch = TopicTable::clone(&meta.topics);
-    let prepared = (0..items.len())
-        .map(|i| {
-            let cmd = command_for_growth(&meta, &scratch, &items[..i], &items[i]);
-            note(&mut scratch, &cmd);
-            cmd
-        })
-        .collect();
+    let prepared = prepare_in_order(&meta, &items, |scratch, earlier, item| {
+        command_for_growth(&meta, scratch, earlier, item)
+    });
     propose_prepared(shard, prepared, validate_only)
         .await
         .into_iter()

@@ -13,6 +13,9 @@
       DescribeCluster: a cluster id, a controller among the brokers, BROKERS brokers.
   cluster_admin.py --bootstrap ADDR roundtrip TOPIC
       Produces 20 messages with acks=all to partition 0 and reads them back.
+  cluster_admin.py --bootstrap ADDR verify TOPIC
+      Reads partition 0 from offset 0: the 20 acknowledged messages of an earlier roundtrip
+      must be there, in order, byte for byte (after kills and restarts).
 """
 
 import argparse
@@ -127,11 +130,21 @@ def describe_cluster(bootstrap, brokers):
 def roundtrip(bootstrap, topic):
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": int(WAIT_S * 1000)})
     errors = []
-    values = [f"{topic}-{i}".encode() for i in range(20)]
+    values = roundtrip_values(topic)
     for v in values:
         p.produce(topic, v, partition=0, on_delivery=lambda err, msg: errors.append(err) if err else None)
     if p.flush(WAIT_S) != 0 or errors:
         fail(f"produce to {topic}: {errors[:3]} (unflushed: {len(p)})")
+    read_back(bootstrap, topic, values)
+    log(f"{topic}: 20 messages produced with acks=all and read back")
+
+
+def roundtrip_values(topic):
+    return [f"{topic}-{i}".encode() for i in range(20)]
+
+
+def read_back(bootstrap, topic, values):
+    """Partition 0 from offset 0 must start with exactly `values`."""
     c = consumer(bootstrap)
     c.assign([TopicPartition(topic, 0, 0)])
     got = []
@@ -142,8 +155,7 @@ def roundtrip(bootstrap, topic):
             got.append(m.value())
     c.close()
     if got != values:
-        fail(f"read back {len(got)} of {len(values)} messages from {topic}")
-    log(f"{topic}: 20 messages produced with acks=all and read back")
+        fail(f"read back {len(got)} of {len(values)} messages from {topic}: {got[:3]}...")
 
 
 def main():
@@ -163,6 +175,9 @@ def main():
         describe_cluster(args.bootstrap, int(rest[1]))
     elif cmd == "roundtrip":
         roundtrip(args.bootstrap, rest[1])
+    elif cmd == "verify":
+        read_back(args.bootstrap, rest[1], roundtrip_values(rest[1]))
+        log(f"{rest[1]}: the 20 acknowledged messages are all there")
     else:
         fail(f"unknown step {cmd}")
 
