@@ -335,5 +335,12 @@ fn an_isolated_controller_leader_is_replaced_refuses_linearizable_reads_and_catc
         &nodes[old - 1],
         &["wait-topics", "3", "before-split:2", "during-split:1"],
     );
+    // It was marked down while cut off; once heard again it is live, and a
+    // topic on all three nodes can be placed.
+    wait_until(&nodes, old, "three live members again", |v| {
+        v["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().filter(|m| m["alive"] == true).count() == 3)
+    });
     admin(&nodes[old - 1], &["create", "after-heal", "1", "3"]);
 }

@@ -289,13 +289,17 @@ impl Sealed {
 }
 
 /// Writes a small file (an index) whole, padded to the block size.
-/// Writes a small file (an index) whole: to `<path>.tmp`, then renamed over
-/// `path`, so a process killed in the middle leaves the old file or the new
-/// one, never a torn or empty one. Not synced: an index that a power loss
-/// tears is checked and rebuilt at open.
+/// Writes a small file (an index) whole: to `<path>.<n>.tmp`, then renamed
+/// over `path`, so a process killed in the middle leaves the old file or the
+/// new one, never a torn or empty one. `n` is unique per write: two writes
+/// of the same index can overlap (a seal and a close), and the later rename
+/// wins, as the later write did before. Not synced: an index that a power
+/// loss tears is checked and rebuilt at open.
 async fn write_small_file(path: &Path, data: &[u8]) -> Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
+    tmp_name.push(format!(".{n}.tmp"));
     let tmp = PathBuf::from(tmp_name);
     let file = OpenOptions::new()
         .write(true)
