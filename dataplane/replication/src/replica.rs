@@ -462,6 +462,29 @@ impl Replica {
         self.pump();
     }
 
+    /// The adapter sent `[start, end)` of the append request to `peer` that
+    /// asked for `[start, asked_end)`: whole record batches only, within its
+    /// byte bound, so `end <= asked_end`; `end == start` when it could send
+    /// nothing (the link was full, the bytes not readable yet), which the
+    /// next tick retries. Then the next request to `peer`, if any, is queued.
+    /// A report about an older request (not ending at the peer's next
+    /// offset) is ignored.
+    pub fn sent(&mut self, peer: NodeId, start: Offset, asked_end: Offset, end: Offset) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(p) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if p.next != asked_end || end > asked_end || end < start || start >= asked_end {
+            return;
+        }
+        p.next = end;
+        if end > start {
+            self.pump_peer(peer);
+        }
+    }
+
     /// A message from another replica. Malformed requests are dropped.
     pub fn step(&mut self, message: Message) {
         match message {
@@ -716,18 +739,26 @@ impl Replica {
         }
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for peer in peers {
+            self.pump_peer(peer);
+        }
+    }
+
+    /// One request to `peer` at most: the next entries it lacks within its
+    /// window, else an empty one when the high watermark moved or the
+    /// heartbeat is due. The next data request follows once the adapter
+    /// reports what it sent ([`Replica::sent`]), so every request starts
+    /// where the previous one really ended.
+    fn pump_peer(&mut self, peer: NodeId) {
+        {
             let mut sent = false;
-            loop {
-                let p = &self.progress[&peer];
-                let window_end = p.acked_end.plus(to_i64(self.config.in_flight_entries_max));
-                let end = self
-                    .log
-                    .end()
-                    .min(window_end)
-                    .min(p.next.plus(to_i64(self.config.entries_per_request_max)));
-                if end <= p.next {
-                    break;
-                }
+            let p = &self.progress[&peer];
+            let window_end = p.acked_end.plus(to_i64(self.config.in_flight_entries_max));
+            let end = self
+                .log
+                .end()
+                .min(window_end)
+                .min(p.next.plus(to_i64(self.config.entries_per_request_max)));
+            if end > p.next {
                 let start = p.next;
                 self.send_append(peer, start, end);
                 sent = true;

@@ -611,58 +611,73 @@ impl Sim {
     /// Carries out node i's actions; `request` is the append request just
     /// stepped (its start and entries), if any.
     fn handle(&mut self, i: usize, request: Option<(i64, &[Entry])>) -> Check {
-        let actions = self.replica(i).take_actions();
-        for action in actions {
-            match action {
-                Action::PersistEpoch(state) => self.nodes[i].disk.epoch = state,
-                Action::AppendMarker { offset, epoch } => {
-                    let log = &mut self.nodes[i].disk.log;
-                    assert_eq!(offset.0 as usize, log.len(), "the marker goes at the log end");
-                    log.push((epoch, Val::Marker));
-                    self.checker.written(i as i32, offset.0, (epoch, Val::Marker))?;
-                }
-                Action::Truncate { to } => {
-                    let to = to.0 as usize;
-                    self.stats.truncations += 1;
-                    let len = self.nodes[i].disk.log.len();
-                    self.log(format!("node {i} truncates {len} to {to}"));
-                    let node = &mut self.nodes[i];
-                    node.disk.log.truncate(to);
-                    node.disk.durable_len = node.disk.durable_len.min(to);
-                    node.verified = node.verified.min(to);
-                }
-                Action::AppendFromRequest { start, end } => {
-                    let (req_start, entries) = request.expect("entries come with a request");
-                    assert_eq!(
-                        start.0 as usize,
-                        self.nodes[i].disk.log.len(),
-                        "appended at the end"
-                    );
-                    for o in start.0..end.0 {
-                        let entry = entries[(o - req_start) as usize];
-                        self.nodes[i].disk.log.push(entry);
-                        self.checker.written(i as i32, o, entry)?;
+        loop {
+            let actions = self.replica(i).take_actions();
+            if actions.is_empty() {
+                break;
+            }
+            for action in actions {
+                match action {
+                    Action::PersistEpoch(state) => self.nodes[i].disk.epoch = state,
+                    Action::AppendMarker { offset, epoch } => {
+                        let log = &mut self.nodes[i].disk.log;
+                        assert_eq!(offset.0 as usize, log.len(), "the marker goes at the log end");
+                        log.push((epoch, Val::Marker));
+                        self.checker.written(i as i32, offset.0, (epoch, Val::Marker))?;
                     }
-                }
-                Action::Send { to, message } => {
-                    let entries = match &message {
-                        Message::Append(req) => {
-                            self.nodes[i].disk.log[req.start.0 as usize..req.end.0 as usize].to_vec()
+                    Action::Truncate { to } => {
+                        let to = to.0 as usize;
+                        self.stats.truncations += 1;
+                        let len = self.nodes[i].disk.log.len();
+                        self.log(format!("node {i} truncates {len} to {to}"));
+                        let node = &mut self.nodes[i];
+                        node.disk.log.truncate(to);
+                        node.disk.durable_len = node.disk.durable_len.min(to);
+                        node.verified = node.verified.min(to);
+                    }
+                    Action::AppendFromRequest { start, end } => {
+                        let (req_start, entries) = request.expect("entries come with a request");
+                        assert_eq!(
+                            start.0 as usize,
+                            self.nodes[i].disk.log.len(),
+                            "appended at the end"
+                        );
+                        for o in start.0..end.0 {
+                            let entry = entries[(o - req_start) as usize];
+                            self.nodes[i].disk.log.push(entry);
+                            self.checker.written(i as i32, o, entry)?;
                         }
-                        Message::Response(_) => Vec::new(),
-                    };
-                    self.send(i, to.0 as usize, message, entries);
-                }
-                Action::HighWatermark(hw) => {
-                    let before = self.nodes[i].hw;
-                    self.checker.hw(i as i32, before, hw.0)?;
-                    self.nodes[i].hw = hw.0;
-                    self.ack_pending(i, hw.0)?;
-                }
-                Action::RoleChanged(role) => {
-                    self.log(format!("node {i} is now {role:?}"));
-                    if role != Role::Leader {
-                        self.pending.retain(|p| p.node != i);
+                    }
+                    Action::Send { to, mut message } => {
+                        let entries = match &mut message {
+                            Message::Append(req) => {
+                                // An adapter sends whole batches within a byte
+                                // bound: sometimes less than asked.
+                                let asked = req.end;
+                                if req.end.0 - req.start.0 > 1 && self.rng.below(4) == 0 {
+                                    let n = 1 + self.rng.below((req.end.0 - req.start.0 - 1) as u64) as i64;
+                                    req.end = Offset(req.start.0 + n);
+                                    req.epochs.retain(|r| r.start < req.end);
+                                }
+                                let (start, end) = (req.start, req.end);
+                                self.replica(i).sent(to, start, asked, end);
+                                self.nodes[i].disk.log[start.0 as usize..end.0 as usize].to_vec()
+                            }
+                            Message::Response(_) => Vec::new(),
+                        };
+                        self.send(i, to.0 as usize, message, entries);
+                    }
+                    Action::HighWatermark(hw) => {
+                        let before = self.nodes[i].hw;
+                        self.checker.hw(i as i32, before, hw.0)?;
+                        self.nodes[i].hw = hw.0;
+                        self.ack_pending(i, hw.0)?;
+                    }
+                    Action::RoleChanged(role) => {
+                        self.log(format!("node {i} is now {role:?}"));
+                        if role != Role::Leader {
+                            self.pending.retain(|p| p.node != i);
+                        }
                     }
                 }
             }
