@@ -366,6 +366,7 @@ impl Controller {
                 host: m.kafka_host.clone(),
                 port: i32::from(m.kafka_port),
                 rack: m.rack.clone(),
+                data_addr: interim_data_addr(&m.rpc_addr),
             });
             brokers.sort_by_key(|b| b.id);
         }
@@ -1283,7 +1284,16 @@ fn broker_of(m: &crate::state::Member) -> Broker {
         host: m.kafka_host.clone(),
         port: i32::from(m.kafka_port),
         rack: m.rack.clone(),
+        data_addr: interim_data_addr(&m.rpc_addr),
     }
+}
+
+/// Interim: the replication listener at the RPC port + 1, until members
+/// announce their own.
+fn interim_data_addr(rpc: &str) -> Option<String> {
+    let (host, port) = rpc.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{host}:{}", port.checked_add(1)?))
 }
 
 fn member_info(r: &Registration) -> MemberInfo {

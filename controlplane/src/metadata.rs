@@ -17,6 +17,9 @@ pub struct Broker {
     /// i32, as Kafka's Metadata response carries it.
     pub port: i32,
     pub rack: Option<String>,
+    /// "host:port" of the broker's replication listener (shard 0's; shard s
+    /// listens on port + s), if it announced one.
+    pub data_addr: Option<String>,
 }
 
 /// `Default` is the empty metadata a shard holds before the first publish.
@@ -86,6 +89,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             rack: None,
+            data_addr: None,
         };
         let snap = MetadataSnapshot {
             cluster_id: "c".into(),

@@ -38,6 +38,9 @@ pub enum PartitionError {
     /// may still become durable later, as in Kafka.
     #[error("not acknowledged within the request timeout of {0:?}")]
     TimedOut(Duration),
+    /// `min.insync.replicas` is not met: too few replicas are caught up.
+    #[error("{insync} replicas in sync, {min} required")]
+    NotEnoughReplicas { insync: usize, min: usize },
     /// ListOffsets with a timestamp that is neither a time nor -1/-2.
     #[error("invalid timestamp query {0}")]
     BadTimestampQuery(i64),

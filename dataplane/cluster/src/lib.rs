@@ -24,6 +24,8 @@ pub mod partition;
 pub mod placement;
 pub mod producer_state;
 pub mod reconcile;
+pub mod repl_wire;
+pub mod replicated;
 pub mod waiters;
 
 pub use error::PartitionError;

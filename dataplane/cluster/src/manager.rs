@@ -15,6 +15,8 @@ use crate::metrics::{ManagerMetrics, PartitionSnapshot};
 use crate::partition::Partition;
 use crate::placement::Placement;
 use crate::reconcile::{self, Desired};
+use crate::repl_wire::PartitionKey;
+use crate::replicated::{self, ReplNet, Replication};
 use crate::waiters::Waiters;
 use ferrolog_controlplane::metadata::MetadataSnapshot;
 use ferrolog_controlplane::topics::{self, TopicDefaults};
@@ -41,6 +43,9 @@ pub struct InternalTopic {
     pub partitions: i32,
     pub log: LogConfig,
 }
+
+/// How a shard asks the controller for a new election of a partition.
+pub type ElectionRequests = Rc<dyn Fn(Ntp)>;
 
 /// Settings of the partition layer, identical on every shard.
 #[derive(Clone, Debug)]
@@ -118,6 +123,16 @@ pub struct PartitionManager {
     scanned: Cell<bool>,
     /// Set by `close_all`: no partition opens after it.
     closed: Cell<bool>,
+    /// Topic id -> name, from the applied metadata (replication frames name
+    /// partitions by topic id).
+    topic_ids: RefCell<HashMap<u128, String>>,
+    /// This shard's replication links and frame counters.
+    pub repl_net: ReplNet,
+    /// The replication listener and ticker of this shard.
+    pub repl_tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// Asks the controller for a new election of a partition (set by the
+    /// node at start).
+    pub election_requests: RefCell<Option<ElectionRequests>>,
     /// A seam for crash tests: how many more directory-changing steps
     /// (open, remove, set aside) reconciliation may take before it stops as
     /// if the process had died there. `None`: no limit.
@@ -145,6 +160,10 @@ impl PartitionManager {
             reconciling: Semaphore::new(1),
             scanned: Cell::new(false),
             closed: Cell::new(false),
+            topic_ids: RefCell::new(HashMap::new()),
+            repl_net: ReplNet::default(),
+            repl_tasks: RefCell::new(Vec::new()),
+            election_requests: RefCell::new(None),
             steps_left: Cell::new(None),
         })
     }
@@ -248,6 +267,9 @@ impl PartitionManager {
                         log: log.clone(),
                         leader_epoch,
                         leads: a.leader == me,
+                        leader: a.leader,
+                        replicas: a.replicas.to_vec(),
+                        topic_id: meta.id,
                     },
                 );
             }
@@ -262,6 +284,9 @@ impl PartitionManager {
                             log: t.log.clone(),
                             leader_epoch: Epoch(0),
                             leads: true,
+                            leader: me,
+                            replicas: vec![me],
+                            topic_id: 0,
                         },
                     );
                 }
@@ -316,6 +341,11 @@ impl PartitionManager {
                 let moved = want.leader_epoch != p.leader_epoch() || want.leads != p.leads();
                 p.set_leader_epoch(want.leader_epoch);
                 p.set_leads(want.leads);
+                if p.replication().is_some() {
+                    self.assign_replica(&p, want);
+                } else if want.replicas.len() > 1 {
+                    warn!(partition = %ntp, replicas = ?want.replicas, "a single-replica partition cannot become replicated in place (reassignment is not supported yet)");
+                }
                 if moved && want.leads {
                     done.led.push(p);
                 }
@@ -324,6 +354,12 @@ impl PartitionManager {
         }
         // Readers see the new metadata once what it names is open, and
         // before what it dropped is closed.
+        *self.topic_ids.borrow_mut() = snap
+            .topics
+            .topics
+            .iter()
+            .map(|(name, meta)| (meta.id, name.clone()))
+            .collect();
         *self.metadata.borrow_mut() = snap;
         for ntp in &plan.remove {
             if !self.step() {
@@ -352,6 +388,14 @@ impl PartitionManager {
         let (partition, producer_state) = Partition::recover(ntp.clone(), log.clone()).await?;
         partition.set_leader_epoch(want.leader_epoch);
         partition.set_leads(want.leads);
+        if want.replicas.len() > 1 {
+            let key = PartitionKey {
+                topic_id: want.topic_id,
+                partition: ntp.partition.0,
+            };
+            let r = Replication::load(key, self.config.node_id, &partition).await?;
+            partition.set_replication(r);
+        }
         info!(
             partition = %ntp,
             shard = %self.id(),
@@ -371,7 +415,34 @@ impl PartitionManager {
             .borrow_mut()
             .insert(ntp.clone(), partition.clone());
         self.applied.borrow_mut().insert(ntp.clone(), want.clone());
+        if partition.replication().is_some() {
+            self.assign_replica(&partition, want);
+        }
         Ok(partition)
+    }
+
+    /// Tells a replicated partition's replica what the metadata assigns.
+    fn assign_replica(&self, p: &Rc<Partition>, want: &Desired) {
+        let p = p.clone();
+        let (leader, epoch, replicas) = (want.leader, want.leader_epoch, want.replicas.clone());
+        glommio::spawn_local(replicated::assign(p, leader, epoch, replicas)).detach();
+    }
+
+    /// Every open replicated partition.
+    pub fn replicated(&self) -> Vec<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .values()
+            .filter(|p| p.replication().is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// The partition a replication message names, if the metadata knows its
+    /// topic.
+    pub fn ntp_of(&self, key: PartitionKey) -> Option<Ntp> {
+        let name = self.topic_ids.borrow().get(&key.topic_id).cloned()?;
+        Some(Ntp::new(name, key.partition))
     }
 
     /// Closes and deletes a partition the metadata no longer names.

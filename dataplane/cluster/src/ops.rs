@@ -7,6 +7,7 @@
 use crate::error::PartitionError;
 use crate::manager::{self, PartitionManager};
 use crate::partition::Partition;
+use crate::replicated;
 use crate::waiters::WaiterRef;
 use bytes::{Bytes, BytesMut};
 use ferrolog_model::{Ntp, Offset, ShardId, TimestampMs};
@@ -155,16 +156,25 @@ pub fn check_producer_batch(batch: &[u8]) -> Result<(), PartitionError> {
 /// Appends every batch of one produce entry in order; returns the first
 /// one's base offset. One batch per partition is what clients send. Wakes
 /// the partition's long polls whatever the outcome: some batches may be in.
-async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<Offset, PartitionError> {
+async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<(Offset, Offset), PartitionError> {
     let appended = async {
         let batches = split_batches(&records)?;
         let mut first = None;
+        let mut last = Offset(-1);
         for batch in batches {
             check_producer_batch(&batch)?;
-            let base = p.append_producer_batch(batch).await?;
+            let delta =
+                ferrolog_model::BatchHeader::parse(&batch).map_or(0, |h| i64::from(h.last_offset_delta));
+            let appended = p.append_producer_batch(batch).await;
+            if p.replication().is_some() {
+                // Durable here: followers may count it, the HW may move.
+                replicated::report_durable(&p);
+            }
+            let base = appended?;
             first.get_or_insert(base);
+            last = base.plus(delta);
         }
-        Ok(first.expect("split_batches returns at least one batch"))
+        Ok((first.expect("split_batches returns at least one batch"), last))
     }
     .await;
     p.wake_waiters();
@@ -176,18 +186,22 @@ async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<Offset, Partitio
 /// task, may still become durable and then wakes long polls, as in Kafka).
 async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, PartitionError> {
     if item.acks != Acks::All {
-        return append_all(p, item.records).await;
+        return append_all(p, item.records).await.map(|(base, _)| base);
     }
+    let timeout = item.timeout;
     let hwm_of = p.clone();
     let task = glommio::spawn_local(async move {
-        let base = append_all(p, item.records).await?;
+        let (base, last) = append_all(p, item.records).await?;
+        if hwm_of.replication().is_some() {
+            // A majority of the replica set must hold it durably.
+            replicated::wait_committed(&hwm_of, last.plus(1), timeout).await?;
+        }
         // On a single replica the high watermark is the durable end, which
-        // the append waited for; replication will wait here for a majority.
+        // the append waited for.
         debug_assert!(hwm_of.high_watermark() > base);
         Ok(base)
     })
     .detach();
-    let timeout = item.timeout;
     futures_lite::future::or(
         async move {
             task.await
@@ -314,7 +328,11 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
 async fn read_one(m: &PartitionManager, p: &Partition, item: &ReadItem, budget: usize) -> ReadAnswer {
     p.metrics.fetch_requests.inc();
     let o = PartitionOffsets::of(p);
-    if item.offset < o.start || item.offset > o.high_watermark {
+    // Past the high watermark but within the log (a new leader's high
+    // watermark catching up, records not yet on a majority): nothing to
+    // read yet, as Kafka answers; out of range only past the log end.
+    let end = o.high_watermark.max(p.log_end());
+    if item.offset < o.start || item.offset > end {
         p.metrics.fetch_errors.inc();
         return ReadAnswer {
             error: Some(PartitionError::Storage(StorageError::OffsetOutOfRange {
@@ -326,7 +344,7 @@ async fn read_one(m: &PartitionManager, p: &Partition, item: &ReadItem, budget: 
             records: None,
         };
     }
-    if item.offset == o.high_watermark || budget == 0 || item.max_bytes == 0 {
+    if item.offset >= o.high_watermark || budget == 0 || item.max_bytes == 0 {
         return ReadAnswer {
             error: None,
             offsets: Some(o),

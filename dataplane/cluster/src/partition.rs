@@ -14,11 +14,14 @@ use crate::metrics::PartitionMetrics;
 use crate::producer_state::{
     decode_snapshot, BatchMeta, ProducerBatch, ProducerStateTable, Verdict, PRODUCERS_PER_PARTITION_MAX,
 };
+use crate::replicated::Replication;
 use crate::waiters::WaiterRef;
 use bytes::Bytes;
 use ferrolog_model::{BatchHeader, Epoch, Ntp, Offset};
+use ferrolog_replication::AppendError;
+use ferrolog_storage::Appended;
 use ferrolog_storage::{Log, ReadRequest, StorageError};
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
 use tracing::{debug, warn};
@@ -58,6 +61,8 @@ pub struct Partition {
     /// Times the log discarded appended batches (failed flush, truncation).
     discards: Rc<Cell<u64>>,
     pub metrics: Rc<PartitionMetrics>,
+    /// Set once, at open, for a partition with more than one replica.
+    replication: OnceCell<Replication>,
 }
 
 impl Partition {
@@ -86,7 +91,13 @@ impl Partition {
     /// the next open a scan.
     pub async fn close(&self) -> Result<(), StorageError> {
         self.log.close().await?;
-        let end = self.high_watermark();
+        if let Some(r) = self.replication() {
+            r.fail_waiting(&self.ntp);
+            if let Err(e) = r.checkpoint().await {
+                warn!(partition = %self.ntp, "cannot checkpoint the replica state: {e}");
+            }
+        }
+        let end = self.log.offsets().durable_next;
         // An append that queued while the close flushed is neither written
         // nor reported discarded; it must not be in the snapshot.
         self.producers.borrow_mut().discard_from(end);
@@ -123,7 +134,22 @@ impl Partition {
             producers,
             discards,
             metrics,
+            replication: OnceCell::new(),
         }
+    }
+
+    /// The replication adapter, for a partition with more than one replica.
+    pub fn replication(&self) -> Option<&Replication> {
+        self.replication.get()
+    }
+
+    /// Makes this a replicated partition (once, at open).
+    pub fn set_replication(&self, r: Replication) {
+        assert!(
+            self.replication.set(r).is_ok(),
+            "{}: replication set twice",
+            self.ntp
+        );
     }
 
     /// Producers whose sequence state this partition holds.
@@ -138,8 +164,124 @@ impl Partition {
     /// passed `check_producer_batch`.
     pub async fn append_producer_batch(&self, batch: Bytes) -> Result<Offset, PartitionError> {
         let header = BatchHeader::parse(&batch).map_err(|e| PartitionError::CorruptBatch(e.to_string()))?;
+        let n = u64::try_from(header.offset_count()).unwrap_or(1).max(1);
+        let Some(repl) = self.replication() else {
+            return self.append_unreplicated(batch, &header).await;
+        };
+        // Replicated: the replica takes the offsets in the same append
+        // section as the log, in its own epoch, or the batch is refused.
+        let epoch = repl.epoch();
+        let refused: Cell<Option<AppendError>> = Cell::new(None);
+        let producer = ProducerBatch::from_header(&header);
+        if let Some(pb) = &producer {
+            if pb.first_seq < 0 {
+                return Err(PartitionError::InvalidRecord(format!(
+                    "batch of producer {} has no sequence number ({})",
+                    pb.producer_id, pb.first_seq
+                )));
+            }
+        }
+        let mut verdict = None;
+        let appended = self
+            .log
+            .append_guarded(batch, Some(epoch), |at| {
+                if let Err(e) = repl.check_client_append(epoch, at.base_offset) {
+                    refused.set(Some(e));
+                    return false;
+                }
+                if let Some(pb) = &producer {
+                    let v = self
+                        .producers
+                        .borrow_mut()
+                        .check_and_record(pb, at.base_offset, at.last_offset);
+                    let go = v == Ok(Verdict::Append);
+                    verdict = Some((v, self.discards.get()));
+                    if !go {
+                        return false;
+                    }
+                }
+                repl.take_client_append(n);
+                true
+            })
+            .await
+            .map_err(|e| self.storage_error(e))?;
+        if let Some(a) = appended {
+            return Ok(a.base_offset);
+        }
+        if let Some(e) = refused.take() {
+            return Err(match e {
+                AppendError::NotLeader => PartitionError::NotLeader(self.ntp.clone()),
+                AppendError::NotEnoughReplicas { insync, min } => {
+                    PartitionError::NotEnoughReplicas { insync, min }
+                }
+            });
+        }
+        let pb = producer.expect("only a producer's batch is refused by its sequence check");
+        match verdict.expect("a refused append ran its guard") {
+            (Ok(Verdict::Duplicate(original)), discards) => {
+                self.settle_duplicate(&pb, original, discards).await
+            }
+            (Ok(Verdict::Append), _) => unreachable!("the guard refused an append it agreed to"),
+            (Err(e), _) => Err(PartitionError::Sequence(e)),
+        }
+    }
+
+    /// A follower writes a batch of its leader's log, as the leader stored
+    /// it (offsets and leader epoch kept), recording its producer's
+    /// sequence state so a failover keeps idempotence. Returns the batch's
+    /// last offset.
+    pub async fn append_replicated_batch(&self, batch: Bytes) -> Result<Offset, StorageError> {
+        let header = BatchHeader::parse(&batch)?;
+        let producer = ProducerBatch::from_header(&header);
+        let appended = self
+            .log
+            .append_guarded(batch, None, |at: Appended| {
+                if let Some(pb) = &producer {
+                    self.producers
+                        .borrow_mut()
+                        .record(pb, at.base_offset, at.last_offset);
+                }
+                true
+            })
+            .await?;
+        Ok(appended.expect("an append whose guard agrees").last_offset)
+    }
+
+    /// Appends a new leader's epoch marker: a control batch of one record
+    /// (key: control record version 0, type 2, Kafka's leader change; value:
+    /// version 0 and the leader id), which consumers skip. Returns its
+    /// offset.
+    pub async fn append_marker(
+        &self,
+        epoch: Epoch,
+        leader: ferrolog_model::NodeId,
+    ) -> Result<Offset, StorageError> {
+        let now = ferrolog_model::TimestampMs(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+        );
+        let mut value = vec![0u8, 0];
+        value.extend_from_slice(&leader.0.to_be_bytes());
+        let batch = ferrolog_model::BatchBuilder::new(now)
+            .control()
+            .record(now, Some(&[0, 0, 0, 2]), &value)
+            .build();
+        let a = self
+            .log
+            .append_with_epoch(Bytes::from(batch), Some(epoch))
+            .await?;
+        Ok(a.base_offset)
+    }
+
+    /// The single-replica path: the log is the whole truth.
+    async fn append_unreplicated(
+        &self,
+        batch: Bytes,
+        header: &BatchHeader,
+    ) -> Result<Offset, PartitionError> {
         let epoch = Some(self.leader_epoch());
-        let Some(pb) = ProducerBatch::from_header(&header) else {
+        let Some(pb) = ProducerBatch::from_header(header) else {
             return self
                 .log
                 .append_with_epoch(batch, epoch)
@@ -203,7 +345,7 @@ impl Partition {
                     .producers
                     .borrow()
                     .contains(pb.producer_id, pb.epoch, &original);
-            kept && self.high_watermark() > original.last_offset
+            kept && self.log.offsets().durable_next > original.last_offset
         };
         if durable() {
             return Ok(original.base_offset);
@@ -232,9 +374,13 @@ impl Partition {
     }
 
     /// Next offset past what readers may see: on a single replica, what is
-    /// durable on this disk per the topic's durability.
+    /// durable on this disk per the topic's durability; on a replicated one,
+    /// what a majority of the replica set holds durably.
     pub fn high_watermark(&self) -> Offset {
-        self.log.offsets().durable_next
+        match self.replication() {
+            Some(r) => r.high_watermark(),
+            None => self.log.offsets().durable_next,
+        }
     }
 
     /// Next offset to assign: everything appended, durable or not.
@@ -253,7 +399,10 @@ impl Partition {
 
     /// Whether this node leads the partition (from the metadata snapshot).
     pub fn leads(&self) -> bool {
-        self.leads.get()
+        match self.replication() {
+            Some(r) => r.role() == ferrolog_replication::Role::Leader,
+            None => self.leads.get(),
+        }
     }
 
     pub fn set_leads(&self, leads: bool) {

@@ -14,7 +14,7 @@
 //!   aside and logged (an interrupted delete, a directory copied in by hand).
 //! - Everything the metadata names is opened, creating it if missing.
 
-use ferrolog_model::{Epoch, Ntp};
+use ferrolog_model::{Epoch, NodeId, Ntp};
 use ferrolog_storage::LogConfig;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +25,11 @@ pub struct Desired {
     pub leader_epoch: Epoch,
     /// Whether this node leads the partition.
     pub leads: bool,
+    /// The leader and the replica set (more than one replica: replicated).
+    pub leader: NodeId,
+    pub replicas: Vec<NodeId>,
+    /// The topic's id (0 for internal topics).
+    pub topic_id: u128,
 }
 
 /// The steps of one reconciliation, each list sorted.
@@ -90,6 +95,9 @@ mod tests {
             },
             leader_epoch: Epoch(epoch),
             leads: epoch % 2 == 0,
+            leader: NodeId(1),
+            replicas: vec![NodeId(1)],
+            topic_id: 0,
         }
     }
 

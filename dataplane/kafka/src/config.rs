@@ -64,6 +64,14 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// Shard 0's replication listener (shard s: port + s); none without a
+    /// control plane address. Interim: the RPC port + 1.
+    pub fn data_listen(&self) -> Option<SocketAddr> {
+        let mut a = self.rpc_listen?;
+        a.set_port(a.port().checked_add(1)?);
+        Some(a)
+    }
+
     /// The partition layer's settings: the group coordinator's logs are
     /// its one internal topic.
     pub fn cluster_config(&self) -> ferrolog_cluster::ClusterConfig {

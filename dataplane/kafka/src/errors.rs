@@ -41,6 +41,7 @@ pub fn partition(e: &PartitionError) -> ResponseError {
         PartitionError::Storage(e) => storage(e),
         PartitionError::LostToFailedWrite { .. } => ResponseError::KafkaStorageError,
         PartitionError::TimedOut(_) => ResponseError::RequestTimedOut,
+        PartitionError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
         PartitionError::BadTimestampQuery(_) => ResponseError::InvalidRequest,
         PartitionError::Shard(e) => shard(e),
     }

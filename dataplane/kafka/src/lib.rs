@@ -244,6 +244,11 @@ async fn stall_probe(shard: Rc<shard::Shard>) {
 async fn start_on_this_shard() -> Result<(), String> {
     let task = server::start_listening()?;
     ACCEPT.with(|a| *a.borrow_mut() = Some(task));
+    let s = shard::local();
+    if let Some(listen) = s.config.data_listen() {
+        ferrolog_cluster::replicated::start_shard(&s.cluster, listen)
+            .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
+    }
     Ok(())
 }
 

@@ -236,8 +236,21 @@ fn a_replica_that_does_not_lead_refuses_produce_fetch_and_list_offsets() {
     .expect("harness");
     let (err, _) = produce(&h, "followed", 0, -1, 5000, batch("to a replica"));
     assert_eq!(err, NOT_LEADER_OR_FOLLOWER, "a replica took a produce");
-    let (err, base) = produce(&h, "followed", 1, -1, 5000, batch("to the leader"));
-    assert_eq!((err, base), (0, 0));
+    // The leader of partition 1 takes it once its epoch marker (offset 0)
+    // is written; acks=1, since its one follower never runs here.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (err, base) = loop {
+        let got = produce(&h, "followed", 1, 1, 5000, batch("to the leader"));
+        if got.0 != NOT_LEADER_OR_FOLLOWER || std::time::Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!((err, base), (0, 1));
+    // acks=all needs the follower: refused within its timeout.
+    const REQUEST_TIMED_OUT: i16 = 7;
+    let (err, _) = produce(&h, "followed", 1, -1, 300, batch("needs a majority"));
+    assert_eq!(err, REQUEST_TIMED_OUT, "acks=all answered without a majority");
 
     let body = RequestKind::Fetch(
         FetchRequest::default()

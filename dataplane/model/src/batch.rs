@@ -311,7 +311,12 @@ pub struct BatchBuilder {
     records: Vec<u8>,
     count: i32,
     max_timestamp: TimestampMs,
+    attributes: i16,
 }
+
+/// The control bit of a batch's attributes: its records are control records
+/// (transaction and leader change markers), which consumers skip.
+pub const ATTR_CONTROL: i16 = 0x20;
 
 fn write_varlong(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
@@ -335,7 +340,14 @@ impl BatchBuilder {
             records: Vec::new(),
             count: 0,
             max_timestamp: base_timestamp,
+            attributes: 0,
         }
+    }
+
+    /// Makes it a control batch ([`ATTR_CONTROL`]).
+    pub fn control(mut self) -> Self {
+        self.attributes |= ATTR_CONTROL;
+        self
     }
 
     /// Sets the idempotent-producer fields.
@@ -398,7 +410,7 @@ impl BatchBuilder {
         b.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
         b.push(MAGIC_V2 as u8);
         b.extend_from_slice(&0u32.to_be_bytes()); // crc, filled below
-        b.extend_from_slice(&0i16.to_be_bytes()); // attributes
+        b.extend_from_slice(&self.attributes.to_be_bytes());
         b.extend_from_slice(&(self.count - 1).to_be_bytes());
         b.extend_from_slice(&self.base_timestamp.0.to_be_bytes());
         b.extend_from_slice(&self.max_timestamp.0.to_be_bytes());

@@ -308,6 +308,13 @@ impl Replica {
     pub fn epoch(&self) -> Epoch {
         self.epoch
     }
+    /// The epoch and its leader as persisted.
+    pub fn epoch_state(&self) -> EpochState {
+        EpochState {
+            epoch: self.epoch,
+            leader: self.epoch_leader,
+        }
+    }
     pub fn high_watermark(&self) -> Offset {
         self.hw
     }
@@ -414,6 +421,16 @@ impl Replica {
     /// out the queued actions, which may already send them.
     pub fn append(&mut self, n: u64) -> Result<Range<Offset>, AppendError> {
         assert!(n > 0, "an append of no records");
+        self.check_append()?;
+        let start = self.log.end();
+        self.log.append(self.epoch, n);
+        self.pump();
+        Ok(start..self.log.end())
+    }
+
+    /// Whether [`Replica::append`] would take records now: this replica
+    /// leads and enough replicas are in sync.
+    pub fn check_append(&self) -> Result<(), AppendError> {
         if self.role != Role::Leader {
             return Err(AppendError::NotLeader);
         }
@@ -424,10 +441,7 @@ impl Replica {
                 min: self.config.min_insync,
             });
         }
-        let start = self.log.end();
-        self.log.append(self.epoch, n);
-        self.pump();
-        Ok(start..self.log.end())
+        Ok(())
     }
 
     /// The adapter's writes are durable below `end` (per the topic's

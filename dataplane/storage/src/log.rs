@@ -1051,6 +1051,21 @@ impl Log {
         })
     }
 
+    /// Whole batches from the batch cache only, starting with the one that
+    /// contains `offset` and ending before `end`, up to `max_bytes` (the
+    /// first batch always comes), including batches appended but not yet
+    /// durable: what a replication leader sends its followers while its own
+    /// write is in flight. Empty when that batch is not cached (read it
+    /// with [`Log::read`] once durable).
+    pub fn read_cached(&self, offset: Offset, end: Offset, max_bytes: usize) -> Vec<Bytes> {
+        let st = self.state.borrow();
+        let end = end.min(st.dirty_next);
+        if offset < st.start() || offset >= end {
+            return Vec::new();
+        }
+        self.ctx.cache.borrow_mut().read(self.id, offset, end, max_bytes)
+    }
+
     /// The first offset whose record timestamp is >= `ts`, or `None` if every
     /// committed record is older. For compressed batches this is the batch's
     /// base offset (records are not decompressed here).

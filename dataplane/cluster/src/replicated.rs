@@ -1,0 +1,872 @@
+//! The shard adapter of a replicated partition: it drives the partition's
+//! [`Replica`] (the sans-IO state machine of `ferrolog-replication`) and
+//! carries out its actions against the partition's log and the data
+//! transport, on the partition's owner shard.
+//!
+//! A partition is replicated when its replica set has more than one node;
+//! a single-replica partition keeps the plain path (its high watermark is
+//! its durable end, no epoch marker, no state file).
+//!
+//! Inputs reach the replica from: the metadata (`assign`: lead or follow an
+//! epoch), the controller (`prepare`: fence an epoch for an election), a
+//! client append on the leader (inside the log's append section, see
+//! `Partition::append_producer_batch`), a replication message from another
+//! node (`on_message`), the shard's ticker, and the log reporting writes
+//! durable. Actions are carried out by one task at a time per partition (a
+//! permit), in the order the replica queued them: a persisted epoch is on
+//! disk before a later message leaves, a truncation happens before the
+//! append that rewrites the same offsets, and an append request's records
+//! are written from the payload of the message that produced the action.
+//!
+//! Persisted besides the log, in `replica.state` in the partition's
+//! directory (written to a temporary file, fsynced, renamed, directory
+//! fsynced): the epoch and its leader, the epoch runs of the log (epoch ->
+//! first offset) and a high watermark checkpoint. The runs file is kept a
+//! superset of the log's runs that never contradicts the log: it is written
+//! after a truncation and before an append that opens a new run, so after a
+//! crash, cutting it at the recovered log end gives exactly the log's runs.
+//!
+//! When carrying out an action fails (a full disk, a batch that does not
+//! fit the log), the replica is rebuilt from what is on disk, as after a
+//! restart: it leads nothing until the controller's next epoch, and a
+//! follower re-matches its log with the leader's.
+
+use crate::error::PartitionError;
+use crate::manager::{self, PartitionManager};
+use crate::partition::Partition;
+use crate::repl_wire::{self, PartitionKey};
+use bytes::{Bytes, BytesMut};
+use ferrolog_model::{BatchHeader, Epoch, NodeId, Ntp, Offset, ShardId};
+use ferrolog_replication::{
+    Action, AppendError, ControlError, ElectionInfo, EpochMap, EpochStart, EpochState, Message, Replica,
+    ReplicaConfig, Restart, Role,
+};
+use ferrolog_storage::{ReadRequest, StorageError};
+use ferrolog_transport::{Frame, Link};
+use futures_channel::oneshot;
+use glommio::sync::Semaphore;
+use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// The replica state file in a replicated partition's directory.
+pub const STATE_FILE: &str = "replica.state";
+/// The adapter's clock: every replicated partition ticks this often.
+pub const TICK: Duration = Duration::from_millis(20);
+/// Bytes of record batches in one append request (at least one batch).
+pub const REQUEST_BYTES_MAX: usize = 1 << 20;
+/// The largest frame payload a node accepts: a request's bound plus one
+/// batch of the largest size a topic may allow.
+pub const FRAME_PAYLOAD_MAX: usize = 64 << 20;
+/// Per link to a peer shard: frames and bytes queued before sends are
+/// refused (the replica resends on a later tick).
+const LINK_FRAMES_MAX: usize = 4096;
+const LINK_BYTES_MAX: usize = 2 * FRAME_PAYLOAD_MAX;
+
+/// Replica timing in ticks of [`TICK`] and flow control. Entries are
+/// offsets; the adapter bounds requests in bytes, so the entry bounds are
+/// only there to keep the arithmetic finite.
+pub fn replica_config(node: NodeId) -> ReplicaConfig {
+    ReplicaConfig {
+        entries_per_request_max: 1 << 40,
+        in_flight_entries_max: 1 << 40,
+        // 200 ms without progress: resend from the acknowledged offset.
+        retry_ticks: 10,
+        // An empty request (carrying the high watermark) every 60 ms idle.
+        heartbeat_ticks: 3,
+        // In sync: heard within 2 s, and within 10,000 offsets.
+        insync_ticks_max: 100,
+        insync_lag_entries_max: 10_000,
+        ..ReplicaConfig::new(node)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct StateFile {
+    epoch: i32,
+    leader: Option<i32>,
+    /// (first offset, epoch) of each run, in order.
+    runs: Vec<(i64, i32)>,
+    hw: i64,
+}
+
+type AckSender = oneshot::Sender<Result<(), PartitionError>>;
+
+/// One replicated partition's adapter state; owned by its `Partition`.
+pub struct Replication {
+    key: PartitionKey,
+    node: NodeId,
+    replica: RefCell<Replica>,
+    /// Held by the one task carrying out actions.
+    permit: Semaphore,
+    /// The log's epoch runs as written (see the module doc).
+    runs: RefCell<Vec<EpochStart>>,
+    /// What the state file holds now.
+    persisted: RefCell<StateFile>,
+    hw: Cell<Offset>,
+    /// acks=all produce requests waiting for the high watermark to pass an
+    /// offset.
+    acks: RefCell<Vec<(Offset, AckSender)>>,
+    replicas: RefCell<Vec<NodeId>>,
+    /// A task to carry out queued actions is scheduled.
+    kicked: Cell<bool>,
+    state_path: PathBuf,
+    /// Times carrying out an action failed and the replica was rebuilt.
+    pub resets: Cell<u64>,
+}
+
+impl Replication {
+    /// Loads the replica of the partition whose log is `p_log_dir` from its
+    /// state file and recovered log (ends at `log_end`, batches' epochs read
+    /// by `scan` when no state file exists but the log has data).
+    pub async fn load(key: PartitionKey, node: NodeId, p: &Partition) -> Result<Replication, StorageError> {
+        let state_path = p.log.dir().join(STATE_FILE);
+        let read_path = state_path.clone();
+        let text = ferrolog_shard::blocking(move || match std::fs::read(&read_path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|source| StorageError::Io {
+            op: "read",
+            path: state_path.clone(),
+            source,
+        })?;
+        let end = p.log.offsets().durable_next;
+        let state = match text {
+            Some(b) => serde_json::from_slice::<StateFile>(&b).map_err(|e| StorageError::Io {
+                op: "decode",
+                path: state_path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            None if end > Offset(0) => {
+                warn!(partition = %p.ntp, "no {STATE_FILE} beside a log with data; reading the epochs of every batch");
+                StateFile {
+                    runs: scan_runs(p).await?,
+                    ..StateFile::default()
+                }
+            }
+            None => StateFile::default(),
+        };
+        let runs: Vec<EpochStart> = state
+            .runs
+            .iter()
+            .filter(|(start, _)| Offset(*start) < end)
+            .map(|&(start, epoch)| EpochStart {
+                start: Offset(start),
+                epoch: Epoch(epoch),
+            })
+            .collect();
+        let map = EpochMap::from_parts(runs.clone(), end).map_err(|e| StorageError::Io {
+            op: "check epochs of",
+            path: state_path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        })?;
+        let restart = Restart {
+            epoch: EpochState {
+                epoch: Epoch(state.epoch),
+                leader: state.leader.map(NodeId),
+            },
+            log: map,
+            hw_checkpoint: Offset(state.hw),
+        };
+        let replica = Replica::new(replica_config(node), restart);
+        let hw = replica.high_watermark();
+        Ok(Replication {
+            key,
+            node,
+            replica: RefCell::new(replica),
+            permit: Semaphore::new(1),
+            runs: RefCell::new(runs),
+            persisted: RefCell::new(state),
+            hw: Cell::new(hw),
+            acks: RefCell::new(Vec::new()),
+            replicas: RefCell::new(Vec::new()),
+            kicked: Cell::new(false),
+            state_path,
+            resets: Cell::new(0),
+        })
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.hw.get()
+    }
+
+    pub fn role(&self) -> Role {
+        self.replica.borrow().role()
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.replica.borrow().epoch()
+    }
+
+    pub fn key(&self) -> PartitionKey {
+        self.key
+    }
+
+    /// Replicas in sync with this leader, itself included (1 when not
+    /// leading).
+    pub fn insync(&self) -> usize {
+        self.replica.borrow().insync()
+    }
+
+    /// The epoch runs of the log (for OffsetForLeaderEpoch).
+    pub fn log(&self) -> EpochMap {
+        self.replica.borrow().log().clone()
+    }
+
+    /// Called inside the log's append section for a client batch of `n`
+    /// offsets that would land at `base` in `epoch`: takes the offsets in
+    /// the replica, or says why not.
+    pub(crate) fn check_client_append(&self, epoch: Epoch, base: Offset) -> Result<(), AppendError> {
+        let r = self.replica.borrow();
+        r.check_append()?;
+        if r.epoch() != epoch || r.log_end() != base {
+            // The epoch moved, or the leader's marker is not written yet.
+            return Err(AppendError::NotLeader);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn take_client_append(&self, n: u64) {
+        self.replica
+            .borrow_mut()
+            .append(n)
+            .expect("checked in the same append section");
+    }
+
+    /// Fails every waiting acks=all request (the partition closes).
+    pub(crate) fn fail_waiting(&self, ntp: &Ntp) {
+        for (_, tx) in self.acks.borrow_mut().drain(..) {
+            let _ = tx.send(Err(PartitionError::NotLeader(ntp.clone())));
+        }
+    }
+
+    /// Writes the state file now (a clean close keeps the high watermark).
+    pub(crate) async fn checkpoint(&self) -> Result<(), StorageError> {
+        self.persist().await
+    }
+
+    fn file_state(&self) -> StateFile {
+        let r = self.replica.borrow();
+        let st = r.epoch_state();
+        StateFile {
+            epoch: st.epoch.0,
+            leader: st.leader.map(|l| l.0),
+            runs: self
+                .runs
+                .borrow()
+                .iter()
+                .map(|r| (r.start.0, r.epoch.0))
+                .collect(),
+            hw: self.hw.get().0,
+        }
+    }
+
+    async fn persist(&self) -> Result<(), StorageError> {
+        let state = self.file_state();
+        if *self.persisted.borrow() == state {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&state).expect("the state file encodes");
+        let path = self.state_path.clone();
+        ferrolog_shard::blocking(move || write_durably(&path, &bytes))
+            .await
+            .map_err(|source| StorageError::Io {
+                op: "write",
+                path: self.state_path.clone(),
+                source,
+            })?;
+        *self.persisted.borrow_mut() = state;
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` so that after a crash the file is the old one
+/// or the new one, and the new one is on disk when this returns.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The epoch runs of a log, from every batch header (no state file).
+async fn scan_runs(p: &Partition) -> Result<Vec<(i64, i32)>, StorageError> {
+    let mut runs: Vec<(i64, i32)> = Vec::new();
+    let mut at = p.log.offsets().start;
+    let end = p.log.offsets().durable_next;
+    while at < end {
+        let r = p
+            .log
+            .read(ReadRequest {
+                offset: at,
+                max_bytes: 4 << 20,
+                end: None,
+            })
+            .await?;
+        if r.batches.is_empty() {
+            break;
+        }
+        for b in &r.batches {
+            let h = BatchHeader::parse(b).expect("the log returns whole batches");
+            let epoch = h.partition_leader_epoch.0.max(0);
+            if runs.last().is_none_or(|l| l.1 != epoch) {
+                let start = if runs.is_empty() { 0 } else { h.base_offset.0 };
+                runs.push((start, epoch));
+            }
+            at = h.last_offset().plus(1);
+        }
+    }
+    Ok(runs)
+}
+
+/// What one drive round feeds the replica before carrying out its actions.
+enum Input {
+    None,
+    Step(Message, Bytes),
+    Assign {
+        leader: NodeId,
+        epoch: Epoch,
+        replicas: Vec<NodeId>,
+    },
+}
+
+fn repl(p: &Partition) -> &Replication {
+    p.replication().expect("a replicated partition")
+}
+
+/// The metadata names `leader` for `epoch` over `replicas`.
+pub async fn assign(p: Rc<Partition>, leader: NodeId, epoch: Epoch, replicas: Vec<NodeId>) {
+    drive(
+        &p,
+        Input::Assign {
+            leader,
+            epoch,
+            replicas,
+        },
+    )
+    .await;
+}
+
+/// The controller prepares an election at `epoch`: once this returns Ok the
+/// epoch is on disk and older epochs are refused here.
+pub async fn prepare(p: Rc<Partition>, epoch: Epoch) -> Result<ElectionInfo, String> {
+    let r = repl(&p);
+    let _permit = r
+        .permit
+        .acquire_permit(1)
+        .await
+        .map_err(|_| "closed".to_string())?;
+    let info = r.replica.borrow_mut().prepare_election(epoch);
+    let info = info.map_err(|e| e.to_string())?;
+    carry_out(&p, None).await;
+    // Answer only what is durable: the epoch must be in the state file.
+    if r.persisted.borrow().epoch != epoch.0 {
+        return Err(format!("epoch {epoch} could not be persisted"));
+    }
+    info!(partition = %p.ntp, epoch = %epoch, last_epoch = ?info.last_epoch, log_end = %info.log_end, "prepared for an election");
+    Ok(info)
+}
+
+/// Schedules a task that carries out the replica's queued actions.
+pub fn kick(p: &Rc<Partition>) {
+    let r = repl(p);
+    if r.kicked.replace(true) {
+        return;
+    }
+    let p = p.clone();
+    glommio::spawn_local(async move {
+        repl(&p).kicked.set(false);
+        drive(&p, Input::None).await;
+    })
+    .detach();
+}
+
+/// The log holds everything appended so far durably below its durable end.
+pub fn report_durable(p: &Rc<Partition>) {
+    let end = p.log.offsets().durable_next;
+    repl(p).replica.borrow_mut().durable(end);
+    kick(p);
+}
+
+/// Waits until the high watermark passes `end` (exclusive), the replica
+/// stops leading, or `timeout`.
+pub async fn wait_committed(p: &Partition, end: Offset, timeout: Duration) -> Result<(), PartitionError> {
+    let r = repl(p);
+    if r.hw.get() >= end {
+        return Ok(());
+    }
+    if r.role() != Role::Leader {
+        return Err(PartitionError::NotLeader(p.ntp.clone()));
+    }
+    let (tx, rx) = oneshot::channel();
+    r.acks.borrow_mut().push((end, tx));
+    futures_lite::future::or(
+        async move { rx.await.unwrap_or(Err(PartitionError::NotLeader(p.ntp.clone()))) },
+        async move {
+            glommio::timer::sleep(timeout).await;
+            Err(PartitionError::TimedOut(timeout))
+        },
+    )
+    .await
+}
+
+pub fn tick(p: &Rc<Partition>) {
+    let r = repl(p);
+    r.replica.borrow_mut().tick();
+    kick(p);
+}
+
+/// One input, then every queued action, under the partition's permit.
+async fn drive(p: &Rc<Partition>, input: Input) {
+    let r = repl(p);
+    let Ok(_permit) = r.permit.acquire_permit(1).await else {
+        return;
+    };
+    let payload = match input {
+        Input::None => None,
+        Input::Step(m, payload) => {
+            r.replica.borrow_mut().step(m);
+            Some(payload)
+        }
+        Input::Assign {
+            leader,
+            epoch,
+            replicas,
+        } => {
+            *r.replicas.borrow_mut() = replicas.clone();
+            let done = if leader == r.node {
+                r.replica.borrow_mut().become_leader(epoch, &replicas)
+            } else {
+                r.replica.borrow_mut().become_follower(epoch, leader)
+            };
+            match done {
+                Ok(()) => {}
+                Err(ControlError::EpochTaken { .. }) if leader == r.node => {
+                    // It led this epoch before a restart and may have lost
+                    // what it sent: the controller must pick a new epoch.
+                    warn!(partition = %p.ntp, epoch = %epoch, "assigned an epoch this node led before; asking for an election");
+                    request_election(p);
+                }
+                Err(e) => debug!(partition = %p.ntp, "assignment refused: {e}"),
+            }
+            None
+        }
+    };
+    carry_out(p, payload).await;
+}
+
+fn request_election(p: &Partition) {
+    let m = manager::local();
+    let hook = m.election_requests.borrow().clone();
+    match hook {
+        Some(h) => h(p.ntp.clone()),
+        None => warn!(partition = %p.ntp, "no controller to ask for an election"),
+    }
+}
+
+/// Carries out the queued actions (the permit is held), then any queued
+/// meanwhile. `payload` is the batches of the request just stepped.
+async fn carry_out(p: &Rc<Partition>, payload: Option<Bytes>) {
+    let r = repl(p);
+    let mut payload = payload;
+    loop {
+        let actions = r.replica.borrow_mut().take_actions();
+        if actions.is_empty() {
+            return;
+        }
+        for action in actions {
+            if let Err(e) = execute(p, action, payload.as_ref()).await {
+                warn!(partition = %p.ntp, "replication step failed, rebuilding the replica from disk: {e}");
+                reset(p).await;
+                return;
+            }
+        }
+        payload = None;
+    }
+}
+
+/// Rebuilds the replica from what is on disk (see the module doc).
+async fn reset(p: &Rc<Partition>) {
+    let r = repl(p);
+    r.resets.set(r.resets.get() + 1);
+    let _ = r.replica.borrow_mut().take_actions();
+    let end = p.log.offsets().durable_next;
+    let runs: Vec<EpochStart> = r
+        .runs
+        .borrow()
+        .iter()
+        .copied()
+        .filter(|x| x.start < end)
+        .collect();
+    *r.runs.borrow_mut() = runs.clone();
+    let Ok(map) = EpochMap::from_parts(runs, end) else {
+        warn!(partition = %p.ntp, "the epoch runs do not describe the log; the replica stays as it is");
+        return;
+    };
+    let st = r.replica.borrow().epoch_state();
+    let restart = Restart {
+        epoch: st,
+        log: map,
+        hw_checkpoint: r.hw.get(),
+    };
+    *r.replica.borrow_mut() = Replica::new(replica_config(r.node), restart);
+    settle_role(p);
+}
+
+async fn execute(p: &Rc<Partition>, action: Action, payload: Option<&Bytes>) -> Result<(), String> {
+    let r = repl(p);
+    match action {
+        Action::PersistEpoch(_) => r.persist().await.map_err(|e| e.to_string()),
+        Action::AppendMarker { offset, epoch } => {
+            open_run(r, offset, epoch).await?;
+            let at = p.append_marker(epoch, r.node).await.map_err(|e| e.to_string())?;
+            if at != offset {
+                return Err(format!("the epoch marker landed at {at}, not {offset}"));
+            }
+            let end = p.log.offsets().durable_next;
+            r.replica.borrow_mut().durable(end);
+            Ok(())
+        }
+        Action::Truncate { to } => {
+            p.log.truncate(to).await.map_err(|e| e.to_string())?;
+            r.runs.borrow_mut().retain(|x| x.start < to);
+            r.persist().await.map_err(|e| e.to_string())?;
+            info!(partition = %p.ntp, to = %to, "truncated a divergent suffix");
+            Ok(())
+        }
+        Action::AppendFromRequest { start, end } => {
+            let payload = payload.ok_or("records to append without a request")?;
+            append_from(p, r, payload, start, end).await?;
+            let durable = p.log.offsets().durable_next;
+            r.replica.borrow_mut().durable(durable);
+            Ok(())
+        }
+        Action::Send { to, message } => {
+            send(p, r, to, message).await;
+            Ok(())
+        }
+        Action::HighWatermark(hw) => {
+            r.hw.set(hw);
+            let mut acks = r.acks.borrow_mut();
+            let mut i = 0;
+            while i < acks.len() {
+                if acks[i].0 <= hw {
+                    let (_, tx) = acks.swap_remove(i);
+                    let _ = tx.send(Ok(()));
+                } else {
+                    i += 1;
+                }
+            }
+            drop(acks);
+            p.wake_waiters();
+            Ok(())
+        }
+        Action::RoleChanged(role) => {
+            info!(partition = %p.ntp, role = ?role, epoch = %r.epoch(), "replica role changed");
+            if role != Role::Leader {
+                r.fail_waiting(&p.ntp);
+            }
+            p.wake_waiters();
+            Ok(())
+        }
+    }
+}
+
+/// Role bookkeeping after a rebuild: waiting produce requests fail unless
+/// this replica still leads (it never does after a rebuild).
+fn settle_role(p: &Rc<Partition>) {
+    let r = repl(p);
+    if r.role() != Role::Leader {
+        r.fail_waiting(&p.ntp);
+    }
+}
+
+/// Records (and persists) a new epoch run at `offset` before the log gets
+/// its first batch.
+async fn open_run(r: &Replication, offset: Offset, epoch: Epoch) -> Result<(), String> {
+    let opens = r.runs.borrow().last().is_none_or(|l| l.epoch != epoch);
+    if opens {
+        let start = if r.runs.borrow().is_empty() {
+            Offset(0)
+        } else {
+            offset
+        };
+        r.runs.borrow_mut().push(EpochStart { start, epoch });
+        r.persist().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Writes the batches of `payload` that cover `[start, end)` at their
+/// offsets (those before `start` are already here).
+async fn append_from(
+    p: &Rc<Partition>,
+    r: &Replication,
+    payload: &Bytes,
+    start: Offset,
+    end: Offset,
+) -> Result<(), String> {
+    let batches = crate::ops::split_batches(payload).map_err(|e| e.to_string())?;
+    let mut next = start;
+    for batch in batches {
+        let h = BatchHeader::parse(&batch).map_err(|e| e.to_string())?;
+        if h.last_offset() < start {
+            continue;
+        }
+        if h.base_offset >= end {
+            break;
+        }
+        if h.base_offset != next || p.log.offsets().dirty_next != next {
+            return Err(format!(
+                "batch at {} does not continue the log at {next} (log end {})",
+                h.base_offset,
+                p.log.offsets().dirty_next
+            ));
+        }
+        open_run(r, h.base_offset, h.partition_leader_epoch).await?;
+        let appended = p
+            .append_replicated_batch(batch)
+            .await
+            .map_err(|e| e.to_string())?;
+        next = appended.plus(1);
+    }
+    if next != end {
+        return Err(format!("the request's batches end at {next}, not {end}"));
+    }
+    Ok(())
+}
+
+/// Sends a message; an append request gets the batches of its range (cut
+/// to whole batches within [`REQUEST_BYTES_MAX`] and [`repl_wire::RUNS_MAX`]
+/// runs), and the replica hears what was really sent.
+async fn send(p: &Rc<Partition>, r: &Replication, to: NodeId, message: Message) {
+    let m = manager::local();
+    let Message::Append(mut req) = message else {
+        let _ = m.repl_net.send(&m, to, &p.ntp, r.key, &message, Bytes::new());
+        return;
+    };
+    let asked = req.end;
+    if req.start == req.end {
+        let _ = m
+            .repl_net
+            .send(&m, to, &p.ntp, r.key, &Message::Append(req), Bytes::new());
+        return;
+    }
+    let mut limit = req.end;
+    if req.epochs.len() > repl_wire::RUNS_MAX {
+        limit = req.epochs[repl_wire::RUNS_MAX].start;
+    }
+    let mut batches = p.log.read_cached(req.start, limit, REQUEST_BYTES_MAX);
+    if batches.is_empty() {
+        let read = p
+            .log
+            .read(ReadRequest {
+                offset: req.start,
+                max_bytes: REQUEST_BYTES_MAX,
+                end: Some(limit),
+            })
+            .await;
+        match read {
+            Ok(o) => batches = o.batches,
+            Err(e) => debug!(partition = %p.ntp, start = %req.start, "cannot read for a follower yet: {e}"),
+        }
+    }
+    let mut sent_end = req.start;
+    let mut payload = BytesMut::new();
+    for b in &batches {
+        let Ok(h) = BatchHeader::parse(b) else { break };
+        if h.base_offset != sent_end || h.last_offset() >= limit {
+            break;
+        }
+        sent_end = h.last_offset().plus(1);
+        payload.extend_from_slice(b);
+    }
+    if sent_end > req.start {
+        req.end = sent_end;
+        req.epochs.retain(|x| x.start < sent_end);
+        let ok = m.repl_net.send(
+            &m,
+            to,
+            &p.ntp,
+            r.key,
+            &Message::Append(req.clone()),
+            payload.freeze(),
+        );
+        if !ok {
+            sent_end = req.start;
+        }
+    }
+    r.replica.borrow_mut().sent(to, req.start, asked, sent_end);
+}
+
+/// Frame routing for one shard: links to peers' replication listeners, and
+/// the handler of frames that arrive.
+#[derive(Default)]
+pub struct ReplNet {
+    links: RefCell<HashMap<SocketAddr, Rc<Link>>>,
+    resolved: RefCell<HashMap<String, SocketAddr>>,
+    pub frames_sent: Cell<u64>,
+    pub frames_received: Cell<u64>,
+    pub frames_refused: Cell<u64>,
+    pub frames_invalid: Cell<u64>,
+}
+
+impl ReplNet {
+    /// Queues a message to `to`'s replication listener; false when it could
+    /// not be queued (no address, a full link).
+    fn send(
+        &self,
+        m: &PartitionManager,
+        to: NodeId,
+        ntp: &Ntp,
+        key: PartitionKey,
+        message: &Message,
+        payload: Bytes,
+    ) -> bool {
+        let Some(addr) = self.peer_addr(m, to) else {
+            self.frames_refused.set(self.frames_refused.get() + 1);
+            return false;
+        };
+        let (kind, ext) = match repl_wire::encode(key, message) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(partition = %ntp, "cannot encode a replication message: {e}");
+                return false;
+            }
+        };
+        let link = self
+            .links
+            .borrow_mut()
+            .entry(addr)
+            .or_insert_with(|| Link::new(addr, FRAME_PAYLOAD_MAX, LINK_FRAMES_MAX, LINK_BYTES_MAX))
+            .clone();
+        // The receiving node routes to the partition's owner shard.
+        let frame = Frame {
+            kind,
+            shard: 0,
+            ext,
+            payload,
+        };
+        match link.send(frame) {
+            Ok(()) => {
+                self.frames_sent.set(self.frames_sent.get() + 1);
+                true
+            }
+            Err(e) => {
+                debug!(partition = %ntp, peer = %to, "replication frame not queued: {e}");
+                self.frames_refused.set(self.frames_refused.get() + 1);
+                false
+            }
+        }
+    }
+
+    fn peer_addr(&self, m: &PartitionManager, to: NodeId) -> Option<SocketAddr> {
+        let snap = m.metadata();
+        let text = snap.broker(to)?.data_addr.clone()?;
+        if let Some(a) = self.resolved.borrow().get(&text) {
+            return Some(*a);
+        }
+        let addr = text.to_socket_addrs().ok()?.next()?;
+        self.resolved.borrow_mut().insert(text, addr);
+        Some(addr)
+    }
+}
+
+/// Starts this shard's replication: its listener on `listen` (shard 0's
+/// address; shard s listens on its port + s) and the ticker. Returns the
+/// bound address.
+pub fn start_shard(m: &Rc<PartitionManager>, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+    let mut addr = listen;
+    if addr.port() != 0 {
+        addr.set_port(addr.port() + u16::try_from(m.id().0).expect("a shard id fits a port offset"));
+    }
+    let handler: ferrolog_transport::Handler = Rc::new(on_frame);
+    let (task, bound) = ferrolog_transport::listen(addr, FRAME_PAYLOAD_MAX, handler)?;
+    m.repl_tasks.borrow_mut().push(task);
+    let ticker = glommio::spawn_local(ticker()).detach();
+    m.repl_tasks.borrow_mut().push(ticker);
+    info!(shard = %m.id(), addr = %bound, "replication listener");
+    Ok(bound)
+}
+
+async fn ticker() {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let m = manager::local();
+        for p in m.replicated() {
+            tick(&p);
+        }
+    }
+}
+
+fn on_frame(from: SocketAddr, frame: Frame) {
+    let m = manager::local();
+    m.repl_net
+        .frames_received
+        .set(m.repl_net.frames_received.get() + 1);
+    let (key, message) = match repl_wire::decode(frame.kind, &frame.ext) {
+        Ok(x) => x,
+        Err(e) => {
+            m.repl_net.frames_invalid.set(m.repl_net.frames_invalid.get() + 1);
+            warn!(peer = %from, "invalid replication frame: {e}");
+            return;
+        }
+    };
+    if matches!(message, Message::Response(_)) && !frame.payload.is_empty() {
+        m.repl_net.frames_invalid.set(m.repl_net.frames_invalid.get() + 1);
+        return;
+    }
+    let Some(ntp) = m.ntp_of(key) else {
+        debug!(peer = %from, topic_id = key.topic_id, "replication frame for a topic this node does not know");
+        return;
+    };
+    let owner = m.owner(&ntp);
+    if owner != m.id() {
+        forward(&m, owner, ntp, message, frame.payload);
+        return;
+    }
+    deliver(&m, &ntp, message, frame.payload);
+}
+
+fn deliver(m: &PartitionManager, ntp: &Ntp, message: Message, payload: Bytes) {
+    let Some(p) = m.partition(ntp).filter(|p| p.replication().is_some()) else {
+        return;
+    };
+    glommio::spawn_local(async move { drive(&p, Input::Step(message, payload)).await }).detach();
+}
+
+fn forward(m: &PartitionManager, owner: ShardId, ntp: Ntp, message: Message, payload: Bytes) {
+    let smp = m.smp.clone();
+    glommio::spawn_local(async move {
+        let _ = smp
+            .submit_to(owner, move || async move {
+                let m = manager::local();
+                deliver(&m, &ntp, message, payload);
+            })
+            .await;
+    })
+    .detach();
+}
+
+/// The first offset past `epoch`'s entries in this log and the epoch found
+/// (OffsetForLeaderEpoch): the last epoch at or below the one asked.
+pub fn end_for_epoch(p: &Partition, epoch: Epoch) -> Option<(Epoch, Offset)> {
+    let r = p.replication()?;
+    let log = r.replica.borrow();
+    let map = log.log();
+    map.end_for_epoch(epoch).map(|e| (e.epoch, e.end))
+}
