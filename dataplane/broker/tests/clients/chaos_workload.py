@@ -24,6 +24,7 @@ import json
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, defaultdict
 
 # Long enough for the client to retry through an election and a restart.
@@ -47,7 +48,7 @@ def log(msg):
 
 
 def produce(args):
-    from confluent_kafka import Producer
+    from confluent_kafka import KafkaException, Producer
 
     out = open(args.out, "w")
     lock = threading.Lock()
@@ -62,8 +63,8 @@ def produce(args):
             out.write(json.dumps(rec) + "\n")
             out.flush()
 
-    def producer_loop(k):
-        p = Producer(
+    def new_producer():
+        return Producer(
             {
                 "bootstrap.servers": args.bootstrap,
                 "enable.idempotence": True,
@@ -76,7 +77,10 @@ def produce(args):
                 "topic.metadata.refresh.interval.ms": 2000,
             }
         )
+
+    def producer_loop(k):
         pending = {}
+        fatal = []
 
         def report(err, msg, seq):
             value = pending.pop(seq)
@@ -90,52 +94,80 @@ def produce(args):
                     last_ack[0] = now
             else:
                 rec.update(ok=False, offset=None, error=str(err))
+                if err.fatal():
+                    fatal.append(err)
                 with lock:
                     stats["failed"] += 1
                     errors[err.name()] += 1
             write(rec)
 
-        seq = 0
-        deadline = started + args.duration
-        while time.monotonic() < deadline:
-            if len(pending) >= MAX_IN_FLIGHT:
-                p.poll(0.05)
-                continue
-            value = f"p{k}-{seq}"
-            part = seq % args.partitions
-            pending[seq] = value
-            try:
-                p.produce(
-                    args.topic,
-                    value.encode(),
-                    key=f"k{part}".encode(),
-                    partition=part,
-                    on_delivery=lambda err, msg, s=seq: report(err, msg, s),
-                )
-            except BufferError:
-                pending.pop(seq)
-                p.poll(0.1)
-                continue
-            except Exception as e:  # a send refused on the spot is a failed send
-                pending.pop(seq)
-                write({"producer": k, "seq": seq, "value": value, "partition": part, "ok": False, "offset": None, "error": f"produce(): {e}"})
+        def give_up_pending(why):
+            for s, value in sorted(pending.items()):
+                write({"producer": k, "seq": s, "value": value, "partition": s % args.partitions, "ok": False, "offset": None, "error": why})
                 with lock:
                     stats["failed"] += 1
-                    errors["produce()"] += 1
-            seq += 1
-            with lock:
-                stats["sent"] += 1
-            p.poll(0)
-            time.sleep(SEND_INTERVAL_S)
-        left = p.flush(MESSAGE_TIMEOUT_MS / 1000 + 15)
-        for s, value in sorted(pending.items()):
-            write({"producer": k, "seq": s, "value": value, "partition": s % args.partitions, "ok": False, "offset": None, "error": "no delivery report by the end"})
-            with lock:
-                stats["failed"] += 1
-                errors["no report"] += 1
-        if left:
-            log(f"producer {k}: {left} messages still queued after the flush bound")
+                    errors[why] += 1
+            pending.clear()
 
+        p = new_producer()
+        seq = 0
+        deadline = started + args.duration
+        try:
+            while time.monotonic() < deadline:
+                if fatal:
+                    # The idempotent producer is unusable after a fatal error (e.g. the
+                    # broker lost sequence state it had acknowledged): report what is
+                    # left as failed and go on with a new producer (a new producer id).
+                    log(f"producer {k}: fatal error {fatal[0]}; starting a new producer")
+                    p.purge()
+                    p.poll(0)
+                    give_up_pending(f"fatal: {fatal[0].name()}")
+                    fatal.clear()
+                    p = new_producer()
+                    with lock:
+                        stats["new_producers"] += 1
+                if len(pending) >= MAX_IN_FLIGHT:
+                    p.poll(0.05)
+                    continue
+                value = f"p{k}-{seq}"
+                part = seq % args.partitions
+                pending[seq] = value
+                try:
+                    p.produce(
+                        args.topic,
+                        value.encode(),
+                        key=f"k{part}".encode(),
+                        partition=part,
+                        on_delivery=lambda err, msg, s=seq: report(err, msg, s),
+                    )
+                except BufferError:
+                    pending.pop(seq)
+                    p.poll(0.1)
+                    continue
+                except KafkaException as e:  # a send refused on the spot is a failed send
+                    pending.pop(seq)
+                    err = e.args[0]
+                    if err.fatal():
+                        fatal.append(err)
+                    write({"producer": k, "seq": seq, "value": value, "partition": part, "ok": False, "offset": None, "error": f"produce(): {err}"})
+                    with lock:
+                        stats["failed"] += 1
+                        errors[f"produce(): {err.name()}"] += 1
+                seq += 1
+                with lock:
+                    stats["sent"] += 1
+                p.poll(0)
+                time.sleep(SEND_INTERVAL_S)
+            left = p.flush(MESSAGE_TIMEOUT_MS / 1000 + 15)
+            if left:
+                log(f"producer {k}: {left} messages still queued after the flush bound")
+        except Exception:
+            with lock:
+                crashed.append(traceback.format_exc())
+        finally:
+            give_up_pending("no delivery report by the end")
+
+    crashed = []
     threads = [threading.Thread(target=producer_loop, args=(k,), name=f"p{k}") for k in range(args.producers)]
     for t in threads:
         t.start()
@@ -147,11 +179,13 @@ def produce(args):
             with lock:
                 log(f"produce t={last_print - started:.0f}s sent={stats['sent']} acked={stats['acked']} failed={stats['failed']}")
     out.close()
+    for c in crashed:
+        log(f"FAIL: a producer thread crashed:\n{c}")
     log(
         f"produce done in {time.monotonic() - started:.1f}s: sent={stats['sent']} acked={stats['acked']} "
-        f"failed={stats['failed']} errors={dict(errors)}"
+        f"failed={stats['failed']} new_producers={stats['new_producers']} errors={dict(errors)}"
     )
-    return 0
+    return 2 if crashed else 0
 
 
 # ---------------------------------------------------------------- consume
