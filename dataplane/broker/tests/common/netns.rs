@@ -185,7 +185,11 @@ impl Net {
     /// Drops `percent` of the packets of `node`'s veth in one direction only.
     pub fn lose(&self, node: usize, dir: Direction, percent: u32) {
         assert!((1..=100).contains(&percent), "loss of {percent}%");
-        let rule = |iface: &str| format!("{iface} \"eth0\" numgen random mod 100 < {percent} drop");
+        // numgen's range is 0-99: all packets is a plain drop.
+        let rule = |iface: &str| match percent {
+            100 => format!("{iface} \"eth0\" drop"),
+            _ => format!("{iface} \"eth0\" numgen random mod 100 < {percent} drop"),
+        };
         match dir {
             Direction::In => self.add_rules(node, &[("in", rule("iifname"))]),
             Direction::Out => self.add_rules(node, &[("out", rule("oifname"))]),
