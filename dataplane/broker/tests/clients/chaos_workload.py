@@ -110,6 +110,17 @@ def produce(args):
             pending.clear()
 
         p = new_producer()
+
+        def serve(timeout):
+            # A fatal error is raised from poll() too (no error_cb is set).
+            try:
+                p.poll(timeout)
+            except KafkaException as e:
+                if e.args[0].fatal():
+                    fatal.append(e.args[0])
+                else:
+                    log(f"producer {k}: {e}")
+
         seq = 0
         deadline = started + args.duration
         try:
@@ -120,14 +131,13 @@ def produce(args):
                     # left as failed and go on with a new producer (a new producer id).
                     log(f"producer {k}: fatal error {fatal[0]}; starting a new producer")
                     p.purge()
-                    p.poll(0)
                     give_up_pending(f"fatal: {fatal[0].name()}")
                     fatal.clear()
                     p = new_producer()
                     with lock:
                         stats["new_producers"] += 1
                 if len(pending) >= MAX_IN_FLIGHT:
-                    p.poll(0.05)
+                    serve(0.05)
                     continue
                 value = f"p{k}-{seq}"
                 part = seq % args.partitions
@@ -142,7 +152,7 @@ def produce(args):
                     )
                 except BufferError:
                     pending.pop(seq)
-                    p.poll(0.1)
+                    serve(0.1)
                     continue
                 except KafkaException as e:  # a send refused on the spot is a failed send
                     pending.pop(seq)
@@ -156,11 +166,16 @@ def produce(args):
                 seq += 1
                 with lock:
                     stats["sent"] += 1
-                p.poll(0)
+                serve(0)
                 time.sleep(SEND_INTERVAL_S)
-            left = p.flush(MESSAGE_TIMEOUT_MS / 1000 + 15)
-            if left:
-                log(f"producer {k}: {left} messages still queued after the flush bound")
+            flush_until = time.monotonic() + MESSAGE_TIMEOUT_MS / 1000 + 15
+            while pending and not fatal and time.monotonic() < flush_until:
+                serve(0.1)
+            if fatal:
+                log(f"producer {k}: fatal error {fatal[0]} while flushing")
+                p.purge()
+            elif pending:
+                log(f"producer {k}: {len(pending)} messages unreported after the flush bound")
         except Exception:
             with lock:
                 crashed.append(traceback.format_exc())
