@@ -43,7 +43,7 @@ pub fn dump(dir: &Path) -> ExitCode {
             for b in &s.batches {
                 let codec = CODECS.get(b.compression as usize).copied().unwrap_or("unknown");
                 println!(
-                    "    offsets={}..={} position={} bytes={} records={} max_timestamp={} codec={} crc={}",
+                    "    offsets={}..={} position={} bytes={} records={} max_timestamp={} codec={} crc32c={:08x} crc={}",
                     b.base_offset,
                     b.last_offset,
                     b.position,
@@ -51,6 +51,7 @@ pub fn dump(dir: &Path) -> ExitCode {
                     b.records,
                     b.max_timestamp,
                     codec,
+                    b.crc,
                     if b.crc_ok { "ok" } else { "BAD" }
                 );
             }

@@ -569,3 +569,71 @@ fn a_node_of_another_group_naming_cluster_nodes_as_seeds_is_ignored() {
     five.kill9();
     c.assert_running();
 }
+
+#[test]
+fn an_idempotent_producer_and_a_group_member_ride_through_a_kill_of_the_partition_leader() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
+    c.python(leader, &["create", "failover", "1", "3"]);
+    let control = tempfile::tempdir().expect("control dir");
+    let bootstrap = c
+        .nodes
+        .iter()
+        .map(|n| n.kafka.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new("python3");
+    cmd.arg(Path::new(CLIENTS).join("failover_client.py"))
+        .args(["--bootstrap", &bootstrap, "--topic", "failover", "--control"])
+        .arg(control.path())
+        .current_dir(CLIENTS)
+        .env_remove("LD_LIBRARY_PATH")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    let client = std::thread::spawn(move || output_bounded(cmd, FAILOVER_CLIENT_TIMEOUT));
+    // The script asks for each step through a file; every wait is bounded
+    // and gives up early if the script has ended.
+    let wait_for = |name: &str| -> Option<String> {
+        let deadline = Instant::now() + FAILOVER_CLIENT_TIMEOUT;
+        while Instant::now() < deadline && !client.is_finished() {
+            if let Ok(text) = std::fs::read_to_string(control.path().join(name)) {
+                return Some(text);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    };
+    let victim: Option<i32> = wait_for("kill").map(|t| t.trim().parse().expect("a node id"));
+    if let Some(victim) = victim {
+        c.node(victim).kill9();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        put(control.path(), "killed", &format!("{at:.6}"));
+        if wait_for("restart").is_some() {
+            let seeds = c.seeds.clone();
+            c.node(victim).start(&seeds);
+            put(control.path(), "restarted", "");
+        }
+    }
+    let (status, out, err) = client.join().expect("client thread");
+    println!("{}", out.trim_end());
+    assert!(
+        status.success(),
+        "failover_client.py ({status}): {err}\n{out}\n{}",
+        c.logs()
+    );
+    c.assert_running();
+}
+
+/// The whole failover script: warm-up, the ride, the restart, two members.
+const FAILOVER_CLIENT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Writes a control file whole: a temporary name, then a rename.
+fn put(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write control file");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename control file");
+}

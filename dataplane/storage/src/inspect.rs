@@ -26,6 +26,9 @@ pub struct BatchInfo {
     pub bytes: usize,
     pub max_timestamp: TimestampMs,
     pub compression: i16,
+    /// The CRC-32C stored in the header (replicas holding the same batch
+    /// hold the same value).
+    pub crc: u32,
     pub crc_ok: bool,
 }
 
@@ -227,6 +230,7 @@ fn inspect_segment(path: &Path, base: Offset, problems: &mut Vec<Problem>) -> io
             bytes: header.total_bytes(),
             max_timestamp: header.max_timestamp,
             compression: header.compression(),
+            crc: header.crc,
             crc_ok: verified.is_ok(),
         });
         expected = header.last_offset().plus(1);

@@ -1,6 +1,9 @@
 //! What the broker's process tests share: spawning `ferrolog` with its
-//! stderr read line by line, and waiting for a log line.
+//! stderr read line by line, waiting for a log line, running a client
+//! script with a time bound, and (`netns`) nodes in network namespaces.
 #![allow(dead_code)]
+
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
