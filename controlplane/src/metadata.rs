@@ -17,6 +17,9 @@ pub struct Broker {
     /// i32, as Kafka's Metadata response carries it.
     pub port: i32,
     pub rack: Option<String>,
+    /// HOST:PORT of the broker's shard 0 replication listener (shard `s`
+    /// listens on that port + `s`); `None` if it registered without one.
+    pub data_addr: Option<String>,
 }
 
 /// `Default` is the empty metadata a shard holds before the first publish.
@@ -86,6 +89,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             rack: None,
+            data_addr: None,
         };
         let snap = MetadataSnapshot {
             cluster_id: "c".into(),
