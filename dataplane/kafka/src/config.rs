@@ -25,6 +25,12 @@ pub struct ServerConfig {
     pub seeds: Vec<(NodeId, String)>,
     pub rpc_listen: Option<SocketAddr>,
     pub rpc_advertised: String,
+    /// Where shard 0's replication listener binds (shard `s` on the port +
+    /// `s`); `None`: none (a node without a control-plane RPC listener).
+    pub data_listen: Option<SocketAddr>,
+    /// HOST:PORT other nodes reach shard 0's replication listener at, as
+    /// the node registers it with the controller.
+    pub data_advertised: Option<String>,
     pub control_timing: ferrolog_controlplane::controller::ControlTiming,
     /// Largest request frame accepted; a larger size field closes the connection.
     pub max_request_bytes: usize,

@@ -112,6 +112,7 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
             rpc_addr: config.rpc_advertised.clone(),
             rack: config.rack.clone(),
             shards: u32::try_from(smp_shards).unwrap_or(u32::MAX),
+            data_addr: config.data_advertised.clone(),
         },
         seeds: config.seeds.clone(),
         rpc_listen: config.rpc_listen,
