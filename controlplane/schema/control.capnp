@@ -16,6 +16,7 @@ struct Member {
   rpcAddr @3 :Text;
   rack @4 :Text;        # empty = no rack
   shards @5 :UInt32;
+  dataAddr @6 :Text;    # HOST:PORT of shard 0's replication listener; empty = none
 }
 
 interface Control {
@@ -36,4 +37,16 @@ interface Control {
 
   # The node's view of the cluster, for operators.
   status @4 () -> (json :Text);
+
+  # The controller leader asks this node's replica of a partition to
+  # prepare a leader election at `epoch` (from then on it refuses older
+  # epochs); the reply is its durable log's last epoch (-1 = empty log)
+  # and end offset.
+  prepareElection @5 (clusterId :Text, from :UInt64, topic :Text, partition :Int32, epoch :Int32)
+      -> (lastEpoch :Int32, logEnd :Int64);
+
+  # A node asks the controller leader to elect a new leader for a
+  # partition (it was assigned leadership of an epoch it cannot lead).
+  # A node that is not the leader refuses, naming the leader.
+  requestElection @6 (clusterId :Text, from :UInt64, topic :Text, partition :Int32) -> ();
 }

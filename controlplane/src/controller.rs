@@ -13,8 +13,9 @@
 //! forwards them to the leader (RPC `propose`) and answers once it applied
 //! them itself. Every node registers itself with the leader at start (a new
 //! incarnation each time) and heartbeats it; the leader marks a member
-//! down when its session expires and moves leadership of the partitions it
-//! led to another replica, adds registered nodes that are not voters as
+//! down when its session expires and elects new leaders for the partitions
+//! it led ([`crate::elections`]: a majority of each replica set prepares the
+//! next epoch, the best log wins), adds registered nodes that are not voters as
 //! Raft learners (so they receive every committed change, in order: the
 //! metadata watch), and drains decommissioned members before removing them.
 //!
@@ -22,22 +23,22 @@
 //! on the same path (no RPC listener is needed for it).
 
 use crate::commands::{self, CommandError, TopicChange, TopicCommand, TopicDelta};
+use crate::elections::{self, Election, LocalReplicas, PartitionKey};
 use crate::metadata::{Broker, MetadataSnapshot};
 use crate::producer_ids::{ProducerIdAllocator, ProducerIdError};
 use crate::raft_core::{AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore};
-use crate::rpc::{self, HeartbeatReply, MemberInfo, Peer, RegisterReply, RpcError};
-use crate::state::{
-    Applied, ClusterState, Command, LeaderMove, MemberState, Reassignment, Registration, StateError,
-};
+use crate::rpc::{self, HeartbeatReply, MemberInfo, Peer, PrepareReply, RegisterReply, RpcError};
+use crate::state::{Applied, ClusterState, Command, MemberState, Reassignment, Registration, StateError};
 use crate::topics::{TableFileError, TopicTable, TOPICS_FILE};
-use ferrolog_model::NodeId;
+use ferrolog_model::{Epoch, NodeId, PartitionId};
+use ferrolog_replication::{majority, ElectionInfo};
 use futures::future::LocalBoxFuture;
 use futures_channel::oneshot;
 use glommio::sync::Semaphore;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, MessageType};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -173,6 +174,19 @@ pub struct Controller {
     /// Senders of Raft messages outside the configuration, warned about once.
     strangers: RefCell<std::collections::HashSet<u64>>,
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// This node's replicas, once the data plane set them.
+    local_replicas: RefCell<Option<Rc<dyn LocalReplicas>>>,
+    /// Leader only: partitions the data plane asked to elect, with the
+    /// leader epoch each was asked at (at most
+    /// [`elections::ELECTION_REQUESTS_MAX`]). Held in memory: a new
+    /// controller leader starts with none.
+    election_requests: RefCell<BTreeMap<PartitionKey, Epoch>>,
+    /// The partitions of the election round running now (one round at a
+    /// time), from its first prepare until its moves are applied or refused.
+    elections_in_flight: RefCell<BTreeSet<PartitionKey>>,
+    election_round: RefCell<Option<glommio::task::JoinHandle<()>>>,
+    /// When each partition that could not elect was last warned about.
+    no_majority_warned: RefCell<HashMap<PartitionKey, Instant>>,
 }
 
 thread_local! {
@@ -289,6 +303,11 @@ impl Controller {
             failed: RefCell::new(None),
             strangers: RefCell::new(std::collections::HashSet::new()),
             tasks: RefCell::new(Vec::new()),
+            local_replicas: RefCell::new(None),
+            election_requests: RefCell::new(BTreeMap::new()),
+            elections_in_flight: RefCell::new(BTreeSet::new()),
+            election_round: RefCell::new(None),
+            no_majority_warned: RefCell::new(HashMap::new()),
             config,
         });
         CONTROLLER.with(|slot| *slot.borrow_mut() = Some(c.clone()));
@@ -330,9 +349,18 @@ impl Controller {
         self.failed.borrow().clone()
     }
 
+    /// Hands the controller this node's replicas: from now on prepares for
+    /// leader elections reach them (before, they are refused).
+    pub fn set_local_replicas(&self, r: Rc<dyn LocalReplicas>) {
+        *self.local_replicas.borrow_mut() = Some(r);
+    }
+
     /// Stops the controller's tasks (the RPC listener included).
     pub fn stop(&self) {
         for t in self.tasks.borrow_mut().drain(..) {
+            t.cancel();
+        }
+        if let Some(t) = self.election_round.borrow_mut().take() {
             t.cancel();
         }
         *self.kick.borrow_mut() = None;
@@ -366,7 +394,7 @@ impl Controller {
                 host: m.kafka_host.clone(),
                 port: i32::from(m.kafka_port),
                 rack: m.rack.clone(),
-                data_addr: interim_data_addr(&m.rpc_addr),
+                data_addr: m.data_addr.clone(),
             });
             brokers.sort_by_key(|b| b.id);
         }
@@ -983,9 +1011,9 @@ impl Controller {
         }
     }
 
-    /// The leader's periodic work: the cluster id, liveness, learners,
-    /// draining.
-    async fn leader_duties(&self) {
+    /// The leader's periodic work: the cluster id, liveness, partition
+    /// leaders, learners, draining.
+    async fn leader_duties(self: &Rc<Self>) {
         let (cluster_id_missing, members, conf) = {
             let core = self.core.borrow();
             (
@@ -1024,14 +1052,7 @@ impl Controller {
         if !cmds.is_empty() {
             let _ = self.propose_commands(cmds).await;
         }
-        let moves = self.leader_moves();
-        if !moves.is_empty() {
-            info!(
-                partitions = moves.len(),
-                "moving leadership off members that are down"
-            );
-            let _ = self.propose_commands(vec![Command::MoveLeaders(moves)]).await;
-        }
+        self.start_elections();
         // A removed leader hands leadership to another voter, which then
         // takes it out of the configuration.
         let me = self.config.me.id;
@@ -1101,33 +1122,249 @@ impl Controller {
         self.drive();
     }
 
-    /// New leaders for partitions whose leader is down: the first live
-    /// replica of the set (the replication layer will choose among in-sync
-    /// replicas only).
-    fn leader_moves(&self) -> Vec<LeaderMove> {
-        let core = self.core.borrow();
-        let s = core.state();
-        let live = |n: &NodeId| {
-            s.members
-                .get(n)
-                .is_some_and(|m| m.alive && m.state != MemberState::Removed)
+    /// Leader only: starts a round of partition leader elections (see
+    /// [`crate::elections`]) unless one is running. The round runs as its
+    /// own task, so the leader's other duties do not wait for it.
+    fn start_elections(self: &Rc<Self>) {
+        if !self.elections_in_flight.borrow().is_empty() {
+            return;
+        }
+        let round = {
+            let core = self.core.borrow();
+            let mut requests = self.election_requests.borrow_mut();
+            elections::prune_requests(core.state(), &mut requests);
+            elections::plan(core.state(), &requests, &self.elections_in_flight.borrow())
         };
-        let mut moves = Vec::new();
-        for (name, meta) in &s.topics.topics {
-            for (p, a) in meta.assignments.iter().enumerate() {
-                if live(&a.leader) || !s.members.contains_key(&a.leader) {
-                    continue;
+        if round.is_empty() {
+            return;
+        }
+        self.elections_in_flight
+            .borrow_mut()
+            .extend(round.iter().map(|e| (e.topic.clone(), e.partition)));
+        let task = glommio::spawn_local(self.clone().election_round(round)).detach();
+        *self.election_round.borrow_mut() = Some(task);
+    }
+
+    /// One round: every election prepares its epoch on the live replicas
+    /// at once (each answer waited for at most
+    /// [`elections::PREPARE_TIMEOUT`]), then the decided moves are proposed,
+    /// one command per partition so that a stale one refuses only itself.
+    async fn election_round(self: Rc<Self>, round: Vec<Election>) {
+        let _in_flight = InFlight(self.clone());
+        let answers = futures::future::join_all(round.iter().map(|e| self.prepare_replicas(e))).await;
+        let mut cmds = Vec::new();
+        for (e, answers) in round.iter().zip(answers) {
+            let key = (e.topic.clone(), e.partition);
+            match elections::decide(e, &answers) {
+                Some(mv) => {
+                    info!(
+                        topic = %e.topic,
+                        partition = e.partition,
+                        epoch = %e.epoch,
+                        leader = %mv.leader,
+                        answers = answers.len(),
+                        "partition leader elected"
+                    );
+                    self.no_majority_warned.borrow_mut().remove(&key);
+                    cmds.push(Command::MoveLeaders(vec![mv]));
                 }
-                if let Some(next) = a.replicas.iter().find(|r| live(r)) {
-                    moves.push(LeaderMove {
-                        topic: name.clone(),
-                        partition: p as i32,
-                        leader: *next,
-                    });
-                }
+                None => self.warn_no_majority(e, answers.len()),
             }
         }
-        moves
+        if cmds.is_empty() {
+            return;
+        }
+        match self.propose_commands(cmds).await {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(_) => {}
+                        // Another leadership change came first; the next
+                        // round looks again from the new epoch.
+                        Err(e @ StateError::StaleElection { .. }) => info!("election not applied: {e}"),
+                        Err(e) => warn!("election not applied: {e}"),
+                    }
+                }
+            }
+            Err(e) => warn!("elected partition leaders not applied: {e}"),
+        }
+    }
+
+    /// The answers of `e`'s live replicas to a prepare of its epoch; none
+    /// are asked when fewer than a majority of the replica set is live, so
+    /// that an election that cannot win fences no replica.
+    async fn prepare_replicas(&self, e: &Election) -> Vec<ElectionInfo> {
+        if e.ask.len() < majority(e.replicas.len()) {
+            return Vec::new();
+        }
+        let asked = e.ask.iter().map(|node| async move {
+            let answer = glommio::timer::timeout(elections::PREPARE_TIMEOUT, async {
+                Ok(self.prepare_replica(*node, e).await)
+            })
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", elections::PREPARE_TIMEOUT)));
+            answer.map_err(|why| {
+                debug!(
+                    topic = %e.topic,
+                    partition = e.partition,
+                    epoch = %e.epoch,
+                    node = %node,
+                    "prepare not answered: {why}"
+                );
+            })
+        });
+        futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One replica's answer to a prepare of `e`'s epoch: this node's
+    /// through [`LocalReplicas`], another's through the RPC.
+    async fn prepare_replica(&self, node: NodeId, e: &Election) -> Result<ElectionInfo, String> {
+        if node == self.config.me.id {
+            let info = self.prepare_local(e.topic.clone(), e.partition, e.epoch).await?;
+            if info.node != node {
+                return Err(format!("this node's replica answered as node {}", info.node));
+            }
+            return Ok(info);
+        }
+        let peer = self
+            .peer(node_u64(node))
+            .ok_or_else(|| format!("no RPC address for node {node}"))?;
+        let reply = peer
+            .prepare_election(&e.topic, e.partition, e.epoch)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ElectionInfo {
+            node,
+            epoch: e.epoch,
+            last_epoch: reply.last_epoch,
+            log_end: reply.log_end,
+        })
+    }
+
+    /// This node's replica of the partition prepares `epoch`.
+    async fn prepare_local(
+        &self,
+        topic: String,
+        partition: i32,
+        epoch: Epoch,
+    ) -> Result<ElectionInfo, String> {
+        let replicas = self
+            .local_replicas
+            .borrow()
+            .clone()
+            .ok_or_else(|| "replicas not ready".to_string())?;
+        replicas.prepare(topic, partition, epoch).await
+    }
+
+    /// Warns that `e` could not elect, at most once per partition per
+    /// [`elections::NO_MAJORITY_WARN_INTERVAL`].
+    fn warn_no_majority(&self, e: &Election, answers: usize) {
+        let now = Instant::now();
+        let mut warned = self.no_majority_warned.borrow_mut();
+        warned.retain(|_, at| now.duration_since(*at) < elections::NO_MAJORITY_WARN_INTERVAL);
+        let key = (e.topic.clone(), e.partition);
+        if warned.contains_key(&key) {
+            return;
+        }
+        warned.insert(key, now);
+        warn!(
+            topic = %e.topic,
+            partition = e.partition,
+            epoch = %e.epoch,
+            replicas = e.replicas.len(),
+            live = e.ask.len(),
+            answers,
+            needed = majority(e.replicas.len()),
+            "cannot elect a partition leader: fewer than a majority of its replicas answered; retrying"
+        );
+    }
+
+    /// Asks for a new election of `topic`/`partition`'s leader: the data
+    /// plane calls it when it is assigned leadership of an epoch it cannot
+    /// lead (it led that epoch before a restart). On the controller leader
+    /// the partition is queued for the next election round; elsewhere the
+    /// request is sent to the leader (retried until the request timeout
+    /// while no leader is known or it cannot be reached). Ok means the
+    /// leader holds the request, in memory: if the controller leader
+    /// changes before the election, the request is lost, and a node that
+    /// still cannot lead asks again.
+    pub async fn request_election(&self, topic: String, partition: i32) -> Result<(), ControllerError> {
+        let deadline = Instant::now() + self.config.timing.request_timeout;
+        loop {
+            if self.failed.borrow().is_some() {
+                return Err(ControllerError::Stopping);
+            }
+            let (leader, me) = {
+                let core = self.core.borrow();
+                (core.leader(), core.is_leader())
+            };
+            let attempt = if me {
+                self.queue_election(&topic, partition)
+            } else if leader != 0 {
+                match self.peer(leader) {
+                    None => Err(ControllerError::NoLeader),
+                    Some(peer) => match peer.request_election(&topic, partition).await {
+                        Ok(()) => Ok(()),
+                        // The leader refused the request itself: final.
+                        Err(RpcError::Remote(why)) if !why.contains(NOT_LEADER) => {
+                            return Err(ControllerError::Forward(why))
+                        }
+                        Err(e) => Err(ControllerError::Forward(e.to_string())),
+                    },
+                }
+            } else {
+                Err(ControllerError::NoLeader)
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(ControllerError::NoLeader) | Err(ControllerError::Forward(_))
+                    if Instant::now() < deadline =>
+                {
+                    glommio::timer::sleep(self.config.timing.tick).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Leader side of an election request: holds it until the partition's
+    /// leader epoch moves past the current one.
+    fn queue_election(&self, topic: &str, partition: i32) -> Result<(), ControllerError> {
+        let core = self.core.borrow();
+        if !core.is_leader() {
+            return Err(ControllerError::NoLeader);
+        }
+        let a = core
+            .state()
+            .topics
+            .get(topic)
+            .and_then(|m| m.assignment(PartitionId(partition)))
+            .ok_or_else(|| {
+                ControllerError::Rejected(StateError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                })
+            })?;
+        if a.replicas.len() < 2 {
+            return Err(ControllerError::Failed(format!(
+                "partition {topic}/{partition} has one replica: there is no other to elect"
+            )));
+        }
+        let mut requests = self.election_requests.borrow_mut();
+        let key = (topic.to_string(), partition);
+        if !requests.contains_key(&key) && requests.len() >= elections::ELECTION_REQUESTS_MAX {
+            return Err(ControllerError::Failed(format!(
+                "{} election requests are waiting already (the limit)",
+                elections::ELECTION_REQUESTS_MAX
+            )));
+        }
+        info!(topic, partition, epoch = %a.leader_epoch, "election requested");
+        requests.insert(key, a.leader_epoch);
+        Ok(())
     }
 
     /// Replica sets without `node`: each replica of it replaced by the
@@ -1207,6 +1444,7 @@ impl Controller {
                     "node_id": m.id.0,
                     "kafka_addr": format!("{}:{}", m.kafka_host, m.kafka_port),
                     "rpc_addr": m.rpc_addr,
+                    "data_addr": m.data_addr,
                     "rack": m.rack,
                     "shards": m.shards,
                     "state": m.state,
@@ -1241,6 +1479,18 @@ impl Controller {
 /// has this id, or the id was removed from the cluster.
 const ID_IN_USE: &str = "is in use by a live node";
 const ID_REMOVED: &str = "was removed from the cluster";
+/// The phrase of a refusal by a node that is not the controller leader.
+const NOT_LEADER: &str = "is not the controller leader";
+
+/// Empties the controller's election in-flight set when the round that
+/// filled it ends, cancelled or not.
+struct InFlight(Rc<Controller>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.elections_in_flight.borrow_mut().clear();
+    }
+}
 
 fn refused_for_good(error: &str) -> bool {
     error.contains(ID_IN_USE) || error.contains(ID_REMOVED)
@@ -1284,16 +1534,8 @@ fn broker_of(m: &crate::state::Member) -> Broker {
         host: m.kafka_host.clone(),
         port: i32::from(m.kafka_port),
         rack: m.rack.clone(),
-        data_addr: interim_data_addr(&m.rpc_addr),
+        data_addr: m.data_addr.clone(),
     }
-}
-
-/// Interim: the replication listener at the RPC port + 1, until members
-/// announce their own.
-fn interim_data_addr(rpc: &str) -> Option<String> {
-    let (host, port) = rpc.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    Some(format!("{host}:{}", port.checked_add(1)?))
 }
 
 fn member_info(r: &Registration) -> MemberInfo {
@@ -1304,6 +1546,7 @@ fn member_info(r: &Registration) -> MemberInfo {
         rpc_addr: r.rpc_addr.clone(),
         rack: r.rack.clone(),
         shards: r.shards,
+        data_addr: r.data_addr.clone(),
     }
 }
 
@@ -1453,6 +1696,7 @@ impl rpc::Handler for RpcHandler {
                 rpc_addr: member.rpc_addr,
                 rack: member.rack,
                 shards: member.shards,
+                data_addr: member.data_addr,
             };
             c.register(r).await.map_err(|e| e.to_string())
         })
@@ -1474,6 +1718,51 @@ impl rpc::Handler for RpcHandler {
                 .await
                 .map(|v| v.to_string())
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    fn prepare_election(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+        epoch: Epoch,
+    ) -> LocalBoxFuture<'static, Result<PrepareReply, String>> {
+        let c = self.0.clone();
+        Box::pin(async move {
+            debug!(from = %node_id(from), topic, partition, epoch = %epoch, "prepare asked");
+            let info = c.prepare_local(topic, partition, epoch).await?;
+            if info.epoch != epoch {
+                return Err(format!(
+                    "this node's replica prepared epoch {} when asked for {epoch}",
+                    info.epoch
+                ));
+            }
+            Ok(PrepareReply {
+                last_epoch: info.last_epoch,
+                log_end: info.log_end,
+            })
+        })
+    }
+
+    fn request_election(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(), String>> {
+        let c = self.0.clone();
+        Box::pin(async move {
+            let leader = c.core.borrow().leader();
+            if leader != node_u64(c.config.me.id) {
+                return Err(format!(
+                    "node {} {NOT_LEADER} (leader: {})",
+                    c.config.me.id,
+                    node_id(leader)
+                ));
+            }
+            debug!(from = %node_id(from), topic, partition, "election request");
+            c.queue_election(&topic, partition).map_err(|e| e.to_string())
         })
     }
 }

@@ -16,6 +16,10 @@
 //!   executor (never a data shard): applies proposed commands in order, makes
 //!   the table durable, then publishes a snapshot to the shards. Also the
 //!   producer id allocator (`producer_ids`).
+//! - `elections`: partition leader elections run by the controller leader
+//!   (which partitions need one, the decision from the replicas' answers)
+//!   and [`LocalReplicas`], the seam through which it reaches this node's
+//!   replicas.
 //! - `raft_log`: the durable Raft log (entries, HardState, ConfState,
 //!   snapshot) behind raft-rs's `Storage`, for the controller's Raft group.
 //!
@@ -27,6 +31,7 @@
 
 pub mod commands;
 pub mod controller;
+pub mod elections;
 pub mod metadata;
 pub mod placement;
 pub mod producer_ids;
@@ -35,3 +40,5 @@ pub mod raft_log;
 pub mod rpc;
 pub mod state;
 pub mod topics;
+
+pub use elections::LocalReplicas;

@@ -17,8 +17,8 @@ pub struct Broker {
     /// i32, as Kafka's Metadata response carries it.
     pub port: i32,
     pub rack: Option<String>,
-    /// "host:port" of the broker's replication listener (shard 0's; shard s
-    /// listens on port + s), if it announced one.
+    /// HOST:PORT of the broker's shard 0 replication listener (shard `s`
+    /// listens on that port + `s`); `None` if it registered without one.
     pub data_addr: Option<String>,
 }
 

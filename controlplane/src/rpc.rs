@@ -31,6 +31,7 @@
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
+use ferrolog_model::{Epoch, Offset};
 use futures::future::{Either, LocalBoxFuture};
 use futures::io::{AsyncReadExt, BufReader, BufWriter};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -94,6 +95,16 @@ pub struct MemberInfo {
     pub rpc_addr: String,
     pub rack: Option<String>,
     pub shards: u32,
+    /// HOST:PORT of shard 0's replication listener.
+    pub data_addr: Option<String>,
+}
+
+/// A replica's answer to `prepareElection`: its durable log's last epoch
+/// (None for an empty log) and end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrepareReply {
+    pub last_epoch: Option<Epoch>,
+    pub log_end: Offset,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +171,23 @@ pub trait Handler: 'static {
     ) -> LocalBoxFuture<'static, Result<HeartbeatReply, String>>;
     /// The node's view of the cluster as JSON, for operators.
     fn status(&self) -> LocalBoxFuture<'static, Result<String, String>>;
+    /// The controller leader (`from`) asks this node's replica of
+    /// `topic`/`partition` to prepare `epoch`.
+    fn prepare_election(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+        epoch: Epoch,
+    ) -> LocalBoxFuture<'static, Result<PrepareReply, String>>;
+    /// Node `from` asks for an election of `topic`/`partition`'s leader;
+    /// answered once the controller leader holds the request.
+    fn request_election(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(), String>>;
 }
 
 fn reader_options() -> capnp::message::ReaderOptions {
@@ -365,6 +393,7 @@ impl control::Server for ConnectionServer {
             self.check_cluster(p.get_cluster_id()?)?;
             let m = p.get_member()?;
             let rack = m.get_rack()?.to_string()?;
+            let data_addr = m.get_data_addr()?.to_string()?;
             MemberInfo {
                 node_id: m.get_node_id(),
                 kafka_host: m.get_kafka_host()?.to_string()?,
@@ -372,6 +401,7 @@ impl control::Server for ConnectionServer {
                 rpc_addr: m.get_rpc_addr()?.to_string()?,
                 rack: (!rack.is_empty()).then_some(rack),
                 shards: m.get_shards(),
+                data_addr: (!data_addr.is_empty()).then_some(data_addr),
             }
         };
         let reply = self
@@ -417,6 +447,50 @@ impl control::Server for ConnectionServer {
         let json = self.handler.status().await.map_err(capnp::Error::failed)?;
         results.get().set_json(json.as_str());
         Ok(())
+    }
+
+    async fn prepare_election(
+        self: Rc<Self>,
+        params: control::PrepareElectionParams,
+        mut results: control::PrepareElectionResults,
+    ) -> Result<(), capnp::Error> {
+        let _slot = self.begin_call()?;
+        let (from, topic, partition, epoch) = {
+            let p = params.get()?;
+            self.check_cluster(p.get_cluster_id()?)?;
+            (
+                p.get_from(),
+                p.get_topic()?.to_string()?,
+                p.get_partition(),
+                Epoch(p.get_epoch()),
+            )
+        };
+        let reply = self
+            .handler
+            .prepare_election(from, topic, partition, epoch)
+            .await
+            .map_err(capnp::Error::failed)?;
+        let mut r = results.get();
+        r.set_last_epoch(reply.last_epoch.map_or(-1, |e| e.0));
+        r.set_log_end(reply.log_end.0);
+        Ok(())
+    }
+
+    async fn request_election(
+        self: Rc<Self>,
+        params: control::RequestElectionParams,
+        _results: control::RequestElectionResults,
+    ) -> Result<(), capnp::Error> {
+        let _slot = self.begin_call()?;
+        let (from, topic, partition) = {
+            let p = params.get()?;
+            self.check_cluster(p.get_cluster_id()?)?;
+            (p.get_from(), p.get_topic()?.to_string()?, p.get_partition())
+        };
+        self.handler
+            .request_election(from, topic, partition)
+            .await
+            .map_err(capnp::Error::failed)
     }
 }
 
@@ -582,6 +656,7 @@ impl Peer {
                 member.set_rpc_addr(m.rpc_addr.as_str());
                 member.set_rack(m.rack.as_deref().unwrap_or(""));
                 member.set_shards(m.shards);
+                member.set_data_addr(m.data_addr.as_deref().unwrap_or(""));
                 async move {
                     let reply = request.send().promise.await?;
                     let r = reply.get()?;
@@ -610,6 +685,62 @@ impl Peer {
                     leader: r.get_leader(),
                     term: r.get_term(),
                 })
+            })
+            .await
+    }
+
+    /// Asks the peer's replica of `topic`/`partition` to prepare `epoch`
+    /// (see [`Handler::prepare_election`]).
+    pub async fn prepare_election(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: Epoch,
+    ) -> Result<PrepareReply, RpcError> {
+        let from = self.inner.local_node;
+        self.inner
+            .call(|client, cluster_id| {
+                let mut request = client.prepare_election_request();
+                let mut p = request.get();
+                p.set_cluster_id(cluster_id.as_str());
+                p.set_from(from);
+                p.set_topic(topic);
+                p.set_partition(partition);
+                p.set_epoch(epoch.0);
+                async move {
+                    let reply = request.send().promise.await?;
+                    let r = reply.get()?;
+                    let last_epoch = r.get_last_epoch();
+                    if last_epoch < -1 {
+                        return Err(capnp::Error::failed(format!(
+                            "a prepare answered last epoch {last_epoch}"
+                        )));
+                    }
+                    Ok(PrepareReply {
+                        last_epoch: (last_epoch >= 0).then_some(Epoch(last_epoch)),
+                        log_end: Offset(r.get_log_end()),
+                    })
+                }
+            })
+            .await
+    }
+
+    /// Asks the peer, which must be the controller leader, to elect a new
+    /// leader of `topic`/`partition` (see [`Handler::request_election`]).
+    pub async fn request_election(&self, topic: &str, partition: i32) -> Result<(), RpcError> {
+        let from = self.inner.local_node;
+        self.inner
+            .call(|client, cluster_id| {
+                let mut request = client.request_election_request();
+                let mut p = request.get();
+                p.set_cluster_id(cluster_id.as_str());
+                p.set_from(from);
+                p.set_topic(topic);
+                p.set_partition(partition);
+                async move {
+                    request.send().promise.await?;
+                    Ok(())
+                }
             })
             .await
     }

@@ -46,6 +46,10 @@ pub struct Member {
     /// Whether the controller leader hears the member's heartbeats. Changed
     /// only on transitions (a command per change, not per heartbeat).
     pub alive: bool,
+    /// HOST:PORT of shard 0's replication listener (shard `s` listens on
+    /// that port + `s`); `None` for a node that registered without one.
+    #[serde(default)]
+    pub data_addr: Option<String>,
 }
 
 /// What a node says of itself when it registers.
@@ -57,15 +61,24 @@ pub struct Registration {
     pub rpc_addr: String,
     pub rack: Option<String>,
     pub shards: u32,
+    /// HOST:PORT of shard 0's replication listener (see [`Member::data_addr`]).
+    #[serde(default)]
+    pub data_addr: Option<String>,
 }
 
-/// One partition's new leader, as the proposer chose it (the epoch is
-/// bumped by `apply`).
+/// One partition's new leader, as the proposer chose it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderMove {
     pub topic: String,
     pub partition: i32,
     pub leader: NodeId,
+    /// The epoch an election prepared for this move. `Some(e)`: the move
+    /// applies only if `e` is the partition's leader epoch + 1 (the replicas
+    /// were fenced at `e`; any other epoch means the election raced another
+    /// change and its answers are stale), and the epoch becomes `e`. `None`:
+    /// the epoch is bumped by one.
+    #[serde(default)]
+    pub epoch: Option<Epoch>,
 }
 
 /// One partition's new replica set (its leader becomes the first replica
@@ -97,8 +110,9 @@ pub enum Command {
         node: NodeId,
         state: MemberState,
     },
-    /// Moves leadership; each move bumps the partition's leader epoch. The
-    /// new leader must be a replica.
+    /// Moves leadership; each move bumps the partition's leader epoch by one
+    /// (to the move's election epoch, which must be exactly that). The new
+    /// leader must be a replica. All moves apply or none.
     MoveLeaders(Vec<LeaderMove>),
     /// Replaces replica sets (decommission); each bumps the leader epoch.
     Reassign(Vec<Reassignment>),
@@ -152,6 +166,17 @@ pub enum StateError {
     NotApplied(String),
     #[error("address {addr} is already the address of node {owner}")]
     AddressInUse { addr: String, owner: NodeId },
+    /// An elected move whose epoch is not the partition's next one: another
+    /// leadership change was applied after the election prepared its epoch.
+    #[error(
+        "partition {topic}/{partition}: election for epoch {got} is stale (the next epoch is {expected})"
+    )]
+    StaleElection {
+        topic: String,
+        partition: i32,
+        expected: Epoch,
+        got: Epoch,
+    },
 }
 
 /// A topic command's refusal, carried with its kind so the Kafka side can
@@ -345,6 +370,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
                     state: member_state,
                     incarnation,
                     alive: true,
+                    data_addr: r.data_addr.clone(),
                 },
             );
             Ok(Applied::Registered {
@@ -391,6 +417,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
             })
         }
         Command::MoveLeaders(moves) => {
+            // The epoch each partition will have after the moves checked so
+            // far, so that two moves of one partition in one command are
+            // checked as if applied in order.
+            let mut epochs: BTreeMap<(&str, i32), Epoch> = BTreeMap::new();
             for mv in moves {
                 let a = assignment(&state.topics, &mv.topic, mv.partition)?;
                 if !a.replicas.contains(&mv.leader) {
@@ -400,11 +430,30 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
                         node: mv.leader,
                     });
                 }
+                let current = epochs
+                    .get(&(mv.topic.as_str(), mv.partition))
+                    .copied()
+                    .unwrap_or(a.leader_epoch);
+                let next = Epoch(current.0 + 1);
+                if let Some(got) = mv.epoch {
+                    if got != next {
+                        return Err(StateError::StaleElection {
+                            topic: mv.topic.clone(),
+                            partition: mv.partition,
+                            expected: next,
+                            got,
+                        });
+                    }
+                }
+                epochs.insert((mv.topic.as_str(), mv.partition), next);
             }
             for mv in moves {
                 let a = assignment_mut(&mut state.topics, &mv.topic, mv.partition);
                 a.leader = mv.leader;
                 a.leader_epoch = Epoch(a.leader_epoch.0 + 1);
+                if let Some(e) = mv.epoch {
+                    assert_eq!(a.leader_epoch, e, "an elected move's epoch was checked above");
+                }
             }
             state.topics.revision += 1;
             Ok(Applied::LeadersMoved(moves.len()))
@@ -495,6 +544,7 @@ mod tests {
             rpc_addr: format!("127.0.0.1:{}", 33000 + id),
             rack: None,
             shards: 1,
+            data_addr: Some(format!("127.0.0.1:{}", 34000 + id)),
         }
     }
 
@@ -565,5 +615,122 @@ mod tests {
         assert_eq!(ClusterState::decode(&s.encode()), Ok(s));
         assert_eq!(ClusterState::decode(&[]), Ok(ClusterState::default()));
         assert!(ClusterState::decode(b"{").is_err());
+    }
+
+    /// A cluster of nodes 1..=3 with topic "t": partition 0 on [1, 2, 3]
+    /// led by 1, partition 1 on [2, 3, 1] led by 2, both at epoch 0.
+    fn three_nodes_one_topic() -> ClusterState {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            apply(&mut s, &Command::Register(reg(id))).expect("register");
+        }
+        let create = Command::Topic(TopicCommand::CreateTopic {
+            name: "t".into(),
+            id: 1,
+            config: Default::default(),
+            assignments: vec![
+                vec![NodeId(1), NodeId(2), NodeId(3)],
+                vec![NodeId(2), NodeId(3), NodeId(1)],
+            ],
+        });
+        apply(&mut s, &create).expect("create");
+        s
+    }
+
+    fn elected(partition: i32, leader: i32, epoch: i32) -> LeaderMove {
+        LeaderMove {
+            topic: "t".into(),
+            partition,
+            leader: NodeId(leader),
+            epoch: Some(Epoch(epoch)),
+        }
+    }
+
+    fn epoch_of(s: &ClusterState, partition: i32) -> (NodeId, Epoch) {
+        let a = assignment(&s.topics, "t", partition).expect("partition");
+        (a.leader, a.leader_epoch)
+    }
+
+    #[test]
+    fn an_elected_move_applies_only_at_the_next_epoch() {
+        let mut s = three_nodes_one_topic();
+        apply(&mut s, &Command::MoveLeaders(vec![elected(0, 2, 1)])).expect("epoch 0 + 1");
+        assert_eq!(epoch_of(&s, 0), (NodeId(2), Epoch(1)));
+
+        let before = s.clone();
+        for stale in [1, 3, 0] {
+            assert_eq!(
+                apply(&mut s, &Command::MoveLeaders(vec![elected(0, 3, stale)])),
+                Err(StateError::StaleElection {
+                    topic: "t".into(),
+                    partition: 0,
+                    expected: Epoch(2),
+                    got: Epoch(stale),
+                })
+            );
+            assert_eq!(s, before, "a stale election changes nothing");
+        }
+
+        // An unelected move still bumps by one, and an election prepared
+        // before it is stale after it.
+        let plain = LeaderMove {
+            epoch: None,
+            ..elected(0, 3, 0)
+        };
+        apply(&mut s, &Command::MoveLeaders(vec![plain])).expect("plain move");
+        assert_eq!(epoch_of(&s, 0), (NodeId(3), Epoch(2)));
+        assert!(apply(&mut s, &Command::MoveLeaders(vec![elected(0, 1, 2)])).is_err());
+        apply(&mut s, &Command::MoveLeaders(vec![elected(0, 1, 3)])).expect("the next epoch");
+        assert_eq!(epoch_of(&s, 0), (NodeId(1), Epoch(3)));
+    }
+
+    #[test]
+    fn one_stale_election_refuses_the_whole_command() {
+        let mut s = three_nodes_one_topic();
+        let before = s.clone();
+        let cmd = Command::MoveLeaders(vec![elected(1, 3, 1), elected(0, 2, 5)]);
+        assert!(matches!(
+            apply(&mut s, &cmd),
+            Err(StateError::StaleElection { partition: 0, .. })
+        ));
+        assert_eq!(s, before);
+
+        // Two moves of one partition in one command: the second is checked
+        // against the epoch the first leaves.
+        let twice = Command::MoveLeaders(vec![elected(1, 3, 1), elected(1, 1, 2)]);
+        assert_eq!(apply(&mut s, &twice), Ok(Applied::LeadersMoved(2)));
+        assert_eq!(epoch_of(&s, 1), (NodeId(1), Epoch(2)));
+        let twice_stale = Command::MoveLeaders(vec![elected(1, 3, 3), elected(1, 1, 3)]);
+        assert!(apply(&mut s, &twice_stale).is_err());
+        assert_eq!(epoch_of(&s, 1), (NodeId(1), Epoch(2)));
+    }
+
+    #[test]
+    fn records_written_before_the_new_fields_still_decode() {
+        let old_move = r#"{"MoveLeaders":[{"topic":"t","partition":0,"leader":2}]}"#;
+        assert_eq!(
+            Command::decode(old_move.as_bytes()),
+            Ok(Command::MoveLeaders(vec![LeaderMove {
+                topic: "t".into(),
+                partition: 0,
+                leader: NodeId(2),
+                epoch: None,
+            }]))
+        );
+        let old_registration = r#"{"Register":{"id":1,"kafka_host":"h","kafka_port":9092,
+            "rpc_addr":"h:9093","rack":null,"shards":1}}"#;
+        let Ok(Command::Register(r)) = Command::decode(old_registration.as_bytes()) else {
+            panic!("an old registration does not decode");
+        };
+        assert_eq!(r.data_addr, None);
+        let mut s = ClusterState::default();
+        apply(&mut s, &Command::Register(r)).expect("register");
+        let mut json: serde_json::Value = serde_json::from_slice(&s.encode()).expect("json");
+        json["members"]["1"]
+            .as_object_mut()
+            .expect("member 1")
+            .remove("data_addr");
+        let decoded = ClusterState::decode(json.to_string().as_bytes()).expect("an old state decodes");
+        assert_eq!(decoded.members[&NodeId(1)].data_addr, None);
     }
 }

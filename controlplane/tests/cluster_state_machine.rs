@@ -9,13 +9,14 @@
 //!   holds a replica; only a drained member is removed.
 //! - Producer-id blocks never overlap and never go below an earlier one.
 //! - Leader moves and reassignments bump the leader epoch and keep the
-//!   leader among the replicas.
+//!   leader among the replicas; an elected move applies only at the
+//!   partition's next epoch and leaves exactly that epoch.
 
 use ferrolog_controlplane::commands::TopicCommand;
 use ferrolog_controlplane::state::{
-    apply, Applied, ClusterState, Command, LeaderMove, MemberState, Reassignment, Registration,
+    apply, Applied, ClusterState, Command, LeaderMove, MemberState, Reassignment, Registration, StateError,
 };
-use ferrolog_model::NodeId;
+use ferrolog_model::{Epoch, NodeId};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -29,6 +30,7 @@ fn registration(id: i32, port: u16) -> Registration {
         rpc_addr: format!("127.0.0.1:{}", 33000 + port),
         rack: (id % 2 == 0).then(|| "a".to_string()),
         shards: 1,
+        data_addr: (id % 3 != 0).then(|| format!("127.0.0.1:{}", 34000 + port)),
     }
 }
 
@@ -60,11 +62,16 @@ fn command() -> impl Strategy<Value = Command> {
                 assignments: vec![replicas; parts],
             })
         }),
-        (0u8..3, 0i32..4, node()).prop_map(|(t, partition, leader)| Command::MoveLeaders(vec![LeaderMove {
-            topic: format!("t{t}"),
-            partition,
-            leader,
-        }])),
+        // Elected moves name an epoch, often a wrong one: only the
+        // partition's next epoch applies.
+        (0u8..3, 0i32..4, node(), proptest::option::of(0i32..4)).prop_map(|(t, partition, leader, epoch)| {
+            Command::MoveLeaders(vec![LeaderMove {
+                topic: format!("t{t}"),
+                partition,
+                leader,
+                epoch: epoch.map(Epoch),
+            }])
+        }),
         (0u8..3, 0i32..4, proptest::collection::vec(node(), 1..4)).prop_map(|(t, partition, replicas)| {
             Command::Reassign(vec![Reassignment {
                 topic: format!("t{t}"),
@@ -130,6 +137,26 @@ proptest! {
                     prop_assert!(bumped > 0, "a leadership change bumped no epoch");
                 }
                 Ok(_) => {}
+            }
+            if let Command::MoveLeaders(moves) = cmd {
+                let (old, new) = (epochs(&before), epochs(&a));
+                for mv in moves {
+                    let k = (mv.topic.clone(), mv.partition as usize);
+                    match (&ra, old.get(&k)) {
+                        (Ok(_), Some(o)) => {
+                            prop_assert_eq!(new[&k], o + 1, "a move bumps the epoch by one");
+                            if let Some(e) = mv.epoch {
+                                prop_assert_eq!(e.0, o + 1, "an elected move applied at another epoch");
+                            }
+                        }
+                        (Err(StateError::StaleElection { expected, got, .. }), Some(o)) => {
+                            prop_assert_eq!(expected.0, o + 1);
+                            prop_assert_eq!(Some(*got), mv.epoch);
+                            prop_assert_ne!(*got, *expected);
+                        }
+                        _ => {}
+                    }
+                }
             }
             for n in &removed {
                 prop_assert_eq!(a.members[n].state, MemberState::Removed, "a removed member came back");

@@ -992,6 +992,7 @@ impl Sim {
             rpc_addr: format!("broker-{id}:9093"),
             rack: None,
             shards: 1 + self.rng.below(4) as u32,
+            data_addr: Some(format!("broker-{id}:9094")),
         }
     }
 

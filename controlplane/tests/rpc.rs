@@ -1,12 +1,14 @@
 //! The control plane's RPC transport over loopback TCP, on a real glommio
-//! executor: round trips, Raft message order, cluster id checks, malformed
-//! frames, reconnection and the bounded Raft queue. Every test runs under a
+//! executor: round trips (election prepares and requests included), Raft
+//! message order, cluster id checks, malformed frames, reconnection and the
+//! bounded Raft queue. Every test runs under a
 //! deadline, so a bug fails it instead of hanging it.
 
 use ferrolog_controlplane::rpc::{
-    serve, Handler, HeartbeatReply, MemberInfo, Peer, RegisterReply, RpcError, PAYLOAD_BYTES_MAX,
-    RAFT_QUEUE_BYTES_MAX, RAFT_QUEUE_MESSAGES_MAX,
+    serve, Handler, HeartbeatReply, MemberInfo, Peer, PrepareReply, RegisterReply, RpcError,
+    PAYLOAD_BYTES_MAX, RAFT_QUEUE_BYTES_MAX, RAFT_QUEUE_MESSAGES_MAX,
 };
+use ferrolog_model::{Epoch, Offset};
 use futures::future::{Either, LocalBoxFuture};
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
@@ -51,6 +53,8 @@ enum Call {
     Register(MemberInfo),
     Heartbeat(u64, u64),
     Status,
+    Prepare(u64, String, i32, Epoch),
+    RequestElection(u64, String, i32),
 }
 
 /// Records every call; raft messages separately, with their sender.
@@ -131,6 +135,52 @@ impl Handler for Recorder {
         self.calls.borrow_mut().push(Call::Status);
         async { Ok(r#"{"ok":true}"#.to_string()) }.boxed_local()
     }
+
+    /// Topic "gone" has no replica here; partition 0's log is empty; others
+    /// answer last epoch = the asked epoch - 1 and log end = 100 * partition.
+    fn prepare_election(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+        epoch: Epoch,
+    ) -> LocalBoxFuture<'static, Result<PrepareReply, String>> {
+        self.calls
+            .borrow_mut()
+            .push(Call::Prepare(from, topic.clone(), partition, epoch));
+        let reply = if topic == "gone" {
+            Err(format!("no replica of {topic}/{partition} here"))
+        } else if partition == 0 {
+            Ok(PrepareReply {
+                last_epoch: None,
+                log_end: Offset(0),
+            })
+        } else {
+            Ok(PrepareReply {
+                last_epoch: Some(Epoch(epoch.0 - 1)),
+                log_end: Offset(100 * i64::from(partition)),
+            })
+        };
+        async move { reply }.boxed_local()
+    }
+
+    /// Topic "gone" is refused; any other request is taken.
+    fn request_election(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(), String>> {
+        self.calls
+            .borrow_mut()
+            .push(Call::RequestElection(from, topic.clone(), partition));
+        let reply = if topic == "gone" {
+            Err("node 2 is not the controller leader (leader: 1)".to_string())
+        } else {
+            Ok(())
+        };
+        async move { reply }.boxed_local()
+    }
 }
 
 fn loopback() -> SocketAddr {
@@ -164,6 +214,7 @@ fn member(node_id: u64, rack: Option<&str>) -> MemberInfo {
         rpc_addr: "10.0.0.1:9093".into(),
         rack: rack.map(str::to_string),
         shards: 4,
+        data_addr: rack.map(|_| "10.0.0.1:9094".to_string()),
     }
 }
 
@@ -212,6 +263,53 @@ fn every_method_round_trips() {
                 Call::Heartbeat(7, 5),
                 Call::Status,
                 Call::Propose(7, b"refuse".to_vec()),
+            ]
+        );
+        server.cancel();
+    });
+}
+
+#[test]
+fn election_prepares_and_requests_round_trip_and_refusals_come_back() {
+    run(|| async {
+        let handler = Recorder::new("c-1");
+        let (server, addr) = serve(loopback(), handler.clone()).expect("serve");
+        let (peer, _) = new_peer(3, addr, "c-1", CALL_TIMEOUT);
+
+        assert_eq!(
+            peer.prepare_election("orders", 2, Epoch(7)).await,
+            Ok(PrepareReply {
+                last_epoch: Some(Epoch(6)),
+                log_end: Offset(200)
+            })
+        );
+        assert_eq!(
+            peer.prepare_election("orders", 0, Epoch(1)).await,
+            Ok(PrepareReply {
+                last_epoch: None,
+                log_end: Offset(0)
+            }),
+            "an empty log travels as last epoch -1 and comes back as None"
+        );
+        assert_eq!(
+            peer.prepare_election("gone", 1, Epoch(3)).await,
+            Err(RpcError::Remote("no replica of gone/1 here".into()))
+        );
+        assert_eq!(peer.request_election("orders", 2).await, Ok(()));
+        assert_eq!(
+            peer.request_election("gone", 0).await,
+            Err(RpcError::Remote(
+                "node 2 is not the controller leader (leader: 1)".into()
+            ))
+        );
+        assert_eq!(
+            *handler.calls.borrow(),
+            vec![
+                Call::Prepare(3, "orders".into(), 2, Epoch(7)),
+                Call::Prepare(3, "orders".into(), 0, Epoch(1)),
+                Call::Prepare(3, "gone".into(), 1, Epoch(3)),
+                Call::RequestElection(3, "orders".into(), 2),
+                Call::RequestElection(3, "gone".into(), 0),
             ]
         );
         server.cancel();
@@ -273,6 +371,11 @@ fn a_cluster_id_mismatch_is_refused_without_calling_the_handler() {
         assert_eq!(peer.propose(b"x".to_vec()).await, Err(mismatch.clone()));
         assert_eq!(peer.register(&member(2, None)).await, Err(mismatch.clone()));
         assert_eq!(peer.heartbeat(1).await, Err(mismatch.clone()));
+        assert_eq!(
+            peer.prepare_election("t", 0, Epoch(1)).await,
+            Err(mismatch.clone())
+        );
+        assert_eq!(peer.request_election("t", 0).await, Err(mismatch.clone()));
         let text = mismatch.to_string();
         assert!(text.contains("cluster-a") && text.contains("cluster-b"), "{text}");
 

@@ -101,6 +101,15 @@ pub struct StartArgs {
     /// (which must then not be a wildcard address).
     #[arg(long)]
     pub advertised_rpc_addr: Option<String>,
+    /// Address of shard 0's replication listener, HOST:PORT (shard s listens
+    /// on PORT + s). Default: the --rpc-addr host with the RPC port + 1;
+    /// without --rpc-addr, none.
+    #[arg(long, value_parser = crate::parse_addr)]
+    pub data_addr: Option<SocketAddr>,
+    /// HOST:PORT other nodes reach shard 0's replication listener at.
+    /// Default: the advertised RPC host with the --data-addr port.
+    #[arg(long)]
+    pub advertised_data_addr: Option<String>,
     /// The initial voters of the controller group, `ID@HOST:PORT,...` (their
     /// RPC addresses). Without it this node is a one-voter group. A node
     /// whose id is not listed joins the cluster as a broker, not a voter.
@@ -186,6 +195,43 @@ fn control_plane(args: &StartArgs) -> Result<ControlPlane, String> {
         }
     }
     Ok((Some(listen), advertised, seeds))
+}
+
+/// The replication listener of shard 0: (listen, advertised), both `None`
+/// when neither --data-addr nor --rpc-addr is given.
+fn data_plane(
+    args: &StartArgs,
+    rpc_listen: Option<SocketAddr>,
+    rpc_advertised: &str,
+) -> Result<(Option<SocketAddr>, Option<String>), String> {
+    let listen = match (args.data_addr, rpc_listen) {
+        (Some(listen), _) => listen,
+        (None, Some(rpc)) => {
+            let port = rpc.port().checked_add(1).ok_or_else(|| {
+                format!(
+                    "--rpc-addr {rpc}: the default --data-addr would be past port 65535; give --data-addr"
+                )
+            })?;
+            SocketAddr::new(rpc.ip(), port)
+        }
+        (None, None) if args.advertised_data_addr.is_some() => {
+            return Err("--advertised-data-addr needs --data-addr or --rpc-addr".into())
+        }
+        (None, None) => return Ok((None, None)),
+    };
+    let advertised = match &args.advertised_data_addr {
+        Some(a) => a.clone(),
+        None => match rpc_advertised.rsplit_once(':') {
+            Some((host, _)) => format!("{host}:{}", listen.port()),
+            None if listen.ip().is_unspecified() => {
+                return Err(format!(
+                    "--data-addr {listen} is a wildcard address: give --advertised-data-addr"
+                ))
+            }
+            None => listen.to_string(),
+        },
+    };
+    Ok((Some(listen), Some(advertised)))
 }
 
 /// `--admin-addr`: an address, or `none` for no admin listener.
@@ -396,6 +442,13 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (data_listen, data_advertised) = match data_plane(&args, rpc_listen, &rpc_advertised) {
+        Ok(d) => d,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let claim = match node::claim(&args.data_dir, args.node_id) {
         Ok(c) => c,
         Err(e) => {
@@ -422,6 +475,8 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         seeds,
         rpc_listen,
         rpc_advertised,
+        data_listen,
+        data_advertised,
         control_timing: control_timing(&profile),
         max_request_bytes: args.max_request_bytes as usize,
         auto_create_topics: args.auto_create_topics,
@@ -533,5 +588,66 @@ mod tests {
         assert_eq!(c.group_commit_window, Duration::from_micros(250));
         assert_eq!(c.segment_bytes, p.storage.segment_bytes);
         assert_eq!(c.retention_ms, p.storage.retention_ms);
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        start: StartArgs,
+    }
+
+    fn data_plane_of(extra: &[&str]) -> Result<(Option<SocketAddr>, Option<String>), String> {
+        use clap::Parser;
+        let base = [
+            "ferrolog",
+            "--data-dir",
+            "/tmp/d",
+            "--kafka-addr",
+            "127.0.0.1:9092",
+        ];
+        let args = Cli::try_parse_from(base.iter().chain(extra))
+            .expect("arguments")
+            .start;
+        let (rpc_listen, rpc_advertised, _) = control_plane(&args)?;
+        data_plane(&args, rpc_listen, &rpc_advertised)
+    }
+
+    #[test]
+    fn the_data_address_defaults_to_the_rpc_port_plus_one() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("address");
+        assert_eq!(data_plane_of(&[]), Ok((None, None)));
+        assert_eq!(
+            data_plane_of(&["--rpc-addr", "127.0.0.1:9100"]),
+            Ok((Some(addr("127.0.0.1:9101")), Some("127.0.0.1:9101".into())))
+        );
+        assert_eq!(
+            data_plane_of(&[
+                "--rpc-addr",
+                "0.0.0.0:9100",
+                "--advertised-rpc-addr",
+                "node-1:9100"
+            ]),
+            Ok((Some(addr("0.0.0.0:9101")), Some("node-1:9101".into())))
+        );
+        assert_eq!(
+            data_plane_of(&[
+                "--rpc-addr",
+                "0.0.0.0:9100",
+                "--advertised-rpc-addr",
+                "node-1:9100",
+                "--data-addr",
+                "0.0.0.0:9200",
+                "--advertised-data-addr",
+                "10.0.0.1:9300",
+            ]),
+            Ok((Some(addr("0.0.0.0:9200")), Some("10.0.0.1:9300".into())))
+        );
+        assert_eq!(
+            data_plane_of(&["--data-addr", "127.0.0.1:9200"]),
+            Ok((Some(addr("127.0.0.1:9200")), Some("127.0.0.1:9200".into())))
+        );
+        assert!(data_plane_of(&["--data-addr", "0.0.0.0:9200"]).is_err());
+        assert!(data_plane_of(&["--advertised-data-addr", "h:1"]).is_err());
+        assert!(data_plane_of(&["--rpc-addr", "127.0.0.1:65535"]).is_err());
     }
 }

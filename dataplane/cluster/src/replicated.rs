@@ -58,6 +58,9 @@ use tracing::{debug, info, warn};
 pub const STATE_FILE: &str = "replica.state";
 /// The adapter's clock: every replicated partition ticks this often.
 pub const TICK: Duration = Duration::from_millis(20);
+/// Ticks a replica stays without a role before it asks the controller for
+/// an election (1 s), and again every as many.
+pub const UNATTACHED_ASK_TICKS: u64 = 50;
 /// Bytes of record batches in one append request (at least one batch).
 pub const REQUEST_BYTES_MAX: usize = 1 << 20;
 /// The largest frame payload a node accepts: a request's bound plus one
@@ -118,6 +121,8 @@ pub struct Replication {
     state_path: PathBuf,
     /// Times carrying out an action failed and the replica was rebuilt.
     pub resets: Cell<u64>,
+    /// Ticks in a row without a role.
+    unattached_ticks: Cell<u64>,
 }
 
 impl Replication {
@@ -191,6 +196,7 @@ impl Replication {
             kicked: Cell::new(false),
             state_path,
             resets: Cell::new(0),
+            unattached_ticks: Cell::new(0),
         })
     }
 
@@ -427,6 +433,19 @@ pub async fn wait_committed(p: &Partition, end: Offset, timeout: Duration) -> Re
 pub fn tick(p: &Rc<Partition>) {
     let r = repl(p);
     r.replica.borrow_mut().tick();
+    // A replica with no leader to follow (it led before a restart, an
+    // election fenced it and did not finish, it saw a newer epoch) asks the
+    // controller for one, once it has been so for a while and then every
+    // UNATTACHED_ASK_TICKS.
+    if r.role() == Role::Unattached {
+        let n = r.unattached_ticks.get() + 1;
+        r.unattached_ticks.set(n);
+        if n % UNATTACHED_ASK_TICKS == 0 {
+            request_election(p);
+        }
+    } else {
+        r.unattached_ticks.set(0);
+    }
     kick(p);
 }
 
@@ -457,9 +476,9 @@ async fn drive(p: &Rc<Partition>, input: Input) {
                 Ok(()) => {}
                 Err(ControlError::EpochTaken { .. }) if leader == r.node => {
                     // It led this epoch before a restart and may have lost
-                    // what it sent: the controller must pick a new epoch.
-                    warn!(partition = %p.ntp, epoch = %epoch, "assigned an epoch this node led before; asking for an election");
-                    request_election(p);
+                    // what it sent: the controller must pick a new epoch
+                    // (asked for by the ticker while it stays unattached).
+                    info!(partition = %p.ntp, epoch = %epoch, "assigned an epoch this node led before; an election is needed");
                 }
                 Err(e) => debug!(partition = %p.ntp, "assignment refused: {e}"),
             }
@@ -473,7 +492,10 @@ fn request_election(p: &Partition) {
     let m = manager::local();
     let hook = m.election_requests.borrow().clone();
     match hook {
-        Some(h) => h(p.ntp.clone()),
+        Some(h) => {
+            info!(partition = %p.ntp, epoch = %repl(p).epoch(), "no leader this replica may follow; asking the controller for an election");
+            h(p.ntp.clone());
+        }
         None => warn!(partition = %p.ntp, "no controller to ask for an election"),
     }
 }

@@ -136,6 +136,7 @@ fn life<R: Send + 'static>(
                         rpc_addr: String::new(),
                         rack: None,
                         shards: 1,
+                        data_addr: None,
                     },
                     seeds: Vec::new(),
                     rpc_listen: None,

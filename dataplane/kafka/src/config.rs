@@ -25,6 +25,12 @@ pub struct ServerConfig {
     pub seeds: Vec<(NodeId, String)>,
     pub rpc_listen: Option<SocketAddr>,
     pub rpc_advertised: String,
+    /// Where shard 0's replication listener binds (shard `s` on the port +
+    /// `s`); `None`: none (a node without a control-plane RPC listener).
+    pub data_listen: Option<SocketAddr>,
+    /// HOST:PORT other nodes reach shard 0's replication listener at, as
+    /// the node registers it with the controller.
+    pub data_advertised: Option<String>,
     pub control_timing: ferrolog_controlplane::controller::ControlTiming,
     /// Largest request frame accepted; a larger size field closes the connection.
     pub max_request_bytes: usize,
@@ -64,14 +70,6 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Shard 0's replication listener (shard s: port + s); none without a
-    /// control plane address. Interim: the RPC port + 1.
-    pub fn data_listen(&self) -> Option<SocketAddr> {
-        let mut a = self.rpc_listen?;
-        a.set_port(a.port().checked_add(1)?);
-        Some(a)
-    }
-
     /// The partition layer's settings: the group coordinator's logs are
     /// its one internal topic.
     pub fn cluster_config(&self) -> ferrolog_cluster::ClusterConfig {

@@ -37,7 +37,9 @@ use ferrolog_cluster::{PartitionManager, Placement};
 use ferrolog_controlplane::controller::{Controller, ControllerConfig, Publish};
 use ferrolog_controlplane::metadata::MetadataSnapshot;
 use ferrolog_controlplane::state::Registration;
-use ferrolog_model::ShardId;
+use ferrolog_controlplane::LocalReplicas;
+use ferrolog_model::{Epoch, Ntp, ShardId};
+use ferrolog_replication::ElectionInfo;
 use ferrolog_shard::Smp;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -62,6 +64,7 @@ pub fn install_shard(smp: Rc<Smp>, config: Arc<ServerConfig>) -> Rc<shard::Shard
     let placement = Arc::new(Placement::hashed(smp.nr_shards()));
     let cluster = PartitionManager::new(smp.clone(), Arc::new(config.cluster_config()), placement);
     ferrolog_cluster::install(cluster.clone());
+    install_election_requests(&smp, &cluster);
     let shard = shard::Shard::new(smp, config.clone(), cluster);
     shard::install(shard.clone());
     groups::coordinator::start_local(&config.groups);
@@ -85,6 +88,7 @@ pub async fn apply_snapshot(snap: Arc<MetadataSnapshot>) {
 /// applied on every data shard before a change is answered.
 pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<Controller>, String> {
     let smp_shards = smp.nr_shards();
+    let smp_for_replicas = smp.clone();
     let publish: Publish = Rc::new(move |snap: Arc<MetadataSnapshot>| {
         let smp = smp.clone();
         Box::pin(async move {
@@ -112,14 +116,80 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
             rpc_addr: config.rpc_advertised.clone(),
             rack: config.rack.clone(),
             shards: u32::try_from(smp_shards).unwrap_or(u32::MAX),
+            data_addr: config.data_advertised.clone(),
         },
         seeds: config.seeds.clone(),
         rpc_listen: config.rpc_listen,
         timing: config.control_timing.clone(),
     };
-    Controller::bootstrap(controller, publish)
+    let controller = Controller::bootstrap(controller, publish)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    controller.set_local_replicas(Rc::new(ShardReplicas {
+        smp: smp_for_replicas,
+    }));
+    Ok(controller)
+}
+
+/// The controller's way to this node's replicas: each prepare runs on the
+/// partition's owner shard.
+struct ShardReplicas {
+    smp: Rc<Smp>,
+}
+
+impl LocalReplicas for ShardReplicas {
+    fn prepare(
+        &self,
+        topic: String,
+        partition: i32,
+        epoch: Epoch,
+    ) -> futures::future::LocalBoxFuture<'static, Result<ElectionInfo, String>> {
+        let smp = self.smp.clone();
+        Box::pin(async move {
+            let ntp = Ntp::new(topic, partition);
+            let owner = Placement::hashed(smp.nr_shards()).owner(&ntp);
+            smp.submit_to(owner, move || async move {
+                let Some(p) = ferrolog_cluster::local().partition(&ntp) else {
+                    return Err(format!("{ntp} is not open here"));
+                };
+                if p.replication().is_none() {
+                    return Err(format!("{ntp} is not replicated here"));
+                }
+                ferrolog_cluster::replicated::prepare(p, epoch).await
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+/// Sets this shard's way to ask the controller (on the control executor)
+/// for a partition's election.
+fn install_election_requests(smp: &Rc<Smp>, cluster: &PartitionManager) {
+    let Some(control) = smp.control_shard() else {
+        return;
+    };
+    let smp = smp.clone();
+    let hook: ferrolog_cluster::manager::ElectionRequests = Rc::new(move |ntp: Ntp| {
+        let smp = smp.clone();
+        glommio::spawn_local(async move {
+            let asked = smp
+                .submit_to(control, move || async move {
+                    ferrolog_controlplane::controller::local()
+                        .request_election(ntp.topic.clone(), ntp.partition.0)
+                        .await
+                        .map_err(|e| format!("{ntp}: {e}"))
+                })
+                .await;
+            match asked {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!("election request not taken: {e}"),
+                Err(e) => debug!("election request not sent: {e}"),
+            }
+        })
+        .detach();
+    });
+    *cluster.election_requests.borrow_mut() = Some(hook);
 }
 
 /// One data shard's life: install, serve until `stop` is set (and start-up,
@@ -245,7 +315,7 @@ async fn start_on_this_shard() -> Result<(), String> {
     let task = server::start_listening()?;
     ACCEPT.with(|a| *a.borrow_mut() = Some(task));
     let s = shard::local();
-    if let Some(listen) = s.config.data_listen() {
+    if let Some(listen) = s.config.data_listen {
         ferrolog_cluster::replicated::start_shard(&s.cluster, listen)
             .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
     }
