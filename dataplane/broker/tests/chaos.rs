@@ -105,6 +105,17 @@ struct Chaos {
     faults: Vec<String>,
 }
 
+impl Drop for Chaos {
+    /// FERROLOG_CHAOS_KEEP=1 keeps the nodes' data and logs for a post
+    /// mortem (the path is printed); by default they go with the test.
+    fn drop(&mut self) {
+        if std::env::var_os("FERROLOG_CHAOS_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.root, tempfile::tempdir().expect("tempdir"));
+            println!("kept the nodes' directories in {}", kept.keep().display());
+        }
+    }
+}
+
 impl Chaos {
     fn start(size: usize, partitions: u32) -> Chaos {
         let net = Net::create(size);
