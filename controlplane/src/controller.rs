@@ -29,7 +29,7 @@ use crate::producer_ids::{ProducerIdAllocator, ProducerIdError};
 use crate::raft_core::{AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore};
 use crate::rpc::{self, HeartbeatReply, MemberInfo, Peer, PrepareReply, RegisterReply, RpcError};
 use crate::state::{Applied, ClusterState, Command, MemberState, Reassignment, Registration, StateError};
-use crate::topics::{TableFileError, TopicTable, TOPICS_FILE};
+use crate::topics::{self, TableFileError, TopicTable, TOPICS_FILE};
 use ferrolog_model::{Epoch, NodeId, PartitionId};
 use ferrolog_replication::{majority, ElectionInfo};
 use futures::future::LocalBoxFuture;
@@ -106,6 +106,9 @@ pub struct ControllerConfig {
     /// one-voter group needs none).
     pub rpc_listen: Option<SocketAddr>,
     pub timing: ControlTiming,
+    /// Whether the leader creates the group coordinator's topic
+    /// ([`topics::OFFSETS_TOPIC`]); off where no coordinator runs.
+    pub offsets_topic: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1029,6 +1032,7 @@ impl Controller {
                 .await;
             return;
         }
+        self.ensure_offsets_topic().await;
         let since = self.leader_since.get().unwrap_or_else(Instant::now);
         let session = self.config.timing.session_timeout;
         let mut cmds = Vec::new();
@@ -1105,6 +1109,45 @@ impl Controller {
                 None => warn!(node = %m.id, "cannot drain: no live member to move its replicas to"),
             }
         }
+    }
+
+    /// Creates the group coordinator's topic once, when enough members to
+    /// hold its replicas (three, or every voter if fewer) are live.
+    async fn ensure_offsets_topic(&self) {
+        if !self.config.offsets_topic {
+            return;
+        }
+        let command = {
+            let core = self.core.borrow();
+            let s = core.state();
+            if s.topics.get(topics::OFFSETS_TOPIC).is_some() {
+                return;
+            }
+            // The voters are the cluster's founding members: the factor the
+            // cluster was built for (Raft's configuration is the authority).
+            let voters = core.conf_state().voters.len();
+            let rf = voters.clamp(1, topics::OFFSETS_REPLICATION_FACTOR);
+            let brokers: Vec<(NodeId, Option<String>)> =
+                s.placeable().map(|m| (m.id, m.rack.clone())).collect();
+            if brokers.len() < rf {
+                return;
+            }
+            let partitions = topics::OFFSETS_PARTITIONS as usize;
+            let Ok(assignments) = crate::placement::place(&brokers, &s.topics, partitions, rf) else {
+                return;
+            };
+            Command::Topic(TopicCommand::CreateTopic {
+                name: topics::OFFSETS_TOPIC.to_string(),
+                id: topics::new_topic_id(),
+                config: topics::ConfigOverrides::new(),
+                assignments,
+            })
+        };
+        info!(
+            topic = topics::OFFSETS_TOPIC,
+            "creating the group coordinator's topic"
+        );
+        let _ = self.propose_commands(vec![command]).await;
     }
 
     async fn conf_change(&self, kind: ConfChangeType, node: NodeId) {

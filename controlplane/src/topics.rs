@@ -88,6 +88,20 @@ pub struct TopicDefaults {
 /// Values are validated before they get here.
 pub type ConfigOverrides = BTreeMap<String, String>;
 
+/// The group coordinator's log: a topic of the table (so its partitions are
+/// replicated and elected like any other) that clients never see. The
+/// controller creates it once enough members are live.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Its partition count. Fixed: a group's partition must never change.
+pub const OFFSETS_PARTITIONS: i32 = 16;
+/// Its replication factor: this many, or every voter if there are fewer.
+pub const OFFSETS_REPLICATION_FACTOR: usize = 3;
+
+/// Whether a topic is the broker's own, hidden from clients.
+pub fn is_internal(name: &str) -> bool {
+    name == OFFSETS_TOPIC
+}
+
 /// Checks one config key and value.
 pub fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
     let invalid = |reason| {

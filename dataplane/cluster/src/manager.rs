@@ -20,7 +20,7 @@ use crate::replicated::{self, ReplNet, Replication};
 use crate::waiters::Waiters;
 use ferrolog_controlplane::metadata::MetadataSnapshot;
 use ferrolog_controlplane::topics::{self, TopicDefaults};
-use ferrolog_model::{Epoch, NodeId, Ntp, ShardId};
+use ferrolog_model::{NodeId, Ntp, ShardId};
 use ferrolog_shard::Smp;
 use ferrolog_storage::{Log, LogConfig, LogContext, StorageError};
 use glommio::sync::Semaphore;
@@ -242,20 +242,20 @@ impl PartitionManager {
     }
 
     /// The partitions this shard should hold under `snap`: every partition
-    /// of the table that it owns and of which this node is a replica, and
-    /// the internal topics' partitions it owns.
+    /// of the table that it owns and of which this node is a replica (the
+    /// internal topics' too, once the controller has created them).
     fn desired(&self, snap: &MetadataSnapshot) -> BTreeMap<Ntp, Desired> {
         let me = self.config.node_id;
         let defaults = &self.config.topic_defaults;
         let mut out = BTreeMap::new();
         for (name, meta) in &snap.topics.topics {
-            // Never a table topic: its partitions are the internal topic's
-            // (the proposer refuses the name; this guards older tables).
-            if self.config.internal(name).is_some() {
-                continue;
-            }
-            let log = topics::log_config(&meta.config, defaults);
-            for (p, a) in meta.assignments.iter().enumerate() {
+            // An internal topic (the group coordinator's) is placed and led
+            // by the table like any other, with the node's own settings.
+            let (log, count) = match self.config.internal(name) {
+                Some(t) => (t.log.clone(), t.partitions as usize),
+                None => (topics::log_config(&meta.config, defaults), meta.assignments.len()),
+            };
+            for (p, a) in meta.assignments.iter().enumerate().take(count) {
                 let ntp = Ntp::new(name.clone(), p as i32);
                 if self.owner(&ntp) != self.id() || !a.replicas.contains(&me) {
                     continue;
@@ -272,24 +272,6 @@ impl PartitionManager {
                         topic_id: meta.id,
                     },
                 );
-            }
-        }
-        for t in &self.config.internal_topics {
-            for p in 0..t.partitions {
-                let ntp = Ntp::new(t.name.clone(), p);
-                if self.owner(&ntp) == self.id() {
-                    out.insert(
-                        ntp,
-                        Desired {
-                            log: t.log.clone(),
-                            leader_epoch: Epoch(0),
-                            leads: true,
-                            leader: me,
-                            replicas: vec![me],
-                            topic_id: 0,
-                        },
-                    );
-                }
             }
         }
         out

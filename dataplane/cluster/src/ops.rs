@@ -215,6 +215,28 @@ async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, Part
     .await
 }
 
+/// Appends one batch the broker itself wrote (the group coordinator's
+/// records) and waits until it is committed: on a replicated partition,
+/// until the high watermark covers it, within `timeout`. Returns its base
+/// offset.
+pub async fn append_committed(
+    p: &Rc<Partition>,
+    batch: Bytes,
+    timeout: Duration,
+) -> Result<Offset, PartitionError> {
+    let delta = ferrolog_model::BatchHeader::parse(&batch).map_or(0, |h| i64::from(h.last_offset_delta));
+    let appended = p.append_producer_batch(batch).await;
+    if p.replication().is_some() {
+        replicated::report_durable(p);
+    }
+    let base = appended?;
+    p.wake_waiters();
+    if p.replication().is_some() {
+        replicated::wait_committed(p, base.plus(delta + 1), timeout).await?;
+    }
+    Ok(base)
+}
+
 /// The partition, if this node leads it: a replica that does not lead
 /// answers NotLeader, and so does a partition the metadata names that is not
 /// on this node, so the client asks the leader; one nobody names is NotHere.

@@ -141,6 +141,7 @@ fn life<R: Send + 'static>(
                     seeds: Vec::new(),
                     rpc_listen: None,
                     timing: Default::default(),
+                    offsets_topic: false,
                 },
                 publish,
             )

@@ -323,7 +323,11 @@ fn command_for_growth(
     if earlier.iter().any(|(n, _)| n == name) {
         return Err((ResponseError::InvalidRequest, format!("topic {name} named twice")));
     }
-    let t = meta.topics.get(name).ok_or_else(|| unknown_topic(name))?;
+    let t = meta
+        .topics
+        .get(name)
+        .filter(|_| !topics::is_internal(name))
+        .ok_or_else(|| unknown_topic(name))?;
     let current = t.partitions();
     if *count <= current || *count > topics::PARTITIONS_MAX {
         return Err((
@@ -349,15 +353,25 @@ pub async fn alter_configs(
     items: Vec<(String, ConfigChange)>,
     validate_only: bool,
 ) -> Vec<OpResult<()>> {
+    // The internal topics are the broker's: refused as unknown, unproposed.
+    let (internal, items): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .enumerate()
+        .partition(|(_, (name, _))| topics::is_internal(name));
+    let order: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
     let cmds = items
         .into_iter()
-        .map(|(name, change)| TopicCommand::AlterConfig { name, change })
+        .map(|(_, (name, change))| TopicCommand::AlterConfig { name, change })
         .collect();
-    propose(shard, cmds, validate_only)
-        .await
-        .into_iter()
-        .map(|r| r.map(drop))
-        .collect()
+    let mut out: Vec<Option<OpResult<()>>> = (0..order.len() + internal.len()).map(|_| None).collect();
+    for (i, (name, _)) in internal {
+        out[i] = Some(Err(unknown_topic(&name)));
+    }
+    let results = propose(shard, cmds, validate_only).await;
+    for (i, r) in order.into_iter().zip(results) {
+        out[i] = Some(r.map(drop));
+    }
+    out.into_iter().map(|r| r.expect("every item answered")).collect()
 }
 
 /// A producer id never handed out before in this cluster.

@@ -434,12 +434,33 @@ async fn control(
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let started = crate::start_controller(smp, &config).await.map(drop);
+    let started = crate::start_controller(smp.clone(), &config).await.map(drop);
+    if started.is_ok() {
+        coordinators_attached(&smp).await;
+    }
     let _ = ready.try_send(started.clone());
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(STOP_POLL).await;
     }
     started
+}
+
+/// Waits (up to 10 s) until the group coordinator's partitions are all
+/// attached, as a node's would be a moment after start: tests then talk to
+/// a coordinator at once, as clients do after retrying NOT_COORDINATOR.
+async fn coordinators_attached(smp: &Rc<Smp>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let counts = smp
+            .invoke_on_all(|| async { crate::groups::coordinator::attached() })
+            .await;
+        let n: usize = counts.into_iter().filter_map(Result::ok).sum();
+        if n >= crate::groups::coordinator::PARTITIONS as usize {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    warn!("harness: the group coordinator's partitions were not all attached within 10 s");
 }
 
 async fn serve_feeds(shard: &Rc<shard::Shard>, mut feeds: mpsc::Receiver<Feed>) {

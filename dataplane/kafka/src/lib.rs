@@ -121,6 +121,7 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
         seeds: config.seeds.clone(),
         rpc_listen: config.rpc_listen,
         timing: config.control_timing.clone(),
+        offsets_topic: true,
     };
     let controller = Controller::bootstrap(controller, publish)
         .await

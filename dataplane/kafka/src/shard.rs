@@ -8,7 +8,7 @@ use crate::config::ServerConfig;
 use crate::metrics::{ShardMetrics, ShardSnapshot};
 use ferrolog_cluster::PartitionManager;
 use ferrolog_controlplane::metadata::MetadataSnapshot;
-use ferrolog_controlplane::topics::TopicTable;
+use ferrolog_controlplane::topics::{self, TopicTable};
 use ferrolog_model::ShardId;
 use ferrolog_shard::Smp;
 use std::cell::RefCell;
@@ -35,6 +35,7 @@ pub struct Shard {
     pub config: Arc<ServerConfig>,
     pub cluster: Rc<PartitionManager>,
     pub metrics: ShardMetrics,
+    client_topics: RefCell<Option<Arc<TopicTable>>>,
 }
 
 impl Shard {
@@ -44,6 +45,7 @@ impl Shard {
             config,
             cluster,
             metrics: ShardMetrics::default(),
+            client_topics: RefCell::new(None),
         })
     }
 
@@ -56,8 +58,23 @@ impl Shard {
         self.cluster.metadata()
     }
 
+    /// The topic table as clients see it: without the broker's internal
+    /// topics (the group coordinator's), which no client may produce to,
+    /// read, alter or delete. Rebuilt once per table revision.
     pub fn topics(&self) -> Arc<TopicTable> {
-        self.cluster.metadata().topics.clone()
+        let table = self.cluster.metadata().topics.clone();
+        if !table.topics.keys().any(|n| topics::is_internal(n)) {
+            return table;
+        }
+        let mut cached = self.client_topics.borrow_mut();
+        if let Some(t) = cached.as_ref().filter(|t| t.revision == table.revision) {
+            return t.clone();
+        }
+        let mut visible = (*table).clone();
+        visible.topics.retain(|n, _| !topics::is_internal(n));
+        let visible = Arc::new(visible);
+        *cached = Some(visible.clone());
+        visible
     }
 
     /// This shard's metrics and its partitions' offsets and metrics, as

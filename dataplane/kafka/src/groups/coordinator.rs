@@ -22,8 +22,8 @@ use super::group::{
     SyncStep,
 };
 use bytes::Bytes;
-use ferrolog_cluster::{InternalTopic, Partition};
-use ferrolog_model::{batch::records, BatchBuilder, BatchHeader, Ntp, Offset, ShardId, TimestampMs};
+use ferrolog_cluster::{ops, InternalTopic, Partition, PartitionError};
+use ferrolog_model::{batch::records, BatchBuilder, BatchHeader, Epoch, Ntp, Offset, ShardId, TimestampMs};
 use ferrolog_shard::{ShardError, Smp};
 use ferrolog_storage::{Durability, Log, LogConfig, ReadRequest, StorageError};
 use glommio::sync::Semaphore;
@@ -35,9 +35,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 /// Name of the coordinator log (not a topic clients see).
-pub const TOPIC: &str = "__consumer_offsets";
+pub const TOPIC: &str = ferrolog_controlplane::topics::OFFSETS_TOPIC;
 /// Coordinator partitions. Fixed: a group's partition must not change.
-pub const PARTITIONS: i32 = 16;
+pub const PARTITIONS: i32 = ferrolog_controlplane::topics::OFFSETS_PARTITIONS;
+/// How long a coordinator write waits to be committed (on a majority of
+/// the partition's replicas) before the request fails.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often group timers (sessions, rebalance phases) are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Writers hold one permit; compaction takes them all.
@@ -116,6 +119,8 @@ struct CoordPartition {
     groups: RefCell<HashMap<String, Group>>,
     writers: Semaphore,
     compacting: Cell<bool>,
+    /// The epoch the partition was led in when it was attached.
+    epoch: Epoch,
 }
 
 pub struct Coordinator {
@@ -163,7 +168,17 @@ pub fn start_local(config: &GroupConfig) {
 /// into memory. Partitions of other topics are ignored.
 pub async fn attach(partition: &Rc<Partition>) -> Result<(), StorageError> {
     let Some(coord) = local() else { return Ok(()) };
-    if partition.ntp.topic != TOPIC {
+    if partition.ntp.topic != TOPIC || !ready_to_lead(partition) {
+        // Not leading yet, or a new leader whose high watermark has not
+        // caught up with its log: the sweep attaches it once it has.
+        return Ok(());
+    }
+    if coord
+        .parts
+        .borrow()
+        .get(&partition.ntp.partition.0)
+        .is_some_and(|p| Rc::ptr_eq(&p.partition, partition) && p.epoch == epoch_of(partition))
+    {
         return Ok(());
     }
     let index = partition.ntp.partition.0;
@@ -178,6 +193,7 @@ pub async fn attach(partition: &Rc<Partition>) -> Result<(), StorageError> {
         groups: RefCell::new(HashMap::new()),
         writers: Semaphore::new(WRITER_PERMITS),
         compacting: Cell::new(false),
+        epoch: epoch_of(partition),
     });
     let n = replay(&part).await?;
     info!(
@@ -189,6 +205,52 @@ pub async fn attach(partition: &Rc<Partition>) -> Result<(), StorageError> {
     );
     coord.parts.borrow_mut().insert(index, part);
     Ok(())
+}
+
+/// The epoch this node leads a coordinator partition in.
+fn epoch_of(p: &Partition) -> Epoch {
+    p.replication().map_or(p.leader_epoch(), |r| r.epoch())
+}
+
+/// Whether this node leads `p` and everything in its log is committed, so
+/// a replay sees every record a previous leader acknowledged.
+fn ready_to_lead(p: &Partition) -> bool {
+    p.leads() && p.high_watermark() >= p.log_end()
+}
+
+/// Attaches the coordinator partitions of this shard that this node now
+/// leads (and re-attaches one led in a new epoch, whose log another leader
+/// may have extended meanwhile); detaches those it no longer leads.
+async fn follow_leadership(coord: &Coordinator) {
+    let parts: Vec<Rc<Partition>> = ferrolog_cluster::local()
+        .partitions()
+        .into_iter()
+        .filter(|p| p.ntp.topic == TOPIC)
+        .collect();
+    for p in parts {
+        let index = p.ntp.partition.0;
+        let attached = coord.parts.borrow().get(&index).cloned();
+        match attached {
+            Some(a) if Rc::ptr_eq(&a.partition, &p) && a.epoch == epoch_of(&p) && p.leads() => {}
+            Some(_) if !p.leads() => {
+                coord.parts.borrow_mut().remove(&index);
+                info!(
+                    partition = index,
+                    "no longer leads this group coordinator partition"
+                );
+            }
+            _ => {
+                if let Err(e) = attach(&p).await {
+                    warn!(partition = %p.ntp, "cannot load the group coordinator partition: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Coordinator partitions attached on this shard.
+pub fn attached() -> usize {
+    local().map_or(0, |c| c.parts.borrow().len())
 }
 
 /// Lets go of coordinator partitions this node no longer has.
@@ -295,7 +357,7 @@ fn committed(v: OffsetValue, log_offset: i64) -> Committed {
 
 impl CoordPartition {
     /// Appends records in one batch; returns the first one's offset.
-    async fn write(&self, recs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Offset, StorageError> {
+    async fn write(&self, recs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Offset, PartitionError> {
         let _permit = self
             .writers
             .acquire_permit(1)
@@ -304,13 +366,15 @@ impl CoordPartition {
         self.write_locked(recs).await
     }
 
-    async fn write_locked(&self, recs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Offset, StorageError> {
+    /// Appends the records as one batch through the partition (replicated
+    /// when it has replicas) and waits until they are committed.
+    async fn write_locked(&self, recs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Offset, PartitionError> {
         let ts = TimestampMs(now().ms);
         let mut b = BatchBuilder::new(ts);
         for (k, v) in recs {
             b = b.record_or_tombstone(ts, Some(k), v.as_deref());
         }
-        Ok(self.log.append(Bytes::from(b.build())).await?.base_offset)
+        ops::append_committed(&self.partition, Bytes::from(b.build()), COMMIT_TIMEOUT).await
     }
 
     /// Persists the group's record if a change asked for it (it became
@@ -333,7 +397,7 @@ impl CoordPartition {
         }
     }
 
-    async fn write_group(self: &Rc<Self>, group: &str, v: &GroupValue) -> Result<(), StorageError> {
+    async fn write_group(self: &Rc<Self>, group: &str, v: &GroupValue) -> Result<(), PartitionError> {
         let bytes = codec::encode_group(v);
         let key = codec::encode_key(&Key::Group {
             group: group.to_string(),
@@ -388,7 +452,7 @@ impl CoordPartition {
     /// Rewrites everything live at the tail, then deletes the segments
     /// wholly before it. Replaying the rest still yields the same state: each
     /// key's newest record is in the rewritten part or after it.
-    async fn compact(&self) -> Result<(), StorageError> {
+    async fn compact(&self) -> Result<(), PartitionError> {
         let _all = self
             .writers
             .acquire_permit(WRITER_PERMITS)
@@ -454,6 +518,7 @@ async fn sweep_loop(coord: Rc<Coordinator>) {
     let mut last_retention = Instant::now();
     while !coord.stopped.get() {
         glommio::timer::sleep(SWEEP_INTERVAL).await;
+        follow_leadership(&coord).await;
         let parts: Vec<Rc<CoordPartition>> = coord.parts.borrow().values().cloned().collect();
         let now = now();
         for part in &parts {
@@ -576,10 +641,12 @@ fn partition_for(group: &str) -> Result<(Rc<Coordinator>, Rc<CoordPartition>), R
 }
 
 /// Errors writing the coordinator log, as Kafka reports them to clients.
-fn store_error(e: &StorageError) -> ResponseError {
+fn store_error(e: &PartitionError) -> ResponseError {
     match e {
-        StorageError::BatchTooLarge { .. } => ResponseError::InvalidCommitOffsetSize,
-        StorageError::Closed => ResponseError::NotCoordinator,
+        PartitionError::Storage(StorageError::BatchTooLarge { .. }) => ResponseError::InvalidCommitOffsetSize,
+        PartitionError::Storage(StorageError::Closed) | PartitionError::NotLeader(_) => {
+            ResponseError::NotCoordinator
+        }
         _ => ResponseError::CoordinatorNotAvailable,
     }
 }

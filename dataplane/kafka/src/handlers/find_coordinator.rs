@@ -1,5 +1,8 @@
 use super::{str_bytes, Ctx};
+use crate::groups::coordinator;
 use crate::registry::Versions;
+use ferrolog_controlplane::topics;
+use ferrolog_model::Ntp;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
@@ -11,44 +14,29 @@ pub const VERSIONS: Versions = Versions::new(0, 4);
 const KEY_GROUP: i8 = 0;
 const KEY_TRANSACTION: i8 = 1;
 
-/// Every group and transactional id is coordinated by this node, which
-/// leads the coordinator partitions (its shards share the work out
-/// internally); its address comes from the metadata snapshot.
+/// A group (or transactional id) is coordinated by the leader of its
+/// partition of the coordinator topic (hash of the key), as the metadata
+/// names it; COORDINATOR_NOT_AVAILABLE while that topic is not created yet
+/// or the partition's leader is down. Kafka clients retry both.
 pub fn handle(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse {
-    let snap = ctx.shard.metadata();
-    let me = ctx.shard.cluster.config.node_id;
-    let (node, host, port) = match snap.broker(me) {
-        Some(b) => (b.id.0, b.host.clone(), b.port),
-        None => (-1, String::new(), -1),
-    };
-    let error = if !matches!(req.key_type, KEY_GROUP | KEY_TRANSACTION) {
-        Some(ResponseError::InvalidRequest)
-    } else if node < 0 {
-        Some(ResponseError::CoordinatorNotAvailable)
-    } else {
-        None
-    };
-    let code = error.map_or(0, |e| e.code());
-    let message = error.map(|e| match e {
-        ResponseError::InvalidRequest => str_bytes(format!("unknown coordinator key type {}", req.key_type)),
-        _ => str_bytes("the node is starting"),
-    });
     if ctx.version >= 4 {
         let coordinators = req
             .coordinator_keys
-            .into_iter()
+            .iter()
             .map(|key| {
+                let (node, host, port, code, message) = answer(ctx, req.key_type, key);
                 Coordinator::default()
-                    .with_key(key)
+                    .with_key(key.clone())
                     .with_node_id(BrokerId(node))
-                    .with_host(str_bytes(host.clone()))
+                    .with_host(str_bytes(host))
                     .with_port(port)
                     .with_error_code(code)
-                    .with_error_message(message.clone())
+                    .with_error_message(message)
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
+    let (node, host, port, code, message) = answer(ctx, req.key_type, &req.key);
     let mut r = FindCoordinatorResponse::default()
         .with_error_code(code)
         .with_node_id(BrokerId(node))
@@ -58,4 +46,29 @@ pub fn handle(ctx: &Ctx, req: FindCoordinatorRequest) -> FindCoordinatorResponse
         r = r.with_error_message(message);
     }
     r
+}
+
+type Answer = (i32, String, i32, i16, Option<kafka_protocol::protocol::StrBytes>);
+
+fn answer(ctx: &Ctx, key_type: i8, key: &str) -> Answer {
+    let snap = ctx.shard.metadata();
+    let ntp = Ntp::new(topics::OFFSETS_TOPIC, coordinator::partition_of(key));
+    let leader = snap.leader(&ntp).and_then(|(leader, _)| snap.broker(leader));
+    let (node, host, port) = match leader {
+        Some(b) => (b.id.0, b.host.clone(), b.port),
+        None => (-1, String::new(), -1),
+    };
+    let error = if !matches!(key_type, KEY_GROUP | KEY_TRANSACTION) {
+        Some(ResponseError::InvalidRequest)
+    } else if node < 0 {
+        Some(ResponseError::CoordinatorNotAvailable)
+    } else {
+        None
+    };
+    let code = error.map_or(0, |e| e.code());
+    let message = error.map(|e| match e {
+        ResponseError::InvalidRequest => str_bytes(format!("unknown coordinator key type {key_type}")),
+        _ => str_bytes("no live leader of the key's coordinator partition yet"),
+    });
+    (node, host, port, code, message)
 }

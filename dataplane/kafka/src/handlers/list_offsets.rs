@@ -35,7 +35,7 @@ fn response(version: i16, index: i32, a: &OffsetAnswer) -> ListOffsetsPartitionR
 
 pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let meta = ctx.shard.metadata();
-    let table = &meta.topics;
+    let table = ctx.shard.topics();
     let mut layout = Vec::new();
     let mut queries = Vec::new();
     for t in &req.topics {

@@ -67,7 +67,7 @@ fn error_entry(name: Option<&str>, id: Uuid, error: ResponseError) -> MetadataRe
 pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     let cfg = &ctx.shard.config;
     let snap = ctx.shard.metadata();
-    let table = snap.topics.clone();
+    let table = ctx.shard.topics();
     // v0: an empty list means all topics; v1+: null means all, empty means none.
     let requested = match req.topics {
         None => None,
