@@ -126,6 +126,35 @@ impl Node {
         }
     }
 
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    fn sigterm(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let pid = c.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "node {} exited with {status}\n{}",
+                    self.id,
+                    self.log_tail()
+                );
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("node {} did not exit after SIGTERM\n{}", self.id, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => c.try_wait().expect("try_wait").is_none(),
@@ -636,4 +665,49 @@ fn put(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).expect("write control file");
     std::fs::rename(&tmp, dir.join(name)).expect("rename control file");
+}
+
+/// A node stopped with SIGTERM hands the leadership of its replicated
+/// partitions to other replicas before it exits (its replicas refuse the
+/// controller's prepares, the controller elects among the others), so
+/// clients find a live leader without waiting for its session to expire;
+/// acknowledged messages are all there afterwards.
+#[test]
+fn a_node_stopped_with_sigterm_hands_its_leaderships_over_before_it_exits() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
+    c.python(leader, &["create", "handover", "6", "3"]);
+    c.python(leader, &["roundtrip", "handover"]);
+    let v = c.wait_until(
+        leader,
+        "a node other than the controller leading partitions",
+        |v| {
+            (1..=3).any(|id| {
+                id != leader && member(v, id).is_some_and(|m| m["partitions_led"].as_u64() > Some(0))
+            })
+        },
+    );
+    let stopping = (1..=3)
+        .find(|id| *id != leader && member(&v, *id).is_some_and(|m| m["partitions_led"].as_u64() > Some(0)))
+        .expect("a node that leads");
+    c.node(stopping).sigterm();
+    let log = std::fs::read_to_string(c.node(stopping).log_path(1)).expect("log");
+    assert!(
+        log.contains("stopping: leads no replicated partition"),
+        "node {stopping} exited still leading:\n{}",
+        c.node(stopping).log_tail()
+    );
+    let other = (1..=3)
+        .find(|id| *id != stopping && *id != leader)
+        .expect("third node");
+    // Still three members (the session has not expired), but every
+    // partition already has a leader on a running node.
+    let v = c.node(leader).cluster().expect("status");
+    assert_eq!(
+        member(&v, stopping).expect("member")["partitions_led"].as_u64(),
+        Some(0),
+        "{v}"
+    );
+    c.python(other, &["verify", "handover"]);
 }

@@ -63,7 +63,8 @@ fn an_isolated_controller_leader_is_replaced_refuses_linearizable_reads_and_catc
     net.heal(old);
     let new = leader_of(&v);
     wait_until(&nodes, old, "the healed node following the new leader", |v| {
-        leader_of(v) == new && v["topics"].as_u64() == Some(2)
+        // Two topics of the test and the group coordinator's.
+        leader_of(v) == new && v["topics"].as_u64() == Some(3)
     });
     admin(
         &nodes[old - 1],

@@ -133,6 +133,9 @@ pub struct PartitionManager {
     /// Asks the controller for a new election of a partition (set by the
     /// node at start).
     pub election_requests: RefCell<Option<ElectionRequests>>,
+    /// Set when the node stops: its replicas refuse election prepares, so
+    /// leadership moves to the others.
+    pub stopping: Cell<bool>,
     /// A seam for crash tests: how many more directory-changing steps
     /// (open, remove, set aside) reconciliation may take before it stops as
     /// if the process had died there. `None`: no limit.
@@ -164,6 +167,7 @@ impl PartitionManager {
             repl_net: ReplNet::default(),
             repl_tasks: RefCell::new(Vec::new()),
             election_requests: RefCell::new(None),
+            stopping: Cell::new(false),
             steps_left: Cell::new(None),
         })
     }

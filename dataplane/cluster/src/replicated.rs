@@ -370,6 +370,9 @@ pub async fn assign(p: Rc<Partition>, leader: NodeId, epoch: Epoch, replicas: Ve
 /// The controller prepares an election at `epoch`: once this returns Ok the
 /// epoch is on disk and older epochs are refused here.
 pub async fn prepare(p: Rc<Partition>, epoch: Epoch) -> Result<ElectionInfo, String> {
+    if manager::local().stopping.get() {
+        return Err("this node is stopping".into());
+    }
     let r = repl(&p);
     let _permit = r
         .permit
@@ -437,7 +440,7 @@ pub fn tick(p: &Rc<Partition>) {
     // election fenced it and did not finish, it saw a newer epoch) asks the
     // controller for one, once it has been so for a while and then every
     // UNATTACHED_ASK_TICKS.
-    if r.role() == Role::Unattached {
+    if r.role() == Role::Unattached && !manager::local().stopping.get() {
         let n = r.unattached_ticks.get() + 1;
         r.unattached_ticks.set(n);
         if n % UNATTACHED_ASK_TICKS == 0 {

@@ -203,7 +203,10 @@ pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<Atomic
     // would leave it waiting for an answer forever (glommio's shared
     // channels do not report a peer executor that ended), so no shard ends
     // before it hears that start-up is over, whether it worked or not.
-    while !stop.load(Ordering::Relaxed) || !STARTUP_OVER.with(Cell::get) {
+    while !stop.load(Ordering::Relaxed)
+        || !STARTUP_OVER.with(Cell::get)
+        || !HANDOFF_OVER.load(Ordering::Acquire)
+    {
         glommio::timer::sleep(STOP_POLL).await;
     }
     info!(shard = %shard.id(), "stopping");
@@ -246,20 +249,95 @@ pub async fn run_control(
     let controller = match started {
         Ok(c) => c,
         Err(e) => {
+            HANDOFF_OVER.store(true, Ordering::Release);
             stop.store(true, Ordering::SeqCst);
             return Err(e);
         }
     };
     while !stop.load(Ordering::Relaxed) {
         if let Some(e) = controller.failure() {
+            HANDOFF_OVER.store(true, Ordering::Release);
             stop.store(true, Ordering::SeqCst);
             controller.stop();
             return Err(format!("the controller failed: {e}"));
         }
         glommio::timer::sleep(STOP_POLL).await;
     }
+    hand_off_leadership(&smp, &controller).await;
+    HANDOFF_OVER.store(true, Ordering::Release);
     controller.stop();
     Ok(())
+}
+
+/// Set once the control executor has handed this node's partition
+/// leaderships away at shutdown (or gave up): data shards close their logs
+/// only then.
+static HANDOFF_OVER: AtomicBool = AtomicBool::new(false);
+/// How long a stopping node waits for its leaderships to move.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Before a clean exit: this node's replicas stop answering election
+/// prepares, the controller is asked to elect new leaders for the
+/// replicated partitions it leads, and the node waits (bounded) until it
+/// leads none, so clients move over without waiting for its session to
+/// expire.
+async fn hand_off_leadership(smp: &Rc<Smp>, controller: &Rc<Controller>) {
+    let led = |stopping: bool| {
+        smp.invoke_on_all(move || async move {
+            let m = ferrolog_cluster::local();
+            if stopping {
+                m.stopping.set(true);
+            }
+            m.replicated()
+                .into_iter()
+                .filter(|p| p.leads())
+                .map(|p| p.ntp.clone())
+                .collect::<Vec<Ntp>>()
+        })
+    };
+    let first: Vec<Ntp> = led(true)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap_or_default)
+        .collect();
+    if first.is_empty() {
+        return;
+    }
+    info!(
+        partitions = first.len(),
+        "stopping: moving partition leadership to other replicas"
+    );
+    let started = std::time::Instant::now();
+    for ntp in &first {
+        if let Err(e) = controller
+            .request_election(ntp.topic.clone(), ntp.partition.0)
+            .await
+        {
+            debug!(partition = %ntp, "leadership hand-off not requested: {e}");
+        }
+    }
+    loop {
+        let left: usize = led(false)
+            .await
+            .into_iter()
+            .map(|r| r.map_or(0, |v| v.len()))
+            .sum();
+        if left == 0 {
+            info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "stopping: leads no replicated partition"
+            );
+            return;
+        }
+        if started.elapsed() > HANDOFF_TIMEOUT {
+            warn!(
+                partitions = left,
+                "stopping: leadership not moved within {HANDOFF_TIMEOUT:?}; exiting as leader"
+            );
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Recovers the node and starts serving it (control executor).
