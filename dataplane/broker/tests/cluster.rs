@@ -710,4 +710,5 @@ fn a_node_stopped_with_sigterm_hands_its_leaderships_over_before_it_exits() {
         "{v}"
     );
     c.python(other, &["verify", "handover"]);
+    c.python(other, &["verify-other-clients", "handover"]);
 }

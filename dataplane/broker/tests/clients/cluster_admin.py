@@ -13,12 +13,16 @@
       DescribeCluster: a cluster id, a controller among the brokers, BROKERS brokers.
   cluster_admin.py --bootstrap ADDR roundtrip TOPIC
       Produces 20 messages with acks=all to partition 0 and reads them back.
+  cluster_admin.py --bootstrap ADDR verify-other-clients TOPIC
+      kcat and kafka-python read partition 0 from the beginning: the 20 values of an earlier
+      roundtrip, in order (the leaders' epoch markers are control batches they skip).
   cluster_admin.py --bootstrap ADDR verify TOPIC
       Reads partition 0 from offset 0: the 20 acknowledged messages of an earlier roundtrip
       must be there, in order, byte for byte (after kills and restarts).
 """
 
 import argparse
+import subprocess
 import sys
 import time
 
@@ -158,6 +162,36 @@ def read_back(bootstrap, topic, values):
         fail(f"read back {len(got)} of {len(values)} messages from {topic}: {got[:3]}...")
 
 
+def verify_other_clients(bootstrap, topic):
+    """kcat and kafka-python (a client independent of librdkafka) read partition 0
+    from the beginning: the 20 values of an earlier roundtrip, in order, and the leader's
+    epoch markers (control batches) never show up as messages."""
+    values = roundtrip_values(topic)
+    out = subprocess.run(
+        ["kcat", "-b", bootstrap, "-X", "socket.timeout.ms=10000", "-C", "-t", topic, "-p", "0",
+         "-o", "beginning", "-e", "-f", "%s\n"],
+        capture_output=True, timeout=WAIT_S,
+    )
+    got = out.stdout.splitlines()[: len(values)]
+    if out.returncode != 0 or got != values:
+        fail(f"kcat read {got[:3]}... from {topic}: {out.stderr.decode()[-300:]}")
+    from kafka import KafkaConsumer, TopicPartition as KTopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, consumer_timeout_ms=int(WAIT_S * 1000))
+    tp = KTopicPartition(topic, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    got = []
+    for m in c:
+        got.append(m.value)
+        if len(got) == len(values):
+            break
+    c.close()
+    if got != values:
+        fail(f"kafka-python read {len(got)} of {len(values)} messages from {topic}: {got[:3]}...")
+    log(f"{topic}: kcat and kafka-python read the 20 messages in order")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", required=True)
@@ -175,6 +209,8 @@ def main():
         describe_cluster(args.bootstrap, int(rest[1]))
     elif cmd == "roundtrip":
         roundtrip(args.bootstrap, rest[1])
+    elif cmd == "verify-other-clients":
+        verify_other_clients(args.bootstrap, rest[1])
     elif cmd == "verify":
         read_back(args.bootstrap, rest[1], roundtrip_values(rest[1]))
         log(f"{rest[1]}: the 20 acknowledged messages are all there")
