@@ -458,6 +458,14 @@ async fn drive(p: &Rc<Partition>, input: Input) {
     let Ok(_permit) = r.permit.acquire_permit(1).await else {
         return;
     };
+    // Between drives the log holds exactly what the replica counts. Less
+    // means the log discarded appended batches (a failed flush): the
+    // replica cannot take them back, so it is rebuilt from the log.
+    let lost = p.log.offsets().dirty_next < r.replica.borrow().log_end();
+    if lost {
+        warn!(partition = %p.ntp, log_end = %p.log.offsets().dirty_next, replica_end = %r.replica.borrow().log_end(), "the log lost appended batches; rebuilding the replica from disk");
+        reset(p).await;
+    }
     let payload = match input {
         Input::None => None,
         Input::Step(m, payload) => {
@@ -529,6 +537,11 @@ async fn reset(p: &Rc<Partition>) {
     let r = repl(p);
     r.resets.set(r.resets.get() + 1);
     let _ = r.replica.borrow_mut().take_actions();
+    // Everything still in the log is made durable, so the rebuilt replica
+    // counts exactly the durable log.
+    if let Err(e) = p.log.flush().await {
+        warn!(partition = %p.ntp, "flush before rebuilding the replica failed: {e}");
+    }
     let end = p.log.offsets().durable_next;
     let runs: Vec<EpochStart> = r
         .runs
