@@ -48,5 +48,7 @@ interface Control {
   # A node asks the controller leader to elect a new leader for a
   # partition (it was assigned leadership of an epoch it cannot lead).
   # A node that is not the leader refuses, naming the leader.
-  requestElection @6 (clusterId :Text, from :UInt64, topic :Text, partition :Int32) -> ();
+  requestElection @6 (clusterId :Text, from :UInt64, topic :Text, partition :Int32, preferred :Bool) -> ();
+  # preferred: a balancing election that moves leadership to the first
+  # replica of the set if its log is as good as the best.
 }

@@ -111,6 +111,18 @@ pub struct ControllerConfig {
     pub offsets_topic: bool,
 }
 
+/// The outcome of a preferred-leader election (ElectLeaders).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreferredOutcome {
+    /// The preferred replica leads now.
+    Elected,
+    /// It led already.
+    NotNeeded,
+    /// It is down, the partition has one replica, or another replica was
+    /// ahead of it (or the election did not finish in time).
+    NotAvailable,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
@@ -187,6 +199,14 @@ pub struct Controller {
     /// The partitions of the election round running now (one round at a
     /// time), from its first prepare until its moves are applied or refused.
     elections_in_flight: RefCell<BTreeSet<PartitionKey>>,
+    /// Election requests that are balancing ones (preferred leader), at the
+    /// epoch they were made for.
+    preferred_requests: RefCell<BTreeMap<PartitionKey, Epoch>>,
+    /// Leader: since when each live member has been seen live.
+    alive_since: RefCell<HashMap<NodeId, Instant>>,
+    /// Leader: balancing elections tried, and when.
+    balance_tried: RefCell<HashMap<PartitionKey, Instant>>,
+    last_balance: Cell<Option<Instant>>,
     election_round: RefCell<Option<glommio::task::JoinHandle<()>>>,
     /// When each partition that could not elect was last warned about.
     no_majority_warned: RefCell<HashMap<PartitionKey, Instant>>,
@@ -309,6 +329,10 @@ impl Controller {
             local_replicas: RefCell::new(None),
             election_requests: RefCell::new(BTreeMap::new()),
             elections_in_flight: RefCell::new(BTreeSet::new()),
+            preferred_requests: RefCell::new(BTreeMap::new()),
+            alive_since: RefCell::new(HashMap::new()),
+            balance_tried: RefCell::new(HashMap::new()),
+            last_balance: Cell::new(None),
             election_round: RefCell::new(None),
             no_majority_warned: RefCell::new(HashMap::new()),
             config,
@@ -1056,6 +1080,7 @@ impl Controller {
         if !cmds.is_empty() {
             let _ = self.propose_commands(cmds).await;
         }
+        self.balance_leaders();
         self.start_elections();
         // A removed leader hands leadership to another voter, which then
         // takes it out of the configuration.
@@ -1176,7 +1201,16 @@ impl Controller {
             let core = self.core.borrow();
             let mut requests = self.election_requests.borrow_mut();
             elections::prune_requests(core.state(), &mut requests);
-            elections::plan(core.state(), &requests, &self.elections_in_flight.borrow())
+            let mut preferred = self.preferred_requests.borrow_mut();
+            preferred.retain(|k, e| requests.get(k) == Some(e));
+            let mut round = elections::plan(core.state(), &requests, &self.elections_in_flight.borrow());
+            for e in &mut round {
+                let key = (e.topic.clone(), e.partition);
+                if preferred.get(&key) == Some(&Epoch(e.epoch.0 - 1)) {
+                    e.prefer = e.replicas.first().copied();
+                }
+            }
+            round
         };
         if round.is_empty() {
             return;
@@ -1336,6 +1370,73 @@ impl Controller {
     /// changes before the election, the request is lost, and a node that
     /// still cannot lead asks again.
     pub async fn request_election(&self, topic: String, partition: i32) -> Result<(), ControllerError> {
+        self.request_election_of(topic, partition, false).await
+    }
+
+    /// A preferred-leader election of `topic`/`partition` (ElectLeaders):
+    /// the first replica of the set becomes the leader if it is live and its
+    /// log is as good as the best of a majority; waits (up to `timeout`)
+    /// until this node has applied the outcome.
+    pub async fn elect_preferred(
+        &self,
+        topic: String,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<PreferredOutcome, ControllerError> {
+        let (preferred, epoch) = {
+            let core = self.core.borrow();
+            let a = core
+                .state()
+                .topics
+                .get(&topic)
+                .and_then(|m| m.assignment(PartitionId(partition)))
+                .ok_or_else(|| {
+                    ControllerError::Rejected(StateError::UnknownPartition {
+                        topic: topic.clone(),
+                        partition,
+                    })
+                })?;
+            let preferred = a.replicas[0];
+            if a.leader == preferred {
+                return Ok(PreferredOutcome::NotNeeded);
+            }
+            let live = core
+                .state()
+                .members
+                .get(&preferred)
+                .is_some_and(|m| m.alive && m.state != MemberState::Removed);
+            if a.replicas.len() < 2 || !live {
+                return Ok(PreferredOutcome::NotAvailable);
+            }
+            (preferred, a.leader_epoch)
+        };
+        self.request_election_of(topic.clone(), partition, true).await?;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let moved = {
+                let core = self.core.borrow();
+                core.state()
+                    .topics
+                    .get(&topic)
+                    .and_then(|m| m.assignment(PartitionId(partition)))
+                    .filter(|a| a.leader_epoch > epoch)
+                    .map(|a| a.leader)
+            };
+            match moved {
+                Some(l) if l == preferred => return Ok(PreferredOutcome::Elected),
+                Some(_) => return Ok(PreferredOutcome::NotAvailable),
+                None => glommio::timer::sleep(self.config.timing.tick).await,
+            }
+        }
+        Ok(PreferredOutcome::NotAvailable)
+    }
+
+    async fn request_election_of(
+        &self,
+        topic: String,
+        partition: i32,
+        preferred: bool,
+    ) -> Result<(), ControllerError> {
         let deadline = Instant::now() + self.config.timing.request_timeout;
         loop {
             if self.failed.borrow().is_some() {
@@ -1346,11 +1447,11 @@ impl Controller {
                 (core.leader(), core.is_leader())
             };
             let attempt = if me {
-                self.queue_election(&topic, partition)
+                self.queue_election(&topic, partition, preferred)
             } else if leader != 0 {
                 match self.peer(leader) {
                     None => Err(ControllerError::NoLeader),
-                    Some(peer) => match peer.request_election(&topic, partition).await {
+                    Some(peer) => match peer.request_election(&topic, partition, preferred).await {
                         Ok(()) => Ok(()),
                         // The leader refused the request itself: final.
                         Err(RpcError::Remote(why)) if !why.contains(NOT_LEADER) => {
@@ -1376,7 +1477,7 @@ impl Controller {
 
     /// Leader side of an election request: holds it until the partition's
     /// leader epoch moves past the current one.
-    fn queue_election(&self, topic: &str, partition: i32) -> Result<(), ControllerError> {
+    fn queue_election(&self, topic: &str, partition: i32, preferred: bool) -> Result<(), ControllerError> {
         let core = self.core.borrow();
         if !core.is_leader() {
             return Err(ControllerError::NoLeader);
@@ -1405,9 +1506,69 @@ impl Controller {
                 elections::ELECTION_REQUESTS_MAX
             )));
         }
-        info!(topic, partition, epoch = %a.leader_epoch, "election requested");
+        info!(topic, partition, epoch = %a.leader_epoch, preferred, "election requested");
+        if preferred {
+            self.preferred_requests
+                .borrow_mut()
+                .insert(key.clone(), a.leader_epoch);
+        }
         requests.insert(key, a.leader_epoch);
         Ok(())
+    }
+
+    /// Leader: every [`elections::BALANCE_INTERVAL`], queues a balancing
+    /// election for each partition led by a replica other than its
+    /// preferred one (the first of the set, where placement spread the
+    /// leaders) whose preferred replica has been live for
+    /// [`elections::BALANCE_SETTLE`] (time to catch up), at most once per
+    /// partition per [`elections::BALANCE_RETRY`]: the preferred replica
+    /// wins only with a log as good as the best, otherwise the election
+    /// keeps a leader with the best log.
+    fn balance_leaders(&self) {
+        let now = Instant::now();
+        let settled: BTreeSet<NodeId> = {
+            let core = self.core.borrow();
+            let mut since = self.alive_since.borrow_mut();
+            let members = &core.state().members;
+            since.retain(|n, _| members.get(n).is_some_and(|m| m.alive));
+            for m in members.values().filter(|m| m.alive) {
+                since.entry(m.id).or_insert(now);
+            }
+            since
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) >= elections::BALANCE_SETTLE)
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        if self
+            .last_balance
+            .get()
+            .is_some_and(|t| now.duration_since(t) < elections::BALANCE_INTERVAL)
+        {
+            return;
+        }
+        self.last_balance.set(Some(now));
+        let candidates = elections::unbalanced(self.core.borrow().state(), &settled);
+        let mut tried = self.balance_tried.borrow_mut();
+        tried.retain(|_, t| now.duration_since(*t) < elections::BALANCE_RETRY);
+        let mut queued = 0;
+        for (key, epoch) in candidates {
+            if tried.contains_key(&key)
+                || self.election_requests.borrow().len() >= elections::ELECTION_REQUESTS_MAX
+            {
+                continue;
+            }
+            tried.insert(key.clone(), now);
+            self.preferred_requests.borrow_mut().insert(key.clone(), epoch);
+            self.election_requests.borrow_mut().insert(key, epoch);
+            queued += 1;
+        }
+        if queued > 0 {
+            info!(
+                partitions = queued,
+                "moving leadership back to preferred replicas"
+            );
+        }
     }
 
     /// Replica sets without `node`: each replica of it replaced by the
@@ -1793,6 +1954,7 @@ impl rpc::Handler for RpcHandler {
         from: u64,
         topic: String,
         partition: i32,
+        preferred: bool,
     ) -> LocalBoxFuture<'static, Result<(), String>> {
         let c = self.0.clone();
         Box::pin(async move {
@@ -1805,7 +1967,8 @@ impl rpc::Handler for RpcHandler {
                 ));
             }
             debug!(from = %node_id(from), topic, partition, "election request");
-            c.queue_election(&topic, partition).map_err(|e| e.to_string())
+            c.queue_election(&topic, partition, preferred)
+                .map_err(|e| e.to_string())
         })
     }
 }

@@ -48,6 +48,14 @@ pub const PREPARE_TIMEOUT: Duration = Duration::from_millis(500);
 /// A partition that cannot elect (no majority answered) is warned about at
 /// most once per this.
 pub const NO_MAJORITY_WARN_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the leader looks for partitions to move back to their
+/// preferred replica.
+pub const BALANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a member must have been live before leadership moves back to
+/// it (time for its replicas to catch up).
+pub const BALANCE_SETTLE: Duration = Duration::from_secs(10);
+/// A partition's balancing election is tried at most this often.
+pub const BALANCE_RETRY: Duration = Duration::from_secs(60);
 /// Election requests the leader holds at most (one per partition).
 pub const ELECTION_REQUESTS_MAX: usize = 65_536;
 
@@ -65,6 +73,9 @@ pub struct Election {
     pub replicas: Vec<NodeId>,
     /// The live replicas (alive and not removed), which are asked.
     pub ask: Vec<NodeId>,
+    /// A balancing election: this replica (the preferred one, first of the
+    /// set) wins if its log is as good as the best answer's.
+    pub prefer: Option<NodeId>,
 }
 
 fn live(state: &ClusterState, node: &NodeId) -> bool {
@@ -119,7 +130,32 @@ pub fn plan(
                 epoch: Epoch(a.leader_epoch.0 + 1),
                 replicas: a.replicas.clone(),
                 ask: a.replicas.iter().copied().filter(|r| live(state, r)).collect(),
+                prefer: None,
             });
+        }
+    }
+    out
+}
+
+/// Partitions to move back to their preferred replica (the first of the
+/// set, where placement spread the leaders): more than one replica, a live
+/// leader that is not the preferred one, and a preferred replica that is
+/// live and one of `settled` (live long enough to have caught up).
+pub fn unbalanced(state: &ClusterState, settled: &BTreeSet<NodeId>) -> Vec<(PartitionKey, Epoch)> {
+    let mut out = Vec::new();
+    for (name, meta) in &state.topics.topics {
+        for (p, a) in meta.assignments.iter().enumerate() {
+            let Some(&preferred) = a.replicas.first() else {
+                continue;
+            };
+            if a.replicas.len() > 1
+                && a.leader != preferred
+                && live(state, &a.leader)
+                && live(state, &preferred)
+                && settled.contains(&preferred)
+            {
+                out.push(((name.clone(), p as i32), a.leader_epoch));
+            }
         }
     }
     out
@@ -134,7 +170,18 @@ pub fn decide(election: &Election, answers: &[ElectionInfo]) -> Option<LeaderMov
         .filter(|a| a.epoch == election.epoch)
         .copied()
         .collect();
-    let leader = choose_leader(&current, &election.replicas)?;
+    let mut leader = choose_leader(&current, &election.replicas)?;
+    if let Some(p) = election.prefer {
+        let rank = |n: NodeId| {
+            current
+                .iter()
+                .find(|a| a.node == n)
+                .map(|a| (a.last_epoch, a.log_end))
+        };
+        if rank(p).is_some() && rank(p) == rank(leader) {
+            leader = p;
+        }
+    }
     Some(LeaderMove {
         topic: election.topic.clone(),
         partition: election.partition,
@@ -222,6 +269,7 @@ mod tests {
                 epoch: Epoch(1),
                 replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
                 ask: vec![NodeId(2), NodeId(3)],
+                prefer: None,
             }],
             "a single replica that is down has nothing to elect"
         );
@@ -268,6 +316,7 @@ mod tests {
             epoch: Epoch(4),
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ask: vec![NodeId(2), NodeId(3)],
+            prefer: None,
         };
         assert_eq!(decide(&election, &[answer(2, 4, Some(3), 10)]), None);
         assert_eq!(
@@ -289,6 +338,60 @@ mod tests {
             Some(NodeId(2)),
             "an empty log loses to any entry"
         );
+    }
+
+    #[test]
+    fn a_balancing_election_prefers_the_first_replica_only_with_the_best_log() {
+        let mut election = Election {
+            topic: "r".into(),
+            partition: 0,
+            epoch: Epoch(4),
+            replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+            ask: vec![NodeId(1), NodeId(2), NodeId(3)],
+            prefer: Some(NodeId(1)),
+        };
+        let caught_up = [
+            answer(1, 4, Some(3), 20),
+            answer(2, 4, Some(3), 20),
+            answer(3, 4, Some(3), 10),
+        ];
+        assert_eq!(decide(&election, &caught_up).map(|m| m.leader), Some(NodeId(1)));
+        let behind = [
+            answer(1, 4, Some(3), 19),
+            answer(2, 4, Some(3), 20),
+            answer(3, 4, Some(3), 10),
+        ];
+        assert_eq!(
+            decide(&election, &behind).map(|m| m.leader),
+            Some(NodeId(2)),
+            "a preferred replica that is behind does not win"
+        );
+        election.prefer = None;
+        assert_eq!(
+            decide(&election, &caught_up).map(|m| m.leader),
+            Some(NodeId(1)),
+            "lowest id on ties"
+        );
+
+        let mut s = cluster();
+        let settled: BTreeSet<NodeId> = [NodeId(1), NodeId(2), NodeId(3)].into();
+        assert_eq!(unbalanced(&s, &settled), vec![], "every leader is preferred");
+        let mv = LeaderMove {
+            topic: "r".into(),
+            partition: 0,
+            leader: NodeId(2),
+            epoch: Some(Epoch(1)),
+        };
+        apply(&mut s, &Command::MoveLeaders(vec![mv])).expect("move");
+        assert_eq!(unbalanced(&s, &settled), vec![(key("r", 0), Epoch(1))]);
+        let not_settled: BTreeSet<NodeId> = [NodeId(2), NodeId(3)].into();
+        assert_eq!(
+            unbalanced(&s, &not_settled),
+            vec![],
+            "the preferred replica just came back"
+        );
+        down(&mut s, 1);
+        assert_eq!(unbalanced(&s, &settled), vec![], "the preferred replica is down");
     }
 
     #[test]

@@ -180,13 +180,15 @@ pub trait Handler: 'static {
         partition: i32,
         epoch: Epoch,
     ) -> LocalBoxFuture<'static, Result<PrepareReply, String>>;
-    /// Node `from` asks for an election of `topic`/`partition`'s leader;
+    /// Node `from` asks for an election of `topic`/`partition`'s leader
+    /// (`preferred`: a balancing election, see `elections::Election`);
     /// answered once the controller leader holds the request.
     fn request_election(
         &self,
         from: u64,
         topic: String,
         partition: i32,
+        preferred: bool,
     ) -> LocalBoxFuture<'static, Result<(), String>>;
 }
 
@@ -482,13 +484,18 @@ impl control::Server for ConnectionServer {
         _results: control::RequestElectionResults,
     ) -> Result<(), capnp::Error> {
         let _slot = self.begin_call()?;
-        let (from, topic, partition) = {
+        let (from, topic, partition, preferred) = {
             let p = params.get()?;
             self.check_cluster(p.get_cluster_id()?)?;
-            (p.get_from(), p.get_topic()?.to_string()?, p.get_partition())
+            (
+                p.get_from(),
+                p.get_topic()?.to_string()?,
+                p.get_partition(),
+                p.get_preferred(),
+            )
         };
         self.handler
-            .request_election(from, topic, partition)
+            .request_election(from, topic, partition, preferred)
             .await
             .map_err(capnp::Error::failed)
     }
@@ -727,7 +734,12 @@ impl Peer {
 
     /// Asks the peer, which must be the controller leader, to elect a new
     /// leader of `topic`/`partition` (see [`Handler::request_election`]).
-    pub async fn request_election(&self, topic: &str, partition: i32) -> Result<(), RpcError> {
+    pub async fn request_election(
+        &self,
+        topic: &str,
+        partition: i32,
+        preferred: bool,
+    ) -> Result<(), RpcError> {
         let from = self.inner.local_node;
         self.inner
             .call(|client, cluster_id| {
@@ -737,6 +749,7 @@ impl Peer {
                 p.set_from(from);
                 p.set_topic(topic);
                 p.set_partition(partition);
+                p.set_preferred(preferred);
                 async move {
                     request.send().promise.await?;
                     Ok(())

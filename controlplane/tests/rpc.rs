@@ -170,6 +170,7 @@ impl Handler for Recorder {
         from: u64,
         topic: String,
         partition: i32,
+        _preferred: bool,
     ) -> LocalBoxFuture<'static, Result<(), String>> {
         self.calls
             .borrow_mut()
@@ -295,9 +296,9 @@ fn election_prepares_and_requests_round_trip_and_refusals_come_back() {
             peer.prepare_election("gone", 1, Epoch(3)).await,
             Err(RpcError::Remote("no replica of gone/1 here".into()))
         );
-        assert_eq!(peer.request_election("orders", 2).await, Ok(()));
+        assert_eq!(peer.request_election("orders", 2, false).await, Ok(()));
         assert_eq!(
-            peer.request_election("gone", 0).await,
+            peer.request_election("gone", 0, true).await,
             Err(RpcError::Remote(
                 "node 2 is not the controller leader (leader: 1)".into()
             ))
@@ -375,7 +376,7 @@ fn a_cluster_id_mismatch_is_refused_without_calling_the_handler() {
             peer.prepare_election("t", 0, Epoch(1)).await,
             Err(mismatch.clone())
         );
-        assert_eq!(peer.request_election("t", 0).await, Err(mismatch.clone()));
+        assert_eq!(peer.request_election("t", 0, false).await, Err(mismatch.clone()));
         let text = mismatch.to_string();
         assert!(text.contains("cluster-a") && text.contains("cluster-b"), "{text}");
 

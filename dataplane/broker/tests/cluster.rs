@@ -520,6 +520,10 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
         member(v, victim).is_some_and(|m| m["alive"] == true && m["incarnation"].as_u64() > Some(incarnation))
     });
     c.python(victim, &["wait-topics", "4", "moving:6"]);
+    // ElectLeaders moves leadership back to each partition's first replica
+    // (the victim's among them) once it has caught up.
+    c.python(victim, &["elect-preferred", "moving"]);
+    c.python(other, &["roundtrip", "moving"]);
     c.assert_running();
 }
 

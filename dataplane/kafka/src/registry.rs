@@ -50,6 +50,7 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
     (ApiKey::DeleteGroups, handlers::delete_groups::VERSIONS),
     (ApiKey::OffsetDelete, handlers::offset_delete::VERSIONS),
     (ApiKey::DescribeCluster, handlers::describe_cluster::VERSIONS),
+    (ApiKey::ElectLeaders, handlers::elect_leaders::VERSIONS),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -104,6 +105,7 @@ mod tests {
                 ApiKey::DeleteGroups => check::<DeleteGroupsRequest, DeleteGroupsResponse>(*v),
                 ApiKey::OffsetDelete => check::<OffsetDeleteRequest, OffsetDeleteResponse>(*v),
                 ApiKey::DescribeCluster => check::<DescribeClusterRequest, DescribeClusterResponse>(*v),
+                ApiKey::ElectLeaders => check::<ElectLeadersRequest, ElectLeadersResponse>(*v),
                 other => panic!("{other:?} has no codec check"),
             }
         }

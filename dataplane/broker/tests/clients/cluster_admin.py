@@ -13,6 +13,8 @@
       DescribeCluster: a cluster id, a controller among the brokers, BROKERS brokers.
   cluster_admin.py --bootstrap ADDR roundtrip TOPIC
       Produces 20 messages with acks=all to partition 0 and reads them back.
+  cluster_admin.py --bootstrap ADDR elect-preferred TOPIC
+      ElectLeaders (preferred) until every partition is led by its first replica.
   cluster_admin.py --bootstrap ADDR verify-other-clients TOPIC
       kcat and kafka-python read partition 0 from the beginning: the 20 values of an earlier
       roundtrip, in order (the leaders' epoch markers are control batches they skip).
@@ -192,6 +194,48 @@ def verify_other_clients(bootstrap, topic):
     log(f"{topic}: kcat and kafka-python read the 20 messages in order")
 
 
+def elect_preferred(bootstrap, topic):
+    """ElectLeaders (preferred) for every partition of TOPIC, retried while the preferred
+    replica is still catching up (PREFERRED_LEADER_NOT_AVAILABLE) until WAIT_S; then
+    Metadata must show each partition led by its first replica."""
+    from confluent_kafka import ElectionType
+
+    a = admin(bootstrap)
+    deadline = time.monotonic() + WAIT_S
+    pending = None
+    first = None
+    elected = set()
+    while time.monotonic() < deadline:
+        try:
+            md = a.list_topics(topic, timeout=5)
+        except KafkaException as e:
+            log(f"metadata: {e}; retrying")
+            continue
+        t = md.topics[topic]
+        pending = [TopicPartition(topic, p.id) for p in t.partitions.values() if p.leader != p.replicas[0]]
+        if not pending:
+            if first and not elected:
+                fail(f"{topic}: ElectLeaders elected none of {first}")
+            log(f"{topic}: every partition is led by its preferred replica (ElectLeaders elected {sorted(elected)})")
+            return
+        if first is None:
+            first = sorted(tp.partition for tp in pending)
+        try:
+            results = a.elect_leaders(ElectionType.PREFERRED, pending).result(timeout=WAIT_S)
+        except KafkaException as e:
+            err = e.args[0]
+            if err.code() not in (KafkaError.PREFERRED_LEADER_NOT_AVAILABLE, KafkaError.ELECTION_NOT_NEEDED):
+                fail(f"elect_leaders {topic}: {err}")
+            results = {}
+        for tp, err in results.items():
+            if err is None:
+                elected.add(tp.partition)
+            elif err.code() not in (KafkaError.PREFERRED_LEADER_NOT_AVAILABLE, KafkaError.ELECTION_NOT_NEEDED):
+                fail(f"elect_leaders {topic}/{tp.partition}: {err}")
+        time.sleep(0.5)
+    fail(f"{topic}: partitions {[tp.partition for tp in pending]} not led by their preferred replica within {WAIT_S} s")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", required=True)
@@ -209,6 +253,8 @@ def main():
         describe_cluster(args.bootstrap, int(rest[1]))
     elif cmd == "roundtrip":
         roundtrip(args.bootstrap, rest[1])
+    elif cmd == "elect-preferred":
+        elect_preferred(args.bootstrap, rest[1])
     elif cmd == "verify-other-clients":
         verify_other_clients(args.bootstrap, rest[1])
     elif cmd == "verify":
