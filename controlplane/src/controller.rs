@@ -964,6 +964,10 @@ impl Controller {
             )));
         }
         let id = r.id;
+        // Heard now, before the registration is applied: a leader duty
+        // running meanwhile must not judge the new process by the old one's
+        // last heartbeat and mark it down.
+        self.heard.borrow_mut().insert(id, Instant::now());
         let answer = self
             .propose_commands(vec![Command::Register(r)])
             .await?

@@ -15,8 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{free_port, output_bounded, wait_exit};
+use common::{free_port, free_ports, output_bounded, wait_exit};
 
+/// Replication ports reserved per node: one per shard, more than this
+/// machine's CPUs (a node runs one shard per CPU by default).
+const SHARD_PORTS: u16 = 8;
 const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 /// From spawn to the Kafka port accepting connections.
@@ -37,6 +40,8 @@ struct Node {
     kafka: SocketAddr,
     rpc: SocketAddr,
     admin: SocketAddr,
+    /// Shard 0's replication listener; shard s listens on its port + s.
+    data: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
     starts: usize,
@@ -49,6 +54,8 @@ impl Node {
             kafka: loopback(free_port()),
             rpc: loopback(free_port()),
             admin: loopback(free_port()),
+            // One port per shard: the machine's CPU count bounds the shards.
+            data: loopback(free_ports(SHARD_PORTS)),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             starts: 0,
@@ -69,6 +76,7 @@ impl Node {
             .arg(self.data())
             .args(["--kafka-addr", &self.kafka.to_string()])
             .args(["--rpc-addr", &self.rpc.to_string()])
+            .args(["--data-addr", &self.data.to_string()])
             .args(["--admin-addr", &self.admin.to_string()])
             .args(["--seeds", seeds])
             .env("NO_COLOR", "1")

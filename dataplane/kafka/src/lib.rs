@@ -308,13 +308,25 @@ async fn hand_off_leadership(smp: &Rc<Smp>, controller: &Rc<Controller>) {
         "stopping: moving partition leadership to other replicas"
     );
     let started = std::time::Instant::now();
-    for ntp in &first {
+    // All requests at once, and bounded by the hand-off's own limit: with
+    // no controller leader reachable each would retry for its full
+    // request timeout.
+    let requests = futures::future::join_all(first.iter().map(|ntp| async move {
         if let Err(e) = controller
             .request_election(ntp.topic.clone(), ntp.partition.0)
             .await
         {
             debug!(partition = %ntp, "leadership hand-off not requested: {e}");
         }
+    }));
+    let asked = glommio::timer::timeout(HANDOFF_TIMEOUT, async {
+        requests.await;
+        Ok(())
+    })
+    .await;
+    if asked.is_err() {
+        warn!("stopping: no controller leader took the hand-off requests within {HANDOFF_TIMEOUT:?}; exiting as leader");
+        return;
     }
     loop {
         let left: usize = led(false)

@@ -51,6 +51,23 @@ pub fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, within: Duration
 }
 
 /// A port nobody listens on right now (another process may take it later).
+/// The first of `n` consecutive loopback ports that were all free a moment
+/// ago (a node's replication listener takes one port per shard).
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = free_port();
+        let all_free = (1..n).all(|i| {
+            first
+                .checked_add(i)
+                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if all_free {
+            return first;
+        }
+    }
+    panic!("no {n} consecutive free loopback ports found");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -291,6 +291,11 @@ async fn replay(part: &CoordPartition) -> Result<usize, StorageError> {
         for batch in &read.batches {
             let h = BatchHeader::parse(batch)?;
             at = h.last_offset().plus(1);
+            // A leader's epoch marker (replicated partitions) is not a
+            // coordinator record.
+            if h.attributes & ferrolog_model::batch::ATTR_CONTROL != 0 {
+                continue;
+            }
             let Some(recs) = records(batch) else {
                 warn!(partition = part.index, offset = %h.base_offset, "skipping an unreadable coordinator batch");
                 continue;
