@@ -13,7 +13,7 @@ one controller leader that lists all nodes alive, then runs SCENARIO:
       kafka_latency --bootstrap <node 1> --replication-factor 1,3 --no-minimal-client:
       one 1 KiB message in flight, acks=all, linger.ms=0 (librdkafka), produce and end-to-end,
       every row measured in the same 10 interleaved blocks, beside the loopback round trip.
-  failover [--kills 20] [--fast-control]
+  failover [--kills 20] [--fast-control] [--client-debug CONTEXTS]
       An acks=all idempotent producer (librdkafka through confluent-kafka) sends one 1 KiB message
       to partition 0 of an RF=3 topic every SEND_INTERVAL_S. Each round kills -9 the partition's
       leader; the sample is the time from the last acknowledgement received before the kill to
@@ -70,6 +70,7 @@ POLL_SLEEP_S = 0.05
 SETTLE_S = 1.0  # after a restarted node caught up, before the next kill
 WARMUP_S = 3.0  # acknowledgements flowing before the first kill
 LOG_TAIL_LINES = 40
+PROBLEM_EXAMPLES = 3  # whole log lines kept per kind of WARN/ERROR line
 
 SEND_INTERVAL_S = 0.002  # failover producer: one message every 2 ms
 VALUE_BYTES = 1024
@@ -391,17 +392,21 @@ class Cluster:
         return {n.id: cpu_seconds(n.proc.pid) for n in self.nodes if n.running()}
 
     def problems(self):
-        """WARN/ERROR lines of every node, counted by message (time, thread and fields cut)."""
+        """WARN/ERROR lines of every node, counted by message (time, thread and fields cut),
+        with the first PROBLEM_EXAMPLES lines of each kind whole."""
         kinds = {}
         for n in self.nodes:
             for line in n.log_problems():
                 m = re.search(r" (WARN|ERROR) \S+ (.*)", line)
                 text = m.group(1) + " " + re.split(r" \w+=", m.group(2))[0] if m else line[:200]
-                kinds[text] = kinds.get(text, 0) + 1
+                k = kinds.setdefault(text, {"count": 0, "examples": []})
+                k["count"] += 1
+                if len(k["examples"]) < PROBLEM_EXAMPLES:
+                    k["examples"].append(line)
         if kinds:
-            log(f"{sum(kinds.values())} WARN/ERROR lines in node logs:")
-            for text, count in sorted(kinds.items(), key=lambda kv: -kv[1]):
-                log(f"  {count:5} x {text}")
+            log(f"{sum(k['count'] for k in kinds.values())} WARN/ERROR lines in node logs:")
+            for text, k in sorted(kinds.items(), key=lambda kv: -kv[1]["count"]):
+                log(f"  {k['count']:5} x {text}")
         return kinds
 
 
@@ -456,6 +461,62 @@ def leader_of(bootstrap, topic, within_s):
 # ---------------------------------------------------------------- latency
 
 
+ECHO_PORT = 9999
+RTT_SAMPLES = 5000
+
+ECHO_SERVER = f"""
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {ECHO_PORT}))
+s.listen(1)
+c, _ = s.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    b = c.recv({VALUE_BYTES})
+    if not b:
+        break
+    c.sendall(b)
+"""
+
+
+def echo_rtt(netns, host):
+    """p50/p99 (µs) of a 1 KiB TCP round trip from here to a Python echo server on host
+    (started in netns, or here when None): both ends in Python, so the Python cost is in it."""
+    cmd = ([] if netns is None else ["ip", "netns", "exec", netns]) + [sys.executable, "-c", ECHO_SERVER]
+    server = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + READY_S
+        while True:
+            try:
+                c = socket.create_connection((host, ECHO_PORT), timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"echo server on {host}:{ECHO_PORT} not reachable")
+                time.sleep(0.02)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.settimeout(HTTP_S)
+        msg = bytes(VALUE_BYTES)
+        rtts = []
+        for _ in range(RTT_SAMPLES):
+            t = time.perf_counter()
+            c.sendall(msg)
+            got = 0
+            while got < VALUE_BYTES:
+                b = c.recv(VALUE_BYTES - got)
+                if not b:
+                    raise RuntimeError("echo server closed the connection")
+                got += len(b)
+            rtts.append((time.perf_counter() - t) * 1e6)
+        c.close()
+        return {"host": host, "samples": len(rtts), "p50_us": round(pct(rtts, 50), 1),
+                "p99_us": round(pct(rtts, 99), 1), "p999_us": round(pct(rtts, 99.9), 1)}
+    finally:
+        server.kill()
+        server.wait(timeout=STOP_S)
+
+
 def run_latency(args, cluster, root):
     out_json = os.path.join(root, "kafka_latency.json")
     cmd = [args.latency_bin, "--bootstrap", cluster.nodes[0].host + f":{cluster.nodes[0].kafka}",
@@ -468,7 +529,15 @@ def run_latency(args, cluster, root):
         raise RuntimeError(f"kafka_latency failed ({r.returncode}):\n{r.stderr[-4000:]}")
     with open(out_json) as f:
         res = json.load(f)
-    return {"scenario": "latency", "command": cmd, "kafka_latency": res}
+    # The network floor measured by this script, after kafka_latency: loopback here, and with
+    # --netns through the bridge and node 1's veth as well.
+    floors = {"loopback": echo_rtt(None, "127.0.0.1")}
+    if cluster.net is not None:
+        floors["veth"] = echo_rtt(cluster.net.nodes[0], cluster.nodes[0].host)
+    for name, f in floors.items():
+        log(f"1 KiB TCP round trip, Python to Python, {name} ({f['host']}): p50 {f['p50_us']} µs, "
+            f"p99 {f['p99_us']} µs, p99.9 {f['p999_us']} µs ({f['samples']} samples)")
+    return {"scenario": "latency", "command": cmd, "kafka_latency": res, "python_rtt": floors}
 
 
 # ---------------------------------------------------------------- failover
@@ -478,7 +547,7 @@ class PacedProducer(threading.Thread):
     """Sends one value every SEND_INTERVAL_S to partition 0 of a topic and records
     (ack time, send time) of every acknowledgement, and every delivery error."""
 
-    def __init__(self, bootstrap, topic):
+    def __init__(self, bootstrap, topic, debug=None):
         super().__init__(daemon=True)
         self.topic = topic
         self.acks = []  # (monotonic ack time, monotonic send time); appended by this thread only
@@ -493,7 +562,7 @@ class PacedProducer(threading.Thread):
             "message.timeout.ms": int(RECOVER_S * 1000),
             "request.timeout.ms": 5000,
             "socket.timeout.ms": 5000,
-        }))
+        }, **({"debug": debug} if debug else {})))
 
     def _report(self, err, _msg, sent_at):
         if err is not None:
@@ -591,7 +660,7 @@ def breakdown(cluster, topic, rounds):
 def run_failover(args, cluster, root):
     topic = "repl-bench-failover"
     create_topic(cluster.bootstrap, topic, 3, args.durability)
-    prod = PacedProducer(cluster.bootstrap, topic)
+    prod = PacedProducer(cluster.bootstrap, topic, args.client_debug)
     prod.start()
     time.sleep(WARMUP_S)
     if not prod.acks:
@@ -809,6 +878,7 @@ def main():
     fo = sub.add_parser("failover")
     fo.add_argument("--kills", type=int, default=20)
     fo.add_argument("--fast-control", action="store_true", help=f"[control] {FAST_CONTROL}")
+    fo.add_argument("--client-debug", help="librdkafka debug contexts of the producer (to stderr)")
     tp = sub.add_parser("throughput")
     tp.add_argument("--messages", type=int, default=200_000, help="per round (1 KiB each)")
     tp.add_argument("--rounds", type=int, default=3, help="rounds per replication factor")
