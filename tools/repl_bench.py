@@ -647,14 +647,20 @@ def breakdown(cluster, topic, rounds):
     downs = log_events(cluster, r"missed its session; marking it down")
     elected = log_events(cluster, rf"partition leader elected topic={re.escape(topic)} partition=0 ")
     leading = log_events(cluster, rf"replica role changed partition={re.escape(topic)}/0 role=Leader ")
+    explained = set()
     for r in rounds:
         t = r["killed_unix"]
         d = next((u for u, line in downs if u >= t and f"node={r['killed']}" in line), None)
+        explained.add(d)
         e = next((u for u, _ in elected if u >= t), None)
         r["kill_to_marked_down_ms"] = None if d is None else round((d - t) * 1000, 1)
         r["kill_to_elected_ms"] = None if e is None else round((e - t) * 1000, 1)
         lead = next((u for u, _ in leading if u >= t), None)
         r["kill_to_leading_ms"] = None if lead is None else round((lead - t) * 1000, 1)
+    # A node marked down that no kill explains is a false failover (or a second marking of a
+    # killed node); each is returned whole, with its time after the first kill.
+    t0 = rounds[0]["killed_unix"] if rounds else 0.0
+    return [f"+{u - t0:.3f} s: {line}" for u, line in downs if u not in explained]
 
 
 def run_failover(args, cluster, root):
@@ -707,7 +713,7 @@ def run_failover(args, cluster, root):
         prod.join(RECOVER_S + 10)
     left = getattr(prod, "left", None)
     gaps = [r["gap_ms"] for r in rounds]
-    breakdown(cluster, topic, rounds)
+    unexplained = breakdown(cluster, topic, rounds)
     res = {
         "scenario": "failover",
         "kills": args.kills,
@@ -732,7 +738,10 @@ def run_failover(args, cluster, root):
         "gap_controller_survived": summary_ms([r["gap_ms"] for r in rounds
                                                if r["controller_leader"] != r["killed"]]),
         "rounds": rounds,
+        "marked_down_without_a_kill": unexplained,
     }
+    for line in unexplained:
+        log(f"a node marked down that no kill explains: {line}")
     for name in ("kill_to_marked_down", "kill_to_elected", "kill_to_leading", "kill_to_first_ack",
                  "gap_controller_also_killed", "gap_controller_survived"):
         log(f"  {name}: {res[name]}")
