@@ -6,6 +6,7 @@
 //! cargo run --release -p ferrolog-benches --bin kafka_latency -- [--quick] [--samples N]
 //!     [--broker-bin PATH | --bootstrap HOST:PORT] [--cpuset LIST] [--broker-arg ARG]...
 //!     [--fetch-wait-ms MS] [--client-debug CONTEXTS] [--json PATH]
+//!     [--replication-factor N[,N...]] [--durability D[,D...]] [--no-minimal-client]
 //! ```
 //!
 //! By default it starts the broker itself: the `ferrolog` binary next to this
@@ -29,6 +30,13 @@
 //! - (info) produce through a minimal client instead of librdkafka: one
 //!   blocking socket, a prebuilt RecordBatch, ProduceRequest v8 encoded with
 //!   `kafka-protocol`, so the broker's share of the librdkafka rows shows.
+//!
+//! `--replication-factor 1,3` creates the topics of every Kafka row once per
+//! factor (a cluster must have that many nodes: use `--bootstrap`), so the
+//! factors are compared in the same interleaved blocks; `--durability direct`
+//! keeps only those rows. `--no-minimal-client` drops the minimal client rows:
+//! it sends to the bootstrap broker only, which in a cluster need not lead the
+//! partition.
 //!
 //! Every case is measured in [`BLOCKS`] interleaved blocks, so drift and
 //! other load hit the floor and the broker alike. Prints a table and writes
@@ -114,11 +122,18 @@ struct Options {
     client_debug: Option<String>,
     /// Produce with enable.idempotence=true (InitProducerId, sequence checks).
     idempotence: bool,
+    /// The Kafka rows are measured once per factor, each on topics of its own.
+    replication_factors: Vec<i32>,
+    durabilities: Vec<&'static str>,
+    minimal_client: bool,
 }
 
 const USAGE: &str = "usage: kafka_latency [--quick] [--samples N] [--warmup N] \
 [--broker-bin PATH | --bootstrap HOST:PORT] [--cpuset LIST] [--broker-arg ARG]... \
-[--fetch-wait-ms MS] [--client-debug CONTEXTS] [--idempotence] [--json PATH]";
+[--fetch-wait-ms MS] [--client-debug CONTEXTS] [--idempotence] [--json PATH] \
+[--replication-factor N[,N...]] [--durability direct|fsync[,...]] [--no-minimal-client]";
+/// Most replication factors one run compares (each adds a set of rows).
+const REPLICATION_FACTORS_MAX: usize = 4;
 
 impl Options {
     fn parse() -> io::Result<Option<Options>> {
@@ -136,6 +151,9 @@ impl Options {
         let mut fetch_wait_ms = FETCH_WAIT_MS_DEFAULT;
         let mut client_debug = None;
         let mut idempotence = false;
+        let mut replication_factors = vec![1];
+        let mut durabilities = DURABILITIES.to_vec();
+        let mut minimal_client = true;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| {
@@ -163,6 +181,33 @@ impl Options {
                         .map_err(|_| other(format!("--fetch-wait-ms: {v:?} is not a number")))?;
                 }
                 "--client-debug" => client_debug = Some(value("--client-debug")?),
+                "--no-minimal-client" => minimal_client = false,
+                "--replication-factor" => {
+                    let v = value("--replication-factor")?;
+                    replication_factors = v
+                        .split(',')
+                        .map(|f| match f.parse::<i32>() {
+                            Ok(n) if n >= 1 => Ok(n),
+                            _ => Err(other(format!("--replication-factor: {f:?} is not a factor >= 1"))),
+                        })
+                        .collect::<io::Result<_>>()?;
+                    if replication_factors.len() > REPLICATION_FACTORS_MAX {
+                        return Err(other(format!(
+                            "--replication-factor: at most {REPLICATION_FACTORS_MAX} factors"
+                        )));
+                    }
+                }
+                "--durability" => {
+                    let v = value("--durability")?;
+                    durabilities = v
+                        .split(',')
+                        .map(|d| {
+                            DURABILITIES.into_iter().find(|known| *known == d).ok_or_else(|| {
+                                other(format!("--durability: {d:?} is not one of {DURABILITIES:?}"))
+                            })
+                        })
+                        .collect::<io::Result<_>>()?;
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     return Ok(None);
@@ -193,6 +238,9 @@ impl Options {
             fetch_wait_ms,
             client_debug,
             idempotence,
+            replication_factors,
+            durabilities,
+            minimal_client,
         }))
     }
 }
@@ -1046,6 +1094,10 @@ impl CpuUse {
 struct Case {
     kind: Kind,
     durability: Option<&'static str>,
+    /// Replication factor of the topic; named in the row only when the run
+    /// compares factors (`show_factor`).
+    replication_factor: i32,
+    show_factor: bool,
     topic: String,
     hist: Histogram<u64>,
     cpu: CpuUse,
@@ -1059,6 +1111,15 @@ impl Case {
     }
 
     fn name(&self) -> String {
+        let name = self.base_name();
+        if self.show_factor && self.kind != Kind::Floor {
+            format!("{name}, RF={}", self.replication_factor)
+        } else {
+            name
+        }
+    }
+
+    fn base_name(&self) -> String {
         match (self.kind, self.durability) {
             (Kind::Floor, _) => "loopback TCP round trip, 1 KiB [FLOOR]".into(),
             (Kind::Produce, Some(d)) => format!("produce, acks=all, durability={d}"),
@@ -1116,24 +1177,36 @@ fn run(opts: &Options, bootstrap: &str, broker: &mut Option<Broker>, run_id: &st
     // Topics: one pair for produce latency, one pair read by the consumer, so
     // the produce cases run without a consumer fetching the same partition
     // and the consumer never has a backlog to skip.
+    let show_factor = opts.replication_factors != [1];
     let mut cases = vec![Case {
         kind: Kind::Floor,
         durability: None,
+        replication_factor: 1,
+        show_factor,
         topic: String::new(),
         hist: new_histogram(),
         cpu: CpuUse::default(),
     }];
-    for kind in [Kind::Produce, Kind::EndToEnd, Kind::RawProduce] {
-        for d in DURABILITIES {
-            // The minimal client appends to the produce topics.
-            let prefix = if kind == Kind::EndToEnd { "e2e" } else { "produce" };
-            cases.push(Case {
-                kind,
-                durability: Some(d),
-                topic: format!("kafka-latency-{prefix}-{d}-{run_id}"),
-                hist: new_histogram(),
-                cpu: CpuUse::default(),
-            });
+    let kinds: &[Kind] = if opts.minimal_client {
+        &[Kind::Produce, Kind::EndToEnd, Kind::RawProduce]
+    } else {
+        &[Kind::Produce, Kind::EndToEnd]
+    };
+    for &kind in kinds {
+        for &d in &opts.durabilities {
+            for &rf in &opts.replication_factors {
+                // The minimal client appends to the produce topics.
+                let prefix = if kind == Kind::EndToEnd { "e2e" } else { "produce" };
+                cases.push(Case {
+                    kind,
+                    durability: Some(d),
+                    replication_factor: rf,
+                    show_factor,
+                    topic: format!("kafka-latency-{prefix}-{d}-rf{rf}-{run_id}"),
+                    hist: new_histogram(),
+                    cpu: CpuUse::default(),
+                });
+            }
         }
     }
 
@@ -1150,8 +1223,10 @@ fn run(opts: &Options, bootstrap: &str, broker: &mut Option<Broker>, run_id: &st
         .iter()
         .filter(|c| c.creates_topic())
         .filter_map(|c| {
-            c.durability
-                .map(|d| NewTopic::new(&c.topic, 1, TopicReplication::Fixed(1)).set(DURABILITY_CONFIG, d))
+            c.durability.map(|d| {
+                NewTopic::new(&c.topic, 1, TopicReplication::Fixed(c.replication_factor))
+                    .set(DURABILITY_CONFIG, d)
+            })
         })
         .collect();
     let admin_opts = AdminOptions::new()
@@ -1304,7 +1379,7 @@ fn print_report(r: &Report, header: &[String]) {
     println!();
     println!("Latency, one 1 KiB message in flight (µs)");
     println!(
-        "| {:<42} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>11} | {:>10} | {:>10} | {:>9} |",
+        "| {:<46} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>11} | {:>10} | {:>10} | {:>9} |",
         "measurement",
         "p50",
         "p99",
@@ -1317,7 +1392,7 @@ fn print_report(r: &Report, header: &[String]) {
         "other CPU"
     );
     println!(
-        "|{:-<44}|{:->10}|{:->10}|{:->10}|{:->10}|{:->9}|{:->13}|{:->12}|{:->12}|{:->11}|",
+        "|{:-<48}|{:->10}|{:->10}|{:->10}|{:->10}|{:->9}|{:->13}|{:->12}|{:->12}|{:->11}|",
         "", "", "", "", "", "", "", "", "", ""
     );
     for c in &r.cases {
@@ -1328,7 +1403,7 @@ fn print_report(r: &Report, header: &[String]) {
             format!("{:.2}x", l.p99_us / r.floor_p99_us)
         };
         println!(
-            "| {:<42} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>11} | {:>10} | {:>10.2} | {:>9.2} |",
+            "| {:<46} | {:>8} | {:>8} | {:>8} | {:>8} | {:>7} | {:>11} | {:>10} | {:>10.2} | {:>9.2} |",
             c.name(),
             fmt_us(l.p50_us),
             fmt_us(l.p99_us),
@@ -1397,6 +1472,14 @@ fn report_json(r: &Report, meta: Vec<(&str, Json)>) -> Json {
                         ),
                         ("name", Json::str(c.name())),
                         ("durability", c.durability.map_or(Json::Null, Json::str)),
+                        (
+                            "replication_factor",
+                            if c.kind == Kind::Floor {
+                                Json::Null
+                            } else {
+                                Json::Num(f64::from(c.replication_factor))
+                            },
+                        ),
                         (
                             "topic",
                             if c.topic.is_empty() {
@@ -1569,6 +1652,15 @@ fn run_main() -> io::Result<()> {
     let mut meta = vec![
         ("mode", Json::str(if opts.quick { "quick" } else { "full" })),
         ("idempotence", Json::Bool(opts.idempotence)),
+        (
+            "replication_factors",
+            Json::Arr(
+                opts.replication_factors
+                    .iter()
+                    .map(|&rf| Json::Num(f64::from(rf)))
+                    .collect(),
+            ),
+        ),
         ("librdkafka_version", Json::str(version)),
         ("bootstrap", Json::str(&bootstrap)),
         ("value_bytes", Json::Num(VALUE_BYTES as f64)),
