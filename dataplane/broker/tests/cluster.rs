@@ -716,3 +716,25 @@ fn a_node_stopped_with_sigterm_hands_its_leaderships_over_before_it_exits() {
     c.python(other, &["verify", "handover"]);
     c.python(other, &["verify-other-clients", "handover"]);
 }
+
+#[test]
+fn a_reassignment_moves_replicas_after_they_catch_up_and_the_node_that_left_deletes_its_copies() {
+    let started = Instant::now();
+    let mut c = Cluster::start(4);
+    let leader = c.leader();
+    c.wait_until(leader, "four live members", |v| alive_members(v) == 4);
+    c.python(2, &["reassign", "moving"]);
+    let gone = |n: &Node| ["moving-0", "moving-1"].iter().all(|d| !n.data().join(d).exists());
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    while !gone(c.node(1)) {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still holds a copy of a partition it left\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.node(4).data().join("moving-0").exists(), "node 4 holds no copy");
+    c.assert_running();
+    println!("reassignment test took {:?}", started.elapsed());
+}
