@@ -1632,13 +1632,15 @@ impl Controller {
                 .take(elections::REASSIGNMENTS_PER_ROUND_MAX)
                 .collect()
         };
-        let asked = pending.iter().map(|((topic, partition), _, leader, _)| async move {
-            glommio::timer::timeout(elections::INSYNC_TIMEOUT, async {
-                Ok(self.insync_of(*leader, topic, *partition).await)
-            })
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", elections::INSYNC_TIMEOUT)))
-        });
+        let asked = pending
+            .iter()
+            .map(|((topic, partition), _, leader, _)| async move {
+                glommio::timer::timeout(elections::INSYNC_TIMEOUT, async {
+                    Ok(self.insync_of(*leader, topic, *partition).await)
+                })
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", elections::INSYNC_TIMEOUT)))
+            });
         let answers = futures::future::join_all(asked).await;
         let mut completes = Vec::new();
         for ((key, target, leader, epoch), answer) in pending.into_iter().zip(answers) {
@@ -1656,7 +1658,12 @@ impl Controller {
             };
             let behind: Vec<NodeId> = target.iter().copied().filter(|n| !insync.contains(n)).collect();
             if !behind.is_empty() {
-                debug!(topic, partition, ?behind, "reassignment: target replicas catching up");
+                debug!(
+                    topic,
+                    partition,
+                    ?behind,
+                    "reassignment: target replicas catching up"
+                );
                 continue;
             }
             if target.contains(&leader) {
@@ -1698,7 +1705,12 @@ impl Controller {
     /// The in-sync replicas of `topic`/`partition` as `node` (its leader)
     /// answers: this node's through [`LocalReplicas`], another's through the
     /// RPC.
-    async fn insync_of(&self, node: NodeId, topic: &str, partition: i32) -> Result<(Epoch, Vec<NodeId>), String> {
+    async fn insync_of(
+        &self,
+        node: NodeId,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Epoch, Vec<NodeId>), String> {
         if node == self.config.me.id {
             return self.insync_local(topic.to_string(), partition).await;
         }

@@ -39,7 +39,11 @@ pub trait LocalReplicas {
     /// This node's replica of `topic`/`partition`, which must lead: its
     /// leader epoch and the replicas in sync with it, itself included. Err:
     /// no such replica here, or it does not lead.
-    fn insync(&self, topic: String, partition: i32) -> LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>>;
+    fn insync(
+        &self,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>>;
 }
 
 /// Partitions one election round handles at most; the rest wait for the

@@ -509,7 +509,6 @@ impl control::Server for ConnectionServer {
             .map_err(capnp::Error::failed)
     }
 
-
     async fn insync_replicas(
         self: Rc<Self>,
         params: control::InsyncReplicasParams,
@@ -796,7 +795,11 @@ impl Peer {
 
     /// Asks the peer, which should lead `topic`/`partition`, for its
     /// leader epoch and in-sync replicas (see [`Handler::insync_replicas`]).
-    pub async fn insync_replicas(&self, topic: &str, partition: i32) -> Result<(Epoch, Vec<NodeId>), RpcError> {
+    pub async fn insync_replicas(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Epoch, Vec<NodeId>), RpcError> {
         let from = self.inner.local_node;
         self.inner
             .call(|client, cluster_id| {

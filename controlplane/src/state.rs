@@ -561,9 +561,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
                 // A drain replaces the set outright: a reassignment of the
                 // partition in progress is dropped (its union set is what
                 // the drain saw and replaced).
-                state
-                    .reassignments
-                    .remove(&(mv.topic.clone(), mv.partition));
+                state.reassignments.remove(&(mv.topic.clone(), mv.partition));
                 let a = assignment_mut(&mut state.topics, &mv.topic, mv.partition);
                 a.replicas = mv.replicas.clone();
                 if !a.replicas.contains(&a.leader) {
@@ -938,8 +936,16 @@ mod tests {
         let mut s = three_nodes_one_topic();
         apply(&mut s, &Command::Register(reg(4))).expect("register");
         apply(&mut s, &start(0, &[2, 3, 4])).expect("start");
-        assert_eq!(replicas_of(&s, 0), vec![2, 3, 4, 1], "target first, then the leaving replicas");
-        assert_eq!(epoch_of(&s, 0), (NodeId(1), Epoch(1)), "the leader stays; the epoch moves");
+        assert_eq!(
+            replicas_of(&s, 0),
+            vec![2, 3, 4, 1],
+            "target first, then the leaving replicas"
+        );
+        assert_eq!(
+            epoch_of(&s, 0),
+            (NodeId(1), Epoch(1)),
+            "the leader stays; the epoch moves"
+        );
 
         let complete = |epoch| Command::CompleteReassignment {
             topic: "t".into(),
@@ -947,10 +953,13 @@ mod tests {
             leader_epoch: Epoch(epoch),
         };
         let before = s.clone();
-        assert!(matches!(
-            apply(&mut s, &complete(1)),
-            Err(StateError::NotAReplica { node: NodeId(1), .. })
-        ), "the leader leaves: leadership moves into the target first");
+        assert!(
+            matches!(
+                apply(&mut s, &complete(1)),
+                Err(StateError::NotAReplica { node: NodeId(1), .. })
+            ),
+            "the leader leaves: leadership moves into the target first"
+        );
         apply(&mut s, &Command::MoveLeaders(vec![elected(0, 3, 2)])).expect("elect 3");
         assert_eq!(
             apply(&mut s, &complete(1)),
@@ -985,8 +994,15 @@ mod tests {
         apply(&mut s, &start(1, &[4, 3])).expect("start");
         assert_eq!(replicas_of(&s, 1), vec![4, 3, 2, 1]);
         apply(&mut s, &start(1, &[5, 2])).expect("replace the target");
-        assert_eq!(replicas_of(&s, 1), vec![5, 2, 3, 1], "4 was only in the first target");
-        assert_eq!(s.reassignments[&("t".to_string(), 1)].original, vec![NodeId(2), NodeId(3), NodeId(1)]);
+        assert_eq!(
+            replicas_of(&s, 1),
+            vec![5, 2, 3, 1],
+            "4 was only in the first target"
+        );
+        assert_eq!(
+            s.reassignments[&("t".to_string(), 1)].original,
+            vec![NodeId(2), NodeId(3), NodeId(1)]
+        );
         assert_eq!(
             s.encode(),
             ClusterState::decode(&s.encode()).expect("decode").encode(),
@@ -999,17 +1015,30 @@ mod tests {
         apply(&mut s, &cancel).expect("cancel");
         assert_eq!(replicas_of(&s, 1), vec![2, 3, 1]);
         assert_eq!(epoch_of(&s, 1), (NodeId(2), Epoch(3)));
-        assert!(matches!(apply(&mut s, &cancel), Err(StateError::NoReassignment { .. })));
+        assert!(matches!(
+            apply(&mut s, &cancel),
+            Err(StateError::NoReassignment { .. })
+        ));
 
         // A cancel after leadership left the original set is refused.
         apply(&mut s, &start(1, &[4, 5])).expect("start");
         apply(&mut s, &Command::MoveLeaders(vec![elected(1, 4, 5)])).expect("elect 4");
         let before = s.clone();
-        assert!(matches!(apply(&mut s, &cancel), Err(StateError::BadReassignment { .. })));
+        assert!(matches!(
+            apply(&mut s, &cancel),
+            Err(StateError::BadReassignment { .. })
+        ));
         assert_eq!(s, before);
 
         // Deleting the topic ends its reassignments.
-        apply(&mut s, &Command::Topic(TopicCommand::DeleteTopic { name: "t".into(), id: 1 })).expect("delete");
+        apply(
+            &mut s,
+            &Command::Topic(TopicCommand::DeleteTopic {
+                name: "t".into(),
+                id: 1,
+            }),
+        )
+        .expect("delete");
         assert!(s.reassignments.is_empty());
     }
 
@@ -1047,7 +1076,10 @@ mod tests {
             state: MemberState::Draining,
         };
         apply(&mut s, &drain).expect("drain");
-        assert_eq!(apply(&mut s, &start(0, &[2, 4])), Err(StateError::NotServing(NodeId(4))));
+        assert_eq!(
+            apply(&mut s, &start(0, &[2, 4])),
+            Err(StateError::NotServing(NodeId(4)))
+        );
     }
 
     #[test]
@@ -1078,7 +1110,8 @@ mod tests {
         let decoded = ClusterState::decode(json.to_string().as_bytes()).expect("an old state decodes");
         assert_eq!(decoded.members[&NodeId(1)].data_addr, None);
         json.as_object_mut().expect("state").remove("reassignments");
-        let decoded = ClusterState::decode(json.to_string().as_bytes()).expect("a state without reassignments");
+        let decoded =
+            ClusterState::decode(json.to_string().as_bytes()).expect("a state without reassignments");
         assert!(decoded.reassignments.is_empty());
     }
 }

@@ -19,12 +19,14 @@
       kcat and kafka-python read partition 0 from the beginning: the 20 values of an earlier
       roundtrip, in order (the leaders' epoch markers are control batches they skip).
   cluster_admin.py --bootstrap ADDR reassign TOPIC
-      Creates TOPIC with partition 0 on [2, 1, 3] and partition 1 on [1, 2, 3], produces 20
-      messages with acks=all to each, reassigns both to [2, 3, 4] (partition 1's leader
-      leaves) with kafka-python's AdminClient (confluent-kafka 2.16 has no
+      Creates TOPIC (2 partitions, 3 replicas of 4 nodes), produces 20 messages with acks=all
+      to each, reassigns partition 0 to its leader, the node outside its set and one follower,
+      and partition 1 to the three nodes other than its leader (which leaves), with
+      kafka-python's AdminClient (confluent-kafka 2.16 has no
       AlterPartitionReassignments), checks the refusals (unknown partition, bad target,
       cancel with none pending), waits until ListPartitionReassignments is empty, and
-      checks Metadata lists [2, 3, 4] and the messages are all still readable.
+      checks Metadata lists the targets and the messages are all still readable; prints
+      "left N0 N1", the node that left each partition.
   cluster_admin.py --bootstrap ADDR verify TOPIC
       Reads partition 0 from offset 0: the 20 acknowledged messages of an earlier roundtrip
       must be there, in order, byte for byte (after kills and restarts).
@@ -247,18 +249,7 @@ def reassign(bootstrap, topic):
     from kafka import TopicPartition as KTopicPartition
     from kafka.admin import KafkaAdminClient
 
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        fut = admin(bootstrap).create_topics(
-            [NewTopic(topic, replica_assignment=[[2, 1, 3], [1, 2, 3]])], request_timeout=10
-        )[topic]
-        try:
-            fut.result(timeout=WAIT_S)
-            break
-        except KafkaException as e:
-            if time.monotonic() > deadline or not e.args[0].retriable():
-                fail(f"create {topic}: {e}")
-            time.sleep(0.2)
+    create(bootstrap, topic, 2, 3)
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": int(WAIT_S * 1000)})
     errors = []
     values = roundtrip_values(topic)
@@ -269,13 +260,22 @@ def reassign(bootstrap, topic):
         fail(f"produce to {topic}: {errors[:3]} (unflushed: {len(p)})")
     log(f"{topic}: 20 messages produced with acks=all to partitions 0 and 1")
 
+    # Partition 0 keeps its leader and swaps a follower for the node outside its set;
+    # partition 1 moves to the three nodes other than its leader.
+    parts = admin(bootstrap).list_topics(topic, timeout=10).topics[topic].partitions
+    nodes = {1, 2, 3, 4}
+    r0, r1 = parts[0], parts[1]
+    outside0 = (nodes - set(r0.replicas)).pop()
+    kept0 = [n for n in r0.replicas if n != r0.leader][0]
+    targets = {0: [r0.leader, outside0, kept0], 1: sorted(nodes - {r1.leader})}
+    left = {p: sorted(set(parts[p].replicas) - set(t)) for p, t in targets.items()}
     ka = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    target = [2, 3, 4]
-    wanted = {KTopicPartition(topic, 0): target, KTopicPartition(topic, 1): target}
+    wanted = {KTopicPartition(topic, p): t for p, t in targets.items()}
     result = ka.alter_partition_reassignments(wanted)
     if any(err is not None for err in result.values()) or len(result) != 2:
         fail(f"alter_partition_reassignments: {result}")
-    log(f"{topic}: reassigning partitions 0 and 1 to {target}; pending: {ka.list_partition_reassignments()}")
+    log(f"{topic}: reassigning {targets}; pending: {ka.list_partition_reassignments()}")
+    target = targets[0]
 
     refusals = [
         ({KTopicPartition(topic, 9): target}, 3),  # UNKNOWN_TOPIC_OR_PARTITION
@@ -304,11 +304,13 @@ def reassign(bootstrap, topic):
 
     md = admin(bootstrap).list_topics(topic, timeout=10)
     for part in md.topics[topic].partitions.values():
-        if list(part.replicas) != target or part.leader not in target:
-            fail(f"{topic}/{part.id}: replicas {part.replicas} led by {part.leader}, expected {target}")
+        t = targets[part.id]
+        if list(part.replicas) != t or part.leader not in t:
+            fail(f"{topic}/{part.id}: replicas {part.replicas} led by {part.leader}, expected {t}")
     for partition in (0, 1):
         read_back(bootstrap, topic, values, partition)
-    log(f"{topic}: reassigned to {target}; the 20 messages of each partition are all there")
+    log(f"{topic}: reassigned to {targets}; the 20 messages of each partition are all there")
+    print(f"left {left[0][0]} {left[1][0]}")
 
 
 def main():

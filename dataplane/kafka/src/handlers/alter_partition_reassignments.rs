@@ -22,7 +22,10 @@ pub const VERSIONS: Versions = Versions::new(0, 1);
 /// sets of at least 2 replicas. The group coordinator's topic is not
 /// visible: refused as unknown. Any node serves it (the change goes to the
 /// controller leader).
-pub async fn handle(ctx: &Ctx, req: AlterPartitionReassignmentsRequest) -> AlterPartitionReassignmentsResponse {
+pub async fn handle(
+    ctx: &Ctx,
+    req: AlterPartitionReassignmentsRequest,
+) -> AlterPartitionReassignmentsResponse {
     let table = ctx.shard.topics();
     let mut responses = Vec::new();
     for t in req.topics {
@@ -34,9 +37,8 @@ pub async fn handle(ctx: &Ctx, req: AlterPartitionReassignmentsRequest) -> Alter
                 .filter(|_| !is_internal(&topic))
                 .and_then(|m| m.assignment(PartitionId(p.partition_index)))
                 .map(|a| a.replicas.len());
-            let target: Option<Vec<NodeId>> = p
-                .replicas
-                .map(|r| r.into_iter().map(|b| NodeId(b.0)).collect());
+            let target: Option<Vec<NodeId>> =
+                p.replicas.map(|r| r.into_iter().map(|b| NodeId(b.0)).collect());
             let failed = match current {
                 None => Some((
                     ResponseError::UnknownTopicOrPartition,
@@ -104,8 +106,12 @@ async fn alter(
 
 fn error_code(e: &ControllerError) -> ResponseError {
     match e {
-        ControllerError::Rejected(StateError::UnknownPartition { .. }) => ResponseError::UnknownTopicOrPartition,
-        ControllerError::Rejected(StateError::NoReassignment { .. }) => ResponseError::NoReassignmentInProgress,
+        ControllerError::Rejected(StateError::UnknownPartition { .. }) => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        ControllerError::Rejected(StateError::NoReassignment { .. }) => {
+            ResponseError::NoReassignmentInProgress
+        }
         ControllerError::Rejected(
             StateError::BadReplicaSet { .. }
             | StateError::BadReassignment { .. }

@@ -7,7 +7,9 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::list_partition_reassignments_response::{
     OngoingPartitionReassignment, OngoingTopicReassignment,
 };
-use kafka_protocol::messages::{BrokerId, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse};
+use kafka_protocol::messages::{
+    BrokerId, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+};
 use std::collections::BTreeMap;
 
 pub const VERSIONS: Versions = Versions::new(0, 0);
@@ -19,7 +21,10 @@ pub const VERSIONS: Versions = Versions::new(0, 0);
 /// partitions when the request names topics.
 pub async fn handle(ctx: &Ctx, req: ListPartitionReassignmentsRequest) -> ListPartitionReassignmentsResponse {
     let Some(control) = ctx.shard.smp.control_shard() else {
-        return failed(ResponseError::NotController, "this node runs no controller".into());
+        return failed(
+            ResponseError::NotController,
+            "this node runs no controller".into(),
+        );
     };
     let pending = match ctx
         .shard
