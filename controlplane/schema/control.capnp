@@ -51,4 +51,10 @@ interface Control {
   requestElection @6 (clusterId :Text, from :UInt64, topic :Text, partition :Int32, preferred :Bool) -> ();
   # preferred: a balancing election that moves leadership to the first
   # replica of the set if its log is as good as the best.
+
+  # The controller leader asks the node that leads a partition which of its
+  # replicas are in sync (the leader included) at the leader epoch it
+  # answers; refused when this node's replica does not lead.
+  insyncReplicas @7 (clusterId :Text, from :UInt64, topic :Text, partition :Int32)
+      -> (leaderEpoch :Int32, nodes :List(Int32));
 }

@@ -28,7 +28,9 @@ use crate::metadata::{Broker, MetadataSnapshot};
 use crate::producer_ids::{ProducerIdAllocator, ProducerIdError};
 use crate::raft_core::{AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore};
 use crate::rpc::{self, HeartbeatReply, MemberInfo, Peer, PrepareReply, RegisterReply, RpcError};
-use crate::state::{Applied, ClusterState, Command, MemberState, Reassignment, Registration, StateError};
+use crate::state::{
+    Applied, ClusterState, Command, MemberState, Reassignment, ReassignmentState, Registration, StateError,
+};
 use crate::topics::{self, TableFileError, TopicTable, TOPICS_FILE};
 use ferrolog_model::{Epoch, NodeId, PartitionId};
 use ferrolog_replication::{majority, ElectionInfo};
@@ -210,6 +212,11 @@ pub struct Controller {
     election_round: RefCell<Option<glommio::task::JoinHandle<()>>>,
     /// When each partition that could not elect was last warned about.
     no_majority_warned: RefCell<HashMap<PartitionKey, Instant>>,
+    /// Leader: elections that move a reassigned partition's leadership into
+    /// its target set, by the epoch they were requested at, with the target.
+    reassignment_elections: RefCell<BTreeMap<PartitionKey, (Epoch, Vec<NodeId>)>>,
+    /// A round of reassignment checks is running.
+    reassigning: Cell<bool>,
 }
 
 thread_local! {
@@ -330,6 +337,8 @@ impl Controller {
             election_requests: RefCell::new(BTreeMap::new()),
             elections_in_flight: RefCell::new(BTreeSet::new()),
             preferred_requests: RefCell::new(BTreeMap::new()),
+            reassignment_elections: RefCell::new(BTreeMap::new()),
+            reassigning: Cell::new(false),
             alive_since: RefCell::new(HashMap::new()),
             balance_tried: RefCell::new(HashMap::new()),
             last_balance: Cell::new(None),
@@ -1085,6 +1094,7 @@ impl Controller {
             let _ = self.propose_commands(cmds).await;
         }
         self.balance_leaders();
+        self.start_reassignments();
         self.start_elections();
         // A removed leader hands leadership to another voter, which then
         // takes it out of the configuration.
@@ -1207,11 +1217,18 @@ impl Controller {
             elections::prune_requests(core.state(), &mut requests);
             let mut preferred = self.preferred_requests.borrow_mut();
             preferred.retain(|k, e| requests.get(k) == Some(e));
+            let mut reassigning = self.reassignment_elections.borrow_mut();
+            reassigning.retain(|k, (e, _)| requests.get(k) == Some(e));
             let mut round = elections::plan(core.state(), &requests, &self.elections_in_flight.borrow());
             for e in &mut round {
                 let key = (e.topic.clone(), e.partition);
-                if preferred.get(&key) == Some(&Epoch(e.epoch.0 - 1)) {
+                let at = Epoch(e.epoch.0 - 1);
+                if preferred.get(&key) == Some(&at) {
                     e.prefer = e.replicas.first().copied();
+                }
+                if let Some((_, target)) = reassigning.get(&key).filter(|(e, _)| *e == at) {
+                    e.prefer = target.first().copied();
+                    e.eligible = Some(target.clone());
                 }
             }
             round
@@ -1249,6 +1266,12 @@ impl Controller {
                     self.no_majority_warned.borrow_mut().remove(&key);
                     cmds.push(Command::MoveLeaders(vec![mv]));
                 }
+                None if e.eligible.is_some() && answers.len() >= majority(e.replicas.len()) => info!(
+                    topic = %e.topic,
+                    partition = e.partition,
+                    epoch = %e.epoch,
+                    "reassignment: no target replica has the best log yet; retrying"
+                ),
                 None => self.warn_no_majority(e, answers.len()),
             }
         }
@@ -1575,6 +1598,177 @@ impl Controller {
         }
     }
 
+    /// Leader: starts a round of reassignment checks unless one is running
+    /// (as its own task, so the other duties do not wait for its calls).
+    fn start_reassignments(self: &Rc<Self>) {
+        if self.reassigning.get() || self.core.borrow().state().reassignments.is_empty() {
+            return;
+        }
+        self.reassigning.set(true);
+        let c = self.clone();
+        glommio::spawn_local(async move {
+            c.reassignment_round().await;
+            c.reassigning.set(false);
+        })
+        .detach();
+    }
+
+    /// For each pending reassignment (at most
+    /// [`elections::REASSIGNMENTS_PER_ROUND_MAX`]), asks the partition's
+    /// leader which replicas are in sync at the current epoch. Once every
+    /// target replica is: with the leader in the target, proposes
+    /// `CompleteReassignment` at that epoch; else queues an election that
+    /// only target replicas may win (the next round then completes).
+    async fn reassignment_round(&self) {
+        let pending: Vec<(PartitionKey, Vec<NodeId>, NodeId, Epoch)> = {
+            let core = self.core.borrow();
+            let s = core.state();
+            s.reassignments
+                .iter()
+                .filter_map(|(key, r)| {
+                    let a = s
+                        .topics
+                        .get(&key.0)
+                        .and_then(|m| m.assignment(PartitionId(key.1)))?;
+                    let live = s.members.get(&a.leader).is_some_and(|m| m.alive);
+                    live.then(|| (key.clone(), r.target.clone(), a.leader, a.leader_epoch))
+                })
+                .take(elections::REASSIGNMENTS_PER_ROUND_MAX)
+                .collect()
+        };
+        let asked = pending
+            .iter()
+            .map(|((topic, partition), _, leader, _)| async move {
+                glommio::timer::timeout(elections::INSYNC_TIMEOUT, async {
+                    Ok(self.insync_of(*leader, topic, *partition).await)
+                })
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {:?}", elections::INSYNC_TIMEOUT)))
+            });
+        let answers = futures::future::join_all(asked).await;
+        let mut completes = Vec::new();
+        for ((key, target, leader, epoch), answer) in pending.into_iter().zip(answers) {
+            let (topic, partition) = key.clone();
+            let insync = match answer {
+                Ok((at, nodes)) if at == epoch => nodes,
+                Ok((at, _)) => {
+                    debug!(topic, partition, %epoch, leader_epoch = %at, "reassignment: the leader is at another epoch");
+                    continue;
+                }
+                Err(why) => {
+                    debug!(topic, partition, %leader, "reassignment: in-sync replicas not answered: {why}");
+                    continue;
+                }
+            };
+            let behind: Vec<NodeId> = target.iter().copied().filter(|n| !insync.contains(n)).collect();
+            if !behind.is_empty() {
+                debug!(
+                    topic,
+                    partition,
+                    ?behind,
+                    "reassignment: target replicas catching up"
+                );
+                continue;
+            }
+            if target.contains(&leader) {
+                info!(topic, partition, %epoch, ?target, "reassignment: the target replicas are in sync; completing");
+                completes.push(Command::CompleteReassignment {
+                    topic,
+                    partition,
+                    leader_epoch: epoch,
+                });
+            } else {
+                let mut requests = self.election_requests.borrow_mut();
+                if requests.len() >= elections::ELECTION_REQUESTS_MAX && !requests.contains_key(&key) {
+                    continue;
+                }
+                info!(topic, partition, %epoch, %leader, ?target, "reassignment: the target replicas are in sync; moving leadership into the target");
+                requests.insert(key.clone(), epoch);
+                self.reassignment_elections
+                    .borrow_mut()
+                    .insert(key, (epoch, target));
+            }
+        }
+        if completes.is_empty() {
+            return;
+        }
+        match self.propose_commands(completes).await {
+            Ok(results) => {
+                for r in results {
+                    match r {
+                        Ok(_) => {}
+                        Err(e @ StateError::StaleElection { .. }) => info!("reassignment not completed: {e}"),
+                        Err(e) => warn!("reassignment not completed: {e}"),
+                    }
+                }
+            }
+            Err(e) => warn!("reassignments not completed: {e}"),
+        }
+    }
+
+    /// The in-sync replicas of `topic`/`partition` as `node` (its leader)
+    /// answers: this node's through [`LocalReplicas`], another's through the
+    /// RPC.
+    async fn insync_of(
+        &self,
+        node: NodeId,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Epoch, Vec<NodeId>), String> {
+        if node == self.config.me.id {
+            return self.insync_local(topic.to_string(), partition).await;
+        }
+        let peer = self
+            .peer(node_u64(node))
+            .ok_or_else(|| format!("no RPC address for node {node}"))?;
+        peer.insync_replicas(topic, partition)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn insync_local(&self, topic: String, partition: i32) -> Result<(Epoch, Vec<NodeId>), String> {
+        let replicas = self
+            .local_replicas
+            .borrow()
+            .clone()
+            .ok_or_else(|| "replicas not ready".to_string())?;
+        replicas.insync(topic, partition).await
+    }
+
+    /// AlterPartitionReassignments for one partition: `Some(target)` starts
+    /// (or replaces) a reassignment, `None` cancels the one in progress.
+    pub async fn alter_reassignment(
+        &self,
+        topic: String,
+        partition: i32,
+        target: Option<Vec<NodeId>>,
+    ) -> Result<(), ControllerError> {
+        let cmd = match target {
+            Some(target) => Command::StartReassignment {
+                topic,
+                partition,
+                target,
+            },
+            None => Command::CancelReassignment { topic, partition },
+        };
+        let answer = self.propose_commands(vec![cmd]).await?.pop().expect("one answer");
+        answer.map(drop).map_err(ControllerError::Rejected)
+    }
+
+    /// The reassignments in progress, with each partition's current replica
+    /// set, as this node applied them.
+    pub fn reassignments(&self) -> Vec<(PartitionKey, Vec<NodeId>, ReassignmentState)> {
+        let core = self.core.borrow();
+        let s = core.state();
+        s.reassignments
+            .iter()
+            .filter_map(|(key, r)| {
+                let a = s.topics.get(&key.0)?.assignment(PartitionId(key.1))?;
+                Some((key.clone(), a.replicas.clone(), r.clone()))
+            })
+            .collect()
+    }
+
     /// Replica sets without `node`: each replica of it replaced by the
     /// active member that leads the fewest partitions and is not in the set
     /// . `None` if
@@ -1829,6 +2023,17 @@ fn describe_command(cmd: &Command) -> String {
         Command::SetMemberState { node, state } => format!("node {node} {state:?}"),
         Command::MoveLeaders(m) => format!("move leadership of {} partitions", m.len()),
         Command::Reassign(m) => format!("reassign {} partitions", m.len()),
+        Command::StartReassignment {
+            topic,
+            partition,
+            target,
+        } => format!("start reassigning {topic}/{partition} to {target:?}"),
+        Command::CompleteReassignment { topic, partition, .. } => {
+            format!("complete the reassignment of {topic}/{partition}")
+        }
+        Command::CancelReassignment { topic, partition } => {
+            format!("cancel the reassignment of {topic}/{partition}")
+        }
         Command::AllocateProducerIds { node, count } => format!("{count} producer ids for node {node}"),
     }
 }
@@ -1950,6 +2155,19 @@ impl rpc::Handler for RpcHandler {
                 last_epoch: info.last_epoch,
                 log_end: info.log_end,
             })
+        })
+    }
+
+    fn insync_replicas(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>> {
+        let c = self.0.clone();
+        Box::pin(async move {
+            debug!(from = %node_id(from), topic, partition, "in-sync replicas asked");
+            c.insync_local(topic, partition).await
         })
     }
 

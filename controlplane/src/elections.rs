@@ -36,6 +36,14 @@ pub trait LocalReplicas {
         partition: i32,
         epoch: Epoch,
     ) -> LocalBoxFuture<'static, Result<ElectionInfo, String>>;
+    /// This node's replica of `topic`/`partition`, which must lead: its
+    /// leader epoch and the replicas in sync with it, itself included. Err:
+    /// no such replica here, or it does not lead.
+    fn insync(
+        &self,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>>;
 }
 
 /// Partitions one election round handles at most; the rest wait for the
@@ -56,6 +64,11 @@ pub const BALANCE_INTERVAL: Duration = Duration::from_secs(10);
 pub const BALANCE_SETTLE: Duration = Duration::from_secs(10);
 /// A partition's balancing election is tried at most this often.
 pub const BALANCE_RETRY: Duration = Duration::from_secs(60);
+/// Pending reassignments one round of the leader's duties looks at; the
+/// rest wait for a later round (each costs one RPC call to a leader).
+pub const REASSIGNMENTS_PER_ROUND_MAX: usize = 64;
+/// How long a reassignment round waits for a leader's in-sync answer.
+pub const INSYNC_TIMEOUT: Duration = Duration::from_millis(500);
 /// Election requests the leader holds at most (one per partition).
 pub const ELECTION_REQUESTS_MAX: usize = 65_536;
 
@@ -76,6 +89,9 @@ pub struct Election {
     /// A balancing election: this replica (the preferred one, first of the
     /// set) wins if its log is as good as the best answer's.
     pub prefer: Option<NodeId>,
+    /// A reassignment's election: only these replicas (the target set) may
+    /// win, and only with a log as good as the best answer's.
+    pub eligible: Option<Vec<NodeId>>,
 }
 
 fn live(state: &ClusterState, node: &NodeId) -> bool {
@@ -131,6 +147,7 @@ pub fn plan(
                 replicas: a.replicas.clone(),
                 ask: a.replicas.iter().copied().filter(|r| live(state, r)).collect(),
                 prefer: None,
+                eligible: None,
             });
         }
     }
@@ -163,22 +180,40 @@ pub fn unbalanced(state: &ClusterState, settled: &BTreeSet<NodeId>) -> Vec<(Part
 
 /// The move an election decides from the replicas' answers, or None when
 /// fewer than a majority of the replica set answered for the election's
-/// epoch (answers for another epoch do not count).
+/// epoch (answers for another epoch do not count), or when the election
+/// restricts the winners (`eligible`) and none of them has the best log of
+/// the answers.
 pub fn decide(election: &Election, answers: &[ElectionInfo]) -> Option<LeaderMove> {
     let current: Vec<ElectionInfo> = answers
         .iter()
         .filter(|a| a.epoch == election.epoch)
         .copied()
         .collect();
-    let mut leader = choose_leader(&current, &election.replicas)?;
+    let best = choose_leader(&current, &election.replicas)?;
+    let rank = |n: NodeId| {
+        current
+            .iter()
+            .find(|a| a.node == n)
+            .map(|a| (a.last_epoch, a.log_end))
+    };
+    let may_win = |n: NodeId| {
+        election
+            .eligible
+            .as_ref()
+            .is_none_or(|eligible| eligible.contains(&n))
+    };
+    let mut leader = if may_win(best) {
+        best
+    } else {
+        // The lowest eligible id among the answers as good as the best.
+        current
+            .iter()
+            .filter(|a| may_win(a.node) && rank(a.node) == rank(best))
+            .map(|a| a.node)
+            .min()?
+    };
     if let Some(p) = election.prefer {
-        let rank = |n: NodeId| {
-            current
-                .iter()
-                .find(|a| a.node == n)
-                .map(|a| (a.last_epoch, a.log_end))
-        };
-        if rank(p).is_some() && rank(p) == rank(leader) {
+        if may_win(p) && rank(p).is_some() && rank(p) == rank(leader) {
             leader = p;
         }
     }
@@ -270,6 +305,7 @@ mod tests {
                 replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
                 ask: vec![NodeId(2), NodeId(3)],
                 prefer: None,
+                eligible: None,
             }],
             "a single replica that is down has nothing to elect"
         );
@@ -317,6 +353,7 @@ mod tests {
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ask: vec![NodeId(2), NodeId(3)],
             prefer: None,
+            eligible: None,
         };
         assert_eq!(decide(&election, &[answer(2, 4, Some(3), 10)]), None);
         assert_eq!(
@@ -349,6 +386,7 @@ mod tests {
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             ask: vec![NodeId(1), NodeId(2), NodeId(3)],
             prefer: Some(NodeId(1)),
+            eligible: None,
         };
         let caught_up = [
             answer(1, 4, Some(3), 20),
@@ -392,6 +430,61 @@ mod tests {
         );
         down(&mut s, 1);
         assert_eq!(unbalanced(&s, &settled), vec![], "the preferred replica is down");
+    }
+
+    #[test]
+    fn a_reassignment_election_elects_only_a_target_replica_with_the_best_log() {
+        let election = Election {
+            topic: "r".into(),
+            partition: 0,
+            epoch: Epoch(4),
+            replicas: vec![NodeId(4), NodeId(2), NodeId(1), NodeId(3)],
+            ask: vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4)],
+            prefer: Some(NodeId(4)),
+            eligible: Some(vec![NodeId(4), NodeId(2)]),
+        };
+        let leader = |answers: &[ElectionInfo]| decide(&election, answers).map(|m| m.leader);
+        assert_eq!(
+            leader(&[
+                answer(1, 4, Some(3), 20),
+                answer(2, 4, Some(3), 20),
+                answer(4, 4, Some(3), 20)
+            ]),
+            Some(NodeId(4)),
+            "the preferred target replica on a tie"
+        );
+        assert_eq!(
+            leader(&[
+                answer(1, 4, Some(3), 20),
+                answer(2, 4, Some(3), 20),
+                answer(4, 4, Some(3), 19)
+            ]),
+            Some(NodeId(2)),
+            "a target replica with the best log, though not preferred"
+        );
+        assert_eq!(
+            leader(&[
+                answer(1, 4, Some(3), 21),
+                answer(2, 4, Some(3), 20),
+                answer(4, 4, Some(3), 20)
+            ]),
+            None,
+            "a replica leaving the set has the best log: no move this round"
+        );
+        assert_eq!(
+            leader(&[answer(2, 4, Some(3), 20), answer(4, 4, Some(3), 20)]),
+            None,
+            "two of four is not a majority of the union"
+        );
+        assert_eq!(
+            leader(&[
+                answer(1, 4, Some(3), 20),
+                answer(3, 4, Some(3), 20),
+                answer(2, 5, Some(3), 20)
+            ]),
+            None,
+            "no eligible answer at the election's epoch"
+        );
     }
 
     #[test]

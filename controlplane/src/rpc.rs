@@ -31,7 +31,7 @@
 
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
-use ferrolog_model::{Epoch, Offset};
+use ferrolog_model::{Epoch, NodeId, Offset};
 use futures::future::{Either, LocalBoxFuture};
 use futures::io::{AsyncReadExt, BufReader, BufWriter};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -190,6 +190,15 @@ pub trait Handler: 'static {
         partition: i32,
         preferred: bool,
     ) -> LocalBoxFuture<'static, Result<(), String>>;
+    /// The controller leader (`from`) asks which replicas of
+    /// `topic`/`partition` are in sync with this node's replica, which must
+    /// lead: its leader epoch and the in-sync nodes, itself included.
+    fn insync_replicas(
+        &self,
+        from: u64,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>>;
 }
 
 fn reader_options() -> capnp::message::ReaderOptions {
@@ -499,6 +508,32 @@ impl control::Server for ConnectionServer {
             .await
             .map_err(capnp::Error::failed)
     }
+
+    async fn insync_replicas(
+        self: Rc<Self>,
+        params: control::InsyncReplicasParams,
+        mut results: control::InsyncReplicasResults,
+    ) -> Result<(), capnp::Error> {
+        let _slot = self.begin_call()?;
+        let (from, topic, partition) = {
+            let p = params.get()?;
+            self.check_cluster(p.get_cluster_id()?)?;
+            (p.get_from(), p.get_topic()?.to_string()?, p.get_partition())
+        };
+        let (epoch, nodes) = self
+            .handler
+            .insync_replicas(from, topic, partition)
+            .await
+            .map_err(capnp::Error::failed)?;
+        let mut r = results.get();
+        r.set_leader_epoch(epoch.0);
+        let count = u32::try_from(nodes.len()).map_err(|_| capnp::Error::failed("too many nodes".into()))?;
+        let mut list = r.init_nodes(count);
+        for (i, n) in (0..).zip(&nodes) {
+            list.set(i, n.0);
+        }
+        Ok(())
+    }
 }
 
 // ---- client ----
@@ -753,6 +788,32 @@ impl Peer {
                 async move {
                     request.send().promise.await?;
                     Ok(())
+                }
+            })
+            .await
+    }
+
+    /// Asks the peer, which should lead `topic`/`partition`, for its
+    /// leader epoch and in-sync replicas (see [`Handler::insync_replicas`]).
+    pub async fn insync_replicas(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(Epoch, Vec<NodeId>), RpcError> {
+        let from = self.inner.local_node;
+        self.inner
+            .call(|client, cluster_id| {
+                let mut request = client.insync_replicas_request();
+                let mut p = request.get();
+                p.set_cluster_id(cluster_id.as_str());
+                p.set_from(from);
+                p.set_topic(topic);
+                p.set_partition(partition);
+                async move {
+                    let reply = request.send().promise.await?;
+                    let r = reply.get()?;
+                    let nodes = r.get_nodes()?.iter().map(NodeId).collect();
+                    Ok((Epoch(r.get_leader_epoch()), nodes))
                 }
             })
             .await

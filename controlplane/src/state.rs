@@ -90,6 +90,35 @@ pub struct Reassignment {
     pub replicas: Vec<NodeId>,
 }
 
+/// A partition reassignment that is running (AlterPartitionReassignments):
+/// the partition's replica set is the union of `target` and `original`
+/// (target first) until the controller completes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReassignmentState {
+    pub target: Vec<NodeId>,
+    /// The replica set before the first start of this reassignment.
+    pub original: Vec<NodeId>,
+}
+
+/// Pending reassignments by (topic, partition).
+pub type Reassignments = BTreeMap<(String, i32), ReassignmentState>;
+
+/// JSON maps need string keys: the pending reassignments are written as a
+/// list of entries.
+mod reassignment_entries {
+    use super::{ReassignmentState, Reassignments};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &Reassignments, s: S) -> Result<S::Ok, S::Error> {
+        map.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Reassignments, D::Error> {
+        let entries: Vec<((String, i32), ReassignmentState)> = Vec::deserialize(d)?;
+        Ok(entries.into_iter().collect())
+    }
+}
+
 /// A change to the cluster state, as the Raft log carries it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -116,6 +145,31 @@ pub enum Command {
     MoveLeaders(Vec<LeaderMove>),
     /// Replaces replica sets (decommission); each bumps the leader epoch.
     Reassign(Vec<Reassignment>),
+    /// Starts (or replaces) a reassignment of a replicated partition to
+    /// `target` (at least 2 distinct members that are active or already
+    /// replicas): the replica set becomes `target` followed by the current
+    /// replicas not in it, the epoch is bumped, the leader stays. A second
+    /// start keeps the first one's original set.
+    StartReassignment {
+        topic: String,
+        partition: i32,
+        target: Vec<NodeId>,
+    },
+    /// Ends a reassignment whose target replicas caught up: only at the
+    /// partition's current `leader_epoch` (else `StaleElection`) and with
+    /// the leader in the target; the replica set becomes the target, the
+    /// epoch is bumped, the leader stays.
+    CompleteReassignment {
+        topic: String,
+        partition: i32,
+        leader_epoch: Epoch,
+    },
+    /// Puts the replica set back to the original one (the leader must be
+    /// in it), bumping the epoch.
+    CancelReassignment {
+        topic: String,
+        partition: i32,
+    },
     /// Hands `count` producer ids to `node`, starting at the next free one.
     AllocateProducerIds {
         node: NodeId,
@@ -166,6 +220,15 @@ pub enum StateError {
     NotApplied(String),
     #[error("address {addr} is already the address of node {owner}")]
     AddressInUse { addr: String, owner: NodeId },
+    #[error("partition {topic}/{partition}: no reassignment is in progress")]
+    NoReassignment { topic: String, partition: i32 },
+    /// A reassignment that this broker cannot carry out (see the message).
+    #[error("partition {topic}/{partition}: {reason}")]
+    BadReassignment {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
     /// An elected move whose epoch is not the partition's next one: another
     /// leadership change was applied after the election prepared its epoch.
     #[error(
@@ -245,6 +308,9 @@ pub enum Applied {
     },
     LeadersMoved(usize),
     Reassigned(usize),
+    /// A reassignment started, completed or was cancelled; the partition's
+    /// replica set is now this.
+    Reassignment(Vec<NodeId>),
     ProducerIds {
         start: i64,
         count: i64,
@@ -263,6 +329,10 @@ pub struct ClusterState {
     /// A copy of the voters of Raft's ConfState (the authority), updated
     /// when a configuration change is applied; for status.
     pub voters: BTreeSet<NodeId>,
+    /// Reassignments in progress (state written before they existed has
+    /// none).
+    #[serde(default, with = "reassignment_entries")]
+    pub reassignments: Reassignments,
 }
 
 /// Most producer ids one block may take.
@@ -340,6 +410,11 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
         }
         Command::Topic(tc) => {
             let delta = commands::apply(&mut state.topics, tc).map_err(|e| topic_err(&e))?;
+            // A deleted topic's reassignments end with it.
+            let topics = &state.topics;
+            state
+                .reassignments
+                .retain(|(t, p), _| assignment(topics, t, *p).is_ok());
             Ok(Applied::Topic(delta))
         }
         Command::Register(r) => {
@@ -483,6 +558,10 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
                 }
             }
             for mv in moves {
+                // A drain replaces the set outright: a reassignment of the
+                // partition in progress is dropped (its union set is what
+                // the drain saw and replaced).
+                state.reassignments.remove(&(mv.topic.clone(), mv.partition));
                 let a = assignment_mut(&mut state.topics, &mv.topic, mv.partition);
                 a.replicas = mv.replicas.clone();
                 if !a.replicas.contains(&a.leader) {
@@ -492,6 +571,140 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
             }
             state.topics.revision += 1;
             Ok(Applied::Reassigned(moves.len()))
+        }
+        Command::StartReassignment {
+            topic,
+            partition,
+            target,
+        } => {
+            let a = assignment(&state.topics, topic, *partition)?;
+            let key = (topic.clone(), *partition);
+            let original = match state.reassignments.get(&key) {
+                Some(r) => r.original.clone(),
+                None => a.replicas.clone(),
+            };
+            let bad = |reason: String| StateError::BadReassignment {
+                topic: topic.clone(),
+                partition: *partition,
+                reason,
+            };
+            let distinct: BTreeSet<_> = target.iter().collect();
+            if target.is_empty() || distinct.len() != target.len() || target.iter().any(|n| n.0 < 0) {
+                return Err(StateError::BadReplicaSet {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    replicas: target.clone(),
+                });
+            }
+            if original.len() < 2 || target.len() < 2 {
+                return Err(bad(format!(
+                    "a partition moves between sets of at least 2 replicas (from {original:?} to {target:?}): \
+                     a single-replica partition cannot become replicated in place, nor the reverse"
+                )));
+            }
+            for n in target {
+                let serving = state
+                    .members
+                    .get(n)
+                    .is_some_and(|m| m.state == MemberState::Active);
+                if !serving && !a.replicas.contains(n) {
+                    return Err(StateError::NotServing(*n));
+                }
+            }
+            // The union of the target and the original set; replicas added
+            // by an earlier target that the new one drops leave now.
+            let mut replicas = target.clone();
+            replicas.extend(original.iter().filter(|n| !target.contains(n)));
+            if replicas.len() > crate::topics::REPLICATION_FACTOR_MAX {
+                return Err(bad(format!(
+                    "the target and the original set together have {} replicas, more than {}",
+                    replicas.len(),
+                    crate::topics::REPLICATION_FACTOR_MAX
+                )));
+            }
+            if !replicas.contains(&a.leader) {
+                return Err(bad(format!(
+                    "the leader {} would leave the replica set; cancel the running reassignment first",
+                    a.leader
+                )));
+            }
+            let a = assignment_mut(&mut state.topics, topic, *partition);
+            a.replicas = replicas.clone();
+            a.leader_epoch = Epoch(a.leader_epoch.0 + 1);
+            state.topics.revision += 1;
+            state.reassignments.insert(
+                key,
+                ReassignmentState {
+                    target: target.clone(),
+                    original,
+                },
+            );
+            Ok(Applied::Reassignment(replicas))
+        }
+        Command::CompleteReassignment {
+            topic,
+            partition,
+            leader_epoch,
+        } => {
+            let a = assignment(&state.topics, topic, *partition)?;
+            let key = (topic.clone(), *partition);
+            let r = state
+                .reassignments
+                .get(&key)
+                .ok_or_else(|| StateError::NoReassignment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                })?;
+            if a.leader_epoch != *leader_epoch {
+                return Err(StateError::StaleElection {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    expected: a.leader_epoch,
+                    got: *leader_epoch,
+                });
+            }
+            if !r.target.contains(&a.leader) {
+                return Err(StateError::NotAReplica {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    node: a.leader,
+                });
+            }
+            let target = r.target.clone();
+            let a = assignment_mut(&mut state.topics, topic, *partition);
+            a.replicas = target.clone();
+            a.leader_epoch = Epoch(a.leader_epoch.0 + 1);
+            state.topics.revision += 1;
+            state.reassignments.remove(&key);
+            Ok(Applied::Reassignment(target))
+        }
+        Command::CancelReassignment { topic, partition } => {
+            let a = assignment(&state.topics, topic, *partition)?;
+            let key = (topic.clone(), *partition);
+            let r = state
+                .reassignments
+                .get(&key)
+                .ok_or_else(|| StateError::NoReassignment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                })?;
+            if !r.original.contains(&a.leader) {
+                return Err(StateError::BadReassignment {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    reason: format!(
+                        "leadership moved to {}, outside the original replicas {:?}: a cancel after that is not supported",
+                        a.leader, r.original
+                    ),
+                });
+            }
+            let original = r.original.clone();
+            let a = assignment_mut(&mut state.topics, topic, *partition);
+            a.replicas = original.clone();
+            a.leader_epoch = Epoch(a.leader_epoch.0 + 1);
+            state.topics.revision += 1;
+            state.reassignments.remove(&key);
+            Ok(Applied::Reassignment(original))
         }
         Command::AllocateProducerIds { node, count } => {
             if !(1..=PRODUCER_ID_BLOCK_MAX).contains(count) {
@@ -705,6 +918,170 @@ mod tests {
         assert_eq!(epoch_of(&s, 1), (NodeId(1), Epoch(2)));
     }
 
+    fn start(partition: i32, target: &[i32]) -> Command {
+        Command::StartReassignment {
+            topic: "t".into(),
+            partition,
+            target: target.iter().copied().map(NodeId).collect(),
+        }
+    }
+
+    fn replicas_of(s: &ClusterState, partition: i32) -> Vec<i32> {
+        let a = assignment(&s.topics, "t", partition).expect("partition");
+        a.replicas.iter().map(|n| n.0).collect()
+    }
+
+    #[test]
+    fn a_reassignment_runs_on_the_union_and_completes_at_its_epoch() {
+        let mut s = three_nodes_one_topic();
+        apply(&mut s, &Command::Register(reg(4))).expect("register");
+        apply(&mut s, &start(0, &[2, 3, 4])).expect("start");
+        assert_eq!(
+            replicas_of(&s, 0),
+            vec![2, 3, 4, 1],
+            "target first, then the leaving replicas"
+        );
+        assert_eq!(
+            epoch_of(&s, 0),
+            (NodeId(1), Epoch(1)),
+            "the leader stays; the epoch moves"
+        );
+
+        let complete = |epoch| Command::CompleteReassignment {
+            topic: "t".into(),
+            partition: 0,
+            leader_epoch: Epoch(epoch),
+        };
+        let before = s.clone();
+        assert!(
+            matches!(
+                apply(&mut s, &complete(1)),
+                Err(StateError::NotAReplica { node: NodeId(1), .. })
+            ),
+            "the leader leaves: leadership moves into the target first"
+        );
+        apply(&mut s, &Command::MoveLeaders(vec![elected(0, 3, 2)])).expect("elect 3");
+        assert_eq!(
+            apply(&mut s, &complete(1)),
+            Err(StateError::StaleElection {
+                topic: "t".into(),
+                partition: 0,
+                expected: Epoch(2),
+                got: Epoch(1),
+            })
+        );
+        assert_ne!(s, before);
+        apply(&mut s, &complete(2)).expect("complete");
+        assert_eq!(replicas_of(&s, 0), vec![2, 3, 4]);
+        assert_eq!(epoch_of(&s, 0), (NodeId(3), Epoch(3)));
+        assert!(s.reassignments.is_empty());
+        assert_eq!(
+            apply(&mut s, &complete(3)),
+            Err(StateError::NoReassignment {
+                topic: "t".into(),
+                partition: 0
+            })
+        );
+        assert_eq!(ClusterState::decode(&s.encode()), Ok(s));
+    }
+
+    #[test]
+    fn a_second_start_keeps_the_original_and_a_cancel_goes_back_to_it() {
+        let mut s = three_nodes_one_topic();
+        for id in [4, 5] {
+            apply(&mut s, &Command::Register(reg(id))).expect("register");
+        }
+        apply(&mut s, &start(1, &[4, 3])).expect("start");
+        assert_eq!(replicas_of(&s, 1), vec![4, 3, 2, 1]);
+        apply(&mut s, &start(1, &[5, 2])).expect("replace the target");
+        assert_eq!(
+            replicas_of(&s, 1),
+            vec![5, 2, 3, 1],
+            "4 was only in the first target"
+        );
+        assert_eq!(
+            s.reassignments[&("t".to_string(), 1)].original,
+            vec![NodeId(2), NodeId(3), NodeId(1)]
+        );
+        assert_eq!(
+            s.encode(),
+            ClusterState::decode(&s.encode()).expect("decode").encode(),
+            "pending reassignments survive the snapshot encoding"
+        );
+        let cancel = Command::CancelReassignment {
+            topic: "t".into(),
+            partition: 1,
+        };
+        apply(&mut s, &cancel).expect("cancel");
+        assert_eq!(replicas_of(&s, 1), vec![2, 3, 1]);
+        assert_eq!(epoch_of(&s, 1), (NodeId(2), Epoch(3)));
+        assert!(matches!(
+            apply(&mut s, &cancel),
+            Err(StateError::NoReassignment { .. })
+        ));
+
+        // A cancel after leadership left the original set is refused.
+        apply(&mut s, &start(1, &[4, 5])).expect("start");
+        apply(&mut s, &Command::MoveLeaders(vec![elected(1, 4, 5)])).expect("elect 4");
+        let before = s.clone();
+        assert!(matches!(
+            apply(&mut s, &cancel),
+            Err(StateError::BadReassignment { .. })
+        ));
+        assert_eq!(s, before);
+
+        // Deleting the topic ends its reassignments.
+        apply(
+            &mut s,
+            &Command::Topic(TopicCommand::DeleteTopic {
+                name: "t".into(),
+                id: 1,
+            }),
+        )
+        .expect("delete");
+        assert!(s.reassignments.is_empty());
+    }
+
+    #[test]
+    fn bad_targets_are_refused_and_change_nothing() {
+        let mut s = three_nodes_one_topic();
+        apply(&mut s, &Command::Register(reg(4))).expect("register");
+        let single = Command::Topic(TopicCommand::CreateTopic {
+            name: "one".into(),
+            id: 2,
+            config: Default::default(),
+            assignments: vec![vec![NodeId(1)]],
+        });
+        apply(&mut s, &single).expect("create");
+        let before = s.clone();
+        let refused = [
+            start(0, &[]),
+            start(0, &[2, 2]),
+            start(0, &[2, -1]),
+            start(0, &[4]),
+            start(0, &[2, 9]),
+            start(7, &[2, 3]),
+            Command::StartReassignment {
+                topic: "one".into(),
+                partition: 0,
+                target: vec![NodeId(1), NodeId(2)],
+            },
+        ];
+        for cmd in refused {
+            assert!(apply(&mut s, &cmd).is_err(), "{cmd:?} was applied");
+            assert_eq!(s, before, "{cmd:?} changed the state");
+        }
+        let drain = Command::SetMemberState {
+            node: NodeId(4),
+            state: MemberState::Draining,
+        };
+        apply(&mut s, &drain).expect("drain");
+        assert_eq!(
+            apply(&mut s, &start(0, &[2, 4])),
+            Err(StateError::NotServing(NodeId(4)))
+        );
+    }
+
     #[test]
     fn records_written_before_the_new_fields_still_decode() {
         let old_move = r#"{"MoveLeaders":[{"topic":"t","partition":0,"leader":2}]}"#;
@@ -732,5 +1109,9 @@ mod tests {
             .remove("data_addr");
         let decoded = ClusterState::decode(json.to_string().as_bytes()).expect("an old state decodes");
         assert_eq!(decoded.members[&NodeId(1)].data_addr, None);
+        json.as_object_mut().expect("state").remove("reassignments");
+        let decoded =
+            ClusterState::decode(json.to_string().as_bytes()).expect("a state without reassignments");
+        assert!(decoded.reassignments.is_empty());
     }
 }

@@ -11,6 +11,11 @@
 //! - Leader moves and reassignments bump the leader epoch and keep the
 //!   leader among the replicas; an elected move applies only at the
 //!   partition's next epoch and leaves exactly that epoch.
+//! - Reassignments: while one is pending the replica set is the target
+//!   followed by the original replicas not in it, and the leader is in it;
+//!   start, complete and cancel each bump the epoch by one; a completion
+//!   applies only at the current epoch and leaves the target; a cancel
+//!   leaves the original set.
 
 use ferrolog_controlplane::commands::TopicCommand;
 use ferrolog_controlplane::state::{
@@ -79,6 +84,22 @@ fn command() -> impl Strategy<Value = Command> {
                 replicas,
             }])
         }),
+        (0u8..3, 0i32..4, proptest::collection::vec(node(), 0..5)).prop_map(|(t, partition, target)| {
+            Command::StartReassignment {
+                topic: format!("t{t}"),
+                partition,
+                target,
+            }
+        }),
+        (0u8..3, 0i32..4, 0i32..6).prop_map(|(t, partition, epoch)| Command::CompleteReassignment {
+            topic: format!("t{t}"),
+            partition,
+            leader_epoch: Epoch(epoch),
+        }),
+        (0u8..3, 0i32..4).prop_map(|(t, partition)| Command::CancelReassignment {
+            topic: format!("t{t}"),
+            partition,
+        }),
         "[a-z]{1,6}".prop_map(|cluster_id| Command::InitCluster { cluster_id }),
     ]
 }
@@ -131,7 +152,7 @@ proptest! {
                     prop_assert_eq!(before.members[node].state, MemberState::Draining);
                     removed.push(*node);
                 }
-                Ok(Applied::LeadersMoved(_)) | Ok(Applied::Reassigned(_)) => {
+                Ok(Applied::LeadersMoved(_)) | Ok(Applied::Reassigned(_)) | Ok(Applied::Reassignment(_)) => {
                     let (old, new) = (epochs(&before), epochs(&a));
                     let bumped = new.iter().filter(|(k, e)| old.get(*k).is_some_and(|o| *e > o)).count();
                     prop_assert!(bumped > 0, "a leadership change bumped no epoch");
@@ -157,6 +178,39 @@ proptest! {
                         _ => {}
                     }
                 }
+            }
+            let key_of = |topic: &str, partition: i32| (topic.to_string(), partition as usize);
+            match (cmd, &ra) {
+                (Command::StartReassignment { topic, partition, target }, Ok(_)) => {
+                    let k = key_of(topic, *partition);
+                    prop_assert_eq!(epochs(&a)[&k], epochs(&before)[&k] + 1);
+                    prop_assert_eq!(&a.reassignments[&(topic.clone(), *partition)].target, target);
+                }
+                (Command::CompleteReassignment { topic, partition, leader_epoch }, Ok(_)) => {
+                    let k = key_of(topic, *partition);
+                    prop_assert_eq!(epochs(&before)[&k], leader_epoch.0, "completed at another epoch");
+                    prop_assert_eq!(epochs(&a)[&k], leader_epoch.0 + 1);
+                    let pending = &before.reassignments[&(topic.clone(), *partition)];
+                    let meta = a.topics.get(topic).expect("topic");
+                    prop_assert_eq!(&meta.assignments[*partition as usize].replicas, &pending.target);
+                    prop_assert!(!a.reassignments.contains_key(&(topic.clone(), *partition)));
+                }
+                (Command::CancelReassignment { topic, partition }, Ok(_)) => {
+                    let k = key_of(topic, *partition);
+                    prop_assert_eq!(epochs(&a)[&k], epochs(&before)[&k] + 1);
+                    let pending = &before.reassignments[&(topic.clone(), *partition)];
+                    let meta = a.topics.get(topic).expect("topic");
+                    prop_assert_eq!(&meta.assignments[*partition as usize].replicas, &pending.original);
+                }
+                _ => {}
+            }
+            for ((topic, partition), r) in &a.reassignments {
+                let meta = a.topics.get(topic).expect("a pending reassignment of a topic that is gone");
+                let p = &meta.assignments[*partition as usize];
+                let mut union = r.target.clone();
+                union.extend(r.original.iter().filter(|n| !r.target.contains(n)));
+                prop_assert_eq!(&p.replicas, &union, "the replica set is not the union");
+                prop_assert!(r.target.len() >= 2 && r.original.len() >= 2);
             }
             for n in &removed {
                 prop_assert_eq!(a.members[n].state, MemberState::Removed, "a removed member came back");

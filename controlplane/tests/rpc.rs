@@ -8,7 +8,7 @@ use ferrolog_controlplane::rpc::{
     serve, Handler, HeartbeatReply, MemberInfo, Peer, PrepareReply, RegisterReply, RpcError,
     PAYLOAD_BYTES_MAX, RAFT_QUEUE_BYTES_MAX, RAFT_QUEUE_MESSAGES_MAX,
 };
-use ferrolog_model::{Epoch, Offset};
+use ferrolog_model::{Epoch, NodeId, Offset};
 use futures::future::{Either, LocalBoxFuture};
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
@@ -182,6 +182,21 @@ impl Handler for Recorder {
         };
         async move { reply }.boxed_local()
     }
+
+    /// Topic "gone" is refused; otherwise epoch 5 and nodes 1 and 3.
+    fn insync_replicas(
+        &self,
+        _from: u64,
+        topic: String,
+        partition: i32,
+    ) -> LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>> {
+        let reply = if topic == "gone" {
+            Err(format!("{topic}/{partition} is not led here"))
+        } else {
+            Ok((Epoch(5), vec![NodeId(1), NodeId(3)]))
+        };
+        async move { reply }.boxed_local()
+    }
 }
 
 fn loopback() -> SocketAddr {
@@ -295,6 +310,14 @@ fn election_prepares_and_requests_round_trip_and_refusals_come_back() {
         assert_eq!(
             peer.prepare_election("gone", 1, Epoch(3)).await,
             Err(RpcError::Remote("no replica of gone/1 here".into()))
+        );
+        assert_eq!(
+            peer.insync_replicas("orders", 2).await,
+            Ok((Epoch(5), vec![NodeId(1), NodeId(3)]))
+        );
+        assert_eq!(
+            peer.insync_replicas("gone", 1).await,
+            Err(RpcError::Remote("gone/1 is not led here".into()))
         );
         assert_eq!(peer.request_election("orders", 2, false).await, Ok(()));
         assert_eq!(

@@ -724,3 +724,33 @@ fn a_node_stopped_with_sigterm_hands_its_leaderships_over_before_it_exits() {
     c.python(other, &["verify", "handover"]);
     c.python(other, &["verify-other-clients", "handover"]);
 }
+
+#[test]
+fn a_reassignment_moves_replicas_after_they_catch_up_and_the_node_that_left_deletes_its_copies() {
+    let started = Instant::now();
+    let mut c = Cluster::start(4);
+    let leader = c.leader();
+    c.wait_until(leader, "four live members", |v| alive_members(v) == 4);
+    let out = c.python(leader, &["reassign", "moving"]);
+    let left: Vec<i32> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("left "))
+        .expect("the nodes that left")
+        .split(' ')
+        .map(|n| n.parse().expect("a node id"))
+        .collect();
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    for (partition, node) in left.into_iter().enumerate() {
+        let dir = c.node(node).data().join(format!("moving-{partition}"));
+        while dir.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "node {node} still holds {dir:?}, a partition it left\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    c.assert_running();
+    println!("reassignment test took {:?}", started.elapsed());
+}

@@ -222,6 +222,25 @@ impl Replication {
         self.replica.borrow().insync()
     }
 
+    /// Leader: its epoch and the replicas in sync with it, itself first,
+    /// for a reassignment's catch-up check. A follower counts only when it
+    /// is in sync (heard lately, close to the leader's end) and its durable
+    /// log covers the high watermark, so that it holds every committed
+    /// record. None when not leading.
+    pub fn insync_replicas(&self) -> Option<(Epoch, Vec<NodeId>)> {
+        let r = self.replica.borrow();
+        if r.role() != Role::Leader {
+            return None;
+        }
+        let hw = r.high_watermark();
+        let mut nodes = vec![self.node];
+        nodes.extend(
+            r.insync_followers()
+                .filter(|f| r.follower_durable_end(*f).is_some_and(|end| end >= hw)),
+        );
+        Some((r.epoch(), nodes))
+    }
+
     /// The epoch runs of the log (for OffsetForLeaderEpoch).
     pub fn log(&self) -> EpochMap {
         self.replica.borrow().log().clone()

@@ -38,7 +38,7 @@ use ferrolog_controlplane::controller::{Controller, ControllerConfig, Publish};
 use ferrolog_controlplane::metadata::MetadataSnapshot;
 use ferrolog_controlplane::state::Registration;
 use ferrolog_controlplane::LocalReplicas;
-use ferrolog_model::{Epoch, Ntp, ShardId};
+use ferrolog_model::{Epoch, NodeId, Ntp, ShardId};
 use ferrolog_replication::ElectionInfo;
 use ferrolog_shard::Smp;
 use std::cell::Cell;
@@ -157,6 +157,30 @@ impl LocalReplicas for ShardReplicas {
                     return Err(format!("{ntp} is not replicated here"));
                 }
                 ferrolog_cluster::replicated::prepare(p, epoch).await
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn insync(
+        &self,
+        topic: String,
+        partition: i32,
+    ) -> futures::future::LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>> {
+        let smp = self.smp.clone();
+        Box::pin(async move {
+            let ntp = Ntp::new(topic, partition);
+            let owner = Placement::hashed(smp.nr_shards()).owner(&ntp);
+            smp.submit_to(owner, move || async move {
+                let Some(p) = ferrolog_cluster::local().partition(&ntp) else {
+                    return Err(format!("{ntp} is not open here"));
+                };
+                let Some(r) = p.replication() else {
+                    return Err(format!("{ntp} is not replicated here"));
+                };
+                r.insync_replicas()
+                    .ok_or_else(|| format!("{ntp} is not led here"))
             })
             .await
             .map_err(|e| e.to_string())?

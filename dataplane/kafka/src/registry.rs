@@ -51,6 +51,14 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
     (ApiKey::OffsetDelete, handlers::offset_delete::VERSIONS),
     (ApiKey::DescribeCluster, handlers::describe_cluster::VERSIONS),
     (ApiKey::ElectLeaders, handlers::elect_leaders::VERSIONS),
+    (
+        ApiKey::AlterPartitionReassignments,
+        handlers::alter_partition_reassignments::VERSIONS,
+    ),
+    (
+        ApiKey::ListPartitionReassignments,
+        handlers::list_partition_reassignments::VERSIONS,
+    ),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -106,6 +114,12 @@ mod tests {
                 ApiKey::OffsetDelete => check::<OffsetDeleteRequest, OffsetDeleteResponse>(*v),
                 ApiKey::DescribeCluster => check::<DescribeClusterRequest, DescribeClusterResponse>(*v),
                 ApiKey::ElectLeaders => check::<ElectLeadersRequest, ElectLeadersResponse>(*v),
+                ApiKey::AlterPartitionReassignments => {
+                    check::<AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse>(*v)
+                }
+                ApiKey::ListPartitionReassignments => {
+                    check::<ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse>(*v)
+                }
                 other => panic!("{other:?} has no codec check"),
             }
         }

@@ -328,6 +328,16 @@ impl Replica {
         self.durable_end
     }
 
+    /// Leader: where `follower`'s log is known durable and matching this
+    /// leader's (what counts for the high watermark); None when not leading
+    /// or `follower` is not in the replica set.
+    pub fn follower_durable_end(&self, follower: NodeId) -> Option<Offset> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.progress.get(&follower).map(|p| p.durable_end)
+    }
+
     /// The actions queued since the last call, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
@@ -509,17 +519,22 @@ impl Replica {
 
     /// Replicas in sync, the leader included (see the module doc).
     pub fn insync(&self) -> usize {
+        1 + self.insync_followers().count()
+    }
+
+    /// The followers in sync with this leader (see the module doc), in node
+    /// order; none when not leading.
+    pub fn insync_followers(&self) -> impl Iterator<Item = NodeId> + '_ {
         let end = self.log.end().0;
         let lag = i64::try_from(self.config.insync_lag_entries_max).unwrap_or(i64::MAX);
-        1 + self
-            .progress
-            .values()
-            .filter(|p| {
+        self.progress
+            .iter()
+            .filter(move |(_, p)| {
                 p.heard_tick
                     .is_some_and(|t| self.now - t <= self.config.insync_ticks_max)
                     && p.acked_end.0.saturating_add(lag) >= end
             })
-            .count()
+            .map(|(n, _)| *n)
     }
 
     fn check_new_epoch(&self, epoch: Epoch, leader: NodeId) -> Result<(), ControlError> {

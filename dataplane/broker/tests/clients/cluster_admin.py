@@ -18,6 +18,15 @@
   cluster_admin.py --bootstrap ADDR verify-other-clients TOPIC
       kcat and kafka-python read partition 0 from the beginning: the 20 values of an earlier
       roundtrip, in order (the leaders' epoch markers are control batches they skip).
+  cluster_admin.py --bootstrap ADDR reassign TOPIC
+      Creates TOPIC (2 partitions, 3 replicas of 4 nodes), produces 20 messages with acks=all
+      to each, reassigns partition 0 to its leader, the node outside its set and one follower,
+      and partition 1 to the three nodes other than its leader (which leaves), with
+      kafka-python's AdminClient (confluent-kafka 2.16 has no
+      AlterPartitionReassignments), checks the refusals (unknown partition, bad target,
+      cancel with none pending), waits until ListPartitionReassignments is empty, and
+      checks Metadata lists the targets and the messages are all still readable; prints
+      "left N0 N1", the node that left each partition.
   cluster_admin.py --bootstrap ADDR verify TOPIC
       Reads partition 0 from offset 0: the 20 acknowledged messages of an earlier roundtrip
       must be there, in order, byte for byte (after kills and restarts).
@@ -149,10 +158,10 @@ def roundtrip_values(topic):
     return [f"{topic}-{i}".encode() for i in range(20)]
 
 
-def read_back(bootstrap, topic, values):
-    """Partition 0 from offset 0 must start with exactly `values`."""
+def read_back(bootstrap, topic, values, partition=0):
+    """The partition from offset 0 must start with exactly `values`."""
     c = consumer(bootstrap)
-    c.assign([TopicPartition(topic, 0, 0)])
+    c.assign([TopicPartition(topic, partition, 0)])
     got = []
     deadline = time.monotonic() + WAIT_S
     while len(got) < len(values) and time.monotonic() < deadline:
@@ -236,6 +245,74 @@ def elect_preferred(bootstrap, topic):
     fail(f"{topic}: partitions {[tp.partition for tp in pending]} not led by their preferred replica within {WAIT_S} s")
 
 
+def reassign(bootstrap, topic):
+    from kafka import TopicPartition as KTopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    create(bootstrap, topic, 2, 3)
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": int(WAIT_S * 1000)})
+    errors = []
+    values = roundtrip_values(topic)
+    for partition in (0, 1):
+        for v in values:
+            p.produce(topic, v, partition=partition, on_delivery=lambda err, msg: errors.append(err) if err else None)
+    if p.flush(WAIT_S) != 0 or errors:
+        fail(f"produce to {topic}: {errors[:3]} (unflushed: {len(p)})")
+    log(f"{topic}: 20 messages produced with acks=all to partitions 0 and 1")
+
+    # Partition 0 keeps its leader and swaps a follower for the node outside its set;
+    # partition 1 moves to the three nodes other than its leader.
+    parts = admin(bootstrap).list_topics(topic, timeout=10).topics[topic].partitions
+    nodes = {1, 2, 3, 4}
+    r0, r1 = parts[0], parts[1]
+    outside0 = (nodes - set(r0.replicas)).pop()
+    kept0 = [n for n in r0.replicas if n != r0.leader][0]
+    targets = {0: [r0.leader, outside0, kept0], 1: sorted(nodes - {r1.leader})}
+    left = {p: sorted(set(parts[p].replicas) - set(t)) for p, t in targets.items()}
+    ka = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    wanted = {KTopicPartition(topic, p): t for p, t in targets.items()}
+    result = ka.alter_partition_reassignments(wanted)
+    if any(err is not None for err in result.values()) or len(result) != 2:
+        fail(f"alter_partition_reassignments: {result}")
+    log(f"{topic}: reassigning {targets}; pending: {ka.list_partition_reassignments()}")
+    target = targets[0]
+
+    refusals = [
+        ({KTopicPartition(topic, 9): target}, 3),  # UNKNOWN_TOPIC_OR_PARTITION
+        ({KTopicPartition("__consumer_offsets", 0): target}, 3),
+        ({KTopicPartition(topic, 0): [2, 2, 3]}, 39),  # INVALID_REPLICA_ASSIGNMENT
+        ({KTopicPartition(topic, 0): [2, 3, 99]}, 39),
+    ]
+    for request, errno in refusals:
+        got = list(ka.alter_partition_reassignments(request).values())
+        if len(got) != 1 or got[0] is None or got[0].errno != errno:
+            fail(f"alter_partition_reassignments {request}: expected error {errno}, got {got}")
+
+    pending = None
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        pending = ka.list_partition_reassignments({topic: [0, 1]})
+        if not pending:
+            break
+        time.sleep(0.2)
+    if pending:
+        fail(f"{topic}: reassignments still pending after {WAIT_S} s: {pending}")
+    got = list(ka.alter_partition_reassignments({KTopicPartition(topic, 0): None}).values())
+    if len(got) != 1 or got[0] is None or got[0].errno != 85:  # NO_REASSIGNMENT_IN_PROGRESS
+        fail(f"cancel with none pending: {got}")
+    ka.close()
+
+    md = admin(bootstrap).list_topics(topic, timeout=10)
+    for part in md.topics[topic].partitions.values():
+        t = targets[part.id]
+        if list(part.replicas) != t or part.leader not in t:
+            fail(f"{topic}/{part.id}: replicas {part.replicas} led by {part.leader}, expected {t}")
+    for partition in (0, 1):
+        read_back(bootstrap, topic, values, partition)
+    log(f"{topic}: reassigned to {targets}; the 20 messages of each partition are all there")
+    print(f"left {left[0][0]} {left[1][0]}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", required=True)
@@ -257,6 +334,8 @@ def main():
         elect_preferred(args.bootstrap, rest[1])
     elif cmd == "verify-other-clients":
         verify_other_clients(args.bootstrap, rest[1])
+    elif cmd == "reassign":
+        reassign(args.bootstrap, rest[1])
     elif cmd == "verify":
         read_back(args.bootstrap, rest[1], roundtrip_values(rest[1]))
         log(f"{rest[1]}: the 20 acknowledged messages are all there")
