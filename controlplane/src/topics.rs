@@ -27,12 +27,18 @@ pub const SEGMENT_MS: &str = "segment.ms";
 pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
 pub const CLEANUP_POLICY: &str = "cleanup.policy";
 pub const DURABILITY: &str = "ferrolog.durability";
+/// Replicas (the leader included) that must be in sync for a leader to
+/// take an acks=all produce; Kafka's default is 1.
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+/// Kafka's bounds for `min.insync.replicas`.
+pub const MIN_INSYNC_REPLICAS_RANGE: std::ops::RangeInclusive<i64> = 1..=32767;
 
 /// Every topic config this broker knows, in the order DescribeConfigs lists them.
-pub const CONFIG_KEYS: [&str; 7] = [
+pub const CONFIG_KEYS: [&str; 8] = [
     CLEANUP_POLICY,
     DURABILITY,
     MAX_MESSAGE_BYTES,
+    MIN_INSYNC_REPLICAS,
     RETENTION_BYTES,
     RETENTION_MS,
     SEGMENT_BYTES,
@@ -137,6 +143,10 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
             Ok(_) => Ok(()),
             Err(_) => invalid("expected \"fsync\" or \"direct\""),
         },
+        MIN_INSYNC_REPLICAS => match int {
+            Ok(v) if MIN_INSYNC_REPLICAS_RANGE.contains(&v) => Ok(()),
+            _ => invalid("expected an integer in [1, 32767]"),
+        },
         _ => Err(TopicError::UnknownConfig(key.to_string())),
     }
 }
@@ -157,9 +167,20 @@ pub fn effective(overrides: &ConfigOverrides, defaults: &TopicDefaults, key: &st
         MAX_MESSAGE_BYTES => defaults.max_message_bytes.to_string(),
         CLEANUP_POLICY => "delete".to_string(),
         DURABILITY => d.durability.to_string(),
+        MIN_INSYNC_REPLICAS => "1".to_string(),
         _ => return None,
     };
     Some((v, false))
+}
+
+/// A topic's `min.insync.replicas` (1 when not set).
+pub fn min_insync_replicas(overrides: &ConfigOverrides) -> usize {
+    overrides
+        .get(MIN_INSYNC_REPLICAS)
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|v| MIN_INSYNC_REPLICAS_RANGE.contains(v))
+        .and_then(|v| usize::try_from(v).ok())
+        .unwrap_or(1)
 }
 
 /// The storage settings of a topic's partitions.
@@ -639,9 +660,22 @@ mod tests {
         assert!(validate_config(CLEANUP_POLICY, "compact").is_err());
         assert!(validate_config(DURABILITY, "direct").is_ok());
         assert!(validate_config(DURABILITY, "sometimes").is_err());
+        assert!(validate_config(MIN_INSYNC_REPLICAS, "1").is_ok());
+        assert!(validate_config(MIN_INSYNC_REPLICAS, "32767").is_ok());
+        for bad in ["0", "-1", "32768", "two"] {
+            assert!(validate_config(MIN_INSYNC_REPLICAS, bad).is_err(), "{bad}");
+        }
         assert_eq!(
-            validate_config("min.insync.replicas", "1"),
-            Err(TopicError::UnknownConfig("min.insync.replicas".into()))
+            validate_config("unclean.leader.election.enable", "false"),
+            Err(TopicError::UnknownConfig("unclean.leader.election.enable".into()))
+        );
+        let mut o = ConfigOverrides::new();
+        assert_eq!(min_insync_replicas(&o), 1);
+        o.insert(MIN_INSYNC_REPLICAS.into(), "2".into());
+        assert_eq!(min_insync_replicas(&o), 2);
+        assert_eq!(
+            effective(&o, &defaults(), MIN_INSYNC_REPLICAS),
+            Some(("2".into(), true))
         );
     }
 

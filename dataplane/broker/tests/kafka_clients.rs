@@ -529,6 +529,13 @@ fn kafka_python_admin_produce_and_assigned_consume() {
 }
 
 #[test]
+fn min_insync_replicas_refuses_acks_all_only() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("min_insync.py", &[]);
+}
+
+#[test]
 fn acks_0_and_acks_1_producers_land_their_data() {
     let node = Node::new();
     let mut broker = node.start(&[]);

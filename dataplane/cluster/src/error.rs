@@ -2,7 +2,7 @@
 //! error codes (its `errors` module, the only place codes are made).
 
 use crate::producer_state::SequenceError;
-use ferrolog_model::{Ntp, Offset};
+use ferrolog_model::{Epoch, Ntp, Offset};
 use ferrolog_shard::ShardError;
 use ferrolog_storage::StorageError;
 use std::time::Duration;
@@ -41,6 +41,14 @@ pub enum PartitionError {
     /// `min.insync.replicas` is not met: too few replicas are caught up.
     #[error("{insync} replicas in sync, {min} required")]
     NotEnoughReplicas { insync: usize, min: usize },
+    /// The client's current leader epoch (KIP-320) is older than the
+    /// partition's: its metadata is stale.
+    #[error("leader epoch {asked} is older than the partition's {current}")]
+    FencedLeaderEpoch { asked: Epoch, current: Epoch },
+    /// The client's current leader epoch is newer than the partition's:
+    /// this node has not heard of it yet.
+    #[error("leader epoch {asked} is newer than the partition's {current}")]
+    UnknownLeaderEpoch { asked: Epoch, current: Epoch },
     /// ListOffsets with a timestamp that is neither a time nor -1/-2.
     #[error("invalid timestamp query {0}")]
     BadTimestampQuery(i64),

@@ -7,8 +7,9 @@
 //! snapshot (`reconcile`), the placement of partitions on shards
 //! (`placement`), each partition's idempotent producer state
 //! (`producer_state`), its leader epoch, its high watermark and the long-poll
-//! fetches waiting on it (`waiters`), and the operations other shards call on
-//! a partition's owner (`ops`). It knows nothing of Kafka requests; errors are
+//! fetches waiting on it (`waiters`), the operations other shards call on
+//! a partition's owner (`ops`), and each shard's copy of the ISRs of the
+//! replicated partitions this node leads (`isr`, for Metadata). It knows nothing of Kafka requests; errors are
 //! typed ([`PartitionError`]) and mapped to Kafka codes by the kafka crate.
 //!
 //! Threading: a `PartitionManager` lives on one data shard (`Rc`/`RefCell`,
@@ -17,6 +18,7 @@
 //! call per owner); no borrow is held across an await.
 
 pub mod error;
+pub mod isr;
 pub mod manager;
 pub mod metrics;
 pub mod ops;

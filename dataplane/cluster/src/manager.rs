@@ -11,6 +11,7 @@
 //! reached with [`local`]. Reconciliations run one at a time (a permit);
 //! snapshots older than the one applied are ignored.
 
+use crate::isr::IsrCache;
 use crate::metrics::{ManagerMetrics, PartitionSnapshot};
 use crate::partition::Partition;
 use crate::placement::Placement;
@@ -136,6 +137,11 @@ pub struct PartitionManager {
     /// Set when the node stops: its replicas refuse election prepares, so
     /// leadership moves to the others.
     pub stopping: Cell<bool>,
+    /// The in-sync replicas of the replicated partitions this node leads,
+    /// whichever shard owns them (see `isr`).
+    isr: RefCell<IsrCache>,
+    /// This shard's next ISR message sequence number.
+    pub(crate) isr_seq: Cell<u64>,
     /// A seam for crash tests: how many more directory-changing steps
     /// (open, remove, set aside) reconciliation may take before it stops as
     /// if the process had died there. `None`: no limit.
@@ -168,6 +174,8 @@ impl PartitionManager {
             repl_tasks: RefCell::new(Vec::new()),
             election_requests: RefCell::new(None),
             stopping: Cell::new(false),
+            isr: RefCell::new(IsrCache::default()),
+            isr_seq: Cell::new(0),
             steps_left: Cell::new(None),
         })
     }
@@ -259,6 +267,7 @@ impl PartitionManager {
                 Some(t) => (t.log.clone(), t.partitions as usize),
                 None => (topics::log_config(&meta.config, defaults), meta.assignments.len()),
             };
+            let min_insync = topics::min_insync_replicas(&meta.config);
             for (p, a) in meta.assignments.iter().enumerate().take(count) {
                 let ntp = Ntp::new(name.clone(), p as i32);
                 if self.owner(&ntp) != self.id() || !a.replicas.contains(&me) {
@@ -274,6 +283,7 @@ impl PartitionManager {
                         leader: a.leader,
                         replicas: a.replicas.to_vec(),
                         topic_id: meta.id,
+                        min_insync,
                     },
                 );
             }
@@ -327,6 +337,7 @@ impl PartitionManager {
                 let moved = want.leader_epoch != p.leader_epoch() || want.leads != p.leads();
                 p.set_leader_epoch(want.leader_epoch);
                 p.set_leads(want.leads);
+                p.set_min_insync(want.min_insync);
                 if p.replication().is_some() {
                     self.assign_replica(&p, want);
                 } else if want.replicas.len() > 1 {
@@ -346,6 +357,7 @@ impl PartitionManager {
             .iter()
             .map(|(name, meta)| (meta.id, name.clone()))
             .collect();
+        self.isr.borrow_mut().retain(|ntp| snap.topics.contains(ntp));
         *self.metadata.borrow_mut() = snap;
         for ntp in &plan.remove {
             if !self.step() {
@@ -382,6 +394,7 @@ impl PartitionManager {
             let r = Replication::load(key, self.config.node_id, &partition).await?;
             partition.set_replication(r);
         }
+        partition.set_min_insync(want.min_insync);
         info!(
             partition = %ntp,
             shard = %self.id(),
@@ -412,6 +425,19 @@ impl PartitionManager {
         let p = p.clone();
         let (leader, epoch, replicas) = (want.leader, want.leader_epoch, want.replicas.clone());
         glommio::spawn_local(replicated::assign(p, leader, epoch, replicas)).detach();
+    }
+
+    /// The in-sync replicas of a replicated partition this node leads, as
+    /// its owner shard last published them (None: not published, or not
+    /// leading).
+    pub fn isr(&self, ntp: &Ntp) -> Option<Vec<NodeId>> {
+        self.isr.borrow().get(ntp).map(<[NodeId]>::to_vec)
+    }
+
+    /// An owner shard's ISR message (`seq` from that shard; an empty ISR:
+    /// not leading).
+    pub(crate) fn set_isr(&self, ntp: Ntp, seq: u64, isr: Vec<NodeId>) {
+        self.isr.borrow_mut().set(ntp, seq, isr);
     }
 
     /// Every open replicated partition.

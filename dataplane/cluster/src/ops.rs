@@ -10,7 +10,8 @@ use crate::partition::Partition;
 use crate::replicated;
 use crate::waiters::WaiterRef;
 use bytes::{Bytes, BytesMut};
-use ferrolog_model::{Ntp, Offset, ShardId, TimestampMs};
+use ferrolog_model::{Epoch, Ntp, Offset, ShardId, TimestampMs};
+use ferrolog_replication::InsyncCheck;
 use ferrolog_shard::ShardError;
 use ferrolog_storage::{ReadRequest, StorageError};
 use std::future::Future;
@@ -156,7 +157,16 @@ pub fn check_producer_batch(batch: &[u8]) -> Result<(), PartitionError> {
 /// Appends every batch of one produce entry in order; returns the first
 /// one's base offset. One batch per partition is what clients send. Wakes
 /// the partition's long polls whatever the outcome: some batches may be in.
-async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<(Offset, Offset), PartitionError> {
+/// `min.insync.replicas` is checked for acks=all only, as in Kafka.
+async fn append_all(
+    p: Rc<Partition>,
+    records: Bytes,
+    acks: Acks,
+) -> Result<(Offset, Offset), PartitionError> {
+    let insync = match acks {
+        Acks::All => InsyncCheck::Enforce,
+        Acks::Leader | Acks::None => InsyncCheck::Skip,
+    };
     let appended = async {
         let batches = split_batches(&records)?;
         let mut first = None;
@@ -165,7 +175,7 @@ async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<(Offset, Offset)
             check_producer_batch(&batch)?;
             let delta =
                 ferrolog_model::BatchHeader::parse(&batch).map_or(0, |h| i64::from(h.last_offset_delta));
-            let appended = p.append_producer_batch(batch).await;
+            let appended = p.append_producer_batch(batch, insync).await;
             if p.replication().is_some() {
                 // Durable here: followers may count it, the HW may move.
                 replicated::report_durable(&p);
@@ -186,12 +196,12 @@ async fn append_all(p: Rc<Partition>, records: Bytes) -> Result<(Offset, Offset)
 /// task, may still become durable and then wakes long polls, as in Kafka).
 async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, PartitionError> {
     if item.acks != Acks::All {
-        return append_all(p, item.records).await.map(|(base, _)| base);
+        return append_all(p, item.records, item.acks).await.map(|(base, _)| base);
     }
     let timeout = item.timeout;
     let hwm_of = p.clone();
     let task = glommio::spawn_local(async move {
-        let (base, last) = append_all(p, item.records).await?;
+        let (base, last) = append_all(p, item.records, Acks::All).await?;
         if hwm_of.replication().is_some() {
             // A majority of the replica set must hold it durably.
             replicated::wait_committed(&hwm_of, last.plus(1), timeout).await?;
@@ -225,7 +235,7 @@ pub async fn append_committed(
     timeout: Duration,
 ) -> Result<Offset, PartitionError> {
     let delta = ferrolog_model::BatchHeader::parse(&batch).map_or(0, |h| i64::from(h.last_offset_delta));
-    let appended = p.append_producer_batch(batch).await;
+    let appended = p.append_producer_batch(batch, InsyncCheck::Enforce).await;
     if p.replication().is_some() {
         replicated::report_durable(p);
     }
@@ -307,6 +317,9 @@ pub struct ReadItem {
     /// A long poll's waiter: registered on the partition, in this same
     /// call, when the read finds nothing new, and woken by the next append.
     pub waiter: Option<WaiterRef>,
+    /// KIP-320: the leader epoch the client believes current (None: no
+    /// check).
+    pub current_leader_epoch: Option<Epoch>,
 }
 
 pub struct ReadAnswer {
@@ -320,7 +333,9 @@ pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
     let mut out = Vec::with_capacity(items.len());
     let mut budget = items.first().map_or(0, |i| i.response_budget);
     for item in items {
-        let p = match led(&m, &item.ntp) {
+        let p = match led(&m, &item.ntp)
+            .and_then(|p| p.check_leader_epoch(item.current_leader_epoch).map(|()| p))
+        {
             Ok(p) => p,
             Err(e) => {
                 if let Some(w) = item.waiter {
@@ -423,6 +438,9 @@ pub struct OffsetQuery {
     pub ntp: Ntp,
     /// -1 latest, -2 earliest, otherwise a timestamp in ms.
     pub timestamp: i64,
+    /// KIP-320: the leader epoch the client believes current (None: no
+    /// check).
+    pub current_leader_epoch: Option<Epoch>,
 }
 
 /// The offset found for a query; `None` if no record has a timestamp at
@@ -433,7 +451,7 @@ pub async fn list_offsets_local(items: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
     let m = manager::local();
     let mut out = Vec::with_capacity(items.len());
     for q in items {
-        let p = match led(&m, &q.ntp) {
+        let p = match led(&m, &q.ntp).and_then(|p| p.check_leader_epoch(q.current_leader_epoch).map(|()| p)) {
             Ok(p) => p,
             Err(e) => {
                 out.push(Err(e));
@@ -453,6 +471,48 @@ pub async fn list_offsets_local(items: Vec<OffsetQuery>) -> Vec<OffsetAnswer> {
         });
     }
     out
+}
+
+/// One partition's share of an OffsetForLeaderEpoch.
+pub struct EpochQuery {
+    pub ntp: Ntp,
+    /// KIP-320: the leader epoch the client believes current (None: no
+    /// check).
+    pub current_leader_epoch: Option<Epoch>,
+    /// The epoch whose end is asked for.
+    pub leader_epoch: Epoch,
+}
+
+/// The epoch found and where it ends; None is Kafka's UNDEFINED_EPOCH and
+/// UNDEFINED_EPOCH_OFFSET (-1, -1).
+pub type EpochAnswer = Result<Option<(Epoch, Offset)>, PartitionError>;
+
+/// OffsetForLeaderEpoch on the leader. A replicated partition answers from
+/// its replica's epoch runs (`EpochMap::offset_for_leader_epoch`, Kafka's
+/// rules; its last epoch ends at the log end). A single-replica partition
+/// keeps no epoch runs: its batches carry the metadata's epoch at the time
+/// they were appended, and finding where an older epoch ended would mean
+/// reading every batch header. So it answers exactly only for its current
+/// epoch (that epoch and the high watermark) and (-1, -1) for any other:
+/// for an older epoch that is a limitation (Kafka would give the older
+/// epoch's end), for a newer one it is Kafka's answer.
+pub async fn offset_for_leader_epoch_local(items: Vec<EpochQuery>) -> Vec<EpochAnswer> {
+    let m = manager::local();
+    items
+        .into_iter()
+        .map(|q| {
+            let p = led(&m, &q.ntp)?;
+            p.check_leader_epoch(q.current_leader_epoch)?;
+            Ok(match p.replication() {
+                Some(r) => r
+                    .log()
+                    .offset_for_leader_epoch(q.leader_epoch)
+                    .map(|e| (e.epoch, e.end)),
+                None if q.leader_epoch == p.leader_epoch() => Some((p.leader_epoch(), p.high_watermark())),
+                None => None,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

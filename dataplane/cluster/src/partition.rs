@@ -18,7 +18,7 @@ use crate::replicated::Replication;
 use crate::waiters::WaiterRef;
 use bytes::Bytes;
 use ferrolog_model::{BatchHeader, Epoch, Ntp, Offset};
-use ferrolog_replication::AppendError;
+use ferrolog_replication::{AppendError, InsyncCheck};
 use ferrolog_storage::Appended;
 use ferrolog_storage::{Log, ReadRequest, StorageError};
 use std::cell::{Cell, OnceCell, RefCell};
@@ -63,6 +63,9 @@ pub struct Partition {
     pub metrics: Rc<PartitionMetrics>,
     /// Set once, at open, for a partition with more than one replica.
     replication: OnceCell<Replication>,
+    /// The topic's `min.insync.replicas`. A single replica is the only one
+    /// in sync, so above 1 it refuses every acks=all append, as Kafka does.
+    min_insync: Cell<usize>,
 }
 
 impl Partition {
@@ -135,6 +138,7 @@ impl Partition {
             discards,
             metrics,
             replication: OnceCell::new(),
+            min_insync: Cell::new(1),
         }
     }
 
@@ -152,6 +156,20 @@ impl Partition {
         );
     }
 
+    /// The topic's `min.insync.replicas` (at open and on every
+    /// reconfiguration); a replicated partition hands it to its replica.
+    pub fn set_min_insync(&self, min_insync: usize) {
+        assert!(
+            min_insync >= 1,
+            "{}: min.insync.replicas of {min_insync}",
+            self.ntp
+        );
+        self.min_insync.set(min_insync);
+        if let Some(r) = self.replication() {
+            r.set_min_insync(min_insync);
+        }
+    }
+
     /// Producers whose sequence state this partition holds.
     pub fn producer_count(&self) -> usize {
         self.producers.borrow().len()
@@ -161,11 +179,20 @@ impl Partition {
     /// an idempotent producer (producer id >= 0) are checked against its
     /// sequence state: a retry of a batch the log holds is answered with
     /// that batch's base offset and not appended again. The batch must have
-    /// passed `check_producer_batch`.
-    pub async fn append_producer_batch(&self, batch: Bytes) -> Result<Offset, PartitionError> {
+    /// passed `check_producer_batch`. On a replicated partition `insync`
+    /// says whether `min.insync.replicas` must hold (acks=all) or not.
+    pub async fn append_producer_batch(
+        &self,
+        batch: Bytes,
+        insync: InsyncCheck,
+    ) -> Result<Offset, PartitionError> {
         let header = BatchHeader::parse(&batch).map_err(|e| PartitionError::CorruptBatch(e.to_string()))?;
         let n = u64::try_from(header.offset_count()).unwrap_or(1).max(1);
         let Some(repl) = self.replication() else {
+            let min = self.min_insync.get();
+            if insync == InsyncCheck::Enforce && min > 1 {
+                return Err(PartitionError::NotEnoughReplicas { insync: 1, min });
+            }
             return self.append_unreplicated(batch, &header).await;
         };
         // Replicated: the replica takes the offsets in the same append
@@ -185,7 +212,7 @@ impl Partition {
         let appended = self
             .log
             .append_guarded(batch, Some(epoch), |at| {
-                if let Err(e) = repl.check_client_append(epoch, at.base_offset) {
+                if let Err(e) = repl.check_client_append(epoch, at.base_offset, insync) {
                     refused.set(Some(e));
                     return false;
                 }
@@ -200,7 +227,7 @@ impl Partition {
                         return false;
                     }
                 }
-                repl.take_client_append(n);
+                repl.take_client_append(n, insync);
                 true
             })
             .await
@@ -395,6 +422,34 @@ impl Partition {
 
     pub fn leader_epoch(&self) -> Epoch {
         self.leader_epoch.get()
+    }
+
+    /// The epoch clients' leader epochs are checked against (KIP-320): the
+    /// replica's on a replicated partition (it moves with elections before
+    /// the metadata does), else the metadata's.
+    pub fn current_epoch(&self) -> Epoch {
+        match self.replication() {
+            Some(r) => r.epoch(),
+            None => self.leader_epoch(),
+        }
+    }
+
+    /// KIP-320: a request's current leader epoch (None: not checked, the
+    /// client sent -1 or a version without the field) must be this
+    /// partition's. An older one means the client's metadata is stale, a
+    /// newer one that this node has not caught up yet; both are retriable.
+    pub fn check_leader_epoch(&self, asked: Option<Epoch>) -> Result<(), PartitionError> {
+        let Some(asked) = asked else {
+            return Ok(());
+        };
+        let current = self.current_epoch();
+        if asked < current {
+            return Err(PartitionError::FencedLeaderEpoch { asked, current });
+        }
+        if asked > current {
+            return Err(PartitionError::UnknownLeaderEpoch { asked, current });
+        }
+        Ok(())
     }
 
     /// Whether this node leads the partition (from the metadata snapshot).

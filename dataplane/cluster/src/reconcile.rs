@@ -30,6 +30,8 @@ pub struct Desired {
     pub replicas: Vec<NodeId>,
     /// The topic's id (0 for internal topics).
     pub topic_id: u128,
+    /// The topic's `min.insync.replicas` (used when replicated).
+    pub min_insync: usize,
 }
 
 /// The steps of one reconciliation, each list sorted.
@@ -98,6 +100,7 @@ mod tests {
             leader: NodeId(1),
             replicas: vec![NodeId(1)],
             topic_id: 0,
+            min_insync: 1,
         }
     }
 

@@ -38,8 +38,8 @@ use crate::repl_wire::{self, PartitionKey};
 use bytes::{Bytes, BytesMut};
 use ferrolog_model::{BatchHeader, Epoch, NodeId, Ntp, Offset, ShardId};
 use ferrolog_replication::{
-    Action, AppendError, ControlError, ElectionInfo, EpochMap, EpochStart, EpochState, Message, Replica,
-    ReplicaConfig, Restart, Role,
+    Action, AppendError, ControlError, ElectionInfo, EpochMap, EpochStart, EpochState, InsyncCheck, Message,
+    Replica, ReplicaConfig, Restart, Role,
 };
 use ferrolog_storage::{ReadRequest, StorageError};
 use ferrolog_transport::{Frame, Link};
@@ -123,6 +123,11 @@ pub struct Replication {
     pub resets: Cell<u64>,
     /// Ticks in a row without a role.
     unattached_ticks: Cell<u64>,
+    /// The topic's `min.insync.replicas`, kept for a rebuild of the replica.
+    min_insync: Cell<usize>,
+    /// The ISR last sent to the shards' Metadata caches (empty: none, not
+    /// leading).
+    published_isr: RefCell<Vec<NodeId>>,
 }
 
 impl Replication {
@@ -197,6 +202,8 @@ impl Replication {
             state_path,
             resets: Cell::new(0),
             unattached_ticks: Cell::new(0),
+            min_insync: Cell::new(1),
+            published_isr: RefCell::new(Vec::new()),
         })
     }
 
@@ -246,12 +253,29 @@ impl Replication {
         self.replica.borrow().log().clone()
     }
 
+    /// The followers this leader counts in sync (none when not leading).
+    pub fn insync_followers(&self) -> Vec<NodeId> {
+        self.replica.borrow().insync_followers().collect()
+    }
+
+    /// `min.insync.replicas` from the topic's config (through
+    /// `Partition::set_min_insync`); it applies to the next acks=all append.
+    pub(crate) fn set_min_insync(&self, min_insync: usize) {
+        self.replica.borrow_mut().set_min_insync(min_insync);
+        self.min_insync.set(min_insync);
+    }
+
     /// Called inside the log's append section for a client batch of `n`
     /// offsets that would land at `base` in `epoch`: takes the offsets in
     /// the replica, or says why not.
-    pub(crate) fn check_client_append(&self, epoch: Epoch, base: Offset) -> Result<(), AppendError> {
+    pub(crate) fn check_client_append(
+        &self,
+        epoch: Epoch,
+        base: Offset,
+        insync: InsyncCheck,
+    ) -> Result<(), AppendError> {
         let r = self.replica.borrow();
-        r.check_append()?;
+        r.check_append(insync)?;
         if r.epoch() != epoch || r.log_end() != base {
             // The epoch moved, or the leader's marker is not written yet.
             return Err(AppendError::NotLeader);
@@ -259,10 +283,10 @@ impl Replication {
         Ok(())
     }
 
-    pub(crate) fn take_client_append(&self, n: u64) {
+    pub(crate) fn take_client_append(&self, n: u64, insync: InsyncCheck) {
         self.replica
             .borrow_mut()
-            .append(n)
+            .append(n, insync)
             .expect("checked in the same append section");
     }
 
@@ -580,7 +604,11 @@ async fn reset(p: &Rc<Partition>) {
         log: map,
         hw_checkpoint: r.hw.get(),
     };
-    *r.replica.borrow_mut() = Replica::new(replica_config(r.node), restart);
+    let config = ReplicaConfig {
+        min_insync: r.min_insync.get(),
+        ..replica_config(r.node)
+    };
+    *r.replica.borrow_mut() = Replica::new(config, restart);
     settle_role(p);
 }
 
@@ -866,8 +894,37 @@ async fn ticker() {
         let m = manager::local();
         for p in m.replicated() {
             tick(&p);
+            publish_isr(&m, &p);
         }
     }
+}
+
+/// Sends every shard this partition's in-sync replicas (the leader, then
+/// the followers its replica counts in sync; none when not leading) if
+/// they changed since last sent, for the Metadata answers of any shard.
+fn publish_isr(m: &PartitionManager, p: &Partition) {
+    let r = repl(p);
+    let isr: Vec<NodeId> = if r.role() == Role::Leader {
+        std::iter::once(r.node).chain(r.insync_followers()).collect()
+    } else {
+        Vec::new()
+    };
+    if *r.published_isr.borrow() == isr {
+        return;
+    }
+    *r.published_isr.borrow_mut() = isr.clone();
+    let seq = m.isr_seq.get() + 1;
+    m.isr_seq.set(seq);
+    let (smp, ntp) = (m.smp.clone(), p.ntp.clone());
+    glommio::spawn_local(async move {
+        let _ = smp
+            .invoke_on_all(move || {
+                let (ntp, isr) = (ntp.clone(), isr.clone());
+                async move { manager::local().set_isr(ntp, seq, isr) }
+            })
+            .await;
+    })
+    .detach();
 }
 
 fn on_frame(from: SocketAddr, frame: Frame) {

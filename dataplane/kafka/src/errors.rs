@@ -43,6 +43,8 @@ pub fn partition(e: &PartitionError) -> ResponseError {
         PartitionError::TimedOut(_) => ResponseError::RequestTimedOut,
         PartitionError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
         PartitionError::BadTimestampQuery(_) => ResponseError::InvalidRequest,
+        PartitionError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        PartitionError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
         PartitionError::Shard(e) => shard(e),
     }
 }
@@ -160,6 +162,15 @@ mod tests {
             3
         );
         assert_eq!(partition(&PartitionError::InvalidRecord("x".into())).code(), 87);
+        let (asked, current) = (ferrolog_model::Epoch(1), ferrolog_model::Epoch(2));
+        assert_eq!(
+            partition(&PartitionError::FencedLeaderEpoch { asked, current }).code(),
+            74
+        );
+        assert_eq!(
+            partition(&PartitionError::UnknownLeaderEpoch { asked, current }).code(),
+            75
+        );
         let rf = PlacementError::ReplicationFactor { rf: 2, brokers: 1 };
         assert_eq!(placement(&rf).code(), 38);
     }

@@ -59,6 +59,10 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::ListPartitionReassignments,
         handlers::list_partition_reassignments::VERSIONS,
     ),
+    (
+        ApiKey::OffsetForLeaderEpoch,
+        handlers::offset_for_leader_epoch::VERSIONS,
+    ),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -119,6 +123,9 @@ mod tests {
                 }
                 ApiKey::ListPartitionReassignments => {
                     check::<ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse>(*v)
+                }
+                ApiKey::OffsetForLeaderEpoch => {
+                    check::<OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse>(*v)
                 }
                 other => panic!("{other:?} has no codec check"),
             }

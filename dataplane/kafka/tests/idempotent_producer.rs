@@ -10,6 +10,7 @@ use ferrolog_cluster::ops::split_batches;
 use ferrolog_cluster::partition::{Partition, ProducerStateSource, PRODUCER_SNAPSHOT_FILE};
 use ferrolog_kafka::harness::Harness;
 use ferrolog_model::{BatchBuilder, BatchHeader, Offset, TimestampMs};
+use ferrolog_replication::InsyncCheck;
 use ferrolog_storage::{Durability, Log, LogConfig, LogContext, ReadRequest};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -248,8 +249,14 @@ fn batch_b(i: i32) -> Bytes {
 async fn append_rounds(p: &Partition, from: i32, to: i32) {
     for i in from..to {
         let base = Offset(i64::from(i) * 3);
-        assert_eq!(p.append_producer_batch(batch_a(i)).await.ok(), Some(base));
-        assert_eq!(p.append_producer_batch(batch_b(i)).await.ok(), Some(base.plus(2)));
+        assert_eq!(
+            p.append_producer_batch(batch_a(i), InsyncCheck::Skip).await.ok(),
+            Some(base)
+        );
+        assert_eq!(
+            p.append_producer_batch(batch_b(i), InsyncCheck::Skip).await.ok(),
+            Some(base.plus(2))
+        );
     }
 }
 
@@ -262,9 +269,13 @@ async fn assert_retries_recognised(p: &Partition, rounds: i32) {
     assert_eq!(p.producer_count(), 2);
     for i in rounds - 5..rounds {
         let base = Offset(i64::from(i) * 3);
-        assert_eq!(p.append_producer_batch(batch_a(i)).await.ok(), Some(base), "a{i}");
         assert_eq!(
-            p.append_producer_batch(batch_b(i)).await.ok(),
+            p.append_producer_batch(batch_a(i), InsyncCheck::Skip).await.ok(),
+            Some(base),
+            "a{i}"
+        );
+        assert_eq!(
+            p.append_producer_batch(batch_b(i), InsyncCheck::Skip).await.ok(),
             Some(base.plus(2)),
             "b{i}"
         );
@@ -272,7 +283,10 @@ async fn assert_retries_recognised(p: &Partition, rounds: i32) {
     assert_eq!(p.log.offsets().durable_next, end, "nothing appended");
     assert_eq!(batch_count(&p.log).await, 2 * rounds as usize);
     let gap = Bytes::from(batch(1, 0, rounds * 2 + 1, 1, "gap"));
-    let e = p.append_producer_batch(gap).await.expect_err("a gap");
+    let e = p
+        .append_producer_batch(gap, InsyncCheck::Skip)
+        .await
+        .expect_err("a gap");
     assert_eq!(
         ferrolog_kafka::errors::partition(&e).code(),
         OUT_OF_ORDER_SEQUENCE_NUMBER
@@ -344,7 +358,7 @@ fn a_retry_of_an_unflushed_batch_waits_for_it_and_learns_of_its_loss() {
         let ctx = LogContext::new(1 << 20);
         let faults = ctx.faults.clone();
         let p = Rc::new(open_partition(&d, ctx).await.0);
-        p.append_producer_batch(Bytes::from(batch(9, 0, 0, 1, "first")))
+        p.append_producer_batch(Bytes::from(batch(9, 0, 0, 1, "first")), InsyncCheck::Skip)
             .await
             .expect("append");
 
@@ -352,8 +366,10 @@ fn a_retry_of_an_unflushed_batch_waits_for_it_and_learns_of_its_loss() {
             let (p1, p2) = (p.clone(), p.clone());
             let b1 = Bytes::from(b);
             let b2 = b1.clone();
-            let first = glommio::spawn_local(async move { p1.append_producer_batch(b1).await });
-            let retry = glommio::spawn_local(async move { p2.append_producer_batch(b2).await });
+            let first =
+                glommio::spawn_local(async move { p1.append_producer_batch(b1, InsyncCheck::Skip).await });
+            let retry =
+                glommio::spawn_local(async move { p2.append_producer_batch(b2, InsyncCheck::Skip).await });
             async move { (first.await, retry.await) }
         };
 
@@ -371,7 +387,7 @@ fn a_retry_of_an_unflushed_batch_waits_for_it_and_learns_of_its_loss() {
         assert!(retry.is_err(), "{retry:?}");
         assert_eq!(p.log.offsets().durable_next, Offset(3));
         let again = p
-            .append_producer_batch(Bytes::from(batch(9, 0, 3, 1, "third")))
+            .append_producer_batch(Bytes::from(batch(9, 0, 3, 1, "third")), InsyncCheck::Skip)
             .await;
         assert_eq!(again.ok(), Some(Offset(3)), "sent again, it goes in");
         assert_eq!(batch_count(&p.log).await, 3);
@@ -419,7 +435,9 @@ fn rebuild_time() {
                                 .producer(t as i64, 0, seq)
                                 .record(ts, None, &value)
                                 .build();
-                            p.append_producer_batch(Bytes::from(b)).await.expect("append");
+                            p.append_producer_batch(Bytes::from(b), InsyncCheck::Skip)
+                                .await
+                                .expect("append");
                         }
                     })
                 })

@@ -138,6 +138,31 @@ impl EpochMap {
         })
     }
 
+    /// Kafka's answer to a client's OffsetForLeaderEpoch for `requested`
+    /// (KIP-101, KIP-320): the log's last epoch ends at the log end; an
+    /// older epoch gives the largest epoch at or below it and the start of
+    /// the next one; an epoch below every epoch of the log gives itself and
+    /// the start of the first (its entries, if any, are gone). None (Kafka's
+    /// UNDEFINED_EPOCH and UNDEFINED_EPOCH_OFFSET) for an empty log, a
+    /// negative epoch, or one past the log's last.
+    pub fn offset_for_leader_epoch(&self, requested: Epoch) -> Option<EpochEnd> {
+        let last = self.last_epoch()?;
+        if requested.0 < 0 || requested > last {
+            return None;
+        }
+        let i = self.starts.partition_point(|s| s.epoch <= requested);
+        if i == 0 {
+            return Some(EpochEnd {
+                epoch: requested,
+                end: self.starts[0].start,
+            });
+        }
+        Some(EpochEnd {
+            epoch: self.starts[i - 1].epoch,
+            end: self.starts.get(i).map_or(self.end, |s| s.start),
+        })
+    }
+
     /// Within the prefix `[0, limit)`, the last run of an epoch at or below
     /// `epoch`, and where that run ends inside the prefix: the mismatch hint
     /// a follower gives for a request whose previous entry is (`limit - 1`,
@@ -276,6 +301,28 @@ mod tests {
                 end: Offset(9)
             })
         );
+    }
+
+    #[test]
+    fn offset_for_leader_epoch_answers_as_kafka() {
+        let m = map(&[(1, 0), (3, 4), (4, 6)], 9);
+        let end = |e: i32, o: i64| {
+            Some(EpochEnd {
+                epoch: Epoch(e),
+                end: Offset(o),
+            })
+        };
+        assert_eq!(m.offset_for_leader_epoch(Epoch(4)), end(4, 9), "the last epoch");
+        assert_eq!(m.offset_for_leader_epoch(Epoch(3)), end(3, 6));
+        assert_eq!(m.offset_for_leader_epoch(Epoch(2)), end(1, 4), "no epoch 2 here");
+        assert_eq!(
+            m.offset_for_leader_epoch(Epoch(0)),
+            end(0, 0),
+            "below every epoch"
+        );
+        assert_eq!(m.offset_for_leader_epoch(Epoch(5)), None, "past the last epoch");
+        assert_eq!(m.offset_for_leader_epoch(Epoch(-1)), None);
+        assert_eq!(EpochMap::new().offset_for_leader_epoch(Epoch(0)), None);
     }
 
     #[test]

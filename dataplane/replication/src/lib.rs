@@ -29,5 +29,5 @@ pub use election::{choose_leader, majority, ElectionInfo};
 pub use epochs::{EpochEnd, EpochMap, EpochMapError, EpochStart};
 pub use replica::{
     Action, AppendError, AppendRequest, AppendResponse, AppendResult, ControlError, EntryId, EpochState,
-    Message, Replica, ReplicaConfig, Restart, Role,
+    InsyncCheck, Message, Replica, ReplicaConfig, Restart, Role,
 };

@@ -218,6 +218,15 @@ pub enum Action {
     RoleChanged(Role),
 }
 
+/// Whether a client append must find `min_insync` replicas in sync. Kafka
+/// checks `min.insync.replicas` for acks=all only: an acks=1 or acks=0
+/// append is taken by a leader however many followers are in sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsyncCheck {
+    Enforce,
+    Skip,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AppendError {
     #[error("not the leader")]
@@ -429,9 +438,9 @@ impl Replica {
     /// A client's append of `n` records on the leader: the offsets they get.
     /// The adapter writes them (in this replica's epoch) before it carries
     /// out the queued actions, which may already send them.
-    pub fn append(&mut self, n: u64) -> Result<Range<Offset>, AppendError> {
+    pub fn append(&mut self, n: u64, insync: InsyncCheck) -> Result<Range<Offset>, AppendError> {
         assert!(n > 0, "an append of no records");
-        self.check_append()?;
+        self.check_append(insync)?;
         let start = self.log.end();
         self.log.append(self.epoch, n);
         self.pump();
@@ -439,10 +448,13 @@ impl Replica {
     }
 
     /// Whether [`Replica::append`] would take records now: this replica
-    /// leads and enough replicas are in sync.
-    pub fn check_append(&self) -> Result<(), AppendError> {
+    /// leads and, when `insync` asks, enough replicas are in sync.
+    pub fn check_append(&self, insync: InsyncCheck) -> Result<(), AppendError> {
         if self.role != Role::Leader {
             return Err(AppendError::NotLeader);
+        }
+        if insync == InsyncCheck::Skip {
+            return Ok(());
         }
         let insync = self.insync();
         if insync < self.config.min_insync {
@@ -535,6 +547,13 @@ impl Replica {
                     && p.acked_end.0.saturating_add(lag) >= end
             })
             .map(|(n, _)| *n)
+    }
+
+    /// `min.insync.replicas` changed (the topic's config). It applies to the
+    /// next append; appends already taken stay taken, as in Kafka.
+    pub fn set_min_insync(&mut self, min_insync: usize) {
+        assert!(min_insync >= 1, "min.insync.replicas of {min_insync}");
+        self.config.min_insync = min_insync;
     }
 
     fn check_new_epoch(&self, epoch: Epoch, leader: NodeId) -> Result<(), ControlError> {
@@ -1025,7 +1044,9 @@ mod tests {
         ]);
         elect(&mut g, 1, 0, &[0, 1, 2]);
         g.run(&[]);
-        g.r(0).append(2).expect("the leader appends");
+        g.r(0)
+            .append(2, InsyncCheck::Enforce)
+            .expect("the leader appends");
         g.run(&[]);
         assert_eq!(g.r(0).high_watermark(), Offset(3));
         // The controller prepares epoch 2 on 1 and 2; 0 does not hear of it.
@@ -1034,7 +1055,9 @@ mod tests {
             g.r(f).take_actions();
         }
         let before = g.r(1).log().clone();
-        g.r(0).append(1).expect("0 still believes it leads");
+        g.r(0)
+            .append(1, InsyncCheck::Enforce)
+            .expect("0 still believes it leads");
         g.drain(n(0));
         let (to, m) = g.queue.pop_front().expect("a request to 1");
         assert_eq!(to, n(1));
@@ -1057,7 +1080,10 @@ mod tests {
         };
         g.r(0).step(message.clone());
         assert_eq!(g.r(0).role(), Role::Unattached);
-        assert_eq!(g.r(0).append(1), Err(AppendError::NotLeader));
+        assert_eq!(
+            g.r(0).append(1, InsyncCheck::Enforce),
+            Err(AppendError::NotLeader)
+        );
         assert_eq!(
             g.r(0).high_watermark(),
             Offset(3),
@@ -1132,12 +1158,13 @@ mod tests {
         ]);
         elect(&mut g, 1, 0, &[0, 1, 2]);
         assert_eq!(
-            g.r(0).append(1),
+            g.r(0).append(1, InsyncCheck::Enforce),
             Err(AppendError::NotEnoughReplicas { insync: 1, min: 2 }),
             "no follower has answered a new leader yet"
         );
         g.run(&[2]);
-        assert_eq!(g.r(0).append(1), Ok(Offset(1)..Offset(2)));
+        assert_eq!(g.r(0).insync_followers().collect::<Vec<_>>(), vec![n(1)]);
+        assert_eq!(g.r(0).append(1, InsyncCheck::Enforce), Ok(Offset(1)..Offset(2)));
         g.run(&[2]);
         // Replica 1 goes silent too: after insync_ticks_max it is out.
         for _ in 0..=g.r(0).config.insync_ticks_max {
@@ -1146,10 +1173,17 @@ mod tests {
         g.queue.clear();
         g.drain_all();
         g.queue.clear();
+        assert_eq!(g.r(0).insync_followers().count(), 0);
         assert_eq!(
-            g.r(0).append(1),
+            g.r(0).append(1, InsyncCheck::Enforce),
             Err(AppendError::NotEnoughReplicas { insync: 1, min: 2 })
         );
+        // acks=1 does not ask for min.insync.replicas (Kafka's rule).
+        assert_eq!(g.r(0).append(1, InsyncCheck::Skip), Ok(Offset(2)..Offset(3)));
+        // Lowering the setting lets acks=all appends in again.
+        g.r(0).set_min_insync(1);
+        assert_eq!(g.r(0).append(1, InsyncCheck::Enforce), Ok(Offset(3)..Offset(4)));
+        assert_eq!(g.r(1).append(1, InsyncCheck::Skip), Err(AppendError::NotLeader));
     }
 
     #[test]
@@ -1186,7 +1220,7 @@ mod tests {
         ]);
         g.auto_sync = false;
         elect(&mut g, 1, 0, &[0, 1, 2]);
-        g.r(0).append(3).expect("appends");
+        g.r(0).append(3, InsyncCheck::Enforce).expect("appends");
         g.r(0).durable(Offset(4));
         g.run(&[]);
         assert_eq!(g.r(0).high_watermark(), Offset(0), "no follower synced");

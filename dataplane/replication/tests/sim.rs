@@ -46,8 +46,8 @@
 
 use ferrolog_model::{Epoch, NodeId, Offset};
 use ferrolog_replication::{
-    choose_leader, majority, Action, AppendError, AppendResult, EpochMap, EpochStart, Message, Replica,
-    ReplicaConfig, Restart, Role,
+    choose_leader, majority, Action, AppendError, AppendResult, EpochMap, EpochStart, InsyncCheck, Message,
+    Replica, ReplicaConfig, Restart, Role,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -932,7 +932,7 @@ impl Sim {
 
     fn produce(&mut self, i: usize) -> Check {
         let n = 1 + self.rng.below(3);
-        match self.replica(i).append(n) {
+        match self.replica(i).append(n, InsyncCheck::Enforce) {
             Ok(range) => {
                 let epoch = self.replica(i).epoch();
                 let values: Vec<Val> = (0..n).map(|k| Val::Data(self.next_value + k)).collect();

@@ -1,16 +1,21 @@
-use super::{str_bytes, Ctx};
+use super::{current_leader_epoch, str_bytes, Ctx};
 use crate::registry::Versions;
 use bytes::Bytes;
 use ferrolog_cluster::ops::{read_local, scatter, ReadAnswer, ReadItem};
 use ferrolog_cluster::waiters::WaiterRef;
 use ferrolog_cluster::PartitionError;
-use ferrolog_model::{Ntp, Offset};
+use ferrolog_model::{Epoch, Ntp, Offset};
 use futures_lite::StreamExt;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use std::time::{Duration, Instant};
 
+/// From v9 a partition may carry the client's current leader epoch
+/// (KIP-320), checked on the leader: FENCED_LEADER_EPOCH if older than the
+/// partition's, UNKNOWN_LEADER_EPOCH if newer. v12's last_fetched_epoch
+/// (KIP-595's divergence check) is not looked at: responses never carry a
+/// diverging_epoch, and consumers find truncation with OffsetForLeaderEpoch.
 pub const VERSIONS: Versions = Versions::new(4, 12);
 
 /// Isolation level READ_COMMITTED.
@@ -24,6 +29,8 @@ struct Wanted {
     ntp: Ntp,
     offset: Offset,
     max_bytes: usize,
+    /// KIP-320 (v9+).
+    current_leader_epoch: Option<Epoch>,
 }
 
 fn partition_data(index: i32, a: &ReadAnswer, read_committed: bool) -> PartitionData {
@@ -59,6 +66,7 @@ async fn read_all(wanted: &[Wanted], response_budget: usize, waiter: Option<Wait
             max_bytes: w.max_bytes,
             response_budget,
             waiter,
+            current_leader_epoch: w.current_leader_epoch,
         })
         .collect();
     scatter(items, |i: &ReadItem| &i.ntp, read_local)
@@ -101,6 +109,7 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
                     ntp,
                     offset: Offset(p.fetch_offset),
                     max_bytes: p.partition_max_bytes.max(0) as usize,
+                    current_leader_epoch: current_leader_epoch(p.current_leader_epoch),
                 });
                 parts.push((p.partition, Some(wanted.len() - 1)));
             } else {

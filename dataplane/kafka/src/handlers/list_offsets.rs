@@ -1,4 +1,4 @@
-use super::{str_bytes, Ctx};
+use super::{current_leader_epoch, str_bytes, Ctx};
 use crate::registry::Versions;
 use ferrolog_cluster::ops::{list_offsets_local, scatter, OffsetQuery};
 use ferrolog_model::Ntp;
@@ -8,6 +8,8 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, TopicName};
 
+/// From v4 a partition may carry the client's current leader epoch
+/// (KIP-320), checked on the leader as Fetch does.
 pub const VERSIONS: Versions = Versions::new(1, 6);
 
 /// One partition's answer, as the response carries it.
@@ -47,6 +49,7 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
                 queries.push(OffsetQuery {
                     ntp,
                     timestamp: p.timestamp,
+                    current_leader_epoch: current_leader_epoch(p.current_leader_epoch),
                 });
                 parts.push((p.partition_index, Some(queries.len() - 1)));
             } else {

@@ -2,8 +2,10 @@ use super::{str_bytes, Ctx};
 use crate::controller;
 use crate::registry::Versions;
 use crate::topics::{self, TopicMeta};
+use ferrolog_cluster::PartitionManager;
 use ferrolog_controlplane::metadata::MetadataSnapshot;
-use ferrolog_model::NodeId;
+use ferrolog_controlplane::topics::PartitionAssignment;
+use ferrolog_model::{NodeId, Ntp};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -21,11 +23,36 @@ fn broker_ids<'a>(nodes: impl IntoIterator<Item = &'a NodeId>) -> Vec<BrokerId> 
     nodes.into_iter().map(|n| BrokerId(n.0)).collect()
 }
 
+/// A partition's in-sync replicas. For a replicated partition this node
+/// leads: the leader and the followers its replica counts in sync, from
+/// this shard's copy of what the owner shard's ticker last published (so up
+/// to a tick late). For a partition led elsewhere (this node sees only the
+/// metadata snapshot, which holds no ISR) and a single-replica one: the
+/// leader alone, which is stale for a partition led elsewhere whose
+/// followers are caught up. The leader stays listed while it is down: it
+/// still has everything it acknowledged.
+fn isr(cluster: &PartitionManager, me: NodeId, ntp: (&str, i32), a: &PartitionAssignment) -> Vec<BrokerId> {
+    let published = (a.leader == me && a.replicas.len() > 1)
+        .then(|| cluster.isr(&Ntp::new(ntp.0, ntp.1)))
+        .flatten()
+        .filter(|isr| isr.first() == Some(&a.leader));
+    match published {
+        Some(isr) => broker_ids(isr.iter().filter(|n| a.replicas.contains(n))),
+        None => vec![BrokerId(a.leader.0)],
+    }
+}
+
 /// One topic as the snapshot describes it: each partition's leader, leader
-/// epoch, replicas and in-sync replicas. A partition whose leader is not a
-/// live broker has no leader to offer: LEADER_NOT_AVAILABLE with leader -1,
-/// and its replicas that are not live listed as offline.
-fn topic_entry(snap: &MetadataSnapshot, name: &str, meta: &TopicMeta) -> MetadataResponseTopic {
+/// epoch, replicas and in-sync replicas (see [`isr`]). A partition whose
+/// leader is not a live broker has no leader to offer: LEADER_NOT_AVAILABLE
+/// with leader -1, and its replicas that are not live listed as offline.
+fn topic_entry(
+    cluster: &PartitionManager,
+    snap: &MetadataSnapshot,
+    name: &str,
+    meta: &TopicMeta,
+) -> MetadataResponseTopic {
+    let me = cluster.config.node_id;
     let partitions = meta
         .assignments
         .iter()
@@ -37,10 +64,7 @@ fn topic_entry(snap: &MetadataSnapshot, name: &str, meta: &TopicMeta) -> Metadat
                 .with_leader_id(BrokerId(if live { a.leader.0 } else { -1 }))
                 .with_leader_epoch(a.leader_epoch.0)
                 .with_replica_nodes(broker_ids(&a.replicas))
-                // Until replication exists only the leader holds the data, so
-                // only the leader is in sync. It stays listed while it is
-                // down: it is still the only replica that has everything.
-                .with_isr_nodes(vec![BrokerId(a.leader.0)])
+                .with_isr_nodes(isr(cluster, me, (name, p as i32), a))
                 .with_offline_replicas(broker_ids(a.replicas.iter().filter(|n| !snap.is_live(**n))));
             if live {
                 r
@@ -66,6 +90,7 @@ fn error_entry(name: Option<&str>, id: Uuid, error: ResponseError) -> MetadataRe
 
 pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     let cfg = &ctx.shard.config;
+    let cluster = &ctx.shard.cluster;
     let snap = ctx.shard.metadata();
     let table = ctx.shard.topics();
     // v0: an empty list means all topics; v1+: null means all, empty means none.
@@ -79,7 +104,7 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     match requested {
         None => {
             for (name, meta) in &table.topics {
-                topics_out.push(topic_entry(&snap, name, meta));
+                topics_out.push(topic_entry(cluster, &snap, name, meta));
             }
         }
         Some(list) => {
@@ -99,7 +124,7 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
                     }
                 };
                 if let Some(meta) = table.get(&name) {
-                    topics_out.push(topic_entry(&snap, &name, meta));
+                    topics_out.push(topic_entry(cluster, &snap, &name, meta));
                     continue;
                 }
                 if let Err(e) = topics::validate_name(&name) {
@@ -115,7 +140,7 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
                     continue;
                 }
                 match controller::ensure_topic(&ctx.shard, name.clone()).await {
-                    Ok(meta) => topics_out.push(topic_entry(&snap, &name, &meta)),
+                    Ok(meta) => topics_out.push(topic_entry(cluster, &snap, &name, &meta)),
                     Err((code, msg)) => {
                         warn!(topic = %name, "auto-create failed: {msg}");
                         topics_out.push(error_entry(Some(&name), Uuid::nil(), code));

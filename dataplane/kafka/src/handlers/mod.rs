@@ -5,6 +5,7 @@
 
 use crate::frame::Request;
 use crate::shard::Shard;
+use ferrolog_model::Epoch;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use std::rc::Rc;
@@ -34,6 +35,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sync_group;
 
@@ -54,6 +56,15 @@ pub const RESOURCE_BROKER: i8 = 4;
 pub fn str_bytes(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
+
+/// A request's current leader epoch for the KIP-320 check: -1 (also what
+/// versions without the field decode to) asks for no check.
+pub fn current_leader_epoch(v: i32) -> Option<Epoch> {
+    (v != NO_LEADER_EPOCH).then_some(Epoch(v))
+}
+
+/// Kafka's NO_PARTITION_LEADER_EPOCH / UNDEFINED_EPOCH.
+pub const NO_LEADER_EPOCH: i32 = -1;
 
 /// Runs the handler for `req`. `None` means no response is sent (Produce with
 /// acks=0).
@@ -109,6 +120,9 @@ pub async fn dispatch(shard: Rc<Shard>, req: Request, peer: Rc<str>) -> Option<R
         RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(delete_groups::handle(&ctx, r).await),
         RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(offset_delete::handle(&ctx, r).await),
         RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(describe_cluster::handle(&ctx, r)),
+        RequestKind::OffsetForLeaderEpoch(r) => {
+            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(&ctx, r).await)
+        }
         other => unreachable!("decoder admitted an unregistered api: {other:?}"),
     })
 }
