@@ -482,7 +482,7 @@ async fn serve_one(shard: &Rc<shard::Shard>, bytes: Bytes) -> Reply {
     let max = shard.config.max_request_bytes;
     let mut buf = BytesMut::from(&bytes[..]);
     let mut out = FeedOutcome::default();
-    let peer: Rc<str> = "/127.0.0.1".into();
+    let session = crate::session::Session::new("/127.0.0.1".into());
     loop {
         let frame = match frame::split_frame(&mut buf, max) {
             Ok(Some(f)) => f,
@@ -498,7 +498,7 @@ async fn serve_one(shard: &Rc<shard::Shard>, bytes: Bytes) -> Reply {
         };
         let frame_bytes = frame.len();
         let step = futures_lite::future::or(
-            async { Step::Done(server::handle_frame(shard, frame, &peer).await) },
+            async { Step::Done(server::handle_frame(shard, frame, &session).await) },
             async {
                 glommio::timer::sleep(FRAME_DEADLINE).await;
                 Step::Hung

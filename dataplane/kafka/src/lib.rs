@@ -28,6 +28,7 @@ pub mod harness;
 pub mod metrics;
 pub mod registry;
 pub mod server;
+pub mod session;
 pub mod shard;
 pub use ferrolog_controlplane::topics;
 

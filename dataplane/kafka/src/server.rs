@@ -9,6 +9,7 @@
 
 use crate::frame::{self, Decoded};
 use crate::handlers;
+use crate::session::Session;
 use crate::shard::{local, Shard};
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -170,10 +171,10 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
     set_busy_poll(&stream, cfg.busy_poll_us);
     // Kafka's client host format (DescribeGroups).
-    let peer: Rc<str> = match stream.peer_addr() {
+    let session = Session::new(match stream.peer_addr() {
         Ok(a) => format!("/{}", a.ip()).into(),
         Err(_) => "/unknown".into(),
-    };
+    });
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         let frame = loop {
@@ -197,22 +198,21 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
                 Read::TimedOut => return Err(format!("{waiting_for} for {timeout:?}")),
             }
         };
-        let out = handle_frame(shard, frame, &peer).await?;
+        let out = handle_frame(shard, frame, &session).await?;
         if let Some(out) = out {
             stream.write_all(&out).await.map_err(|e| io_error("write", &e))?;
         }
     }
 }
 
-/// Decodes one request frame (without its size prefix), runs its handler and
-/// encodes the response frame. `Ok(None)`: nothing to send (acks=0).
-/// `Err`: the connection must be closed; the text says why.
-/// Decodes, handles and encodes one request frame of a client at `peer`
-/// (its address as Kafka prints it, `/ip`).
+/// Decodes one request frame (without its size prefix) of the connection
+/// whose state is `session`, runs its handler and encodes the response
+/// frame. `Ok(None)`: nothing to send (acks=0). `Err`: the connection must
+/// be closed; the text says why.
 pub async fn handle_frame(
     shard: &Rc<Shard>,
     frame: bytes::Bytes,
-    peer: &Rc<str>,
+    session: &Rc<Session>,
 ) -> Result<Option<BytesMut>, String> {
     // The codec is third-party code fed hostile bytes: contain a panic to
     // this request.
@@ -224,7 +224,7 @@ pub async fn handle_frame(
             let api = req.api;
             let version = req.header.request_api_version;
             let correlation_id = req.header.correlation_id;
-            let out = match handlers::dispatch(shard.clone(), *req, peer.clone()).await {
+            let out = match handlers::dispatch(shard.clone(), *req, session).await {
                 Some(body) => frame::encode_response(api, version, correlation_id, &body).map(Some),
                 None => Ok(None),
             };

@@ -4,6 +4,7 @@
 //! partitions through `shard::scatter` and topics through the controller.
 
 use crate::frame::Request;
+use crate::session::Session;
 use crate::shard::Shard;
 use ferrolog_model::Epoch;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
@@ -47,6 +48,8 @@ pub struct Ctx {
     pub client_id: String,
     /// The client's address as Kafka prints it (`/ip`).
     pub peer: Rc<str>,
+    /// The connection's state: its principal.
+    pub session: Rc<Session>,
 }
 
 /// Kafka config resource types.
@@ -68,7 +71,7 @@ pub const NO_LEADER_EPOCH: i32 = -1;
 
 /// Runs the handler for `req`. `None` means no response is sent (Produce with
 /// acks=0).
-pub async fn dispatch(shard: Rc<Shard>, req: Request, peer: Rc<str>) -> Option<ResponseKind> {
+pub async fn dispatch(shard: Rc<Shard>, req: Request, session: &Rc<Session>) -> Option<ResponseKind> {
     let ctx = Ctx {
         shard,
         version: req.header.request_api_version,
@@ -78,7 +81,8 @@ pub async fn dispatch(shard: Rc<Shard>, req: Request, peer: Rc<str>) -> Option<R
             .as_ref()
             .map(|c| c.to_string())
             .unwrap_or_default(),
-        peer,
+        peer: session.peer.clone(),
+        session: session.clone(),
     };
     Some(match req.body {
         RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(&ctx, r)),
