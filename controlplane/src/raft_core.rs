@@ -19,7 +19,7 @@
 use crate::raft_log::{RaftLog, RaftLogError};
 use crate::state::{self, Applied, ClusterState, Command, StateError};
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{Config, RawNode, ReadState, StateRole, Storage};
 use std::path::Path;
 
@@ -357,7 +357,31 @@ impl RaftCore {
         self.apply(light.take_committed_entries(), &mut round)?;
         self.node.advance_apply();
         self.maybe_snapshot()?;
+        self.refresh_stale_snapshots(&mut round.messages)?;
         Ok(round)
+    }
+
+    /// raft-rs's `restore` ignores a snapshot whose configuration does not
+    /// name the node it is sent to, and a node added since the last snapshot
+    /// needs one (the log before it is gone): it would wait, installing
+    /// nothing, until `snapshot_every` more entries made a new snapshot.
+    /// Such a message gets a snapshot taken now instead, whose configuration
+    /// has the node (its progress exists because the change that added it is
+    /// applied here).
+    fn refresh_stale_snapshots(&mut self, messages: &mut [Message]) -> Result<(), CoreError> {
+        for m in messages.iter_mut() {
+            if m.get_msg_type() != MessageType::MsgSnapshot
+                || names(m.get_snapshot().get_metadata().get_conf_state(), m.to)
+            {
+                continue;
+            }
+            self.snapshot_now()?;
+            let fresh = self.node.store().snapshot(0, m.to)?;
+            if names(fresh.get_metadata().get_conf_state(), m.to) {
+                m.set_snapshot(fresh);
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, entries: Vec<Entry>, round: &mut Round) -> Result<(), CoreError> {
@@ -442,4 +466,14 @@ impl RaftCore {
         self.snapshot_index = self.applied;
         Ok(())
     }
+}
+
+/// Whether `cs` names `id` in any role (as raft-rs's `restore` asks).
+fn names(cs: &ConfState, id: u64) -> bool {
+    cs.voters
+        .iter()
+        .chain(&cs.learners)
+        .chain(&cs.voters_outgoing)
+        .chain(&cs.learners_next)
+        .any(|v| *v == id)
 }

@@ -785,9 +785,13 @@ impl Sim {
             heartbeat_tick: HEARTBEAT_TICK,
             snapshot_every: self.snapshot_every,
         };
-        let bootstrap = Bootstrap::Voter {
-            voters: self.voters.clone(),
-            initial: self.initial.clone(),
+        let bootstrap = if self.voters.contains(&id) {
+            Bootstrap::Voter {
+                voters: self.voters.clone(),
+                initial: self.initial.clone(),
+            }
+        } else {
+            Bootstrap::Join
         };
         let node = self.nodes.get_mut(&id).expect("a node of the group");
         let core = RaftCore::open(&node.dir, config, bootstrap).map_err(core_err(id, "open"))?;
@@ -1659,6 +1663,47 @@ fn apply_everywhere(sim: &mut Sim, ctx: &str, propose: Proposer<'_>) -> Result<u
     Err(format!(
         "{ctx} not applied everywhere in {LIVENESS_STEPS_MAX} steps"
     ))
+}
+
+/// A node that joins after the last snapshot (of a configuration without it)
+/// catches up at once: raft-rs ignores a snapshot whose configuration does
+/// not name the receiver, so the leader must send one taken after the change
+/// that added it, not wait for `snapshot_every` more entries.
+#[test]
+fn raft_sim_a_joining_learner_installs_a_snapshot_that_names_it() {
+    let setup = Setup {
+        snapshot_every: Some(1000),
+        ..Setup::new(12, 3)
+    };
+    let mut sim = Sim::new(setup).unwrap_or_else(|m| panic!("{m}"));
+    let result = (|| -> Check {
+        sim.heal()?;
+        let joining = 4;
+        sim.nodes.insert(
+            joining,
+            Node {
+                dir: sim._dir.path().join(format!("node-{joining}")),
+                core: None,
+            },
+        );
+        sim.start(joining)?;
+        let learner = conf_change(ConfChangeType::AddLearnerNode, joining);
+        apply_everywhere(&mut sim, "learner", &|c, ctx| {
+            c.propose_conf_change(ctx, learner.clone())
+        })?;
+        let core = sim.core(joining).expect("up");
+        assert!(core.applied() > 1, "the learner applied {}", core.applied());
+        assert!(
+            core.conf_state().learners.contains(&joining),
+            "the learner's configuration names it: {:?}",
+            core.conf_state()
+        );
+        Ok(())
+    })();
+    if let Err(m) = result {
+        let trace: Vec<String> = sim.trace.iter().cloned().collect();
+        panic!("step {}: {m}\n{}", sim.now, trace.join("\n"));
+    }
 }
 
 /// A restarted node replays the committed entries after its snapshot; the
