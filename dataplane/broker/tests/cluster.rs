@@ -66,8 +66,17 @@ impl Node {
         self.dir.path().join("data")
     }
 
+    /// The node's log of its `n`th start: in its temporary directory, or in
+    /// `FERROLOG_TEST_LOG_DIR` when set (kept after the test, for debugging).
     fn log_path(&self, n: usize) -> PathBuf {
-        self.dir.path().join(format!("node{}.{n}.log", self.id))
+        let name = format!("node{}.{n}.log", self.id);
+        match std::env::var_os("FERROLOG_TEST_LOG_DIR") {
+            Some(dir) => {
+                let tmp = self.dir.path().file_name().unwrap_or_default().to_string_lossy();
+                PathBuf::from(dir).join(format!("{tmp}-{name}"))
+            }
+            None => self.dir.path().join(name),
+        }
     }
 
     fn command(&self, seeds: &str) -> Command {
@@ -80,7 +89,10 @@ impl Node {
             .args(["--admin-addr", &self.admin.to_string()])
             .args(["--seeds", seeds])
             .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("FERROLOG_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         cmd
@@ -528,6 +540,9 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
         member(v, victim).is_some_and(|m| m["alive"] == true && m["incarnation"].as_u64() > Some(incarnation))
     });
     c.python(victim, &["wait-topics", "4", "moving:6"]);
+    // Node 7 joined after the last snapshot of the controller's state: it
+    // has the topics too (every client may ask it for metadata).
+    c.python(7, &["wait-topics", "4", "moving:6"]);
     // ElectLeaders moves leadership back to each partition's first replica
     // (the victim's among them) once it has caught up.
     c.python(victim, &["elect-preferred", "moving"]);
