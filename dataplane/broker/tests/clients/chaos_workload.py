@@ -278,18 +278,27 @@ def check(produced, consumed):
         order of acknowledgement, and values are read in the order they were sent (reordered);
     (c) every value read was sent (phantom); values whose send failed may be there (counted);
     (d) per partition the offsets read are strictly increasing (offset_order).
+
+    An acknowledgement may come without an offset: librdkafka acknowledges "implicitly"
+    (offset invalid, None here) messages of a retried batch whose later batch of the same
+    idempotent producer was acknowledged. Such a value must be read exactly once all the
+    same, in its partition; its offset is not judged.
     """
     v = defaultdict(list)
     acked = {}
     failed = set()
     sent = set()
     last_acked_offset = {}
+    without_offset = 0
     for r in produced:
         sent.add(r["value"])
         if r["ok"]:
             if r["value"] in acked:
                 v["double_ack"].append(r["value"])
             acked[r["value"]] = (r["partition"], r["offset"])
+            if r["offset"] is None:
+                without_offset += 1
+                continue
             key = (r["producer"], r["partition"])
             prev = last_acked_offset.get(key)
             if prev is not None and r["offset"] <= prev:
@@ -314,7 +323,7 @@ def check(produced, consumed):
         if reads[value] > 1:
             # A second copy: counted below as duplicated, judged only once.
             continue
-        if value in acked and acked[value] != (part, off):
+        if value in acked and acked[value] != (part, off) and acked[value] != (part, None):
             v["misplaced"].append(f"{value} acked at {acked[value][0]}/{acked[value][1]}, read at {part}/{off}")
         if value in failed and value not in acked:
             failed_present += 1
@@ -332,9 +341,11 @@ def check(produced, consumed):
         v["nothing_acked"].append("no write was acknowledged: nothing to judge")
     max_acked = {}
     for part, off in acked.values():
-        max_acked[part] = max(max_acked.get(part, -1), off)
+        if off is not None:
+            max_acked[part] = max(max_acked.get(part, -1), off)
     summary = {
         "acked": len(acked),
+        "acked_without_offset": without_offset,
         "failed_sends": len(failed - set(acked)),
         "failed_present": failed_present,
         "read": sum(reads.values()),
@@ -354,7 +365,7 @@ def lost_ranges(produced, consumed):
     read = {(r["partition"], r["offset"]) for r in consumed}
     missing = defaultdict(list)
     for r in produced:
-        if r["ok"] and (r["partition"], r["offset"]) not in read:
+        if r["ok"] and r["offset"] is not None and (r["partition"], r["offset"]) not in read:
             missing[r["partition"]].append(r["offset"])
     out = {}
     for part, offs in sorted(missing.items()):
@@ -427,6 +438,22 @@ def self_test():
         "phantom": (produced, good + [rec(1, 1, "p7-7")], {"phantom"}),
         "offset order": (produced, [rec(0, 1, "p1-0"), rec(0, 0, "p0-0"), rec(0, 2, "p0-2"), rec(1, 0, "p0-1")], {"offset_order"}),
         "nothing acked": ([failed(0, 0, 0)], [], {"nothing_acked"}),
+        "acked without an offset, read once": (
+            produced + [ack(1, 1, 1, None)],
+            good + [rec(1, 1, "p1-1")],
+            set(),
+        ),
+        "acked without an offset, lost": (produced + [ack(1, 1, 1, None)], good, {"lost"}),
+        "acked without an offset, read twice": (
+            produced + [ack(1, 1, 1, None)],
+            good + [rec(1, 1, "p1-1"), rec(1, 2, "p1-1")],
+            {"duplicated"},
+        ),
+        "acked without an offset, read in another partition": (
+            produced + [ack(1, 1, 1, None)],
+            good + [rec(0, 3, "p1-1")],
+            {"misplaced"},
+        ),
     }
     bad = []
     for name, (p, c, want) in cases.items():
