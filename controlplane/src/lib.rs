@@ -39,6 +39,7 @@ pub mod raft_core;
 pub mod raft_log;
 pub mod rpc;
 pub mod state;
+pub mod topic_configs;
 pub mod topics;
 
 pub use elections::LocalReplicas;

@@ -147,7 +147,10 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
             Ok(v) if MIN_INSYNC_REPLICAS_RANGE.contains(&v) => Ok(()),
             _ => invalid("expected an integer in [1, 32767]"),
         },
-        _ => Err(TopicError::UnknownConfig(key.to_string())),
+        _ => match crate::topic_configs::validate(key, value)? {
+            true => Ok(()),
+            false => Err(TopicError::UnknownConfig(key.to_string())),
+        },
     }
 }
 
@@ -168,7 +171,8 @@ pub fn effective(overrides: &ConfigOverrides, defaults: &TopicDefaults, key: &st
         CLEANUP_POLICY => "delete".to_string(),
         DURABILITY => d.durability.to_string(),
         MIN_INSYNC_REPLICAS => "1".to_string(),
-        _ => return None,
+        crate::topic_configs::INDEX_INTERVAL_BYTES => d.index_interval_bytes.to_string(),
+        _ => return crate::topic_configs::default_of(key).map(|v| (v, false)),
     };
     Some((v, false))
 }
@@ -204,6 +208,9 @@ pub fn log_config(overrides: &ConfigOverrides, defaults: &TopicDefaults) -> LogC
     c.max_batch_bytes = max_message as usize;
     if let Some(d) = overrides.get(DURABILITY).and_then(|v| v.parse().ok()) {
         c.durability = d;
+    }
+    if let Some(v) = crate::topic_configs::index_interval_bytes(overrides) {
+        c.index_interval_bytes = v;
     }
     c
 }
@@ -665,9 +672,12 @@ mod tests {
         for bad in ["0", "-1", "32768", "two"] {
             assert!(validate_config(MIN_INSYNC_REPLICAS, bad).is_err(), "{bad}");
         }
+        assert_eq!(validate_config("unclean.leader.election.enable", "false"), Ok(()));
+        assert_eq!(validate_config("compression.type", "zstd"), Ok(()));
+        assert!(validate_config("compression.type", "brotli").is_err());
         assert_eq!(
-            validate_config("unclean.leader.election.enable", "false"),
-            Err(TopicError::UnknownConfig("unclean.leader.election.enable".into()))
+            validate_config("no.such.config", "1"),
+            Err(TopicError::UnknownConfig("no.such.config".into()))
         );
         let mut o = ConfigOverrides::new();
         assert_eq!(min_insync_replicas(&o), 1);

@@ -45,6 +45,8 @@ pub fn partition(e: &PartitionError) -> ResponseError {
         PartitionError::BadTimestampQuery(_) => ResponseError::InvalidRequest,
         PartitionError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         PartitionError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
+        PartitionError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
+        PartitionError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         PartitionError::Shard(e) => shard(e),
     }
 }

@@ -1,7 +1,8 @@
 use super::{str_bytes, Ctx};
 use crate::controller::{self, NewTopic};
 use crate::registry::Versions;
-use crate::topics::{self, CONFIG_KEYS};
+use crate::topics;
+use ferrolog_controlplane::topic_configs;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 use uuid::Uuid;
@@ -20,7 +21,11 @@ pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse
             name: t.name.0.to_string(),
             partitions: t.num_partitions,
             replication_factor: t.replication_factor,
-            has_assignments: !t.assignments.is_empty(),
+            assignments: t
+                .assignments
+                .iter()
+                .map(|a| (a.partition_index, a.broker_ids.iter().map(|b| b.0).collect()))
+                .collect(),
             configs: t
                 .configs
                 .iter()
@@ -39,13 +44,12 @@ pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse
             let r = CreatableTopicResult::default().with_name(TopicName(str_bytes(name)));
             match a {
                 Ok((_, meta)) => {
-                    let configs = CONFIG_KEYS
-                        .iter()
+                    let configs = topic_configs::all_names()
                         .filter_map(|k| {
                             let (v, set) = topics::effective(&meta.config, defaults, k)?;
                             Some(
                                 CreatableTopicConfigs::default()
-                                    .with_name(str_bytes(*k))
+                                    .with_name(str_bytes(k))
                                     .with_value(Some(str_bytes(v)))
                                     .with_config_source(if set { SOURCE_TOPIC } else { SOURCE_DEFAULT }),
                             )
@@ -53,7 +57,7 @@ pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse
                         .collect();
                     r.with_topic_id(Uuid::from_u128(meta.id))
                         .with_num_partitions(meta.partitions())
-                        .with_replication_factor(1)
+                        .with_replication_factor(i16::try_from(meta.replication_factor()).unwrap_or(-1))
                         .with_configs(Some(configs))
                 }
                 Err((code, msg)) => r

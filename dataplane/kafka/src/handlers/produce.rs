@@ -19,6 +19,7 @@ struct Answer {
     error: Option<(ResponseError, String)>,
     base_offset: Offset,
     log_start: Offset,
+    log_append_time_ms: i64,
 }
 
 impl From<ProduceAnswer> for Answer {
@@ -28,11 +29,13 @@ impl From<ProduceAnswer> for Answer {
                 error: None,
                 base_offset,
                 log_start: a.log_start,
+                log_append_time_ms: a.log_append_time_ms,
             },
             Err(e) => Answer {
                 error: Some((crate::errors::partition(&e), e.to_string())),
                 base_offset: Offset(-1),
                 log_start: a.log_start,
+                log_append_time_ms: -1,
             },
         }
     }
@@ -42,7 +45,7 @@ fn partition_response(index: i32, a: &Answer) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default()
         .with_index(index)
         .with_base_offset(a.base_offset.0)
-        .with_log_append_time_ms(-1)
+        .with_log_append_time_ms(a.log_append_time_ms)
         .with_log_start_offset(a.log_start.0);
     if let Some((code, msg)) = &a.error {
         r = r
@@ -57,6 +60,7 @@ fn failed(error: ResponseError, msg: &str) -> Answer {
         error: Some((error, msg.to_string())),
         base_offset: Offset(-1),
         log_start: Offset(-1),
+        log_append_time_ms: -1,
     }
 }
 
@@ -138,5 +142,6 @@ fn shard_failed(e: ferrolog_shard::ShardError) -> ProduceAnswer {
     ProduceAnswer {
         result: Err(PartitionError::Shard(e)),
         log_start: Offset(-1),
+        log_append_time_ms: -1,
     }
 }
