@@ -888,3 +888,37 @@ fn admin_api_serves_metrics_and_status_and_rejects_bad_http() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+#[test]
+fn topic_configs_recompress_stamp_bound_and_place_manually() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("topic_configs.py", &[]);
+    broker.terminate_cleanly();
+    // The stored batches carry the topic's codec, whatever the producers sent.
+    for (dir, codec) in [("gz-0", "gzip"), ("zs-0", "zstd"), ("lat-0", "lz4")] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["log", "dump"]).arg(node.data().join(dir));
+        let (status, out) = run_bounded(cmd, &unused_path(node.dir.path(), "dump", "out"), SCRIPT_TIMEOUT);
+        assert!(status.success(), "log dump {dir} failed ({status}):\n{out}");
+        let batches: Vec<&str> = out.lines().filter(|l| l.contains("codec=")).collect();
+        assert!(!batches.is_empty(), "no batches in {dir}:\n{out}");
+        for b in &batches {
+            assert!(b.contains(&format!("codec={codec} ")), "{dir}: {b}");
+            assert!(b.contains("crc=ok"), "{dir}: {b}");
+        }
+    }
+    node.log_verify();
+}
+
+#[test]
+fn admin_apis_delete_records_producers_and_log_dirs() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    let data = std::fs::canonicalize(node.data()).expect("data dir");
+    let data = data.to_str().expect("utf-8 path");
+    broker.python("admin_apis.py", &["--phase", "first", "--data-dir", data]);
+    broker.terminate_cleanly();
+    let mut broker = node.start(&[]);
+    broker.python("admin_apis.py", &["--phase", "restarted", "--data-dir", data]);
+}

@@ -284,7 +284,7 @@ pub async fn append_committed(
 /// The partition, if this node leads it: a replica that does not lead
 /// answers NotLeader, and so does a partition the metadata names that is not
 /// on this node, so the client asks the leader; one nobody names is NotHere.
-fn led(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, PartitionError> {
+pub(crate) fn led(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, PartitionError> {
     match m.partition(ntp) {
         Some(p) if p.leads() => Ok(p),
         Some(_) => Err(PartitionError::NotLeader(ntp.clone())),

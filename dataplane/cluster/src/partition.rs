@@ -185,6 +185,11 @@ impl Partition {
         self.produce_policy.get()
     }
 
+    /// The producers this partition holds state for.
+    pub fn producers(&self) -> Vec<crate::producer_state::ProducerView> {
+        self.producers.borrow().describe()
+    }
+
     /// Producers whose sequence state this partition holds.
     pub fn producer_count(&self) -> usize {
         self.producers.borrow().len()

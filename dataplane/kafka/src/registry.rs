@@ -63,6 +63,13 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::OffsetForLeaderEpoch,
         handlers::offset_for_leader_epoch::VERSIONS,
     ),
+    (ApiKey::DeleteRecords, handlers::delete_records::VERSIONS),
+    (ApiKey::DescribeLogDirs, handlers::describe_log_dirs::VERSIONS),
+    (ApiKey::DescribeProducers, handlers::describe_producers::VERSIONS),
+    (
+        ApiKey::AlterReplicaLogDirs,
+        handlers::alter_replica_log_dirs::VERSIONS,
+    ),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -126,6 +133,12 @@ mod tests {
                 }
                 ApiKey::OffsetForLeaderEpoch => {
                     check::<OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse>(*v)
+                }
+                ApiKey::DeleteRecords => check::<DeleteRecordsRequest, DeleteRecordsResponse>(*v),
+                ApiKey::DescribeLogDirs => check::<DescribeLogDirsRequest, DescribeLogDirsResponse>(*v),
+                ApiKey::DescribeProducers => check::<DescribeProducersRequest, DescribeProducersResponse>(*v),
+                ApiKey::AlterReplicaLogDirs => {
+                    check::<AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse>(*v)
                 }
                 other => panic!("{other:?} has no codec check"),
             }

@@ -25,6 +25,7 @@ pub mod inspect;
 mod log;
 mod probe;
 mod segment;
+mod start_offset;
 
 pub use cache::{BatchCache, LogId};
 pub use config::{Durability, LogConfig};
@@ -37,3 +38,4 @@ pub use log::{
 };
 pub use probe::probe_direct_io;
 pub use segment::{index_path, log_file_name, parse_log_file_name, time_index_path};
+pub use start_offset::START_OFFSET_FILE;

@@ -160,6 +160,8 @@ struct LogState {
     /// Set while a roll is in progress: new appends wait for the new segment.
     rolling: bool,
     closed: bool,
+    /// The log start DeleteRecords set (`start_offset`), or 0.
+    start_floor: Offset,
 }
 
 impl LogState {
@@ -178,11 +180,13 @@ impl LogState {
     }
 
     fn start(&self) -> Offset {
-        self.segments
+        let first = self
+            .segments
             .values()
             .next()
             .expect("a log always has a segment")
-            .base
+            .base;
+        first.max(self.start_floor)
     }
 
     fn check_invariants(&self) {
@@ -445,6 +449,11 @@ impl Log {
             .next_back()
             .map(|s| s.next_offset)
             .unwrap_or(Offset(0));
+        // A floor past the recovered end (the tail was lost) is the end.
+        let floor_dir = dir.clone();
+        let start_floor = off_reactor(move || crate::start_offset::load(&floor_dir))
+            .await?
+            .map_or(Offset(0), |f| f.min(next));
         let id = ctx.new_log_id();
         let log = Rc::new(Log {
             dir,
@@ -468,6 +477,7 @@ impl Log {
                 last_flush_error: String::new(),
                 rolling: false,
                 closed: false,
+                start_floor,
             }),
         });
         Ok((log, report))
@@ -1178,6 +1188,38 @@ impl Log {
             remove_segment_files(&seg.path).await?;
         }
         Ok(doomed.len())
+    }
+
+    /// Moves the log start up to `offset` (DeleteRecords): recorded durably
+    /// first, then reads below it are refused and the segments wholly below
+    /// it deleted. `offset` may be inside a batch; that batch stays stored
+    /// and is still returned whole to a read at `offset`, as Kafka does.
+    /// An offset at or below the start changes nothing. The caller keeps
+    /// `offset` at or below what readers may see (the high watermark).
+    /// Returns the new start.
+    pub async fn advance_start(&self, offset: Offset) -> Result<Offset> {
+        let (start, end) = {
+            let st = self.state.borrow();
+            (st.start(), st.durable_next)
+        };
+        if offset <= start {
+            return Ok(start);
+        }
+        if offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let dir = self.dir.clone();
+        off_reactor(move || crate::start_offset::store(&dir, offset)).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            st.start_floor = st.start_floor.max(offset);
+        }
+        self.delete_before(offset).await?;
+        Ok(self.offsets().start)
     }
 
     /// Removes every batch at or after `offset`, which must be a batch
