@@ -192,6 +192,18 @@ async fn append_all(p: Rc<Partition>, records: Bytes, acks: Acks) -> Result<Appe
         let policy: ProducePolicy = p.produce_policy();
         for batch in batches {
             check_producer_batch(&batch)?;
+            if !policy.is_passthrough() {
+                // Bound what a recompression may read; the log checks the
+                // batch as stored again.
+                let max = p.log.config().max_batch_bytes;
+                if batch.len() > max {
+                    return Err(StorageError::BatchTooLarge {
+                        size: batch.len(),
+                        max,
+                    }
+                    .into());
+                }
+            }
             let applied = batch_policy::apply(&policy, batch, now_ms())?;
             let batch = applied.batch;
             if let Some(t) = applied.log_append_time_ms {
