@@ -1,9 +1,10 @@
 //! AlterReplicaLogDirs (API 34): a node has one log directory
 //! (`--data-dir`), so replicas never move between directories. Per
-//! partition: a path other than the data directory is LOG_DIR_NOT_FOUND
-//! (57); the data directory itself, for a replica this node holds, is NONE
-//! (it is already there); a partition this node holds no replica of is
-//! REPLICA_NOT_AVAILABLE (9), an unknown one UNKNOWN_TOPIC_OR_PARTITION.
+//! partition: a path other than the data directory (a relative path
+//! included) is LOG_DIR_NOT_FOUND (57); the data directory itself, for a
+//! replica this node holds, is NONE (it is already there); a partition this
+//! node holds no replica of is REPLICA_NOT_AVAILABLE (9), an unknown one
+//! UNKNOWN_TOPIC_OR_PARTITION.
 
 use super::{str_bytes, Ctx};
 use crate::registry::Versions;
@@ -18,9 +19,13 @@ use std::path::Path;
 
 pub const VERSIONS: Versions = Versions::new(1, 2);
 
-/// Whether `path` names the data directory (as given or canonical).
+/// Whether `path` names the data directory (as given or canonical). Kafka's
+/// log directories are absolute paths; a relative one names none.
 fn is_data_dir(path: &str, data_dir: &Path) -> bool {
     let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    if !Path::new(path).is_absolute() {
+        return false;
+    }
     Path::new(path) == data_dir || canonical(Path::new(path)).is_some_and(|p| Some(p) == canonical(data_dir))
 }
 
