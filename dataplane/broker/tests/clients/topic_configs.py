@@ -74,8 +74,16 @@ create_topic(adm, "lat", 1, config={"message.timestamp.type": "LogAppendTime", "
 old = 1_000_000_000_000
 before_ms = int(time.time() * 1000)
 produce_all(Producer(conf(args.bootstrap, acks="all")), [Sent("lat", 0, b"k", b"v", timestamp=old) for _ in range(5)])
+reports = []
+p = Producer(conf(args.bootstrap, acks="all"))
+p.produce("lat", value=b"r", partition=0, timestamp=old, on_delivery=lambda err, msg: reports.append((err, msg.timestamp())))
+check_eq(p.flush(WAIT_S), 0, "undelivered LogAppendTime message")
 after_ms = int(time.time() * 1000)
-for g in consume_all(args.bootstrap, "lat", 1, 5):
+err, (ts_type, ts) = reports[0]
+check(err is None, f"LogAppendTime delivery: {err}")
+check_eq(ts_type, TIMESTAMP_LOG_APPEND_TIME, "delivery report timestamp type (the produce response's log_append_time)")
+check(before_ms - 5 <= ts <= after_ms + 5, f"delivery report log append time {ts} not in [{before_ms}, {after_ms}]")
+for g in consume_all(args.bootstrap, "lat", 1, 6):
     check_eq(g.timestamp[0], TIMESTAMP_LOG_APPEND_TIME, "timestamp type of a LogAppendTime topic's message")
     check(before_ms - 5 <= g.timestamp[1] <= after_ms + 5, f"log append time {g.timestamp[1]} not in [{before_ms}, {after_ms}]")
 log("ok: LogAppendTime topic: consumers see the broker's append time, not the producer's")
