@@ -32,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tracing::{info, warn};
 
+mod compact;
+pub use compact::CompactionOutcome;
+
 /// What every log of one shard shares: the batch cache and the seams.
 pub struct LogContext {
     pub clock: Rc<dyn Clock>,
@@ -217,6 +220,8 @@ pub struct Log {
     /// Told the first offset whenever appended batches are discarded.
     discard_listener: RefCell<Option<DiscardListener>>,
     flush_observer: RefCell<Option<FlushObserver>>,
+    /// Compaction's own state (`compact.rs`).
+    compaction: compact::CompactionState,
 }
 
 /// See `Log::set_flush_observer`.
@@ -410,6 +415,7 @@ impl Log {
         check_config(&config);
         crate::probe::probe_direct_io(&dir).await?;
         let mut report = RecoveryReport::default();
+        compact::finish_interrupted_swaps(&dir).await?;
 
         let listed = dir.clone();
         let mut bases = off_reactor(move || -> std::io::Result<Vec<Offset>> {
@@ -457,6 +463,7 @@ impl Log {
             background_syncing: Rc::new(Cell::new(false)),
             discard_listener: RefCell::new(None),
             flush_observer: RefCell::new(None),
+            compaction: compact::CompactionState::default(),
             state: RefCell::new(LogState {
                 segments,
                 pending: VecDeque::new(),
