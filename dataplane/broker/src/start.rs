@@ -84,6 +84,10 @@ pub struct StartArgs {
     /// deleted (Kafka's offsets.retention.minutes, default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3600 * 1000)]
     pub offsets_retention_ms: u64,
+    /// How long each shard's log compactor sleeps between passes over its
+    /// partitions of compacted topics (Kafka's log.cleaner.backoff.ms).
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub log_cleaner_backoff_ms: u64,
     /// Address of the admin HTTP listener (GET /metrics in the Prometheus
     /// text format, GET /v1/status as JSON), HOST:PORT, or `none`.
     /// Default: 127.0.0.1:9644.
@@ -492,6 +496,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         fetch_waiters_per_partition_max: 10_000,
         fetch_max_wait: Duration::from_secs(30),
         fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
+        compaction_interval: Duration::from_millis(args.log_cleaner_backoff_ms),
         busy_poll_us: profile.network.busy_poll_us,
         groups: GroupConfig {
             limits: GroupLimits {

@@ -8,8 +8,10 @@ mod common;
 
 use bytes::Bytes;
 use common::{read_all, run, tmp, Rng};
-use ferrolog_model::{BatchBuilder, Offset, TimestampMs};
-use ferrolog_storage::{inspect, CompactStep, CompactionConfig, Log, LogConfig, LogContext, ManualClock};
+use ferrolog_model::{BatchBuilder, BatchHeader, Offset, TimestampMs};
+use ferrolog_storage::{
+    inspect, CompactStep, CompactionConfig, Log, LogConfig, LogContext, ManualClock, ReadRequest,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
@@ -163,6 +165,24 @@ fn keeps_the_latest_value_per_key_and_drops_expired_tombstones() {
         );
         let report = inspect::inspect_log(dir.path()).expect("inspect");
         assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // A read never answers with empty batches alone while records follow
+        // (it goes on past segments that compaction emptied).
+        for base in log.segment_bases() {
+            let r = log
+                .read(ReadRequest {
+                    offset: base,
+                    max_bytes: 1 << 20,
+                    end: None,
+                })
+                .await
+                .expect("read");
+            assert!(
+                r.batches
+                    .iter()
+                    .any(|b| BatchHeader::parse(b).expect("header").record_count > 0),
+                "read at {base} returned only empty batches"
+            );
+        }
 
         // Nothing new: the next pass has nothing to do.
         let again = log.compact(end).await.expect("compact");
