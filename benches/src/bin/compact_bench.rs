@@ -11,7 +11,8 @@
 //!    same executor, first alone, then while a second copy of the keyed log
 //!    is compacted; p50/p99/p99.9 of each.
 //!
-//! usage: compact_bench [--log-mib N] [--keys N] [--gap-us N]
+//! usage: compact_bench [--log-mib N] [--keys N] [--gap-us N] [--io-limit-mbps N]
+//! (`--io-limit-mbps`: the compactor's I/O rate limit, 0 = none)
 
 use bytes::Bytes;
 use ferrolog_model::{BatchBuilder, TimestampMs};
@@ -45,6 +46,7 @@ struct Args {
     log_mib: usize,
     keys: u64,
     gap_us: u64,
+    io_limit_mbps: u64,
 }
 
 fn args() -> io::Result<Args> {
@@ -52,6 +54,7 @@ fn args() -> io::Result<Args> {
         log_mib: 128,
         keys: 1000,
         gap_us: 500,
+        io_limit_mbps: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +67,7 @@ fn args() -> io::Result<Args> {
             "--log-mib" => a.log_mib = value()? as usize,
             "--keys" => a.keys = value()?.max(1),
             "--gap-us" => a.gap_us = value()?,
+            "--io-limit-mbps" => a.io_limit_mbps = value()?,
             "--bench" => {}
             other => return Err(io::Error::other(format!("unexpected argument {other:?}"))),
         }
@@ -102,7 +106,7 @@ async fn raw_limits(path: &Path, bytes: usize) -> io::Result<(f64, f64)> {
     Ok((write, read))
 }
 
-fn compacted_config() -> LogConfig {
+fn compacted_config(io_limit_mbps: u64) -> LogConfig {
     LogConfig {
         segment_bytes: 8 << 20,
         durability: Durability::Direct,
@@ -110,6 +114,7 @@ fn compacted_config() -> LogConfig {
         compaction: CompactionConfig {
             enabled: true,
             min_cleanable_dirty_ppm: 0,
+            io_bytes_per_sec: io_limit_mbps * 1_000_000,
             ..CompactionConfig::default()
         },
         ..LogConfig::default()
@@ -117,8 +122,11 @@ fn compacted_config() -> LogConfig {
 }
 
 /// A log of `mib` MiB of batches of 16 records with random keys out of `keys`.
-async fn fill(dir: &Path, ctx: Rc<LogContext>, mib: usize, keys: u64, seed: u64) -> io::Result<Rc<Log>> {
-    let (log, _) = Log::open(dir, compacted_config(), ctx).await.map_err(sio)?;
+async fn fill(dir: &Path, ctx: Rc<LogContext>, a: &Args, seed: u64) -> io::Result<Rc<Log>> {
+    let (mib, keys) = (a.log_mib, a.keys);
+    let (log, _) = Log::open(dir, compacted_config(a.io_limit_mbps), ctx)
+        .await
+        .map_err(sio)?;
     let mut x = seed;
     let value = vec![7u8; VALUE_BYTES];
     while log.size_bytes() < (mib * MIB) as u64 {
@@ -191,7 +199,7 @@ async fn run(dir: &Path, a: &Args) -> io::Result<()> {
 
     // Compaction alone.
     let ctx = LogContext::new(8 << 20);
-    let log = fill(&dir.join("alone"), ctx.clone(), a.log_mib, a.keys, 1).await?;
+    let log = fill(&dir.join("alone"), ctx.clone(), a, 1).await?;
     let size = log.size_bytes();
     let start = Instant::now();
     let out = log.compact(log.offsets().durable_next).await.map_err(sio)?;
@@ -227,7 +235,7 @@ async fn run(dir: &Path, a: &Args) -> io::Result<()> {
     let alone = produce(&plog, gap, 5000, || true).await?;
     println!("{}", alone.line("produce alone (1 KiB batches, direct)"));
 
-    let log = fill(&dir.join("busy"), ctx.clone(), a.log_mib, a.keys, 2).await?;
+    let log = fill(&dir.join("busy"), ctx.clone(), a, 2).await?;
     let done = Rc::new(Cell::new(false));
     let (d, l) = (done.clone(), log.clone());
     let end = l.offsets().durable_next;

@@ -14,7 +14,7 @@ use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
 use ferrolog_kafka::ServerConfig;
 use ferrolog_model::NodeId;
 use ferrolog_shard::{ControlConfig, RuntimeConfig};
-use ferrolog_storage::{Durability, LogConfig};
+use ferrolog_storage::{CompactionConfig, Durability, LogConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +88,10 @@ pub struct StartArgs {
     /// partitions of compacted topics (Kafka's log.cleaner.backoff.ms).
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
     pub log_cleaner_backoff_ms: u64,
+    /// Segment bytes per second each compaction pass may read and write
+    /// (Kafka's log.cleaner.io.max.bytes.per.second); 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub log_cleaner_io_max_bytes_per_second: u64,
     /// Address of the admin HTTP listener (GET /metrics in the Prometheus
     /// text format, GET /v1/status as JSON), HOST:PORT, or `none`.
     /// Default: 127.0.0.1:9644.
@@ -486,7 +490,13 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
         topic_defaults: TopicDefaults {
-            log: log_config(&profile),
+            log: LogConfig {
+                compaction: CompactionConfig {
+                    io_bytes_per_sec: args.log_cleaner_io_max_bytes_per_second,
+                    ..CompactionConfig::default()
+                },
+                ..log_config(&profile)
+            },
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
         batch_cache_bytes: profile.storage.batch_cache_bytes,

@@ -99,6 +99,10 @@ pub struct CompactionConfig {
     /// Bound on the key bytes the compactor holds in memory in one pass; a
     /// pass covers the oldest segments whose keys fit.
     pub map_key_bytes_max: usize,
+    /// Segment bytes a pass reads and writes per second, at most (Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`); 0 is no limit. A pass at
+    /// full disk speed queues its large I/Os ahead of the appends' writes.
+    pub io_bytes_per_sec: u64,
 }
 
 impl Default for CompactionConfig {
@@ -110,6 +114,7 @@ impl Default for CompactionConfig {
             min_compaction_lag_ms: 0,
             max_compaction_lag_ms: i64::MAX as u64,
             map_key_bytes_max: 64 << 20,
+            io_bytes_per_sec: 0,
         }
     }
 }

@@ -42,6 +42,10 @@ use super::*;
 use crate::env::CompactStep;
 use std::collections::HashMap;
 
+/// Size of the compactor's reads and writes: small enough that an append's
+/// write queued behind one does not wait long (1 MiB ones cost produce p99
+/// more in docs/benchmarks.md), large enough for sequential throughput.
+const COMPACTION_IO_BYTES: usize = 128 << 10;
 const CLEANED_SUFFIX: &str = ".cleaned";
 const SWAP_SUFFIX: &str = ".swap";
 /// The clean point: where the last pass ended, in the log directory.
@@ -88,6 +92,36 @@ pub(super) struct CompactionState {
     tombstone_due_ms: Cell<Option<i64>>,
 }
 
+/// Paces a pass to `CompactionConfig::io_bytes_per_sec`.
+struct Throttle {
+    started: std::time::Instant,
+    bytes: Cell<u64>,
+    bytes_per_sec: u64,
+}
+
+impl Throttle {
+    fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle {
+            started: std::time::Instant::now(),
+            bytes: Cell::new(0),
+            bytes_per_sec,
+        }
+    }
+
+    /// Counts `n` bytes of I/O and sleeps while the pass is ahead of its rate.
+    async fn charge(&self, n: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let bytes = self.bytes.get() + n;
+        self.bytes.set(bytes);
+        let due = std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            glommio::timer::sleep(ahead).await;
+        }
+    }
+}
+
 /// Clears `running` however the pass ends.
 struct Running<'a>(&'a Cell<bool>);
 
@@ -108,6 +142,13 @@ struct Candidate {
     size: u64,
     max_timestamp: i64,
     created_ms: i64,
+}
+
+/// Where a segment rewrite reports to.
+struct Sinks<'a> {
+    outcome: &'a mut CompactionOutcome,
+    tombstone_due: &'a mut Option<i64>,
+    throttle: &'a Throttle,
 }
 
 /// A rewritten segment, synced under its `.cleaned` name.
@@ -359,8 +400,9 @@ impl Log {
         }
 
         let mut outcome = CompactionOutcome::default();
+        let throttle = Throttle::new(c.io_bytes_per_sec);
         let (map, covered) = self
-            .build_key_map(&candidates, c.map_key_bytes_max, &mut outcome)
+            .build_key_map(&candidates, c.map_key_bytes_max, &mut outcome, &throttle)
             .await?;
         if covered == 0 {
             warn!(log = %self.dir.display(), "the keys of the oldest segment exceed the compaction map bound; not compacting");
@@ -370,7 +412,14 @@ impl Log {
         let mut tombstone_due: Option<i64> = None;
         for cand in &candidates[..covered] {
             let rewritten = self
-                .rewrite_segment(cand, &map, delete_before, &mut outcome, &mut tombstone_due)
+                .rewrite_segment(
+                    cand,
+                    &map,
+                    delete_before,
+                    &mut outcome,
+                    &mut tombstone_due,
+                    &throttle,
+                )
                 .await?;
             if let Some(r) = rewritten {
                 outcome.bytes_before += cand.size;
@@ -463,7 +512,7 @@ impl Log {
     }
 
     fn cursor<'a>(&self, cand: &'a Candidate) -> BatchCursor<'a> {
-        let chunk = self.config().read_chunk_bytes.max(1 << 20);
+        let chunk = self.config().read_chunk_bytes.max(COMPACTION_IO_BYTES);
         BatchCursor {
             reader: WindowReader::new(&cand.file, &cand.path, chunk),
             path: &cand.path,
@@ -479,6 +528,7 @@ impl Log {
         candidates: &[Candidate],
         max_key_bytes: usize,
         outcome: &mut CompactionOutcome,
+        throttle: &Throttle,
     ) -> Result<(HashMap<Vec<u8>, Offset>, usize)> {
         let mut map: HashMap<Vec<u8>, Offset> = HashMap::new();
         let mut key_bytes = 0usize;
@@ -495,6 +545,7 @@ impl Log {
                         }
                     }
                 }
+                throttle.charge(h.total_bytes() as u64).await;
                 glommio::yield_if_needed().await;
             }
             outcome.bytes_read += cand.size;
@@ -523,6 +574,7 @@ impl Log {
         delete_before: i64,
         outcome: &mut CompactionOutcome,
         tombstone_due: &mut Option<i64>,
+        throttle: &Throttle,
     ) -> Result<Option<Rewritten>> {
         let cleaned = suffixed(&cand.path, CLEANED_SUFFIX);
         let file = OpenOptions::new()
@@ -540,8 +592,11 @@ impl Log {
                 cand,
                 map,
                 delete_before,
-                outcome,
-                tombstone_due,
+                Sinks {
+                    outcome,
+                    tombstone_due,
+                    throttle,
+                },
                 &mut seg,
                 &cleaned,
             )
@@ -561,20 +616,23 @@ impl Log {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn write_compacted(
         &self,
         cand: &Candidate,
         map: &HashMap<Vec<u8>, Offset>,
         delete_before: i64,
-        outcome: &mut CompactionOutcome,
-        tombstone_due: &mut Option<i64>,
+        sinks: Sinks<'_>,
         seg: &mut Segment,
         cleaned: &Path,
     ) -> Result<bool> {
         let config = self.config();
-        let chunk = config.write_chunk_bytes;
+        let chunk = config.write_chunk_bytes.min(COMPACTION_IO_BYTES);
         let interval = u64::from(config.index_interval_bytes);
+        let Sinks {
+            outcome,
+            tombstone_due,
+            throttle,
+        } = sinks;
         let file = seg.file.clone();
         let mut changed = false;
         let mut out: Vec<u8> = Vec::new();
@@ -626,8 +684,10 @@ impl Log {
             let position = written + out.len() as u64;
             seg.index_batch(&h_out, position, bytes.len() as u64, interval);
             out.extend_from_slice(bytes);
+            throttle.charge(h.total_bytes() as u64).await;
             if out.len() >= chunk {
                 let n = align_down(out.len() as u64) as usize;
+                throttle.charge(n as u64).await;
                 write_aligned(&file, cleaned, written, &out[..n]).await?;
                 out.drain(..n);
                 written += n as u64;
