@@ -6,7 +6,9 @@
 //! Pure data and validation; no I/O. The compaction configs
 //! (`cleanup.policy` compact, `delete.retention.ms`,
 //! `min.cleanable.dirty.ratio`, `min.compaction.lag.ms`,
-//! `max.compaction.lag.ms`) are not here: they belong with compaction.
+//! `max.compaction.lag.ms`) are not here: `topics` owns them (its
+//! `CONFIG_KEYS` and `validate_config`), beside the storage settings they
+//! map to, so every config name is defined exactly once.
 
 use crate::topics::{ConfigOverrides, TopicError};
 

@@ -108,6 +108,32 @@ fn model_config_change(
                     (1, _) if CONFIG_KEYS.contains(&k.as_str()) => {
                         next.remove(k);
                     }
+                    // cleanup.policy is the one list config: APPEND adds the
+                    // items not listed yet, SUBTRACT removes items, starting
+                    // from the current value or the default "delete".
+                    (2 | 3, Some(v)) if k == "cleanup.policy" => {
+                        let items = |s: &str| -> Vec<String> {
+                            s.split(',')
+                                .map(|i| i.trim().to_string())
+                                .filter(|i| !i.is_empty())
+                                .collect()
+                        };
+                        let mut list = items(next.get(k).map_or("delete", String::as_str));
+                        for item in items(v) {
+                            if *op == 2 {
+                                if !list.contains(&item) {
+                                    list.push(item);
+                                }
+                            } else {
+                                list.retain(|i| *i != item);
+                            }
+                        }
+                        let value = list.join(",");
+                        if !valid(k, &value) {
+                            return None;
+                        }
+                        next.insert(k.clone(), value);
+                    }
                     _ => return None,
                 }
             }

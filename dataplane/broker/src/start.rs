@@ -14,7 +14,7 @@ use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
 use ferrolog_kafka::ServerConfig;
 use ferrolog_model::NodeId;
 use ferrolog_shard::{ControlConfig, RuntimeConfig};
-use ferrolog_storage::{Durability, LogConfig};
+use ferrolog_storage::{CompactionConfig, Durability, LogConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +84,14 @@ pub struct StartArgs {
     /// deleted (Kafka's offsets.retention.minutes, default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3600 * 1000)]
     pub offsets_retention_ms: u64,
+    /// How long each shard's log compactor sleeps between passes over its
+    /// partitions of compacted topics (Kafka's log.cleaner.backoff.ms).
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub log_cleaner_backoff_ms: u64,
+    /// Segment bytes per second each compaction pass may read and write
+    /// (Kafka's log.cleaner.io.max.bytes.per.second); 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub log_cleaner_io_max_bytes_per_second: u64,
     /// Address of the admin HTTP listener (GET /metrics in the Prometheus
     /// text format, GET /v1/status as JSON), HOST:PORT, or `none`.
     /// Default: 127.0.0.1:9644.
@@ -482,7 +490,13 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
         topic_defaults: TopicDefaults {
-            log: log_config(&profile),
+            log: LogConfig {
+                compaction: CompactionConfig {
+                    io_bytes_per_sec: args.log_cleaner_io_max_bytes_per_second,
+                    ..CompactionConfig::default()
+                },
+                ..log_config(&profile)
+            },
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
         batch_cache_bytes: profile.storage.batch_cache_bytes,
@@ -492,6 +506,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         fetch_waiters_per_partition_max: 10_000,
         fetch_max_wait: Duration::from_secs(30),
         fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
+        compaction_interval: Duration::from_millis(args.log_cleaner_backoff_ms),
         busy_poll_us: profile.network.busy_poll_us,
         groups: GroupConfig {
             limits: GroupLimits {

@@ -471,6 +471,19 @@ fn fetch_long_poll_is_woken_by_produce() {
     broker.python("long_poll.py", &[]);
 }
 
+/// A cleanup.policy=compact topic read back by a consumer holds exactly the latest
+/// value per key, at its original offset, and loses its tombstones after
+/// delete.retention.ms; cleanup.policy takes APPEND and SUBTRACT. The compacted log
+/// verifies offline after a clean stop.
+#[test]
+fn compacted_topic_keeps_the_latest_value_per_key() {
+    let node = Node::new();
+    let mut broker = node.start(&["--log-cleaner-backoff-ms", "200"]);
+    broker.python("compaction.py", &[]);
+    broker.terminate_cleanly();
+    node.log_verify();
+}
+
 #[test]
 fn topics_configs_and_messages_survive_sigterm_and_restart() {
     let node = Node::new();

@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// asks (Kafka's fetch.max.bytes). Each owner shard reads at most this
     /// much for one fetch, plus at most one batch past it.
     pub fetch_response_max_bytes: usize,
+    /// How long each shard's compactor sleeps between passes over its
+    /// partitions (Kafka's log.cleaner.backoff.ms).
+    pub compaction_interval: Duration,
     /// SO_BUSY_POLL on client sockets, in µs (0 = off).
     pub busy_poll_us: u32,
     /// The group coordinator's settings.

@@ -32,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tracing::{info, warn};
 
+mod compact;
+pub use compact::CompactionOutcome;
+
 /// What every log of one shard shares: the batch cache and the seams.
 pub struct LogContext {
     pub clock: Rc<dyn Clock>,
@@ -221,6 +224,8 @@ pub struct Log {
     /// Told the first offset whenever appended batches are discarded.
     discard_listener: RefCell<Option<DiscardListener>>,
     flush_observer: RefCell<Option<FlushObserver>>,
+    /// Compaction's own state (`compact.rs`).
+    compaction: compact::CompactionState,
 }
 
 /// See `Log::set_flush_observer`.
@@ -414,6 +419,7 @@ impl Log {
         check_config(&config);
         crate::probe::probe_direct_io(&dir).await?;
         let mut report = RecoveryReport::default();
+        compact::finish_interrupted_swaps(&dir).await?;
 
         let listed = dir.clone();
         let mut bases = off_reactor(move || -> std::io::Result<Vec<Offset>> {
@@ -466,6 +472,7 @@ impl Log {
             background_syncing: Rc::new(Cell::new(false)),
             discard_listener: RefCell::new(None),
             flush_observer: RefCell::new(None),
+            compaction: compact::CompactionState::default(),
             state: RefCell::new(LogState {
                 segments,
                 pending: VecDeque::new(),
@@ -996,7 +1003,52 @@ impl Log {
     }
 
     /// Reads whole batches starting with the one containing `req.offset`.
+    ///
+    /// A read stays inside one segment, except that while every batch it
+    /// found is empty (a batch whose records compaction removed all of) it
+    /// goes on into the next segments, within `max_bytes`: a reply of empty
+    /// batches alone makes librdkafka take the partition for one with a
+    /// record too large to fetch, and after a few such replies it reports
+    /// MSG_SIZE_TOO_LARGE to the application.
     pub async fn read(&self, req: ReadRequest) -> Result<ReadOutcome> {
+        let mut out = self.read_segment(req).await?;
+        loop {
+            let Some(last) = out.batches.last() else {
+                return Ok(out);
+            };
+            let all_empty = out
+                .batches
+                .iter()
+                .all(|b| BatchHeader::parse(b).is_ok_and(|h| h.record_count == 0));
+            let used = out.bytes();
+            let next = BatchHeader::parse(last)
+                .expect("served batches parse")
+                .last_offset()
+                .plus(1);
+            let end = {
+                let st = self.state.borrow();
+                req.end.map_or(st.durable_next, |e| e.min(st.durable_next))
+            };
+            if !all_empty || used >= req.max_bytes || next >= end {
+                return Ok(out);
+            }
+            let more = self
+                .read_segment(ReadRequest {
+                    offset: next,
+                    max_bytes: req.max_bytes - used,
+                    end: req.end,
+                })
+                .await?;
+            if more.batches.is_empty() {
+                return Ok(out);
+            }
+            out.from_cache &= more.from_cache;
+            out.batches.extend(more.batches);
+        }
+    }
+
+    /// `read` within the segment that holds `req.offset`.
+    async fn read_segment(&self, req: ReadRequest) -> Result<ReadOutcome> {
         let (end, file, path, position, limit) = {
             let st = self.state.borrow();
             let committed = st.durable_next;

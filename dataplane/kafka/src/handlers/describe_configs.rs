@@ -19,6 +19,7 @@ const TYPE_BOOLEAN: i8 = 1;
 const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
+const TYPE_DOUBLE: i8 = 6;
 const TYPE_LIST: i8 = 7;
 
 fn topic_config_doc(key: &str) -> (i8, &'static str) {
@@ -37,7 +38,26 @@ fn topic_config_doc(key: &str) -> (i8, &'static str) {
             "Roll to a new segment file once the active one is this old.",
         ),
         topics::MAX_MESSAGE_BYTES => (TYPE_INT, "Largest record batch accepted."),
-        topics::CLEANUP_POLICY => (TYPE_LIST, "Only delete is supported."),
+        topics::CLEANUP_POLICY => (
+            TYPE_LIST,
+            "delete: drop old segments by retention; compact: keep the latest record per key; or both.",
+        ),
+        topics::DELETE_RETENTION_MS => (
+            TYPE_LONG,
+            "Compaction removes a tombstone once its timestamp is this much older than now.",
+        ),
+        topics::MIN_CLEANABLE_DIRTY_RATIO => (
+            TYPE_DOUBLE,
+            "Compact when bytes not yet compacted are at least this share of the compactable bytes.",
+        ),
+        topics::MIN_COMPACTION_LAG_MS => (
+            TYPE_LONG,
+            "Segments with records younger than this are not compacted.",
+        ),
+        topics::MAX_COMPACTION_LAG_MS => (
+            TYPE_LONG,
+            "Compact a segment whose oldest record is older than this, whatever the dirty ratio.",
+        ),
         topics::MIN_INSYNC_REPLICAS => (
             TYPE_INT,
             "Replicas in sync, the leader included, that an acks=all produce needs.",
