@@ -63,6 +63,16 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::OffsetForLeaderEpoch,
         handlers::offset_for_leader_epoch::VERSIONS,
     ),
+    (ApiKey::SaslHandshake, handlers::sasl_handshake::VERSIONS),
+    (ApiKey::SaslAuthenticate, handlers::sasl_authenticate::VERSIONS),
+    (
+        ApiKey::DescribeUserScramCredentials,
+        handlers::describe_user_scram_credentials::VERSIONS,
+    ),
+    (
+        ApiKey::AlterUserScramCredentials,
+        handlers::alter_user_scram_credentials::VERSIONS,
+    ),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -126,6 +136,14 @@ mod tests {
                 }
                 ApiKey::OffsetForLeaderEpoch => {
                     check::<OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse>(*v)
+                }
+                ApiKey::SaslHandshake => check::<SaslHandshakeRequest, SaslHandshakeResponse>(*v),
+                ApiKey::SaslAuthenticate => check::<SaslAuthenticateRequest, SaslAuthenticateResponse>(*v),
+                ApiKey::DescribeUserScramCredentials => {
+                    check::<DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse>(*v)
+                }
+                ApiKey::AlterUserScramCredentials => {
+                    check::<AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse>(*v)
                 }
                 other => panic!("{other:?} has no codec check"),
             }
