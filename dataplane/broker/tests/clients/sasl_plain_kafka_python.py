@@ -4,12 +4,15 @@ consumer round-trip messages; a wrong password is refused with an authentication
 error; a client that does not authenticate gets nothing."""
 
 import logging
+import socket
+import struct
 import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaTimeoutError, SaslAuthenticationFailedError
 
 from e2e import WAIT_S, check, check_eq, fail, log, parse_args
+from wire import i16, i32, string
 
 args = parse_args(("--user", {"required": True}), ("--password", {"required": True}))
 TOPIC = "kafka-python-plain"
@@ -73,3 +76,46 @@ except (SaslAuthenticationFailedError, KafkaTimeoutError) as e:
     said = [m for m in captured.messages + [str(e)] if "Authentication failed" in m]
     check(said, f"no clear authentication error: {e!r}; kafka-python logged {captured.messages[-5:]}")
     log(f"ok: wrong password refused: {said[0]}")
+
+# SaslHandshake v0 by hand: the PLAIN token then goes unframed (a size and the bytes) and the
+# broker answers an empty token the same way; a wrong password closes the connection.
+HOST, PORT = args.bootstrap.rsplit(":", 1)
+
+
+def v0_plain(password):
+    s = socket.create_connection((HOST, int(PORT)), timeout=10)
+    body = i16(17) + i16(0) + i32(1) + string("raw-v0") + string("PLAIN")
+    s.sendall(i32(len(body)) + body)
+    size = struct.unpack(">i", recv_exact(s, 4))[0]
+    resp = recv_exact(s, size)
+    check_eq(struct.unpack(">h", resp[4:6])[0], 0, "SaslHandshake v0 error code")
+    token = b"\0" + args.user.encode() + b"\0" + password.encode()
+    s.sendall(i32(len(token)) + token)
+    return s
+
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+s = v0_plain(args.password)
+check_eq(recv_exact(s, 4), i32(0), "the empty PLAIN reply after SaslHandshake v0")
+body = i16(3) + i16(1) + i32(2) + string("raw-v0") + i32(-1)
+s.sendall(i32(len(body)) + body)
+size = recv_exact(s, 4)
+check(size is not None, "Metadata after a v0 PLAIN exchange: connection closed")
+check_eq(recv_exact(s, struct.unpack(">i", size)[0])[:4], i32(2), "Metadata correlation id after v0 PLAIN")
+s.close()
+log("ok: SaslHandshake v0 + an unframed PLAIN token authenticates, then Metadata is served")
+s = v0_plain("wrong-password")
+try:
+    check_eq(s.recv(4), b"", "a wrong v0 PLAIN password: expected the connection closed")
+except ConnectionResetError:
+    pass
+log("ok: a wrong password after SaslHandshake v0 closes the connection")

@@ -195,3 +195,43 @@ pub async fn lookup(shard: &Shard, user: &str, m: ScramMechanism) -> Option<Scra
     }
     shard.config.security.users.get(user, m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_file_makes_both_scram_credentials_and_keeps_no_password() {
+        let users = FileUsers::parse("# comment\n\nadmin:pa:ss\r\nbob:x\n").expect("parse");
+        assert_eq!(users.len(), 2);
+        for m in ScramMechanism::ALL {
+            let c = users.get("admin", m).expect("credential");
+            assert_eq!(c.iterations, USERS_FILE_ITERATIONS);
+            assert!(plain::verify(m, &c, b"pa:ss"));
+            assert!(!plain::verify(m, &c, b"pa"));
+        }
+        assert!(users.get("carol", ScramMechanism::Sha256).is_none());
+        assert!(!format!("{users:?}").contains("pa:ss"));
+    }
+
+    #[test]
+    fn users_file_errors_name_the_line() {
+        for (text, needle) in [
+            ("admin\n", "line 1: expected NAME:PASSWORD"),
+            ("a:1\n:pw\n", "line 2"),
+            ("a:\n", "empty password"),
+            ("a:1\na:2\n", "listed twice"),
+        ] {
+            let e = FileUsers::parse(text).expect_err(text);
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn nonces_are_letters_and_digits() {
+        let n = random_nonce().expect("nonce");
+        assert_eq!(n.len(), 24);
+        assert!(n.bytes().all(|b| b.is_ascii_alphanumeric()), "{n}");
+        assert_ne!(n, random_nonce().expect("nonce"));
+    }
+}
