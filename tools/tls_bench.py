@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Produce latency and throughput with TLS against plain text, in one interleaved run.
 
-  tools/tls_bench.py [--bin target/release/ferrolog] [--baseline-bin PATH] [--blocks 10]
+  tools/tls_bench.py [--bin target/release/ferrolog] [--baseline-bin PATH] [--plain-bin PATH] [--blocks 10]
                      [--samples 500] [--messages 50000] [--rounds 3] [--json FILE] [--keep]
 
 Starts two release `ferrolog` brokers side by side on 127.0.0.1 with the same profile and flags,
@@ -189,10 +189,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/ferrolog")
     ap.add_argument("--baseline-bin")
+    ap.add_argument("--plain-bin", help="binary of the plain-text broker (default --bin), to swap the slots")
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--start-order", default="plain,tls,baseline",
+                    help="which broker starts first, second, third (the first started measured slower on this VM)")
     ap.add_argument("--json")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -200,12 +203,17 @@ def main():
     brokers = []
     try:
         certs = make_certs(root)
-        brokers = [
-            Broker(args.bin, root, "plain", []),
-            Broker(args.bin, root, "tls", ["--kafka-tls-cert", certs["cert"], "--kafka-tls-key", certs["key"]]),
-        ]
+        kinds = {
+            "plain": (args.plain_bin or args.bin, []),
+            "tls": (args.bin, ["--kafka-tls-cert", certs["cert"], "--kafka-tls-key", certs["key"]]),
+        }
         if args.baseline_bin:
-            brokers.append(Broker(args.baseline_bin, root, "baseline", []))
+            kinds["baseline"] = (args.baseline_bin, [])
+        start_order = [k for k in args.start_order.split(",") if k in kinds]
+        brokers = []
+        for name in start_order:
+            binary, extra = kinds[name]
+            brokers.append(Broker(binary, root, name, extra))
         for b in brokers:
             create_topic(b, certs["ca"], "lat")
             create_topic(b, certs["ca"], "tput")
@@ -218,7 +226,8 @@ def main():
         # Destroy the producers while their brokers still run (no disconnect noise at exit).
         del probers
         floor = echo_rtt(None, "127.0.0.1")
-        res = {"latency_us": {}, "loopback_rtt_us": floor, "throughput": {b.name: [] for b in brokers}}
+        res = {"start_order": start_order, "latency_us": {}, "loopback_rtt_us": floor, "throughput": {b.name: [] for b in brokers}}
+        log(f"brokers started in the order {start_order}")
         log(f"produce latency, 1 KiB, acks=all, one in flight; {args.blocks} blocks x {args.samples} per listener")
         log(f"{'listener':<10}{'p50 us':>10}{'p99 us':>10}{'p99.9 us':>10}{'p99/floor p99':>16}")
         for name, s in lat.items():
