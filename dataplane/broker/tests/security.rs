@@ -29,11 +29,14 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-/// A CA and a server certificate it signed, for 127.0.0.1 and localhost.
+/// A CA, a server certificate it signed for 127.0.0.1 and localhost, and a
+/// client certificate it signed.
 struct Certs {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 fn make_certs(dir: &Path) -> Certs {
@@ -101,10 +104,48 @@ fn make_certs(dir: &Path) -> Certs {
         ]),
         "openssl: sign the server certificate",
     );
+    run(
+        openssl().args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=client1",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ]),
+        "openssl: client key",
+    );
+    std::fs::write(p("client.cnf"), "extendedKeyUsage=clientAuth\n").expect("client.cnf");
+    run(
+        openssl().args([
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+            "-out",
+            "client.pem",
+        ]),
+        "openssl: sign the client certificate",
+    );
     Certs {
         ca: p("ca.pem"),
         cert: p("server.pem"),
         key: p("server.key"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
     }
 }
 
@@ -229,6 +270,54 @@ fn sasl_ssl_scram_with_real_clients_and_bad_input() {
         );
     }
     b.stop();
+}
+
+/// Client certificates checked against --kafka-tls-client-ca: a client with a
+/// certificate the CA signed is served, one without is refused at the
+/// handshake; with `requested` one without is served too.
+#[test]
+fn tls_client_certificates_required_and_requested() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(dir.path());
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    for mode in ["required", "requested"] {
+        let node = dir.path().join(mode);
+        std::fs::create_dir(&node).expect("node dir");
+        let mut b = Broker::start(
+            &node,
+            &[
+                "--kafka-tls-cert",
+                &s(&certs.cert),
+                "--kafka-tls-key",
+                &s(&certs.key),
+                "--kafka-tls-client-ca",
+                &s(&certs.ca),
+                "--kafka-tls-client-auth",
+                mode,
+            ],
+        );
+        let log = b.python(
+            "tls_client_auth.py",
+            &[
+                "--ca",
+                &s(&certs.ca),
+                "--cert",
+                &s(&certs.client_cert),
+                "--key",
+                &s(&certs.client_key),
+                "--without-cert",
+                if mode == "required" { "refused" } else { "served" },
+            ],
+        );
+        if mode == "required" {
+            assert!(
+                has_line(&log, "TLS handshake failed"),
+                "no handshake failure logged:\n{}",
+                log.join("\n")
+            );
+        }
+        b.stop();
+    }
 }
 
 /// kafka-python with SASL PLAIN over plain text, against the users file.
