@@ -8,10 +8,11 @@ set -euo pipefail
 # capnproto: the Cap'n Proto schema compiler for the control plane. kcat: a librdkafka client for
 # end-to-end checks. iproute2: `ss`/`ip` for network tests and tuning; nftables: `nft`, partitions
 # between the network namespaces of multi-node tests.
+# openssl: the TLS tests make their CA and server certificates with it.
 # e2fsprogs + mount: the disk-full test mounts a small ext4 image on a loop device.
 # gcc + make: rdkafka-sys (the benches' Kafka client) builds its bundled librdkafka with
 # librdkafka's own configure script and make.
-APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 nftables e2fsprogs mount gcc make)
+APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 nftables e2fsprogs mount gcc make openssl)
 # Real Kafka clients used by the end-to-end tests.
 PIP_PACKAGES=(confluent-kafka kafka-python)
 

@@ -417,6 +417,41 @@ impl Controller {
         self.core.borrow().state().clone()
     }
 
+    /// A user's SCRAM credential for one mechanism, as applied here.
+    pub fn credential(
+        &self,
+        user: &str,
+        mechanism: crate::credentials::ScramMechanism,
+    ) -> Option<crate::credentials::ScramCredential> {
+        self.core
+            .borrow()
+            .state()
+            .credentials
+            .get(user)?
+            .get(&mechanism)
+            .cloned()
+    }
+
+    /// The mechanisms and iterations of the named users' credentials (all
+    /// users for `None`), as applied here.
+    pub fn credential_infos(
+        &self,
+        users: Option<&[String]>,
+    ) -> Vec<(String, Vec<(crate::credentials::ScramMechanism, i32)>)> {
+        let core = self.core.borrow();
+        let creds = &core.state().credentials;
+        let info = |u: &str| {
+            creds
+                .get(u)
+                .map(|m| m.iter().map(|(k, c)| (*k, c.iterations)).collect())
+                .unwrap_or_default()
+        };
+        match users {
+            Some(users) => users.iter().map(|u| (u.clone(), info(u))).collect(),
+            None => creds.keys().map(|u| (u.clone(), info(u))).collect(),
+        }
+    }
+
     fn build_snapshot(&self) -> (u64, Arc<MetadataSnapshot>) {
         let core = self.core.borrow();
         let s = core.state();
@@ -2035,6 +2070,10 @@ fn describe_command(cmd: &Command) -> String {
             format!("cancel the reassignment of {topic}/{partition}")
         }
         Command::AllocateProducerIds { node, count } => format!("{count} producer ids for node {node}"),
+        Command::AlterCredentials(c) => format!(
+            "change SCRAM credentials of user {}",
+            c.first().map_or("", |c| c.user.as_str())
+        ),
     }
 }
 

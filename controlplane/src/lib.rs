@@ -31,6 +31,7 @@
 
 pub mod commands;
 pub mod controller;
+pub mod credentials;
 pub mod elections;
 pub mod metadata;
 pub mod placement;

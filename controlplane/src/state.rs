@@ -11,6 +11,7 @@
 //! answer the proposer gets, on every node alike.
 
 use crate::commands::{self, CommandError, TopicCommand, TopicDelta};
+use crate::credentials::{self, CredentialChange, CredentialError, Credentials};
 use crate::topics::TopicTable;
 use ferrolog_model::{Epoch, NodeId};
 use serde::{Deserialize, Serialize};
@@ -175,6 +176,9 @@ pub enum Command {
         node: NodeId,
         count: i64,
     },
+    // SASL/SCRAM credentials (crate::credentials).
+    /// Upserts and deletes one user's SCRAM credentials, all or none.
+    AlterCredentials(Vec<CredentialChange>),
 }
 
 /// Why a command is refused.
@@ -240,6 +244,8 @@ pub enum StateError {
         expected: Epoch,
         got: Epoch,
     },
+    #[error("{0}")]
+    Credential(CredentialError),
 }
 
 /// A topic command's refusal, carried with its kind so the Kafka side can
@@ -315,6 +321,8 @@ pub enum Applied {
         start: i64,
         count: i64,
     },
+    /// A user's credentials changed.
+    Credentials(String),
 }
 
 /// The whole replicated state; `Default` is the state before the first
@@ -333,6 +341,10 @@ pub struct ClusterState {
     /// none).
     #[serde(default, with = "reassignment_entries")]
     pub reassignments: Reassignments,
+    /// SCRAM credentials by user (state written before they existed has
+    /// none).
+    #[serde(default)]
+    pub credentials: Credentials,
 }
 
 /// Most producer ids one block may take.
@@ -719,6 +731,16 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
                 .ok_or(StateError::ProducerIdsExhausted)?;
             state.next_producer_id = end;
             Ok(Applied::ProducerIds { start, count: *count })
+        }
+        Command::AlterCredentials(changes) => {
+            let user = changes.first().map(|c| c.user.clone()).unwrap_or_default();
+            if changes.iter().any(|c| c.user != user) {
+                return Err(StateError::NotApplied(
+                    "a credential command changes one user".into(),
+                ));
+            }
+            credentials::apply(&mut state.credentials, changes).map_err(StateError::Credential)?;
+            Ok(Applied::Credentials(user))
         }
     }
 }

@@ -10,6 +10,8 @@ use ferrolog_hw_profiles::{
     Durability as ProfileDurability, Profile,
 };
 use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
+use ferrolog_kafka::sasl::{FileUsers, Mechanism};
+use ferrolog_kafka::security::{server_tls, ClientAuth, SecurityConfig, TlsFiles};
 use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
 use ferrolog_kafka::ServerConfig;
 use ferrolog_model::NodeId;
@@ -129,6 +131,96 @@ pub struct StartArgs {
     /// Log lines as human-readable text or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// TLS on the Kafka listener: the PEM certificate chain (server
+    /// certificate first). Needs --kafka-tls-key.
+    #[arg(long, requires = "kafka_tls_key")]
+    pub kafka_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --kafka-tls-cert.
+    #[arg(long, requires = "kafka_tls_cert")]
+    pub kafka_tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are verified against.
+    #[arg(long, requires = "kafka_tls_cert")]
+    pub kafka_tls_client_ca: Option<PathBuf>,
+    /// Whether a TLS client must present a certificate: none, requested or
+    /// required. Default: required with --kafka-tls-client-ca, else none.
+    #[arg(long, value_enum, requires = "kafka_tls_client_ca")]
+    pub kafka_tls_client_auth: Option<ClientAuthArg>,
+    /// SASL mechanisms offered by SaslHandshake, comma-separated, from
+    /// PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512; `none` turns SASL off.
+    #[arg(long, default_value = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512", value_parser = parse_mechanisms)]
+    pub sasl_mechanisms: Mechanisms,
+    /// Serve only ApiVersions, SaslHandshake and SaslAuthenticate until a
+    /// connection authenticated with SASL; close it on anything else.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_auth: bool,
+    /// Bootstrap users: a file of `NAME:PASSWORD` lines, accepted by PLAIN
+    /// and SCRAM on this node next to the cluster's SCRAM credentials.
+    #[arg(long)]
+    pub sasl_users_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuthArg {
+    None,
+    Requested,
+    Required,
+}
+
+/// `--sasl-mechanisms`.
+#[derive(Clone, Debug)]
+pub struct Mechanisms(pub Vec<Mechanism>);
+
+fn parse_mechanisms(s: &str) -> Result<Mechanisms, String> {
+    if s == "none" {
+        return Ok(Mechanisms(Vec::new()));
+    }
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let m = Mechanism::from_name(name).ok_or_else(|| {
+            format!("unknown SASL mechanism {name:?} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+        })?;
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    if out.is_empty() {
+        return Err("no SASL mechanism given (use `none` to turn SASL off)".into());
+    }
+    Ok(Mechanisms(out))
+}
+
+/// The listener's TLS and SASL settings, with the files read and checked.
+fn security(args: &StartArgs) -> Result<SecurityConfig, String> {
+    let tls = match (&args.kafka_tls_cert, &args.kafka_tls_key) {
+        (Some(cert), Some(key)) => {
+            let client_auth = match (args.kafka_tls_client_auth, &args.kafka_tls_client_ca) {
+                (Some(ClientAuthArg::None), _) | (None, None) => ClientAuth::None,
+                (Some(ClientAuthArg::Requested), _) => ClientAuth::Requested,
+                (Some(ClientAuthArg::Required), _) | (None, Some(_)) => ClientAuth::Required,
+            };
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.kafka_tls_client_ca.clone(),
+                client_auth,
+            };
+            Some(server_tls(&files).map_err(|e| format!("invalid TLS settings: {e}"))?)
+        }
+        _ => None,
+    };
+    let users = match &args.sasl_users_file {
+        Some(path) => FileUsers::load(path).map_err(|e| format!("invalid --sasl-users-file: {e}"))?,
+        None => FileUsers::default(),
+    };
+    if args.require_auth && args.sasl_mechanisms.0.is_empty() {
+        return Err("--require-auth needs at least one SASL mechanism".into());
+    }
+    Ok(SecurityConfig {
+        tls,
+        sasl_mechanisms: args.sasl_mechanisms.0.clone(),
+        require_auth: args.require_auth,
+        users,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -457,6 +549,20 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let security = match security(&args) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    info!(
+        tls = security.tls.is_some(),
+        require_auth = security.require_auth,
+        sasl_mechanisms = ?security.sasl_mechanisms.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        bootstrap_users = security.users.len(),
+        "Kafka listener security"
+    );
     let claim = match node::claim(&args.data_dir, args.node_id) {
         Ok(c) => c,
         Err(e) => {
@@ -522,6 +628,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         admin_addr: args.admin_addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
         shard_cpus: cpus.clone(),
         stall_threshold: Duration::from_millis(args.reactor_stall_threshold_ms),
+        security,
     });
     let runtime = RuntimeConfig {
         cpus: cpus.clone(),

@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub shard_cpus: Vec<usize>,
     /// A shard whose reactor runs a timer this much late counts a stall.
     pub stall_threshold: Duration,
+    /// TLS and SASL of the Kafka listener.
+    pub security: std::sync::Arc<crate::security::SecurityConfig>,
 }
 
 impl ServerConfig {

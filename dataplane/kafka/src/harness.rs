@@ -235,6 +235,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         admin_addr: None,
         shard_cpus: vec![ferrolog_shard::first_allowed_cpu()],
         stall_threshold: Duration::from_millis(10),
+        security: Default::default(),
     }
 }
 

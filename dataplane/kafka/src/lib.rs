@@ -27,6 +27,8 @@ pub mod handlers;
 pub mod harness;
 pub mod metrics;
 pub mod registry;
+pub mod sasl;
+pub mod security;
 pub mod server;
 pub mod session;
 pub mod shard;

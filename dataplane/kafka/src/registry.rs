@@ -70,6 +70,16 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::AlterReplicaLogDirs,
         handlers::alter_replica_log_dirs::VERSIONS,
     ),
+    (ApiKey::SaslHandshake, handlers::sasl_handshake::VERSIONS),
+    (ApiKey::SaslAuthenticate, handlers::sasl_authenticate::VERSIONS),
+    (
+        ApiKey::DescribeUserScramCredentials,
+        handlers::describe_user_scram_credentials::VERSIONS,
+    ),
+    (
+        ApiKey::AlterUserScramCredentials,
+        handlers::alter_user_scram_credentials::VERSIONS,
+    ),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -139,6 +149,14 @@ mod tests {
                 ApiKey::DescribeProducers => check::<DescribeProducersRequest, DescribeProducersResponse>(*v),
                 ApiKey::AlterReplicaLogDirs => {
                     check::<AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse>(*v)
+                }
+                ApiKey::SaslHandshake => check::<SaslHandshakeRequest, SaslHandshakeResponse>(*v),
+                ApiKey::SaslAuthenticate => check::<SaslAuthenticateRequest, SaslAuthenticateResponse>(*v),
+                ApiKey::DescribeUserScramCredentials => {
+                    check::<DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse>(*v)
+                }
+                ApiKey::AlterUserScramCredentials => {
+                    check::<AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse>(*v)
                 }
                 other => panic!("{other:?} has no codec check"),
             }
