@@ -440,6 +440,7 @@ impl Controller {
             controller: if leader == 0 { NodeId(-1) } else { node_id(leader) },
             brokers,
             topics: Arc::new(s.topics.clone()),
+            acls: Arc::new(s.acls.clone()),
         };
         (core.applied(), Arc::new(snap))
     }
@@ -2035,6 +2036,20 @@ fn describe_command(cmd: &Command) -> String {
             format!("cancel the reassignment of {topic}/{partition}")
         }
         Command::AllocateProducerIds { node, count } => format!("{count} producer ids for node {node}"),
+        Command::CreateAcl(b) => format!(
+            "create ACL {} {} on resource type {} {} (pattern {}) operation {}",
+            if b.permission == crate::acls::permission::ALLOW {
+                "allow"
+            } else {
+                "deny"
+            },
+            b.principal,
+            b.resource_type,
+            b.resource_name,
+            b.pattern_type,
+            b.operation
+        ),
+        Command::DeleteAcls(_) => "delete ACLs".into(),
     }
 }
 

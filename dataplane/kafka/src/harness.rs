@@ -234,6 +234,8 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         admin_addr: None,
         shard_cpus: vec![ferrolog_shard::first_allowed_cpu()],
         stall_threshold: Duration::from_millis(10),
+        authorizer: Default::default(),
+        principal_from_client_id_test_only: false,
     }
 }
 

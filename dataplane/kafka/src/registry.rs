@@ -63,6 +63,9 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::OffsetForLeaderEpoch,
         handlers::offset_for_leader_epoch::VERSIONS,
     ),
+    (ApiKey::DescribeAcls, handlers::describe_acls::VERSIONS),
+    (ApiKey::CreateAcls, handlers::create_acls::VERSIONS),
+    (ApiKey::DeleteAcls, handlers::delete_acls::VERSIONS),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -127,6 +130,9 @@ mod tests {
                 ApiKey::OffsetForLeaderEpoch => {
                     check::<OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse>(*v)
                 }
+                ApiKey::DescribeAcls => check::<DescribeAclsRequest, DescribeAclsResponse>(*v),
+                ApiKey::CreateAcls => check::<CreateAclsRequest, CreateAclsResponse>(*v),
+                ApiKey::DeleteAcls => check::<DeleteAclsRequest, DeleteAclsResponse>(*v),
                 other => panic!("{other:?} has no codec check"),
             }
         }
