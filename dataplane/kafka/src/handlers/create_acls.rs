@@ -17,7 +17,7 @@ pub const VERSIONS: Versions = Versions::new(1, 3);
 
 fn result(error: Option<(ResponseError, String)>) -> AclCreationResult {
     match error {
-        None => AclCreationResult::default(),
+        None => AclCreationResult::default().with_error_message(None),
         Some((code, msg)) => AclCreationResult::default()
             .with_error_code(code.code())
             .with_error_message(Some(str_bytes(msg))),

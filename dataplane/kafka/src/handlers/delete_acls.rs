@@ -55,20 +55,23 @@ pub async fn handle(ctx: &Ctx, req: DeleteAclsRequest) -> DeleteAclsResponse {
         .map(|f| match f {
             Err(msg) => failed(ResponseError::InvalidRequest, msg),
             Ok(_) => match answers.next().expect("one answer per proposed command") {
-                Ok(Applied::AclsDeleted(gone)) => DeleteAclsFilterResult::default().with_matching_acls(
-                    gone.into_iter()
-                        .map(|b| {
-                            DeleteAclsMatchingAcl::default()
-                                .with_resource_type(b.resource_type)
-                                .with_resource_name(str_bytes(b.resource_name))
-                                .with_pattern_type(b.pattern_type)
-                                .with_principal(str_bytes(b.principal))
-                                .with_host(str_bytes(b.host))
-                                .with_operation(b.operation)
-                                .with_permission_type(b.permission)
-                        })
-                        .collect(),
-                ),
+                Ok(Applied::AclsDeleted(gone)) => DeleteAclsFilterResult::default()
+                    .with_error_message(None)
+                    .with_matching_acls(
+                        gone.into_iter()
+                            .map(|b| {
+                                DeleteAclsMatchingAcl::default()
+                                    .with_error_message(None)
+                                    .with_resource_type(b.resource_type)
+                                    .with_resource_name(str_bytes(b.resource_name))
+                                    .with_pattern_type(b.pattern_type)
+                                    .with_principal(str_bytes(b.principal))
+                                    .with_host(str_bytes(b.host))
+                                    .with_operation(b.operation)
+                                    .with_permission_type(b.permission)
+                            })
+                            .collect(),
+                    ),
                 Ok(other) => failed(
                     ResponseError::UnknownServerError,
                     format!("DeleteAcls answered {other:?}"),

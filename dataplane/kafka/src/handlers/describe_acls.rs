@@ -63,5 +63,7 @@ pub fn handle(ctx: &Ctx, req: DescribeAclsRequest) -> DescribeAclsResponse {
                 .with_permission_type(b.permission),
         );
     }
-    DescribeAclsResponse::default().with_resources(resources)
+    DescribeAclsResponse::default()
+        .with_error_message(None)
+        .with_resources(resources)
 }
