@@ -1,34 +1,37 @@
-"""ACLs end to end: CreateAcls / DescribeAcls / DeleteAcls with confluent-kafka's
-AdminClient, and every API an unauthorised client tries refused with Kafka's error for
-the resource, then allowed once an ACL grants it.
+"""ACLs end to end: CreateAcls / DescribeAcls / DeleteAcls with confluent-kafka's and
+kafka-python's admin clients, and every API an unauthorised client tries refused with
+Kafka's error for the resource, then allowed once an ACL grants it.
 
 The broker runs with --authorization true --super-users User:admin and the hidden,
 test-only --test-only-principal-from-client-id: a request runs as User:<client.id>,
 so client.id "admin" is the superuser and "alice" a principal with no ACLs (until the
 superuser gives her some). Steps:
-1. admin creates topic acl-t (2 partitions), produces to it and commits offsets for
-   group acl-g.
+1. admin creates topics acl-t (2 partitions) and other-t, produces to acl-t and commits
+   offsets for group acl-g.
 2. alice, with no ACLs, is refused on every API she tries: Metadata (the topic is left
-   out of a full listing, TOPIC_AUTHORIZATION_FAILED by name), Produce, Fetch,
-   ListOffsets, InitProducerId (idempotent producer), FindCoordinator/JoinGroup (group
-   consumer), OffsetFetch, OffsetCommit, OffsetDelete, DescribeGroups, DeleteGroups,
-   ListGroups (an empty list), CreateTopics, DeleteTopics, CreatePartitions,
-   DescribeConfigs and AlterConfigs/IncrementalAlterConfigs (topic and broker),
-   DescribeCluster, ElectLeaders, AlterPartitionReassignments,
-   ListPartitionReassignments, CreateAcls, DescribeAcls, DeleteAcls. Her connection
-   keeps working after each refusal.
+   out of a full listing, TOPIC_AUTHORIZATION_FAILED by name), Produce, InitProducerId
+   (idempotent producer), FindCoordinator/JoinGroup (group consumer), OffsetFetch,
+   OffsetCommit, DescribeGroups, DeleteGroups, ListGroups (an empty list), CreateTopics,
+   DeleteTopics, CreatePartitions, DescribeConfigs (topic and broker), AlterConfigs,
+   IncrementalAlterConfigs, ElectLeaders, CreateAcls, DeleteAcls; with DESCRIBE only,
+   Produce and Fetch themselves; with kafka-python DescribeCluster, DescribeAcls,
+   ListPartitionReassignments, AlterPartitionReassignments. Her admin connection keeps
+   working after the refusals.
 3. admin grants alice READ+WRITE on acl-t (literal), READ on groups prefixed "acl-"
-   and IDEMPOTENT_WRITE on the cluster; DescribeAcls lists exactly those. alice then
-   produces (idempotent), reads with a group and commits.
+   and IDEMPOTENT_WRITE on the cluster; DescribeAcls lists exactly those (MATCH finds
+   the literal and the prefixed ones). alice then produces (idempotent), reads with a
+   group from the committed offsets and commits; OffsetDelete and DeleteGroups (DELETE
+   on the group) stay refused.
 4. A DENY WRITE for User:* on acl-t wins over alice's ALLOW: her produce is refused
    while her reads still work; DeleteAcls removes exactly that binding (and answers
-   it); her produce works again.
+   it); her produce works again. kafka-python creates, lists and deletes a binding.
 5. Bad input over a raw socket as admin: a CreateAcls with an unknown resource type
-   (42), an unknown operation (99) and a PREFIXED binding of the CLUSTER with a bad
-   name, beside one valid binding: each bad one is answered INVALID_REQUEST with a
-   message, the valid one is stored; DescribeAcls with an unknown pattern type is
-   INVALID_REQUEST; the same connection then lists the ACLs, and alice's clients are
-   unaffected.
+   (42), an unknown operation (99) and a CLUSTER binding with a bad name, beside one
+   valid binding: each bad one is answered INVALID_REQUEST with a message, the valid
+   one is stored; DescribeAcls with an unknown pattern type is INVALID_REQUEST; the same
+   connection then lists the ACLs, and alice's clients are unaffected. alice's raw
+   ListOffsets and OffsetForLeaderEpoch (which clients send only for topics they may
+   see) are TOPIC_AUTHORIZATION_FAILED on other-t and answered on acl-t.
 """
 
 import socket
@@ -58,6 +61,7 @@ from confluent_kafka.admin import (
 )
 from confluent_kafka.admin import AdminClient
 import kafka.admin
+import kafka.errors
 from kafka import KafkaAdminClient
 from kafka import TopicPartition as KpTopicPartition
 
@@ -440,6 +444,36 @@ removed = expect_ok(one_future(adm.delete_acls([deny_filter], request_timeout=WA
 check_eq(list(map(str, removed)), [str(deny)], "bindings DeleteAcls removed")
 produce_ok("alice", "alice produces again once the DENY is deleted")
 log("ok: DENY wins over ALLOW; DeleteAcls returned the binding it removed")
+
+# kafka-python's ACL API against the same broker: create, describe, delete.
+kp = kp_admin("admin")
+kp_acl = kafka.admin.ACL(
+    principal="User:bob",
+    host="*",
+    operation=kafka.admin.ACLOperation.READ,
+    permission_type=kafka.admin.ACLPermissionType.ALLOW,
+    resource_pattern=kafka.admin.ResourcePattern(
+        kafka.admin.ResourceType.TOPIC, "kp-", kafka.admin.ACLResourcePatternType.PREFIXED
+    ),
+)
+created = kp.create_acls([kp_acl])
+check(not created["failed"] and len(created["succeeded"]) == 1, f"kafka-python create_acls: {created}")
+bob = kafka.admin.ACLFilter(
+    principal="User:bob",
+    host=None,
+    operation=kafka.admin.ACLOperation.ANY,
+    permission_type=kafka.admin.ACLPermissionType.ANY,
+    resource_pattern=kafka.admin.ResourcePatternFilter(
+        kafka.admin.ResourceType.ANY, None, kafka.admin.ACLResourcePatternType.ANY
+    ),
+)
+listed, err = kp.describe_acls(bob)
+check(err is kafka.errors.NoError and list(map(repr, listed)) == [repr(kp_acl)], f"kafka-python describe_acls: {listed} {err}")
+[(_, gone, err)] = kp.delete_acls([bob])
+check(err is kafka.errors.NoError and list(map(repr, gone)) == [repr(kp_acl)], f"kafka-python delete_acls: {gone} {err}")
+check_eq(kp.describe_acls(bob)[0], [], "User:bob's ACLs after kafka-python's delete_acls")
+kp.close()
+log("ok: kafka-python create_acls / describe_acls / delete_acls")
 
 # 5. Bad input over a raw socket, as the superuser.
 ADDR = (B.rsplit(":", 1)[0], int(B.rsplit(":", 1)[1]))
