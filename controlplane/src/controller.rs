@@ -475,6 +475,7 @@ impl Controller {
             controller: if leader == 0 { NodeId(-1) } else { node_id(leader) },
             brokers,
             topics: Arc::new(s.topics.clone()),
+            acls: Arc::new(s.acls.clone()),
         };
         (core.applied(), Arc::new(snap))
     }
@@ -2074,6 +2075,20 @@ fn describe_command(cmd: &Command) -> String {
             "change SCRAM credentials of user {}",
             c.first().map_or("", |c| c.user.as_str())
         ),
+        Command::CreateAcl(b) => format!(
+            "create ACL {} {} on resource type {} {} (pattern {}) operation {}",
+            if b.permission == crate::acls::permission::ALLOW {
+                "allow"
+            } else {
+                "deny"
+            },
+            b.principal,
+            b.resource_type,
+            b.resource_name,
+            b.pattern_type,
+            b.operation
+        ),
+        Command::DeleteAcls(_) => "delete ACLs".into(),
     }
 }
 

@@ -29,6 +29,7 @@
 //! controller applies commands directly; the Raft issue puts them through a
 //! replicated log first.
 
+pub mod acls;
 pub mod commands;
 pub mod controller;
 pub mod credentials;

@@ -5,6 +5,7 @@
 //! SIGTERM or SIGINT (every log flushed, synced and closed; exit 0).
 
 use crate::node;
+use ferrolog_controlplane::acls::AuthorizerConfig;
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, parse_cpuset, pin_current_thread,
     Durability as ProfileDurability, Profile,
@@ -157,6 +158,24 @@ pub struct StartArgs {
     /// and SCRAM on this node next to the cluster's SCRAM credentials.
     #[arg(long)]
     pub sasl_users_file: Option<PathBuf>,
+    /// Check every request against the cluster's ACLs (CreateAcls). Off:
+    /// every client may do everything and ACLs are only stored.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub authorization: bool,
+    /// Principals allowed everything when authorization is on, separated
+    /// by `;` as in Kafka's super.users: `User:admin;User:ops`.
+    #[arg(long, value_parser = parse_super_users)]
+    pub super_users: Option<SuperUsers>,
+    /// Kafka's allow.everyone.if.no.acl.found: with authorization on, a
+    /// resource that no ACL names is open to every client (default: only
+    /// superusers may use it).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_everyone_if_no_acl_found: bool,
+    /// TEST ONLY: requests run as the principal `User:<client.id>`, so a
+    /// test can act as several principals without SASL. Any client can
+    /// then claim any principal: never use it outside tests.
+    #[arg(long, hide = true)]
+    pub test_only_principal_from_client_id: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -221,6 +240,25 @@ fn security(args: &StartArgs) -> Result<SecurityConfig, String> {
         require_auth: args.require_auth,
         users,
     })
+}
+
+/// The --super-users list.
+#[derive(Clone, Debug)]
+pub struct SuperUsers(pub Vec<String>);
+
+fn parse_super_users(s: &str) -> Result<SuperUsers, String> {
+    let mut out = Vec::new();
+    for p in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        match p.split_once(':') {
+            Some((t, n)) if !t.is_empty() && !n.is_empty() => out.push(p.to_string()),
+            _ => {
+                return Err(format!(
+                    "super user {p:?} is not a principal of the form Type:name (User:admin)"
+                ))
+            }
+        }
+    }
+    Ok(SuperUsers(out))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -629,6 +667,12 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         shard_cpus: cpus.clone(),
         stall_threshold: Duration::from_millis(args.reactor_stall_threshold_ms),
         security,
+        authorizer: AuthorizerConfig {
+            enabled: args.authorization,
+            super_users: args.super_users.clone().map(|s| s.0).unwrap_or_default(),
+            allow_everyone_if_no_acl_found: args.allow_everyone_if_no_acl_found,
+        },
+        principal_from_client_id_test_only: args.test_only_principal_from_client_id,
     });
     let runtime = RuntimeConfig {
         cpus: cpus.clone(),

@@ -733,6 +733,45 @@ fn empty_group_offsets_expire_and_active_group_offsets_stay() {
     broker.python("group_retention.py", &["--retention-ms", OFFSETS_RETENTION_MS]);
 }
 
+/// Authorization on, User:admin a superuser, and (test only) the principal taken from
+/// client.id, so the script acts as the superuser and as a principal with no ACLs.
+#[test]
+fn acls_refuse_an_unauthorised_client_on_every_api_until_granted() {
+    let node = Node::new();
+    let mut flags = GROUP_FLAGS.to_vec();
+    flags.extend([
+        "--authorization",
+        "true",
+        "--super-users",
+        "User:admin",
+        "--test-only-principal-from-client-id",
+    ]);
+    let mut broker = node.start(&flags);
+    broker.python("acls.py", &[]);
+    broker.terminate_cleanly();
+}
+
+/// With authorization on, the session's own principal (User:ANONYMOUS before SASL)
+/// named a superuser may do everything, and with allow-everyone-if-no-acl-found any
+/// client may use resources no ACL names: the topic admin script passes unchanged.
+#[test]
+fn authorization_on_lets_superusers_and_no_acl_resources_through() {
+    for flags in [
+        ["--authorization", "true", "--super-users", "User:ANONYMOUS"],
+        [
+            "--authorization",
+            "true",
+            "--allow-everyone-if-no-acl-found",
+            "true",
+        ],
+    ] {
+        let node = Node::new();
+        let mut broker = node.start(&flags);
+        broker.python("admin_topics.py", &[]);
+        broker.terminate_cleanly();
+    }
+}
+
 #[test]
 fn static_members_and_group_admin_apis() {
     let node = Node::new();

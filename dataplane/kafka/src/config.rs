@@ -72,6 +72,14 @@ pub struct ServerConfig {
     pub stall_threshold: Duration,
     /// TLS and SASL of the Kafka listener.
     pub security: std::sync::Arc<crate::security::SecurityConfig>,
+    /// Whether requests are checked against the cluster's ACLs, the
+    /// superusers and the no-ACL default.
+    pub authorizer: ferrolog_controlplane::acls::AuthorizerConfig,
+    /// Test only: requests run as `User:<client.id>` (a client without a
+    /// client id keeps the session's principal), so that one test can act
+    /// as several principals before SASL exists. Never for production: any
+    /// client can claim any principal.
+    pub principal_from_client_id_test_only: bool,
 }
 
 impl ServerConfig {

@@ -236,6 +236,8 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         shard_cpus: vec![ferrolog_shard::first_allowed_cpu()],
         stall_threshold: Duration::from_millis(10),
         security: Default::default(),
+        authorizer: Default::default(),
+        principal_from_client_id_test_only: false,
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod alloc_guard;
+pub mod authz;
 pub mod config;
 pub mod controller;
 pub mod errors;

@@ -80,6 +80,9 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::AlterUserScramCredentials,
         handlers::alter_user_scram_credentials::VERSIONS,
     ),
+    (ApiKey::DescribeAcls, handlers::describe_acls::VERSIONS),
+    (ApiKey::CreateAcls, handlers::create_acls::VERSIONS),
+    (ApiKey::DeleteAcls, handlers::delete_acls::VERSIONS),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -158,6 +161,9 @@ mod tests {
                 ApiKey::AlterUserScramCredentials => {
                     check::<AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse>(*v)
                 }
+                ApiKey::DescribeAcls => check::<DescribeAclsRequest, DescribeAclsResponse>(*v),
+                ApiKey::CreateAcls => check::<CreateAclsRequest, CreateAclsResponse>(*v),
+                ApiKey::DeleteAcls => check::<DeleteAclsRequest, DeleteAclsResponse>(*v),
                 other => panic!("{other:?} has no codec check"),
             }
         }

@@ -1,8 +1,10 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::controller::{self, NewTopic};
 use crate::registry::Versions;
 use crate::topics;
 use ferrolog_controlplane::topic_configs;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 use uuid::Uuid;
@@ -34,8 +36,35 @@ pub async fn handle(ctx: &Ctx, req: CreateTopicsRequest) -> CreateTopicsResponse
         })
         .collect();
     let names: Vec<String> = new.iter().map(|t| t.name.clone()).collect();
+    // CREATE on the cluster allows every topic; else CREATE on the topic.
+    let on_cluster = ctx.cluster_allowed(op::CREATE);
+    let permitted: Vec<bool> = names
+        .iter()
+        .map(|n| on_cluster || ctx.topic_allowed(op::CREATE, n))
+        .collect();
+    let new: Vec<NewTopic> = new
+        .into_iter()
+        .zip(&permitted)
+        .filter_map(|(t, ok)| ok.then_some(t))
+        .collect();
     let validate_only = req.validate_only;
-    let answers = controller::create_topics(&ctx.shard, new, validate_only).await;
+    let mut created = controller::create_topics(&ctx.shard, new, validate_only)
+        .await
+        .into_iter();
+    let answers: Vec<_> = permitted
+        .iter()
+        .zip(&names)
+        .map(|(ok, name)| {
+            if *ok {
+                created.next().expect("one answer per permitted topic")
+            } else {
+                Err((
+                    ResponseError::TopicAuthorizationFailed,
+                    crate::authz::denied("CREATE", &format!("topic {name}")),
+                ))
+            }
+        })
+        .collect();
     let defaults = &ctx.shard.config.topic_defaults;
     let topics = names
         .into_iter()

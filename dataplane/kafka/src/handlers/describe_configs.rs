@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx, RESOURCE_BROKER, RESOURCE_TOPIC};
+use crate::authz::op;
 use crate::handlers::create_topics::{SOURCE_DEFAULT, SOURCE_TOPIC};
 use crate::registry::Versions;
 use crate::topics;
@@ -164,6 +165,18 @@ pub fn handle(ctx: &Ctx, req: DescribeConfigsRequest) -> DescribeConfigsResponse
                 .with_resource_type(res.resource_type)
                 .with_resource_name(res.resource_name.clone());
             match res.resource_type {
+                RESOURCE_TOPIC if !ctx.topic_allowed(op::DESCRIBE_CONFIGS, &name) => base
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes(crate::authz::denied(
+                        "DESCRIBE_CONFIGS",
+                        &format!("topic {name}"),
+                    )))),
+                RESOURCE_BROKER if !ctx.cluster_allowed(op::DESCRIBE_CONFIGS) => base
+                    .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes(crate::authz::denied(
+                        "DESCRIBE_CONFIGS",
+                        "the cluster",
+                    )))),
                 RESOURCE_TOPIC => {
                     let Some(meta) = table.get(&name) else {
                         return base

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use ferrolog_cluster::ops::{produce_local, scatter, Acks, ProduceAnswer, ProduceItem};
 use ferrolog_cluster::PartitionError;
@@ -81,6 +82,7 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
     let mut items = Vec::new();
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
+        let writable = ctx.topic_allowed(op::WRITE, &name);
         let mut parts = Vec::new();
         for p in topic.partition_data {
             let ntp = Ntp::new(name.clone(), p.index);
@@ -88,6 +90,11 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                 Err(failed(
                     ResponseError::InvalidRequiredAcks,
                     "acks must be -1, 0 or 1",
+                ))
+            } else if !writable {
+                Err(failed(
+                    ResponseError::TopicAuthorizationFailed,
+                    &crate::authz::denied("WRITE", &format!("topic {name}")),
                 ))
             } else if !table.contains(&ntp) {
                 Err(failed(
