@@ -32,6 +32,17 @@ superuser gives her some). Steps:
    connection then lists the ACLs, and alice's clients are unaffected. alice's raw
    ListOffsets and OffsetForLeaderEpoch (which clients send only for topics they may
    see) are TOPIC_AUTHORIZATION_FAILED on other-t and answered on acl-t.
+6. The admin APIs of the other features, as alice (READ+WRITE on acl-t from step 3) and
+   as admin: DeleteRecords (DELETE on the topic; alice's READ and WRITE do not imply it)
+   TOPIC_AUTHORIZATION_FAILED for alice and the log start unchanged, then moved by admin;
+   AlterUserScramCredentials (ALTER on the cluster) CLUSTER_AUTHORIZATION_FAILED for
+   alice and no credential stored, then stored by admin;
+   DescribeUserScramCredentials (DESCRIBE on the cluster) refused for alice, answered
+   for admin; DescribeProducers (READ on the topic) answered for alice on acl-t and
+   TOPIC_AUTHORIZATION_FAILED on other-t; AlterReplicaLogDirs (ALTER on the cluster)
+   CLUSTER_AUTHORIZATION_FAILED per partition for alice, answered for admin;
+   DescribeLogDirs v3 (DESCRIBE on the cluster) over a raw socket: alice gets
+   CLUSTER_AUTHORIZATION_FAILED and no directory, admin the data directory.
 """
 
 import socket
@@ -59,7 +70,12 @@ from confluent_kafka.admin import (
     ResourcePatternType,
     ResourceType,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 import kafka.admin
 import kafka.errors
 from kafka import KafkaAdminClient
@@ -72,6 +88,7 @@ from e2e import (
     check_eq,
     commit_sync,
     conf,
+    consumer,
     create_topic,
     error_code,
     expect_error,
@@ -595,3 +612,100 @@ for cid, (topic, want) in enumerate([(OTHER, TAF), (TOPIC, 0)], start=10):
 sock.close()
 log("ok: alice's ListOffsets and OffsetForLeaderEpoch: TOPIC_AUTHORIZATION_FAILED for other-t, answered for acl-t")
 log("ok: the bad requests' connection kept serving and other clients were unaffected")
+
+# 6. The admin APIs of the other features: DeleteRecords, SCRAM credentials,
+# DescribeProducers, AlterReplicaLogDirs, DescribeLogDirs.
+def delete_records_future(client, offset):
+    tp = TopicPartition(TOPIC, 0, offset)
+    return client.delete_records([tp], request_timeout=WAIT_S)[tp]
+
+
+def log_start():
+    """acl-t/0's log start offset, as the superuser sees it (ListOffsets)."""
+    c = consumer(B, client_id="admin")
+    try:
+        return c.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=WAIT_S, cached=False)[0]
+    finally:
+        c.close()
+
+
+low_before = log_start()
+expect_error(delete_records_future(alice, 1), TAF, "alice's DeleteRecords with READ and WRITE only")
+check_eq(log_start(), low_before, "the log start after alice's refused DeleteRecords")
+deleted = expect_ok(delete_records_future(adm, low_before + 1), "admin's DeleteRecords")
+check_eq(deleted.low_watermark, low_before + 1, "low watermark after admin's DeleteRecords")
+check_eq(log_start(), low_before + 1, "the log start after admin's DeleteRecords")
+log("ok: DeleteRecords needs DELETE on the topic: refused for alice, done for admin")
+
+SCRAM_USER = "scram-carol"
+
+
+def upsert(client, what):
+    up = UserScramCredentialUpsertion(
+        SCRAM_USER, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096), b"carol-secret"
+    )
+    return one_future(client.alter_user_scram_credentials([up], request_timeout=WAIT_S), what)
+
+
+def describe_scram(client, what):
+    return one_future(client.describe_user_scram_credentials([SCRAM_USER], request_timeout=WAIT_S), what)
+
+
+expect_error(upsert(alice, "alice's upsert"), CAF, "alice's AlterUserScramCredentials")
+# confluent-kafka 2.16 (librdkafka 2.16.0) crashes the process on a
+# DescribeUserScramCredentials response with a top-level error, which is how Kafka
+# refuses it: kafka-python asks for alice.
+kp_alice = kp_admin("alice")
+kp_refused(
+    lambda: kp_alice.describe_user_scram_credentials([SCRAM_USER]), CAF, "alice's DescribeUserScramCredentials"
+)
+kp_alice.close()
+# Nothing was stored by alice's attempt: the user has no credentials yet.
+expect_error(describe_scram(adm, "admin's describe"), KafkaError.RESOURCE_NOT_FOUND, "admin's describe before the upsert")
+expect_ok(upsert(adm, "admin's upsert"), "admin's AlterUserScramCredentials")
+described = expect_ok(describe_scram(adm, "admin's describe"), "admin's DescribeUserScramCredentials")
+infos = [(i.mechanism, i.iterations) for i in described.scram_credential_infos]
+check_eq(infos, [(ScramMechanism.SCRAM_SHA_256, 4096)], f"{SCRAM_USER}'s credentials")
+log("ok: SCRAM credential APIs need ALTER / DESCRIBE on the cluster: refused for alice, done for admin")
+
+kp_alice = kp_admin("alice")
+mine = kp_alice.describe_producers([KpTopicPartition(TOPIC, 0)])[KpTopicPartition(TOPIC, 0)]
+log(f"ok: alice's DescribeProducers on {TOPIC} (READ) -> {len(list(mine.active_producers))} producers")
+kp_refused(
+    lambda: kp_alice.describe_producers([KpTopicPartition(OTHER, 0)], broker_id=0),
+    TAF,
+    f"alice's DescribeProducers on {OTHER}",
+)
+moved = kp_alice.alter_replica_log_dirs({(TOPIC, 0, 0): "/elsewhere"})
+check_eq([getattr(e, "errno", None) for e in moved.values()], [CAF], "alice's AlterReplicaLogDirs")
+log("ok: alice's AlterReplicaLogDirs -> CLUSTER_AUTHORIZATION_FAILED")
+kp_alice.close()
+kp = kp_admin("admin")
+moved = kp.alter_replica_log_dirs({(TOPIC, 0, 0): "/elsewhere"})
+# Authorised, the request reaches the log directory check: no such directory here.
+check_eq([getattr(e, "errno", None) for e in moved.values()], [57], "admin's AlterReplicaLogDirs (LOG_DIR_NOT_FOUND)")
+kp.close()
+log("ok: admin's AlterReplicaLogDirs passes authorization (LOG_DIR_NOT_FOUND for another directory)")
+
+
+def describe_log_dirs_v3(user, correlation_id):
+    """DescribeLogDirs v3 (flexible: header v2, null compact topic array), the
+    response's top-level error code and number of log directories."""
+    head = i16(35) + i16(3) + i32(correlation_id) + string(user) + b"\x00"
+    body = b"\x00" + b"\x00"  # null topics (all), no tagged fields
+    s = socket.create_connection(ADDR, timeout=WAIT_S)
+    s.sendall(i32(len(head + body)) + head + body)
+    size = struct.unpack(">i", recv_exact(s, 4))[0]
+    resp = recv_exact(s, size)
+    s.close()
+    check_eq(struct.unpack(">i", resp[:4])[0], correlation_id, "correlation id")
+    r = Reader(resp[5:])  # after the header's empty tagged fields
+    r.take(">i")  # throttle
+    code = r.take(">h")
+    dirs = r.take(">B") - 1  # a compact array's length + 1 (one byte while below 127)
+    return code, dirs
+
+
+check_eq(describe_log_dirs_v3("alice", 40), (CAF, 0), "alice's DescribeLogDirs (error, directories)")
+check_eq(describe_log_dirs_v3("admin", 41), (0, 1), "admin's DescribeLogDirs (error, directories)")
+log("ok: DescribeLogDirs needs DESCRIBE on the cluster: refused for alice, answered for admin")

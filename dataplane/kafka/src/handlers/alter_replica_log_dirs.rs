@@ -7,6 +7,7 @@
 //! UNKNOWN_TOPIC_OR_PARTITION.
 
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use crate::topics;
 use ferrolog_model::PartitionId;
@@ -32,6 +33,7 @@ fn is_data_dir(path: &str, data_dir: &Path) -> bool {
 pub fn handle(ctx: &Ctx, req: AlterReplicaLogDirsRequest) -> AlterReplicaLogDirsResponse {
     let table = ctx.shard.topics();
     let me = ctx.shard.config.node_id;
+    let altered = ctx.cluster_allowed(op::ALTER);
     let mut results = Vec::new();
     for dir in &req.dirs {
         let same_dir = is_data_dir(dir.path.as_str(), &ctx.shard.config.data_dir);
@@ -47,6 +49,7 @@ pub fn handle(ctx: &Ctx, req: AlterReplicaLogDirsRequest) -> AlterReplicaLogDirs
                         table.get(&name).and_then(|m| m.assignment(PartitionId(p)))
                     };
                     let error = match assignment {
+                        _ if !altered => Some(ResponseError::ClusterAuthorizationFailed),
                         None => Some(ResponseError::UnknownTopicOrPartition),
                         Some(a) if !a.replicas.contains(&me) => Some(ResponseError::ReplicaNotAvailable),
                         Some(_) if !same_dir => Some(ResponseError::LogDirNotFound),

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::controller::OpResult;
 use crate::registry::Versions;
 use crate::sasl::store;
@@ -16,7 +17,8 @@ pub const VERSIONS: Versions = Versions::new(0, 0);
 /// none. Refused before the controller: an unknown mechanism
 /// (UNSUPPORTED_SASL_MECHANISM), the same user and mechanism twice
 /// (DUPLICATE_RESOURCE), a bad name, iteration count, salt or salted
-/// password (UNACCEPTABLE_CREDENTIAL).
+/// password (UNACCEPTABLE_CREDENTIAL). Without ALTER on the cluster every
+/// user named gets CLUSTER_AUTHORIZATION_FAILED and nothing changes.
 pub async fn handle(ctx: &Ctx, req: AlterUserScramCredentialsRequest) -> AlterUserScramCredentialsResponse {
     // (user, its changes or its error) in order of first mention.
     let mut users: Vec<(String, OpResult<Vec<CredentialChange>>)> = Vec::new();
@@ -32,7 +34,15 @@ pub async fn handle(ctx: &Ctx, req: AlterUserScramCredentialsRequest) -> AlterUs
             };
             (u.name.to_string(), u.mechanism, Some(cred))
         }));
+    let altered = ctx.cluster_allowed(op::ALTER);
     for (user, code, credential) in items {
+        if !altered {
+            if !users.iter().any(|(u, _)| *u == user) {
+                let refused = crate::authz::denied("ALTER", "the cluster (SCRAM credentials)");
+                users.push((user, Err((ResponseError::ClusterAuthorizationFailed, refused))));
+            }
+            continue;
+        }
         let slot = match users.iter().position(|(u, _)| *u == user) {
             Some(i) => i,
             None => {

@@ -2,6 +2,7 @@
 //! leaders. The answer per partition is the new low watermark (log start).
 
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use crate::topics;
 use ferrolog_cluster::admin_ops::{delete_records_local, DeleteRecordsItem};
@@ -21,17 +22,20 @@ pub async fn handle(ctx: &Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespon
     let mut items = Vec::new();
     for t in &req.topics {
         let name = t.name.0.to_string();
+        let deletable = ctx.topic_allowed(op::DELETE, &name);
         let mut parts = Vec::new();
         for p in &t.partitions {
             let ntp = Ntp::new(name.clone(), p.partition_index);
-            if table.contains(&ntp) && !topics::is_internal(&name) {
+            if !deletable {
+                parts.push((p.partition_index, Err(ResponseError::TopicAuthorizationFailed)));
+            } else if table.contains(&ntp) && !topics::is_internal(&name) {
                 items.push(DeleteRecordsItem {
                     ntp,
                     offset: p.offset,
                 });
-                parts.push((p.partition_index, Some(items.len() - 1)));
+                parts.push((p.partition_index, Ok(items.len() - 1)));
             } else {
-                parts.push((p.partition_index, None));
+                parts.push((p.partition_index, Err(ResponseError::UnknownTopicOrPartition)));
             }
         }
         layout.push((name, parts));
@@ -45,8 +49,8 @@ pub async fn handle(ctx: &Ctx, req: DeleteRecordsRequest) -> DeleteRecordsRespon
                 .map(|(index, slot)| {
                     let r = DeleteRecordsPartitionResult::default().with_partition_index(index);
                     let outcome = match slot {
-                        None => Err(ResponseError::UnknownTopicOrPartition),
-                        Some(i) => match &answers[i] {
+                        Err(refused) => Err(refused),
+                        Ok(i) => match &answers[i] {
                             Ok(Ok(low)) => Ok(low.0),
                             Ok(Err(e)) => Err(crate::errors::partition(e)),
                             Err(e) => Err(crate::errors::shard(e)),

@@ -4,11 +4,13 @@
 //! and usable bytes of its file system from statvfs(3).
 
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use crate::topics;
 use ferrolog_cluster::admin_ops::log_size_local;
 use ferrolog_cluster::ops::scatter;
 use ferrolog_model::Ntp;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
 };
@@ -39,6 +41,12 @@ pub fn fs_space(dir: &Path) -> (i64, i64) {
 }
 
 pub async fn handle(ctx: &Ctx, req: DescribeLogDirsRequest) -> DescribeLogDirsResponse {
+    if !ctx.cluster_allowed(op::DESCRIBE) {
+        // Kafka answers no log directories; v3 and later also carry the
+        // error at the top level.
+        return DescribeLogDirsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let table = ctx.shard.topics();
     let me = ctx.shard.config.node_id;
     // The replicas asked about that this node holds, per the metadata.

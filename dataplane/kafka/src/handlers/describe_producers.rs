@@ -4,6 +4,7 @@
 //! `coordinator_epoch` -1 and `current_txn_start_offset` -1.
 
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use crate::topics;
 use ferrolog_cluster::admin_ops::describe_producers_local;
@@ -23,14 +24,29 @@ pub async fn handle(ctx: &Ctx, req: DescribeProducersRequest) -> DescribeProduce
     let mut items = Vec::new();
     for t in &req.topics {
         let name = t.name.0.to_string();
+        let readable = ctx.topic_allowed(op::READ, &name);
         let mut parts = Vec::new();
         for &index in &t.partition_indexes {
             let ntp = Ntp::new(name.clone(), index);
-            if table.contains(&ntp) && !topics::is_internal(&name) {
+            if !readable {
+                parts.push((
+                    index,
+                    Err((
+                        ResponseError::TopicAuthorizationFailed,
+                        crate::authz::denied("READ", &format!("topic {name}")),
+                    )),
+                ));
+            } else if table.contains(&ntp) && !topics::is_internal(&name) {
                 items.push(ntp);
-                parts.push((index, Some(items.len() - 1)));
+                parts.push((index, Ok(items.len() - 1)));
             } else {
-                parts.push((index, None));
+                parts.push((
+                    index,
+                    Err((
+                        ResponseError::UnknownTopicOrPartition,
+                        "unknown topic or partition".to_string(),
+                    )),
+                ));
             }
         }
         layout.push((name, parts));
@@ -44,11 +60,8 @@ pub async fn handle(ctx: &Ctx, req: DescribeProducersRequest) -> DescribeProduce
                 .map(|(index, slot)| {
                     let r = PartitionResponse::default().with_partition_index(index);
                     let outcome = match slot {
-                        None => Err((
-                            ResponseError::UnknownTopicOrPartition,
-                            "unknown topic or partition".into(),
-                        )),
-                        Some(i) => match &answers[i] {
+                        Err(refused) => Err(refused),
+                        Ok(i) => match &answers[i] {
                             Ok(Ok(producers)) => Ok(producers),
                             Ok(Err(e)) => Err((crate::errors::partition(e), e.to_string())),
                             Err(e) => Err((crate::errors::shard(e), e.to_string())),

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use crate::sasl::store;
 use kafka_protocol::error::ResponseError;
@@ -13,11 +14,33 @@ pub const VERSIONS: Versions = Versions::new(0, 0);
 /// users, or of every user for a null or empty list, from the cluster
 /// metadata as applied on this node. Users of the node's users file are not
 /// listed. A user named twice is DUPLICATE_RESOURCE, a user without
-/// credentials RESOURCE_NOT_FOUND.
+/// credentials RESOURCE_NOT_FOUND. Without DESCRIBE on the cluster the
+/// answer is CLUSTER_AUTHORIZATION_FAILED and no users.
 pub async fn handle(
     ctx: &Ctx,
     req: DescribeUserScramCredentialsRequest,
 ) -> DescribeUserScramCredentialsResponse {
+    if !ctx.cluster_allowed(op::DESCRIBE) {
+        // As Kafka: the error at the top and for each user named (clients
+        // look a named user's result up).
+        let code = ResponseError::ClusterAuthorizationFailed.code();
+        let message = str_bytes(crate::authz::denied("DESCRIBE", "the cluster"));
+        let results = req
+            .users
+            .iter()
+            .flatten()
+            .map(|u| {
+                DescribeUserScramCredentialsResult::default()
+                    .with_user(u.name.clone())
+                    .with_error_code(code)
+                    .with_error_message(Some(message.clone()))
+            })
+            .collect();
+        return DescribeUserScramCredentialsResponse::default()
+            .with_error_code(code)
+            .with_error_message(Some(message))
+            .with_results(results);
+    }
     let names: Option<Vec<String>> = req
         .users
         .filter(|u| !u.is_empty())
