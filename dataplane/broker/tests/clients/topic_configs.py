@@ -183,7 +183,7 @@ log("ok: manual replica assignment served and checked")
 
 # The broker's settings under Kafka's names.
 entries = described(ConfigResource(ConfigResource.Type.BROKER, "0"))
-for k in ["log.dirs", "num.partitions", "message.max.bytes", "log.retention.ms", "log.segment.bytes", "listeners"]:
+for k in ["log.dirs", "num.partitions", "message.max.bytes", "log.retention.ms", "log.segment.bytes", "listeners", "log.cleaner.backoff.ms"]:
     check(k in entries, f"broker config {k} missing; has {sorted(entries)}")
     check(entries[k].is_read_only, f"broker config {k} read-only")
 check_eq(entries["broker.id"].value, "0", "broker.id")

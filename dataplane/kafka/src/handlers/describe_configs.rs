@@ -114,6 +114,13 @@ fn broker_entries(cfg: &crate::config::ServerConfig) -> Vec<(&'static str, Strin
         ("group.max.session.timeout.ms", ms(g.limits.max_session), TYPE_INT),
         ("group.min.session.timeout.ms", ms(g.limits.min_session), TYPE_INT),
         ("listeners", listener, TYPE_LIST),
+        ("log.cleaner.backoff.ms", ms(cfg.compaction_interval), TYPE_LONG),
+        (
+            "log.cleaner.io.max.bytes.per.second",
+            // 0 = no limit here; Kafka's default (no limit) is Double.MAX_VALUE.
+            d.log.compaction.io_bytes_per_sec.to_string(),
+            TYPE_DOUBLE,
+        ),
         ("log.dir", data_dir.clone(), TYPE_STRING),
         ("log.dirs", data_dir, TYPE_STRING),
         (
