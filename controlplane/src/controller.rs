@@ -270,12 +270,12 @@ impl Controller {
             };
             Bootstrap::Voter {
                 voters: vec![node_u64(me)],
-                initial,
+                initial: Box::new(initial),
             }
         } else if voters.contains(&me) {
             Bootstrap::Voter {
                 voters: voters.iter().map(|v| node_u64(*v)).collect(),
-                initial: ClusterState::default(),
+                initial: Box::default(),
             }
         } else {
             Bootstrap::Join

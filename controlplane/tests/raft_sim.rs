@@ -787,7 +787,7 @@ impl Sim {
         };
         let bootstrap = Bootstrap::Voter {
             voters: self.voters.clone(),
-            initial: self.initial.clone(),
+            initial: Box::new(self.initial.clone()),
         };
         let node = self.nodes.get_mut(&id).expect("a node of the group");
         let core = RaftCore::open(&node.dir, config, bootstrap).map_err(core_err(id, "open"))?;
