@@ -20,7 +20,7 @@ use crate::error::PartitionError;
 use bytes::{Bytes, BytesMut};
 use ferrolog_controlplane::topic_configs::{ProducePolicy, TopicCompression};
 use ferrolog_model::batch::{BatchHeader, CRC_START, HEADER_BYTES};
-use kafka_protocol::compression::{self as codec, Compressor, Decompressor};
+use ferrolog_storage::codec::{decode, encode};
 
 /// Byte positions in the RecordBatch v2 header.
 const LENGTH_AT: usize = 8;
@@ -126,40 +126,6 @@ fn recompress(batch: &[u8], h: &BatchHeader, to: i16) -> Result<BytesMut, Partit
     let attributes = (attributes & !COMPRESSION_MASK) | to;
     out[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
     Ok(out)
-}
-
-fn text<E: std::fmt::Display>(e: E) -> String {
-    e.to_string()
-}
-
-fn decode(codec_id: i16, mut section: Bytes) -> Result<Bytes, String> {
-    let take = |b: &mut Bytes| Ok(std::mem::take(b));
-    match codec_id {
-        0 => Ok(section),
-        1 => codec::Gzip::decompress(&mut section, take).map_err(text),
-        2 => codec::Snappy::decompress(&mut section, take).map_err(text),
-        3 => codec::Lz4::decompress(&mut section, take).map_err(text),
-        4 => codec::Zstd::decompress(&mut section, take).map_err(text),
-        other => Err(format!("unknown codec {other}")),
-    }
-}
-
-fn encode(codec_id: i16, plain: &[u8], out: &mut BytesMut) -> Result<(), String> {
-    let put = |b: &mut BytesMut| {
-        b.extend_from_slice(plain);
-        Ok(())
-    };
-    match codec_id {
-        0 => {
-            out.extend_from_slice(plain);
-            Ok(())
-        }
-        1 => codec::Gzip::compress(out, put).map_err(text),
-        2 => codec::Snappy::compress(out, put).map_err(text),
-        3 => codec::Lz4::compress(out, put).map_err(text),
-        4 => codec::Zstd::compress(out, put).map_err(text),
-        other => Err(format!("unknown codec {other}")),
-    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //!   offset continuity; a torn tail of the active segment is cut off.
 
 mod cache;
+pub mod codec;
 mod config;
 mod env;
 mod error;

@@ -20,8 +20,12 @@
 //! gone stays as an empty batch (61 bytes; Kafka keeps such batches for
 //! producer state too). Because every batch stays, the offsets of a segment
 //! remain contiguous: recovery, truncation, reads, followers catching up
-//! and idempotent producer state need nothing new. Compressed, transactional
-//! and control batches are left as they are (their records are not decoded).
+//! and idempotent producer state need nothing new. A compressed batch (a
+//! producer's codec, or a topic's `compression.type`) is decoded, filtered
+//! and encoded again with its own codec; one that does not decode is kept as
+//! it is. A LogAppendTime batch's records all carry its max timestamp (the
+//! append time), as in Kafka. Transactional and control batches are left as
+//! they are (their records are not decoded).
 //!
 //! Crash safety, per segment: the rewrite goes to `<base>.log.cleaned`, is
 //! synced, and renamed to `<base>.log.swap` (the commit point; the directory
@@ -54,6 +58,11 @@ const CLEAN_POINT_MAGIC: &str = "ferrolog-clean-point";
 
 /// Attribute bits of a batch that make compaction leave it alone.
 const ATTR_TRANSACTIONAL: i16 = 0x10;
+/// The timestamp-type bit: the batch's records have the append time.
+const ATTR_LOG_APPEND_TIME: i16 = 0x08;
+/// The codec bits of the attributes, at this position of a batch.
+const ATTR_CODEC_MASK: i16 = 0x07;
+const ATTRIBUTES_AT: usize = 21;
 const ATTR_CONTROL: i16 = 0x20;
 
 /// What one pass did.
@@ -245,7 +254,7 @@ fn varlong(bytes: &[u8], pos: &mut usize) -> Option<i64> {
     None
 }
 
-/// One record of an uncompressed batch, with its encoded bytes.
+/// One record of a batch's (decoded) records section, with its encoded bytes.
 struct RawRecord<'a> {
     bytes: &'a [u8],
     offset: Offset,
@@ -254,11 +263,33 @@ struct RawRecord<'a> {
     tombstone: bool,
 }
 
-/// The records of an uncompressed batch, or `None` if they do not parse
-/// (the batch is then kept as it is).
-fn raw_records<'a>(batch: &'a [u8], h: &BatchHeader) -> Option<Vec<RawRecord<'a>>> {
-    let end = h.total_bytes().min(batch.len());
-    let mut pos = ferrolog_model::batch::HEADER_BYTES;
+/// The records section of a batch, decoded with its codec; `None` if it does
+/// not decode (the batch is then kept as it is).
+fn plain_section<'a>(batch: &'a [u8], h: &BatchHeader) -> Option<std::borrow::Cow<'a, [u8]>> {
+    let section = batch.get(ferrolog_model::batch::HEADER_BYTES..h.total_bytes().min(batch.len()))?;
+    if h.compression() == 0 {
+        return Some(std::borrow::Cow::Borrowed(section));
+    }
+    let plain = crate::codec::decode(h.compression(), Bytes::copy_from_slice(section)).ok()?;
+    Some(std::borrow::Cow::Owned(plain.to_vec()))
+}
+
+/// A record's timestamp: the batch's max timestamp (the append time) for a
+/// LogAppendTime batch, else its base timestamp plus the record's delta.
+fn record_timestamp(h: &BatchHeader, delta: i64) -> i64 {
+    if h.attributes & ATTR_LOG_APPEND_TIME != 0 {
+        h.max_timestamp.0
+    } else {
+        h.base_timestamp.0.saturating_add(delta)
+    }
+}
+
+/// The records of a batch's plain records `section` (see `plain_section`),
+/// or `None` if they do not parse (the batch is then kept as it is).
+fn raw_records<'a>(section: &'a [u8], h: &BatchHeader) -> Option<Vec<RawRecord<'a>>> {
+    let batch = section;
+    let end = section.len();
+    let mut pos = 0;
     let mut out = Vec::with_capacity(usize::try_from(h.record_count).ok()?.min(1 << 16));
     for _ in 0..h.record_count.max(0) {
         let start = pos;
@@ -285,7 +316,7 @@ fn raw_records<'a>(batch: &'a [u8], h: &BatchHeader) -> Option<Vec<RawRecord<'a>
         out.push(RawRecord {
             bytes: &batch[start..record_end],
             offset: h.base_offset.plus(offset_delta),
-            timestamp: h.base_timestamp.0.saturating_add(ts_delta),
+            timestamp: record_timestamp(h, ts_delta),
             key,
             tombstone: value_len < 0,
         });
@@ -296,25 +327,38 @@ fn raw_records<'a>(batch: &'a [u8], h: &BatchHeader) -> Option<Vec<RawRecord<'a>
 
 /// Whether compaction decodes this batch's records at all.
 fn compactable(h: &BatchHeader) -> bool {
-    h.compression() == 0 && h.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL) == 0
+    h.attributes & (ATTR_TRANSACTIONAL | ATTR_CONTROL) == 0
 }
 
-/// `batch` with only the records `keep` names, same header otherwise, with
-/// length, count and CRC recomputed.
-fn rebuild_batch(batch: &[u8], kept: &[&[u8]]) -> Vec<u8> {
+/// `batch` with only the records `keep` names (encoded with the batch's
+/// codec again), same header otherwise, with length, count and CRC
+/// recomputed; `None` if the codec fails (the batch is then kept).
+fn rebuild_batch(batch: &[u8], h: &BatchHeader, kept: &[&[u8]]) -> Option<Vec<u8>> {
     use ferrolog_model::batch::{CRC_START, HEADER_BYTES, LOG_OVERHEAD_BYTES};
     let body: usize = kept.iter().map(|r| r.len()).sum();
     let mut out = Vec::with_capacity(HEADER_BYTES + body);
     out.extend_from_slice(&batch[..HEADER_BYTES]);
-    for r in kept {
-        out.extend_from_slice(r);
+    if kept.is_empty() {
+        // An empty batch carries no codec, as Kafka writes it (clients
+        // refuse a compressed section that decodes to nothing).
+        let attributes = h.attributes & !ATTR_CODEC_MASK;
+        out[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&attributes.to_be_bytes());
+    } else if h.compression() == 0 {
+        for r in kept {
+            out.extend_from_slice(r);
+        }
+    } else {
+        let plain: Vec<u8> = kept.concat();
+        let mut encoded = bytes::BytesMut::with_capacity(body);
+        crate::codec::encode(h.compression(), &plain, &mut encoded).ok()?;
+        out.extend_from_slice(&encoded);
     }
     let batch_length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
     out[8..12].copy_from_slice(&batch_length.to_be_bytes());
     out[HEADER_BYTES - 4..HEADER_BYTES].copy_from_slice(&(kept.len() as i32).to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[CRC_START - 4..CRC_START].copy_from_slice(&crc.to_be_bytes());
-    out
+    Some(out)
 }
 
 /// Walks the batches of a sealed segment, CRC-checking each.
@@ -508,7 +552,7 @@ impl Log {
         let mut reader = WindowReader::new(&cand.file, &cand.path, BLOCK_BYTES as usize);
         let head = reader.get(0, ferrolog_model::batch::HEADER_BYTES).await?;
         let h = BatchHeader::parse(head).map_err(|e| corrupt(&cand.path, 0, e))?;
-        Ok(h.base_timestamp.0)
+        Ok(record_timestamp(&h, 0))
     }
 
     fn cursor<'a>(&self, cand: &'a Candidate) -> BatchCursor<'a> {
@@ -536,8 +580,8 @@ impl Log {
             let mut seg_keys: Vec<(Vec<u8>, Offset)> = Vec::new();
             let mut cursor = self.cursor(cand);
             while let Some((h, batch)) = cursor.next().await? {
-                if compactable(&h) {
-                    if let Some(records) = raw_records(batch, &h) {
+                if let Some(section) = compactable(&h).then(|| plain_section(batch, &h)).flatten() {
+                    if let Some(records) = raw_records(&section, &h) {
                         for r in records {
                             if let Some(k) = r.key {
                                 seg_keys.push((k.to_vec(), r.offset));
@@ -643,8 +687,9 @@ impl Log {
             assert_eq!(h.base_offset, next, "sealed segment offsets are contiguous");
             next = h.last_offset().plus(1);
             let mut replacement = None;
-            if compactable(&h) {
-                if let Some(records) = raw_records(batch, &h) {
+            let section = compactable(&h).then(|| plain_section(batch, &h)).flatten();
+            if let Some(section) = &section {
+                if let Some(records) = raw_records(section, &h) {
                     let mut kept: Vec<&[u8]> = Vec::with_capacity(records.len());
                     for r in &records {
                         let keep = match r.key.and_then(|k| map.get(k)) {
@@ -669,7 +714,7 @@ impl Log {
                         }
                     }
                     if kept.len() < records.len() {
-                        replacement = Some(rebuild_batch(batch, &kept));
+                        replacement = rebuild_batch(batch, &h, &kept);
                     }
                 }
             }
@@ -805,13 +850,14 @@ mod tests {
             .record(TimestampMs(1002), Some(b"a"), b"2")
             .build();
         let h = BatchHeader::parse_verified(&b).expect("valid");
-        let records = raw_records(&b, &h).expect("parses");
+        let section = plain_section(&b, &h).expect("plain");
+        let records = raw_records(&section, &h).expect("parses");
         assert_eq!(records.len(), 3);
         assert!(records[1].tombstone);
         assert_eq!(records[2].offset, Offset(2));
         assert_eq!(records[1].timestamp, 1001);
         let kept = [records[1].bytes, records[2].bytes];
-        let out = rebuild_batch(&b, &kept);
+        let out = rebuild_batch(&b, &h, &kept).expect("rebuilt");
         let h2 = BatchHeader::parse_verified(&out).expect("rebuilt batch verifies");
         assert_eq!(h2.record_count, 2);
         assert_eq!(h2.last_offset_delta, h.last_offset_delta);
@@ -820,7 +866,7 @@ mod tests {
         assert_eq!(views[0].offset, Offset(1));
         assert_eq!(views[1].offset, Offset(2));
         assert_eq!(views[1].value, Some(&b"2"[..]));
-        let empty = rebuild_batch(&b, &[]);
+        let empty = rebuild_batch(&b, &h, &[]).expect("rebuilt");
         let h3 = BatchHeader::parse_verified(&empty).expect("an empty batch verifies");
         assert_eq!((h3.record_count, h3.last_offset()), (0, h.last_offset()));
     }
@@ -833,13 +879,103 @@ mod tests {
         let h = BatchHeader::parse(&b).expect("header");
         // A record length past the batch end.
         b[ferrolog_model::batch::HEADER_BYTES] = 0x7e;
-        assert!(raw_records(&b, &h).is_none());
+        assert!(raw_records(&plain_section(&b, &h).expect("plain"), &h).is_none());
         // A record count larger than the records present.
         let mut h2 = h;
         h2.record_count = 2;
         let b = BatchBuilder::new(TimestampMs(0))
             .record(TimestampMs(0), Some(b"k"), b"v")
             .build();
-        assert!(raw_records(&b, &h2).is_none());
+        assert!(raw_records(&plain_section(&b, &h2).expect("plain"), &h2).is_none());
+    }
+
+    /// `batch` with its records section encoded with `codec` (attributes,
+    /// length and CRC set to match), as a producer or a topic's
+    /// compression.type stores it; `log_append_time` also stamps it.
+    fn stored_as(batch: &[u8], codec: i16, log_append_time: Option<i64>) -> Vec<u8> {
+        use ferrolog_model::batch::{CRC_START, HEADER_BYTES};
+        let mut encoded = bytes::BytesMut::new();
+        crate::codec::encode(codec, &batch[HEADER_BYTES..], &mut encoded).expect("encode");
+        let mut out = batch[..HEADER_BYTES].to_vec();
+        out.extend_from_slice(&encoded);
+        let length = (out.len() - 12) as i32;
+        out[8..12].copy_from_slice(&length.to_be_bytes());
+        let mut attributes = i16::from_be_bytes([out[21], out[22]]) | codec;
+        if let Some(t) = log_append_time {
+            attributes |= ATTR_LOG_APPEND_TIME;
+            out[35..43].copy_from_slice(&t.to_be_bytes());
+        }
+        out[21..23].copy_from_slice(&attributes.to_be_bytes());
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[CRC_START - 4..CRC_START].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn compressed_batches_are_compacted_with_their_own_codec() {
+        let b = BatchBuilder::new(TimestampMs(1000))
+            .producer(7, 1, 40)
+            .record(TimestampMs(1000), Some(b"a"), b"1")
+            .record(TimestampMs(1001), Some(b"b"), b"x")
+            .record(TimestampMs(1002), Some(b"a"), b"2")
+            .build();
+        for codec in 1..=4 {
+            let stored = stored_as(&b, codec, None);
+            let h = BatchHeader::parse_verified(&stored).expect("valid");
+            assert!(compactable(&h), "codec {codec}");
+            let section = plain_section(&stored, &h).expect("decodes");
+            let records = raw_records(&section, &h).expect("parses");
+            assert_eq!(records.len(), 3, "codec {codec}");
+            let out = rebuild_batch(&stored, &h, &[records[1].bytes, records[2].bytes]).expect("rebuilt");
+            let h2 = BatchHeader::parse_verified(&out).expect("rebuilt batch verifies");
+            assert_eq!(h2.compression(), codec, "the batch keeps its codec");
+            assert_eq!((h2.record_count, h2.last_offset()), (2, h.last_offset()));
+            let plain = plain_section(&out, &h2).expect("decodes");
+            let kept = raw_records(&plain, &h2).expect("parses");
+            assert_eq!(
+                kept.iter().map(|r| (r.offset, r.key)).collect::<Vec<_>>(),
+                vec![(Offset(1), Some(&b"b"[..])), (Offset(2), Some(&b"a"[..]))],
+                "codec {codec}"
+            );
+            let empty = rebuild_batch(&stored, &h, &[]).expect("rebuilt");
+            let h3 = BatchHeader::parse_verified(&empty).expect("an empty batch verifies");
+            assert_eq!(
+                (h3.compression(), h3.record_count),
+                (0, 0),
+                "an empty batch is uncompressed"
+            );
+            assert_eq!(h3.last_offset(), h.last_offset());
+        }
+        // A section that does not decode is not compacted.
+        let mut garbage = stored_as(&b, 4, None);
+        let last = garbage.len() - 1;
+        garbage[last] ^= 0xff;
+        garbage[ferrolog_model::batch::HEADER_BYTES + 2] ^= 0xff;
+        let h = BatchHeader::parse(&garbage).expect("header");
+        assert!(plain_section(&garbage, &h).is_none_or(|s| raw_records(&s, &h).is_none()));
+    }
+
+    #[test]
+    fn log_append_time_records_carry_the_append_time() {
+        let b = BatchBuilder::new(TimestampMs(1000))
+            .record(TimestampMs(1000), Some(b"a"), b"1")
+            .record_or_tombstone(TimestampMs(1005), Some(b"a"), None)
+            .build();
+        let stamped = stored_as(&b, 3, Some(9_000));
+        let h = BatchHeader::parse_verified(&stamped).expect("valid");
+        let section = plain_section(&stamped, &h).expect("decodes");
+        let records = raw_records(&section, &h).expect("parses");
+        assert_eq!(
+            records.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
+            vec![9_000, 9_000],
+            "LogAppendTime: every record has the batch's max timestamp"
+        );
+        let h_create = BatchHeader::parse_verified(&b).expect("valid");
+        let plain = plain_section(&b, &h_create).expect("plain");
+        let create = raw_records(&plain, &h_create).expect("parses");
+        assert_eq!(
+            create.iter().map(|r| r.timestamp).collect::<Vec<_>>(),
+            vec![1000, 1005]
+        );
     }
 }
