@@ -12,7 +12,7 @@
 
 use crate::topics::{
     self, validate_replica_set, AssignmentError, ConfigOverrides, PartitionAssignment, ReplicaSet,
-    TopicError, TopicMeta, TopicTable, CONFIG_KEYS, PARTITIONS_MAX,
+    TopicError, TopicMeta, TopicTable, PARTITIONS_MAX,
 };
 use ferrolog_model::NodeId;
 
@@ -68,13 +68,13 @@ impl ConfigChange {
                             next.insert(k.clone(), v.to_string());
                         }
                         CONFIG_OP_DELETE => {
-                            if !CONFIG_KEYS.contains(&k.as_str()) {
+                            if !topics::is_known_config(k) {
                                 return Err(TopicError::UnknownConfig(k.clone()));
                             }
                             next.remove(k);
                         }
                         CONFIG_OP_APPEND | CONFIG_OP_SUBTRACT => {
-                            if !CONFIG_KEYS.contains(&k.as_str()) {
+                            if !topics::is_known_config(k) {
                                 return Err(TopicError::UnknownConfig(k.clone()));
                             }
                             if !topics::is_list_config(k) {
@@ -621,6 +621,33 @@ mod tests {
             .apply_to(&current)
             .is_err());
         assert!(op(RETENTION_MS, CONFIG_OP_SET, None).apply_to(&current).is_err());
+        // The configs of topic_configs: DELETE takes them back to the default;
+        // the throttle lists take APPEND and SUBTRACT, the others do not.
+        let zstd = op("compression.type", CONFIG_OP_SET, Some("zstd"))
+            .apply_to(&current)
+            .expect("set compression.type");
+        let back = op("compression.type", CONFIG_OP_DELETE, None)
+            .apply_to(&zstd)
+            .expect("delete compression.type");
+        assert!(!back.contains_key("compression.type"));
+        assert!(op("compression.type", CONFIG_OP_APPEND, Some("gzip"))
+            .apply_to(&current)
+            .is_err());
+        let throttle = "leader.replication.throttled.replicas";
+        let listed = op(throttle, CONFIG_OP_APPEND, Some("0:1"))
+            .apply_to(&current)
+            .expect("append to a throttle list");
+        let listed = op(throttle, CONFIG_OP_APPEND, Some("1:2"))
+            .apply_to(&listed)
+            .expect("append again");
+        assert_eq!(listed[throttle], "0:1,1:2");
+        let left = op(throttle, CONFIG_OP_SUBTRACT, Some("0:1"))
+            .apply_to(&listed)
+            .expect("subtract");
+        assert_eq!(left[throttle], "1:2");
+        assert!(op(throttle, CONFIG_OP_APPEND, Some("0"))
+            .apply_to(&current)
+            .is_err());
         let replaced = ConfigChange::Replace(vec![(SEGMENT_BYTES.into(), Some("8192".into()))])
             .apply_to(&current)
             .expect("replace");

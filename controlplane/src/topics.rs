@@ -62,10 +62,19 @@ pub const CONFIG_KEYS: [&str; 12] = [
     MIN_COMPACTION_LAG_MS,
 ];
 
+/// Whether `key` is a topic config this broker knows: one of
+/// `CONFIG_KEYS` or of `topic_configs::DEFS`.
+pub fn is_known_config(key: &str) -> bool {
+    CONFIG_KEYS.contains(&key) || crate::topic_configs::find(key).is_some()
+}
+
 /// Whether `key` is a list config (comma-separated), which
-/// IncrementalAlterConfigs may APPEND to and SUBTRACT from.
+/// IncrementalAlterConfigs may APPEND to and SUBTRACT from:
+/// `cleanup.policy` and the replication throttle lists.
 pub fn is_list_config(key: &str) -> bool {
     key == CLEANUP_POLICY
+        || crate::topic_configs::find(key)
+            .is_some_and(|d| d.kind == crate::topic_configs::Kind::ThrottledReplicas)
 }
 
 /// The value a list config has when a topic does not set it.

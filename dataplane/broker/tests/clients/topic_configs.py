@@ -5,12 +5,13 @@ message.timestamp.before/after.max.ms refuse out-of-bound CreateTime batches wit
 INVALID_TIMESTAMP; max.message.bytes refuses larger batches with MSG_SIZE_TOO_LARGE;
 Kafka's other standard configs are accepted and described, bad values refused with
 INVALID_CONFIG; CreateTopics with a manual replica assignment; DescribeConfigs of the
-broker. The Rust test then checks the stored batches' codecs with `ferrolog log dump`."""
+broker; IncrementalAlterConfigs DELETE of compression.type (back to the default) and
+APPEND/SUBTRACT on a replication throttle list (APPEND to compression.type refused). The Rust test then checks the stored batches' codecs with `ferrolog log dump`."""
 
 import time
 
 from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, KafkaError, Producer
-from confluent_kafka.admin import ConfigResource, NewTopic
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from e2e import (
     WAIT_S,
@@ -189,3 +190,32 @@ for k in ["log.dirs", "num.partitions", "message.max.bytes", "log.retention.ms",
 check_eq(entries["broker.id"].value, "0", "broker.id")
 check_eq(entries["compression.type"].value, "producer", "broker compression.type")
 log(f"ok: describe_configs BROKER 0: {len(entries)} entries, log.dirs={entries['log.dirs'].value}")
+
+
+# IncrementalAlterConfigs on these configs: DELETE returns to the default; the throttle
+# lists are list configs (APPEND, SUBTRACT); compression.type is not.
+create_topic(adm, "incr", 1, config={"compression.type": "lz4"})
+incr = ConfigResource.Type.TOPIC
+
+
+def incremental(key, value, op):
+    res = ConfigResource(incr, "incr", incremental_configs=[ConfigEntry(key, value, incremental_operation=op)])
+    return adm.incremental_alter_configs([res])[res]
+
+
+expect_ok(incremental("compression.type", None, AlterConfigOpType.DELETE), "DELETE compression.type")
+entries = described(ConfigResource(incr, "incr"))
+check_eq(entries["compression.type"].value, "producer", "compression.type after DELETE")
+check(entries["compression.type"].is_default, "compression.type is the default after DELETE")
+throttle = "leader.replication.throttled.replicas"
+expect_ok(incremental(throttle, "0:0", AlterConfigOpType.APPEND), f"APPEND {throttle}")
+expect_ok(incremental(throttle, "1:0", AlterConfigOpType.APPEND), f"APPEND {throttle} again")
+expect_ok(incremental(throttle, "0:0", AlterConfigOpType.SUBTRACT), f"SUBTRACT {throttle}")
+check_eq(described(ConfigResource(incr, "incr"))[throttle].value, "1:0", f"{throttle} after APPEND/SUBTRACT")
+expect_error(incremental(throttle, "x", AlterConfigOpType.APPEND), KafkaError.INVALID_CONFIG, f"APPEND x to {throttle}")
+expect_error(
+    incremental("compression.type", "gzip", AlterConfigOpType.APPEND),
+    KafkaError.INVALID_CONFIG,
+    "APPEND to compression.type (not a list)",
+)
+log("ok: IncrementalAlterConfigs DELETE / APPEND / SUBTRACT on the standard configs")
