@@ -452,6 +452,16 @@ mod tests {
     }
 
     #[test]
+    fn every_config_is_defined_once() {
+        let names: Vec<&str> = all_names().collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "a config defined twice: {names:?}");
+        for key in crate::topics::CONFIG_KEYS {
+            assert!(find(key).is_none(), "{key} is in topics::CONFIG_KEYS and in DEFS");
+        }
+    }
+
+    #[test]
     fn values_are_checked_by_kind() {
         for (key, good, bad) in [
             (
