@@ -341,6 +341,34 @@ fn sasl_plaintext_plain_with_kafka_python() {
     b.stop();
 }
 
+/// The principal SASL authenticates is what ACLs check: with authorization on and
+/// the users file's admin a superuser, a SCRAM user made by admin is refused until
+/// admin grants it an ACL.
+#[test]
+fn sasl_principals_are_authorized_by_acls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = users_file(dir.path());
+    let superuser = format!("User:{}", ADMIN.0);
+    let mut b = Broker::start(
+        dir.path(),
+        &[
+            "--require-auth",
+            "true",
+            "--sasl-users-file",
+            users.to_str().expect("utf8"),
+            "--authorization",
+            "true",
+            "--super-users",
+            &superuser,
+        ],
+    );
+    b.python(
+        "sasl_acls.py",
+        &["--admin-user", ADMIN.0, "--admin-password", ADMIN.1],
+    );
+    b.stop();
+}
+
 /// Credentials created with AlterUserScramCredentials are cluster metadata:
 /// they survive a restart (the restarted node has no users file to fall back on).
 #[test]

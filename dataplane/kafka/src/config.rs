@@ -77,7 +77,7 @@ pub struct ServerConfig {
     pub authorizer: ferrolog_controlplane::acls::AuthorizerConfig,
     /// Test only: requests run as `User:<client.id>` (a client without a
     /// client id keeps the session's principal), so that one test can act
-    /// as several principals before SASL exists. Never for production: any
+    /// as several principals without a SASL login each. Never for production: any
     /// client can claim any principal.
     pub principal_from_client_id_test_only: bool,
 }
