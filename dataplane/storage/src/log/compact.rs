@@ -271,7 +271,7 @@ fn plain_section<'a>(batch: &'a [u8], h: &BatchHeader) -> Option<std::borrow::Co
         return Some(std::borrow::Cow::Borrowed(section));
     }
     let plain = crate::codec::decode(h.compression(), Bytes::copy_from_slice(section)).ok()?;
-    Some(std::borrow::Cow::Owned(plain.to_vec()))
+    Some(std::borrow::Cow::Owned(Vec::from(plain)))
 }
 
 /// A record's timestamp: the batch's max timestamp (the append time) for a
