@@ -32,12 +32,21 @@ else
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if python3 -c 'import confluent_kafka, kafka' 2>/dev/null; then
+# Present and new enough: the admin APIs the tests call exist (DeleteRecords and the SCRAM
+# credential APIs in confluent-kafka; DescribeProducers, DescribeLogDirs and
+# AlterReplicaLogDirs in kafka-python). Older versions are upgraded.
+PY_CLIENTS_CHECK='
+import confluent_kafka.admin as c, kafka
+need = [(c.AdminClient, "delete_records"), (c.AdminClient, "alter_user_scram_credentials"),
+        (kafka.KafkaAdminClient, "describe_producers"), (kafka.KafkaAdminClient, "alter_replica_log_dirs")]
+assert all(hasattr(cls, name) for cls, name in need)
+'
+if python3 -c "$PY_CLIENTS_CHECK" 2>/dev/null; then
     echo "setup: python clients present (${PIP_PACKAGES[*]})"
 else
     echo "setup: installing python clients: ${PIP_PACKAGES[*]}"
     PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        python3 -m pip install --quiet "${PIP_PACKAGES[@]}"
+        python3 -m pip install --quiet --upgrade "${PIP_PACKAGES[@]}"
 fi
 
 echo "setup: done"
