@@ -8,10 +8,11 @@ set -euo pipefail
 # capnproto: the Cap'n Proto schema compiler for the control plane. kcat: a librdkafka client for
 # end-to-end checks. iproute2: `ss`/`ip` for network tests and tuning; nftables: `nft`, partitions
 # between the network namespaces of multi-node tests.
+# openssl: the TLS tests make their CA and server certificates with it.
 # e2fsprogs + mount: the disk-full test mounts a small ext4 image on a loop device.
 # gcc + make: rdkafka-sys (the benches' Kafka client) builds its bundled librdkafka with
 # librdkafka's own configure script and make.
-APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 nftables e2fsprogs mount gcc make)
+APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 nftables e2fsprogs mount gcc make openssl)
 # Real Kafka clients used by the end-to-end tests.
 PIP_PACKAGES=(confluent-kafka kafka-python)
 
@@ -31,12 +32,21 @@ else
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if python3 -c 'import confluent_kafka, kafka' 2>/dev/null; then
+# Present and new enough: the admin APIs the tests call exist (DeleteRecords and the SCRAM
+# credential APIs in confluent-kafka; DescribeProducers, DescribeLogDirs and
+# AlterReplicaLogDirs in kafka-python). Older versions are upgraded.
+PY_CLIENTS_CHECK='
+import confluent_kafka.admin as c, kafka
+need = [(c.AdminClient, "delete_records"), (c.AdminClient, "alter_user_scram_credentials"),
+        (kafka.KafkaAdminClient, "describe_producers"), (kafka.KafkaAdminClient, "alter_replica_log_dirs")]
+assert all(hasattr(cls, name) for cls, name in need)
+'
+if python3 -c "$PY_CLIENTS_CHECK" 2>/dev/null; then
     echo "setup: python clients present (${PIP_PACKAGES[*]})"
 else
     echo "setup: installing python clients: ${PIP_PACKAGES[*]}"
     PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-        python3 -m pip install --quiet "${PIP_PACKAGES[@]}"
+        python3 -m pip install --quiet --upgrade "${PIP_PACKAGES[@]}"
 fi
 
 echo "setup: done"

@@ -12,7 +12,7 @@
 
 use crate::topics::{
     self, validate_replica_set, AssignmentError, ConfigOverrides, PartitionAssignment, ReplicaSet,
-    TopicError, TopicMeta, TopicTable, CONFIG_KEYS, PARTITIONS_MAX,
+    TopicError, TopicMeta, TopicTable, PARTITIONS_MAX,
 };
 use ferrolog_model::NodeId;
 
@@ -33,8 +33,11 @@ pub enum ConfigChange {
 
 impl ConfigChange {
     /// The overrides after this change, or the first entry it refuses. SET
-    /// needs a valid value; DELETE needs a known key; APPEND and SUBTRACT are
-    /// refused, since no config of this broker is a list.
+    /// needs a valid value; DELETE needs a known key; APPEND and SUBTRACT
+    /// apply to list configs only (`topics::is_list_config`), starting from
+    /// the current value (the override, else the list's default): APPEND adds
+    /// the items not yet listed, SUBTRACT removes the items given, and the
+    /// result must be a valid value.
     pub fn apply_to(&self, current: &ConfigOverrides) -> Result<ConfigOverrides, TopicError> {
         let invalid = |key: &str, value: Option<&str>, reason| TopicError::InvalidConfig {
             key: key.to_string(),
@@ -65,17 +68,45 @@ impl ConfigChange {
                             next.insert(k.clone(), v.to_string());
                         }
                         CONFIG_OP_DELETE => {
-                            if !CONFIG_KEYS.contains(&k.as_str()) {
+                            if !topics::is_known_config(k) {
                                 return Err(TopicError::UnknownConfig(k.clone()));
                             }
                             next.remove(k);
                         }
                         CONFIG_OP_APPEND | CONFIG_OP_SUBTRACT => {
-                            return Err(invalid(
-                                k,
-                                v.as_deref(),
-                                "APPEND and SUBTRACT apply to list configs; this broker has none",
-                            ))
+                            if !topics::is_known_config(k) {
+                                return Err(TopicError::UnknownConfig(k.clone()));
+                            }
+                            if !topics::is_list_config(k) {
+                                return Err(invalid(
+                                    k,
+                                    v.as_deref(),
+                                    "APPEND and SUBTRACT apply to list configs only",
+                                ));
+                            }
+                            let given = v
+                                .as_deref()
+                                .ok_or_else(|| invalid(k, None, "APPEND and SUBTRACT need a value"))?;
+                            let current = next
+                                .get(k)
+                                .cloned()
+                                .unwrap_or_else(|| topics::list_default(k).to_string());
+                            let mut items: Vec<String> = topics::list_items(&current)
+                                .into_iter()
+                                .map(str::to_string)
+                                .collect();
+                            for item in topics::list_items(given) {
+                                if *op == CONFIG_OP_APPEND {
+                                    if !items.iter().any(|i| i == item) {
+                                        items.push(item.to_string());
+                                    }
+                                } else {
+                                    items.retain(|i| i != item);
+                                }
+                            }
+                            let value = items.join(",");
+                            topics::validate_config(k, &value)?;
+                            next.insert(k.clone(), value);
                         }
                         _ => return Err(invalid(k, v.as_deref(), "unknown operation")),
                     }
@@ -373,7 +404,7 @@ fn commit(table: &mut TopicTable, plan: Plan) -> TopicChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topics::{RETENTION_MS, SEGMENT_BYTES};
+    use crate::topics::{CLEANUP_POLICY, RETENTION_MS, SEGMENT_BYTES};
     use ferrolog_model::Epoch;
 
     const ID: u128 = 0x42;
@@ -566,7 +597,57 @@ mod tests {
         for bad in [CONFIG_OP_APPEND, CONFIG_OP_SUBTRACT, 9] {
             assert!(op(RETENTION_MS, bad, Some("1")).apply_to(&current).is_err());
         }
+        // cleanup.policy is a list: APPEND and SUBTRACT start from its default.
+        let appended = op(CLEANUP_POLICY, CONFIG_OP_APPEND, Some("compact"))
+            .apply_to(&current)
+            .expect("append");
+        assert_eq!(appended[CLEANUP_POLICY], "delete,compact");
+        let again = op(CLEANUP_POLICY, CONFIG_OP_APPEND, Some("compact"))
+            .apply_to(&appended)
+            .expect("append twice");
+        assert_eq!(again[CLEANUP_POLICY], "delete,compact");
+        let subtracted = op(CLEANUP_POLICY, CONFIG_OP_SUBTRACT, Some("delete"))
+            .apply_to(&appended)
+            .expect("subtract");
+        assert_eq!(subtracted[CLEANUP_POLICY], "compact");
+        // Nothing left, an unknown policy, or no value: refused.
+        assert!(op(CLEANUP_POLICY, CONFIG_OP_SUBTRACT, Some("compact"))
+            .apply_to(&subtracted)
+            .is_err());
+        assert!(op(CLEANUP_POLICY, CONFIG_OP_APPEND, Some("shred"))
+            .apply_to(&current)
+            .is_err());
+        assert!(op(CLEANUP_POLICY, CONFIG_OP_APPEND, None)
+            .apply_to(&current)
+            .is_err());
         assert!(op(RETENTION_MS, CONFIG_OP_SET, None).apply_to(&current).is_err());
+        // The configs of topic_configs: DELETE takes them back to the default;
+        // the throttle lists take APPEND and SUBTRACT, the others do not.
+        let zstd = op("compression.type", CONFIG_OP_SET, Some("zstd"))
+            .apply_to(&current)
+            .expect("set compression.type");
+        let back = op("compression.type", CONFIG_OP_DELETE, None)
+            .apply_to(&zstd)
+            .expect("delete compression.type");
+        assert!(!back.contains_key("compression.type"));
+        assert!(op("compression.type", CONFIG_OP_APPEND, Some("gzip"))
+            .apply_to(&current)
+            .is_err());
+        let throttle = "leader.replication.throttled.replicas";
+        let listed = op(throttle, CONFIG_OP_APPEND, Some("0:1"))
+            .apply_to(&current)
+            .expect("append to a throttle list");
+        let listed = op(throttle, CONFIG_OP_APPEND, Some("1:2"))
+            .apply_to(&listed)
+            .expect("append again");
+        assert_eq!(listed[throttle], "0:1,1:2");
+        let left = op(throttle, CONFIG_OP_SUBTRACT, Some("0:1"))
+            .apply_to(&listed)
+            .expect("subtract");
+        assert_eq!(left[throttle], "1:2");
+        assert!(op(throttle, CONFIG_OP_APPEND, Some("0"))
+            .apply_to(&current)
+            .is_err());
         let replaced = ConfigChange::Replace(vec![(SEGMENT_BYTES.into(), Some("8192".into()))])
             .apply_to(&current)
             .expect("replace");

@@ -270,12 +270,12 @@ impl Controller {
             };
             Bootstrap::Voter {
                 voters: vec![node_u64(me)],
-                initial,
+                initial: Box::new(initial),
             }
         } else if voters.contains(&me) {
             Bootstrap::Voter {
                 voters: voters.iter().map(|v| node_u64(*v)).collect(),
-                initial: ClusterState::default(),
+                initial: Box::default(),
             }
         } else {
             Bootstrap::Join
@@ -417,6 +417,41 @@ impl Controller {
         self.core.borrow().state().clone()
     }
 
+    /// A user's SCRAM credential for one mechanism, as applied here.
+    pub fn credential(
+        &self,
+        user: &str,
+        mechanism: crate::credentials::ScramMechanism,
+    ) -> Option<crate::credentials::ScramCredential> {
+        self.core
+            .borrow()
+            .state()
+            .credentials
+            .get(user)?
+            .get(&mechanism)
+            .cloned()
+    }
+
+    /// The mechanisms and iterations of the named users' credentials (all
+    /// users for `None`), as applied here.
+    pub fn credential_infos(
+        &self,
+        users: Option<&[String]>,
+    ) -> Vec<(String, Vec<(crate::credentials::ScramMechanism, i32)>)> {
+        let core = self.core.borrow();
+        let creds = &core.state().credentials;
+        let info = |u: &str| {
+            creds
+                .get(u)
+                .map(|m| m.iter().map(|(k, c)| (*k, c.iterations)).collect())
+                .unwrap_or_default()
+        };
+        match users {
+            Some(users) => users.iter().map(|u| (u.clone(), info(u))).collect(),
+            None => creds.keys().map(|u| (u.clone(), info(u))).collect(),
+        }
+    }
+
     fn build_snapshot(&self) -> (u64, Arc<MetadataSnapshot>) {
         let core = self.core.borrow();
         let s = core.state();
@@ -440,6 +475,7 @@ impl Controller {
             controller: if leader == 0 { NodeId(-1) } else { node_id(leader) },
             brokers,
             topics: Arc::new(s.topics.clone()),
+            acls: Arc::new(s.acls.clone()),
         };
         (core.applied(), Arc::new(snap))
     }
@@ -2035,6 +2071,24 @@ fn describe_command(cmd: &Command) -> String {
             format!("cancel the reassignment of {topic}/{partition}")
         }
         Command::AllocateProducerIds { node, count } => format!("{count} producer ids for node {node}"),
+        Command::AlterCredentials(c) => format!(
+            "change SCRAM credentials of user {}",
+            c.first().map_or("", |c| c.user.as_str())
+        ),
+        Command::CreateAcl(b) => format!(
+            "create ACL {} {} on resource type {} {} (pattern {}) operation {}",
+            if b.permission == crate::acls::permission::ALLOW {
+                "allow"
+            } else {
+                "deny"
+            },
+            b.principal,
+            b.resource_type,
+            b.resource_name,
+            b.pattern_type,
+            b.operation
+        ),
+        Command::DeleteAcls(_) => "delete ACLs".into(),
     }
 }
 

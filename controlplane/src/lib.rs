@@ -29,8 +29,10 @@
 //! controller applies commands directly; the Raft issue puts them through a
 //! replicated log first.
 
+pub mod acls;
 pub mod commands;
 pub mod controller;
+pub mod credentials;
 pub mod elections;
 pub mod metadata;
 pub mod placement;
@@ -39,6 +41,7 @@ pub mod raft_core;
 pub mod raft_log;
 pub mod rpc;
 pub mod state;
+pub mod topic_configs;
 pub mod topics;
 
 pub use elections::LocalReplicas;

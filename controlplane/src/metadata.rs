@@ -5,6 +5,7 @@
 //! it without locks and never sees a half-applied change. Its revision is the
 //! topic table's, so a shard can ignore a snapshot older than the one it has.
 
+use crate::acls::AclTable;
 use crate::topics::{PartitionAssignment, TopicTable};
 use ferrolog_model::{Epoch, NodeId, Ntp};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct MetadataSnapshot {
     /// a partition as offline, and placement never picks it.
     pub brokers: Vec<Broker>,
     pub topics: Arc<TopicTable>,
+    /// The cluster's ACL bindings, for the authorizer on every shard.
+    pub acls: Arc<AclTable>,
 }
 
 impl MetadataSnapshot {
@@ -96,6 +99,7 @@ mod tests {
             controller: NodeId(1),
             brokers: vec![broker(1, 9092), broker(2, 9093)],
             topics: Arc::new(table),
+            acls: Arc::default(),
         };
         assert_eq!(snap.revision(), 1);
         assert_eq!(snap.leader(&Ntp::new("orders", 0)), Some((NodeId(2), Epoch(0))));

@@ -68,7 +68,11 @@ impl CoreConfig {
 pub enum Bootstrap {
     /// One of the initial voters: every voter starts from the same snapshot
     /// (index 1, term 1, these voters, this state).
-    Voter { voters: Vec<u64>, initial: ClusterState },
+    /// The state is boxed: it is large, and `Join` carries nothing.
+    Voter {
+        voters: Vec<u64>,
+        initial: Box<ClusterState>,
+    },
     /// A node added later: it waits for the leader's snapshot.
     Join,
 }

@@ -10,7 +10,9 @@
 //! in the command. A refused command changes nothing; its error is the
 //! answer the proposer gets, on every node alike.
 
+use crate::acls::{AclBinding, AclError, AclFilter, AclTable};
 use crate::commands::{self, CommandError, TopicCommand, TopicDelta};
+use crate::credentials::{self, CredentialChange, CredentialError, Credentials};
 use crate::topics::TopicTable;
 use ferrolog_model::{Epoch, NodeId};
 use serde::{Deserialize, Serialize};
@@ -175,6 +177,15 @@ pub enum Command {
         node: NodeId,
         count: i64,
     },
+    // SASL/SCRAM credentials (crate::credentials).
+    /// Upserts and deletes one user's SCRAM credentials, all or none.
+    AlterCredentials(Vec<CredentialChange>),
+    // ACLs (CreateAcls, DeleteAcls).
+    /// Adds one ACL binding (validated again here: any proposer's command
+    /// is checked); an existing one is left as it is.
+    CreateAcl(AclBinding),
+    /// Removes every binding the filter selects; answers them.
+    DeleteAcls(AclFilter),
 }
 
 /// Why a command is refused.
@@ -240,6 +251,11 @@ pub enum StateError {
         expected: Epoch,
         got: Epoch,
     },
+    #[error("{0}")]
+    Credential(CredentialError),
+    /// An ACL binding or filter that is refused (see the message).
+    #[error("{0}")]
+    InvalidAcl(AclError),
 }
 
 /// A topic command's refusal, carried with its kind so the Kafka side can
@@ -315,6 +331,12 @@ pub enum Applied {
         start: i64,
         count: i64,
     },
+    /// A user's credentials changed.
+    Credentials(String),
+    /// An ACL binding was stored; `false` if it already was.
+    AclCreated(bool),
+    /// The bindings a DeleteAcls filter removed.
+    AclsDeleted(Vec<AclBinding>),
 }
 
 /// The whole replicated state; `Default` is the state before the first
@@ -333,6 +355,13 @@ pub struct ClusterState {
     /// none).
     #[serde(default, with = "reassignment_entries")]
     pub reassignments: Reassignments,
+    /// SCRAM credentials by user (state written before they existed has
+    /// none).
+    #[serde(default)]
+    pub credentials: Credentials,
+    /// ACL bindings (state written before they existed has none).
+    #[serde(default)]
+    pub acls: AclTable,
 }
 
 /// Most producer ids one block may take.
@@ -720,6 +749,26 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
             state.next_producer_id = end;
             Ok(Applied::ProducerIds { start, count: *count })
         }
+        Command::AlterCredentials(changes) => {
+            let user = changes.first().map(|c| c.user.clone()).unwrap_or_default();
+            if changes.iter().any(|c| c.user != user) {
+                return Err(StateError::NotApplied(
+                    "a credential command changes one user".into(),
+                ));
+            }
+            credentials::apply(&mut state.credentials, changes).map_err(StateError::Credential)?;
+            Ok(Applied::Credentials(user))
+        }
+        Command::CreateAcl(b) => state
+            .acls
+            .create(b)
+            .map(Applied::AclCreated)
+            .map_err(StateError::InvalidAcl),
+        Command::DeleteAcls(f) => state
+            .acls
+            .delete(f)
+            .map(Applied::AclsDeleted)
+            .map_err(StateError::InvalidAcl),
     }
 }
 
@@ -1113,5 +1162,66 @@ mod tests {
         let decoded =
             ClusterState::decode(json.to_string().as_bytes()).expect("a state without reassignments");
         assert!(decoded.reassignments.is_empty());
+        json.as_object_mut().expect("state").remove("acls");
+        let decoded = ClusterState::decode(json.to_string().as_bytes()).expect("a state without ACLs");
+        assert!(decoded.acls.bindings.is_empty());
+    }
+
+    #[test]
+    fn acl_commands_store_delete_and_refuse_bad_bindings_on_every_node_alike() {
+        use crate::acls::{op, pattern, permission, resource};
+        let binding = AclBinding {
+            resource_type: resource::TOPIC,
+            resource_name: "orders".into(),
+            pattern_type: pattern::LITERAL,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: op::READ,
+            permission: permission::ALLOW,
+        };
+        let mut s = ClusterState::default();
+        assert_eq!(
+            apply(&mut s, &Command::CreateAcl(binding.clone())),
+            Ok(Applied::AclCreated(true))
+        );
+        assert_eq!(
+            apply(&mut s, &Command::CreateAcl(binding.clone())),
+            Ok(Applied::AclCreated(false))
+        );
+        // A command from any proposer is checked again: an unknown
+        // resource type is refused and changes nothing.
+        let before = s.clone();
+        let bad = AclBinding {
+            resource_type: 9,
+            ..binding.clone()
+        };
+        assert!(matches!(
+            apply(&mut s, &Command::CreateAcl(bad)),
+            Err(StateError::InvalidAcl(e)) if e.0.contains("unknown resource type 9")
+        ));
+        assert_eq!(s, before);
+        // The table travels with the state (Raft snapshots) and commands
+        // decode back to themselves (the Raft log).
+        assert_eq!(ClusterState::decode(&s.encode()), Ok(s.clone()));
+        let cmd = Command::CreateAcl(binding.clone());
+        assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
+        let all = AclFilter {
+            resource_type: resource::ANY,
+            resource_name: None,
+            pattern_type: pattern::ANY,
+            principal: Some("User:alice".into()),
+            host: None,
+            operation: op::ANY,
+            permission: permission::ANY,
+        };
+        assert_eq!(
+            apply(&mut s, &Command::DeleteAcls(all.clone())),
+            Ok(Applied::AclsDeleted(vec![binding]))
+        );
+        assert!(s.acls.bindings.is_empty());
+        assert_eq!(
+            apply(&mut s, &Command::DeleteAcls(all)),
+            Ok(Applied::AclsDeleted(vec![]))
+        );
     }
 }

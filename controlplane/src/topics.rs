@@ -33,8 +33,20 @@ pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 /// Kafka's bounds for `min.insync.replicas`.
 pub const MIN_INSYNC_REPLICAS_RANGE: std::ops::RangeInclusive<i64> = 1..=32767;
 
+// Log compaction (`cleanup.policy` = compact); see docs/storage.md.
+/// How long a tombstone stays readable before compaction may remove it.
+pub const DELETE_RETENTION_MS: &str = "delete.retention.ms";
+/// Share of not-yet-compacted bytes that triggers a compaction pass.
+pub const MIN_CLEANABLE_DIRTY_RATIO: &str = "min.cleanable.dirty.ratio";
+/// A record stays uncompacted at least this long.
+pub const MIN_COMPACTION_LAG_MS: &str = "min.compaction.lag.ms";
+/// A record stays uncompacted at most about this long (plus one pass).
+pub const MAX_COMPACTION_LAG_MS: &str = "max.compaction.lag.ms";
+/// The policies `cleanup.policy` may list.
+pub const CLEANUP_POLICIES: [&str; 2] = ["compact", "delete"];
+
 /// Every topic config this broker knows, in the order DescribeConfigs lists them.
-pub const CONFIG_KEYS: [&str; 8] = [
+pub const CONFIG_KEYS: [&str; 12] = [
     CLEANUP_POLICY,
     DURABILITY,
     MAX_MESSAGE_BYTES,
@@ -43,7 +55,45 @@ pub const CONFIG_KEYS: [&str; 8] = [
     RETENTION_MS,
     SEGMENT_BYTES,
     SEGMENT_MS,
+    // Log compaction.
+    DELETE_RETENTION_MS,
+    MAX_COMPACTION_LAG_MS,
+    MIN_CLEANABLE_DIRTY_RATIO,
+    MIN_COMPACTION_LAG_MS,
 ];
+
+/// Whether `key` is a topic config this broker knows: one of
+/// `CONFIG_KEYS` or of `topic_configs::DEFS`.
+pub fn is_known_config(key: &str) -> bool {
+    CONFIG_KEYS.contains(&key) || crate::topic_configs::find(key).is_some()
+}
+
+/// Whether `key` is a list config (comma-separated), which
+/// IncrementalAlterConfigs may APPEND to and SUBTRACT from:
+/// `cleanup.policy` and the replication throttle lists.
+pub fn is_list_config(key: &str) -> bool {
+    key == CLEANUP_POLICY
+        || crate::topic_configs::find(key)
+            .is_some_and(|d| d.kind == crate::topic_configs::Kind::ThrottledReplicas)
+}
+
+/// The value a list config has when a topic does not set it.
+pub fn list_default(key: &str) -> &'static str {
+    match key {
+        CLEANUP_POLICY => "delete",
+        _ => "",
+    }
+}
+
+/// The items of a list config's value: comma-separated, trimmed, empty
+/// items dropped.
+pub fn list_items(value: &str) -> Vec<&str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
 
 /// Kafka's default max.message.bytes (1 MiB plus record batch overhead).
 pub const DEFAULT_MAX_MESSAGE_BYTES: i32 = 1_048_588;
@@ -135,9 +185,30 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
             Ok(v) if (1..=i64::from(i32::MAX)).contains(&v) => Ok(()),
             _ => invalid("expected an integer in [1, 2147483647]"),
         },
-        CLEANUP_POLICY => match value {
-            "delete" => Ok(()),
-            _ => invalid("only \"delete\" is supported (no compaction)"),
+        CLEANUP_POLICY => {
+            let items = list_items(value);
+            if items.is_empty() {
+                return invalid("expected a list of \"compact\" and/or \"delete\"");
+            }
+            if items.iter().any(|i| !CLEANUP_POLICIES.contains(i)) {
+                return invalid("only \"compact\" and \"delete\" are cleanup policies");
+            }
+            if items.len() != items.iter().collect::<std::collections::BTreeSet<_>>().len() {
+                return invalid("a policy is listed twice");
+            }
+            Ok(())
+        }
+        DELETE_RETENTION_MS | MIN_COMPACTION_LAG_MS => match int {
+            Ok(v) if v >= 0 => Ok(()),
+            _ => invalid("expected an integer >= 0"),
+        },
+        MAX_COMPACTION_LAG_MS => match int {
+            Ok(v) if v >= 1 => Ok(()),
+            _ => invalid("expected an integer >= 1"),
+        },
+        MIN_CLEANABLE_DIRTY_RATIO => match value.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+            _ => invalid("expected a number in [0, 1]"),
         },
         DURABILITY => match value.parse::<Durability>() {
             Ok(_) => Ok(()),
@@ -147,7 +218,10 @@ pub fn validate_config(key: &str, value: &str) -> Result<(), TopicError> {
             Ok(v) if MIN_INSYNC_REPLICAS_RANGE.contains(&v) => Ok(()),
             _ => invalid("expected an integer in [1, 32767]"),
         },
-        _ => Err(TopicError::UnknownConfig(key.to_string())),
+        _ => match crate::topic_configs::validate(key, value)? {
+            true => Ok(()),
+            false => Err(TopicError::UnknownConfig(key.to_string())),
+        },
     }
 }
 
@@ -168,7 +242,12 @@ pub fn effective(overrides: &ConfigOverrides, defaults: &TopicDefaults, key: &st
         CLEANUP_POLICY => "delete".to_string(),
         DURABILITY => d.durability.to_string(),
         MIN_INSYNC_REPLICAS => "1".to_string(),
-        _ => return None,
+        DELETE_RETENTION_MS => d.compaction.delete_retention_ms.to_string(),
+        MIN_CLEANABLE_DIRTY_RATIO => (f64::from(d.compaction.min_cleanable_dirty_ppm) / 1e6).to_string(),
+        MIN_COMPACTION_LAG_MS => d.compaction.min_compaction_lag_ms.to_string(),
+        MAX_COMPACTION_LAG_MS => d.compaction.max_compaction_lag_ms.to_string(),
+        crate::topic_configs::INDEX_INTERVAL_BYTES => d.index_interval_bytes.to_string(),
+        _ => return crate::topic_configs::default_of(key).map(|v| (v, false)),
     };
     Some((v, false))
 }
@@ -204,6 +283,34 @@ pub fn log_config(overrides: &ConfigOverrides, defaults: &TopicDefaults) -> LogC
     c.max_batch_bytes = max_message as usize;
     if let Some(d) = overrides.get(DURABILITY).and_then(|v| v.parse().ok()) {
         c.durability = d;
+    }
+    if let Some(v) = crate::topic_configs::index_interval_bytes(overrides) {
+        c.index_interval_bytes = v;
+    }
+    if let Some(policy) = overrides.get(CLEANUP_POLICY) {
+        let items = list_items(policy);
+        c.compaction.enabled = items.contains(&"compact");
+        if !items.contains(&"delete") {
+            // Compaction alone: segments are never deleted for age or size.
+            c.retention_ms = None;
+            c.retention_bytes = None;
+        }
+    }
+    if let Some(v) = num(DELETE_RETENTION_MS) {
+        c.compaction.delete_retention_ms = v.max(0) as u64;
+    }
+    if let Some(v) = num(MIN_COMPACTION_LAG_MS) {
+        c.compaction.min_compaction_lag_ms = v.max(0) as u64;
+    }
+    if let Some(v) = num(MAX_COMPACTION_LAG_MS) {
+        c.compaction.max_compaction_lag_ms = v.max(1) as u64;
+    }
+    if let Some(v) = overrides
+        .get(MIN_CLEANABLE_DIRTY_RATIO)
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| (0.0..=1.0).contains(v))
+    {
+        c.compaction.min_cleanable_dirty_ppm = (v * 1e6).round() as u32;
     }
     c
 }
@@ -657,7 +764,20 @@ mod tests {
         assert!(validate_config(RETENTION_MS, "abc").is_err());
         assert!(validate_config(SEGMENT_BYTES, "4095").is_err());
         assert!(validate_config(SEGMENT_BYTES, "1048576").is_ok());
-        assert!(validate_config(CLEANUP_POLICY, "compact").is_err());
+        for ok in ["compact", "delete", "compact,delete", " delete , compact "] {
+            assert!(validate_config(CLEANUP_POLICY, ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ",", "compact,compact", "gzip", "compact;delete", "Compact"] {
+            assert!(validate_config(CLEANUP_POLICY, bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_config(MIN_CLEANABLE_DIRTY_RATIO, "0.01").is_ok());
+        for bad in ["-0.1", "1.5", "NaN", "half"] {
+            assert!(validate_config(MIN_CLEANABLE_DIRTY_RATIO, bad).is_err(), "{bad}");
+        }
+        assert!(validate_config(DELETE_RETENTION_MS, "0").is_ok());
+        assert!(validate_config(DELETE_RETENTION_MS, "-1").is_err());
+        assert!(validate_config(MIN_COMPACTION_LAG_MS, "-1").is_err());
+        assert!(validate_config(MAX_COMPACTION_LAG_MS, "0").is_err());
         assert!(validate_config(DURABILITY, "direct").is_ok());
         assert!(validate_config(DURABILITY, "sometimes").is_err());
         assert!(validate_config(MIN_INSYNC_REPLICAS, "1").is_ok());
@@ -665,9 +785,12 @@ mod tests {
         for bad in ["0", "-1", "32768", "two"] {
             assert!(validate_config(MIN_INSYNC_REPLICAS, bad).is_err(), "{bad}");
         }
+        assert_eq!(validate_config("unclean.leader.election.enable", "false"), Ok(()));
+        assert_eq!(validate_config("compression.type", "zstd"), Ok(()));
+        assert!(validate_config("compression.type", "brotli").is_err());
         assert_eq!(
-            validate_config("unclean.leader.election.enable", "false"),
-            Err(TopicError::UnknownConfig("unclean.leader.election.enable".into()))
+            validate_config("no.such.config", "1"),
+            Err(TopicError::UnknownConfig("no.such.config".into()))
         );
         let mut o = ConfigOverrides::new();
         assert_eq!(min_insync_replicas(&o), 1);
@@ -677,6 +800,38 @@ mod tests {
             effective(&o, &defaults(), MIN_INSYNC_REPLICAS),
             Some(("2".into(), true))
         );
+    }
+
+    #[test]
+    fn cleanup_policy_drives_compaction_and_retention() {
+        let d = defaults();
+        let mut o = ConfigOverrides::new();
+        assert!(!log_config(&o, &d).compaction.enabled);
+        o.insert(CLEANUP_POLICY.into(), "compact".into());
+        o.insert(MIN_CLEANABLE_DIRTY_RATIO.into(), "0.25".into());
+        o.insert(DELETE_RETENTION_MS.into(), "1000".into());
+        o.insert(RETENTION_MS.into(), "5000".into());
+        let c = log_config(&o, &d);
+        assert!(c.compaction.enabled);
+        assert_eq!(c.compaction.min_cleanable_dirty_ppm, 250_000);
+        assert_eq!(c.compaction.delete_retention_ms, 1000);
+        // Compaction alone never deletes segments by retention.
+        assert_eq!((c.retention_ms, c.retention_bytes), (None, None));
+        o.insert(CLEANUP_POLICY.into(), "compact,delete".into());
+        let c = log_config(&o, &d);
+        assert!(c.compaction.enabled);
+        assert_eq!(c.retention_ms, Some(5000));
+        o.insert(CLEANUP_POLICY.into(), "delete".into());
+        assert!(!log_config(&o, &d).compaction.enabled);
+        for key in [
+            DELETE_RETENTION_MS,
+            MIN_CLEANABLE_DIRTY_RATIO,
+            MIN_COMPACTION_LAG_MS,
+            MAX_COMPACTION_LAG_MS,
+        ] {
+            let (v, _) = effective(&ConfigOverrides::new(), &d, key).expect("a default");
+            assert!(validate_config(key, &v).is_ok(), "{key} default {v}");
+        }
     }
 
     #[test]

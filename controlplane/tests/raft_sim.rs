@@ -788,7 +788,7 @@ impl Sim {
         let bootstrap = if self.voters.contains(&id) {
             Bootstrap::Voter {
                 voters: self.voters.clone(),
-                initial: self.initial.clone(),
+                initial: Box::new(self.initial.clone()),
             }
         } else {
             Bootstrap::Join

@@ -105,8 +105,34 @@ fn model_config_change(
                     (0, Some(v)) if valid(k, v) => {
                         next.insert(k.clone(), v.clone());
                     }
-                    (1, _) if CONFIG_KEYS.contains(&k.as_str()) => {
+                    (1, _) if CONFIG_KEYS.contains(&k.as_str()) || k == "compression.type" => {
                         next.remove(k);
+                    }
+                    // cleanup.policy is the one list config: APPEND adds the
+                    // items not listed yet, SUBTRACT removes items, starting
+                    // from the current value or the default "delete".
+                    (2 | 3, Some(v)) if k == "cleanup.policy" => {
+                        let items = |s: &str| -> Vec<String> {
+                            s.split(',')
+                                .map(|i| i.trim().to_string())
+                                .filter(|i| !i.is_empty())
+                                .collect()
+                        };
+                        let mut list = items(next.get(k).map_or("delete", String::as_str));
+                        for item in items(v) {
+                            if *op == 2 {
+                                if !list.contains(&item) {
+                                    list.push(item);
+                                }
+                            } else {
+                                list.retain(|i| *i != item);
+                            }
+                        }
+                        let value = list.join(",");
+                        if !valid(k, &value) {
+                            return None;
+                        }
+                        next.insert(k.clone(), value);
                     }
                     _ => return None,
                 }
@@ -303,7 +329,13 @@ fn expected_change(
 // ---- Generated operations -------------------------------------------------
 
 const NAMES: [&str; 5] = ["a", "b", "c", "bad/name", ".."];
-const KEYS: [&str; 4] = ["retention.ms", "segment.bytes", "cleanup.policy", "x.unknown"];
+const KEYS: [&str; 5] = [
+    "retention.ms",
+    "segment.bytes",
+    "cleanup.policy",
+    "compression.type",
+    "x.unknown",
+];
 const VALUES: [&str; 6] = ["1000", "-1", "8192", "delete", "compact", "abc"];
 const NODES: i32 = 5;
 
@@ -387,11 +419,12 @@ fn sets() -> impl Strategy<Value = Sets> {
 }
 
 /// Valid pairs.
-const GOOD: [(&str, &str); 4] = [
+const GOOD: [(&str, &str); 5] = [
     ("retention.ms", "1000"),
     ("retention.ms", "-1"),
     ("segment.bytes", "8192"),
     ("cleanup.policy", "delete"),
+    ("compression.type", "zstd"),
 ];
 
 /// Mostly valid pairs; otherwise any key with any value (unknown keys, bad values).

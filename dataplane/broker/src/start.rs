@@ -5,16 +5,19 @@
 //! SIGTERM or SIGINT (every log flushed, synced and closed; exit 0).
 
 use crate::node;
+use ferrolog_controlplane::acls::AuthorizerConfig;
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, parse_cpuset, pin_current_thread,
     Durability as ProfileDurability, Profile,
 };
 use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
+use ferrolog_kafka::sasl::{FileUsers, Mechanism};
+use ferrolog_kafka::security::{server_tls, ClientAuth, SecurityConfig, TlsFiles};
 use ferrolog_kafka::topics::{TopicDefaults, DEFAULT_MAX_MESSAGE_BYTES};
 use ferrolog_kafka::ServerConfig;
 use ferrolog_model::NodeId;
 use ferrolog_shard::{ControlConfig, RuntimeConfig};
-use ferrolog_storage::{Durability, LogConfig};
+use ferrolog_storage::{CompactionConfig, Durability, LogConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +87,14 @@ pub struct StartArgs {
     /// deleted (Kafka's offsets.retention.minutes, default 7 days).
     #[arg(long, default_value_t = 7 * 24 * 3600 * 1000)]
     pub offsets_retention_ms: u64,
+    /// How long each shard's log compactor sleeps between passes over its
+    /// partitions of compacted topics (Kafka's log.cleaner.backoff.ms).
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub log_cleaner_backoff_ms: u64,
+    /// Segment bytes per second each compaction pass may read and write
+    /// (Kafka's log.cleaner.io.max.bytes.per.second); 0 = no limit.
+    #[arg(long, default_value_t = 0)]
+    pub log_cleaner_io_max_bytes_per_second: u64,
     /// Address of the admin HTTP listener (GET /metrics in the Prometheus
     /// text format, GET /v1/status as JSON), HOST:PORT, or `none`.
     /// Default: 127.0.0.1:9644.
@@ -121,6 +132,133 @@ pub struct StartArgs {
     /// Log lines as human-readable text or as JSON objects (one per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// TLS on the Kafka listener: the PEM certificate chain (server
+    /// certificate first). Needs --kafka-tls-key.
+    #[arg(long, requires = "kafka_tls_key")]
+    pub kafka_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --kafka-tls-cert.
+    #[arg(long, requires = "kafka_tls_cert")]
+    pub kafka_tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates are verified against.
+    #[arg(long, requires = "kafka_tls_cert")]
+    pub kafka_tls_client_ca: Option<PathBuf>,
+    /// Whether a TLS client must present a certificate: none, requested or
+    /// required. Default: required with --kafka-tls-client-ca, else none.
+    #[arg(long, value_enum, requires = "kafka_tls_client_ca")]
+    pub kafka_tls_client_auth: Option<ClientAuthArg>,
+    /// SASL mechanisms offered by SaslHandshake, comma-separated, from
+    /// PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512; `none` turns SASL off.
+    #[arg(long, default_value = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512", value_parser = parse_mechanisms)]
+    pub sasl_mechanisms: Mechanisms,
+    /// Serve only ApiVersions, SaslHandshake and SaslAuthenticate until a
+    /// connection authenticated with SASL; close it on anything else.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_auth: bool,
+    /// Bootstrap users: a file of `NAME:PASSWORD` lines, accepted by PLAIN
+    /// and SCRAM on this node next to the cluster's SCRAM credentials.
+    #[arg(long)]
+    pub sasl_users_file: Option<PathBuf>,
+    /// Check every request against the cluster's ACLs (CreateAcls). Off:
+    /// every client may do everything and ACLs are only stored.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub authorization: bool,
+    /// Principals allowed everything when authorization is on, separated
+    /// by `;` as in Kafka's super.users: `User:admin;User:ops`.
+    #[arg(long, value_parser = parse_super_users)]
+    pub super_users: Option<SuperUsers>,
+    /// Kafka's allow.everyone.if.no.acl.found: with authorization on, a
+    /// resource that no ACL names is open to every client (default: only
+    /// superusers may use it).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_everyone_if_no_acl_found: bool,
+    /// TEST ONLY: requests run as the principal `User:<client.id>`, so a
+    /// test can act as several principals without SASL. Any client can
+    /// then claim any principal: never use it outside tests.
+    #[arg(long, hide = true)]
+    pub test_only_principal_from_client_id: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuthArg {
+    None,
+    Requested,
+    Required,
+}
+
+/// `--sasl-mechanisms`.
+#[derive(Clone, Debug)]
+pub struct Mechanisms(pub Vec<Mechanism>);
+
+fn parse_mechanisms(s: &str) -> Result<Mechanisms, String> {
+    if s == "none" {
+        return Ok(Mechanisms(Vec::new()));
+    }
+    let mut out = Vec::new();
+    for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let m = Mechanism::from_name(name).ok_or_else(|| {
+            format!("unknown SASL mechanism {name:?} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)")
+        })?;
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    if out.is_empty() {
+        return Err("no SASL mechanism given (use `none` to turn SASL off)".into());
+    }
+    Ok(Mechanisms(out))
+}
+
+/// The listener's TLS and SASL settings, with the files read and checked.
+fn security(args: &StartArgs) -> Result<SecurityConfig, String> {
+    let tls = match (&args.kafka_tls_cert, &args.kafka_tls_key) {
+        (Some(cert), Some(key)) => {
+            let client_auth = match (args.kafka_tls_client_auth, &args.kafka_tls_client_ca) {
+                (Some(ClientAuthArg::None), _) | (None, None) => ClientAuth::None,
+                (Some(ClientAuthArg::Requested), _) => ClientAuth::Requested,
+                (Some(ClientAuthArg::Required), _) | (None, Some(_)) => ClientAuth::Required,
+            };
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.kafka_tls_client_ca.clone(),
+                client_auth,
+            };
+            Some(server_tls(&files).map_err(|e| format!("invalid TLS settings: {e}"))?)
+        }
+        _ => None,
+    };
+    let users = match &args.sasl_users_file {
+        Some(path) => FileUsers::load(path).map_err(|e| format!("invalid --sasl-users-file: {e}"))?,
+        None => FileUsers::default(),
+    };
+    if args.require_auth && args.sasl_mechanisms.0.is_empty() {
+        return Err("--require-auth needs at least one SASL mechanism".into());
+    }
+    Ok(SecurityConfig {
+        tls,
+        sasl_mechanisms: args.sasl_mechanisms.0.clone(),
+        require_auth: args.require_auth,
+        users,
+    })
+}
+
+/// The --super-users list.
+#[derive(Clone, Debug)]
+pub struct SuperUsers(pub Vec<String>);
+
+fn parse_super_users(s: &str) -> Result<SuperUsers, String> {
+    let mut out = Vec::new();
+    for p in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        match p.split_once(':') {
+            Some((t, n)) if !t.is_empty() && !n.is_empty() => out.push(p.to_string()),
+            _ => {
+                return Err(format!(
+                    "super user {p:?} is not a principal of the form Type:name (User:admin)"
+                ))
+            }
+        }
+    }
+    Ok(SuperUsers(out))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -449,6 +587,20 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let security = match security(&args) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    info!(
+        tls = security.tls.is_some(),
+        require_auth = security.require_auth,
+        sasl_mechanisms = ?security.sasl_mechanisms.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        bootstrap_users = security.users.len(),
+        "Kafka listener security"
+    );
     let claim = match node::claim(&args.data_dir, args.node_id) {
         Ok(c) => c,
         Err(e) => {
@@ -482,7 +634,13 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         auto_create_topics: args.auto_create_topics,
         default_partitions: args.default_partitions,
         topic_defaults: TopicDefaults {
-            log: log_config(&profile),
+            log: LogConfig {
+                compaction: CompactionConfig {
+                    io_bytes_per_sec: args.log_cleaner_io_max_bytes_per_second,
+                    ..CompactionConfig::default()
+                },
+                ..log_config(&profile)
+            },
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
         batch_cache_bytes: profile.storage.batch_cache_bytes,
@@ -492,6 +650,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         fetch_waiters_per_partition_max: 10_000,
         fetch_max_wait: Duration::from_secs(30),
         fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
+        compaction_interval: Duration::from_millis(args.log_cleaner_backoff_ms),
         busy_poll_us: profile.network.busy_poll_us,
         groups: GroupConfig {
             limits: GroupLimits {
@@ -507,6 +666,13 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         admin_addr: args.admin_addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
         shard_cpus: cpus.clone(),
         stall_threshold: Duration::from_millis(args.reactor_stall_threshold_ms),
+        security,
+        authorizer: AuthorizerConfig {
+            enabled: args.authorization,
+            super_users: args.super_users.clone().map(|s| s.0).unwrap_or_default(),
+            allow_everyone_if_no_acl_found: args.allow_everyone_if_no_acl_found,
+        },
+        principal_from_client_id_test_only: args.test_only_principal_from_client_id,
     });
     let runtime = RuntimeConfig {
         cpus: cpus.clone(),

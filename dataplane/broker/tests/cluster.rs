@@ -550,6 +550,27 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
     c.assert_running();
 }
 
+/// ACLs are cluster metadata: created through any node, every node lists them, and a
+/// node killed and restarted still has them (Raft log and snapshot).
+#[test]
+fn acls_created_on_one_node_are_listed_by_every_node_and_survive_a_restart() {
+    let mut c = Cluster::start(3);
+    let leader = c.leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    c.python(follower, &["create-acl", "User:alice", "orders"]);
+    c.python(leader, &["create-acl", "User:alice", "events"]);
+    for id in 1..=3 {
+        c.python(id, &["wait-acls", "User:alice", "orders", "events"]);
+    }
+    let seeds = c.seeds.clone();
+    c.node(leader).kill9();
+    c.node(leader).start(&seeds);
+    c.leader();
+    for id in 1..=3 {
+        c.python(id, &["wait-acls", "User:alice", "orders", "events"]);
+    }
+}
+
 #[test]
 fn a_seed_list_that_disagrees_with_the_stored_voters_is_refused() {
     let mut c = Cluster::start(3);

@@ -471,6 +471,19 @@ fn fetch_long_poll_is_woken_by_produce() {
     broker.python("long_poll.py", &[]);
 }
 
+/// A cleanup.policy=compact topic read back by a consumer holds exactly the latest
+/// value per key, at its original offset, and loses its tombstones after
+/// delete.retention.ms; cleanup.policy takes APPEND and SUBTRACT. The compacted log
+/// verifies offline after a clean stop.
+#[test]
+fn compacted_topic_keeps_the_latest_value_per_key() {
+    let node = Node::new();
+    let mut broker = node.start(&["--log-cleaner-backoff-ms", "200"]);
+    broker.python("compaction.py", &[]);
+    broker.terminate_cleanly();
+    node.log_verify();
+}
+
 #[test]
 fn topics_configs_and_messages_survive_sigterm_and_restart() {
     let node = Node::new();
@@ -720,6 +733,54 @@ fn empty_group_offsets_expire_and_active_group_offsets_stay() {
     broker.python("group_retention.py", &["--retention-ms", OFFSETS_RETENTION_MS]);
 }
 
+/// Authorization on, User:admin a superuser, and (test only) the principal taken from
+/// client.id, so the script acts as the superuser and as a principal with no ACLs.
+#[test]
+fn acls_refuse_an_unauthorised_client_on_every_api_until_granted() {
+    let node = Node::new();
+    let mut flags = GROUP_FLAGS.to_vec();
+    flags.extend([
+        "--authorization",
+        "true",
+        "--super-users",
+        "User:admin",
+        "--test-only-principal-from-client-id",
+    ]);
+    let mut broker = node.start(&flags);
+    broker.python("acls.py", &[]);
+    broker.terminate_cleanly();
+}
+
+/// With authorization on, the session's own principal (User:ANONYMOUS before SASL)
+/// named a superuser may do everything, and with allow-everyone-if-no-acl-found any
+/// client may use resources no ACL names: the topic admin script and the admin APIs
+/// script (DeleteRecords, DescribeProducers, DescribeLogDirs, AlterReplicaLogDirs)
+/// pass unchanged.
+#[test]
+fn authorization_on_lets_superusers_and_no_acl_resources_through() {
+    for flags in [
+        ["--authorization", "true", "--super-users", "User:ANONYMOUS"],
+        [
+            "--authorization",
+            "true",
+            "--allow-everyone-if-no-acl-found",
+            "true",
+        ],
+    ] {
+        let node = Node::new();
+        let mut broker = node.start(&flags);
+        broker.python("admin_topics.py", &[]);
+        broker.terminate_cleanly();
+        // admin_apis.py expects a broker with only its own topics.
+        let node = Node::new();
+        let mut broker = node.start(&flags);
+        let data = std::fs::canonicalize(node.data()).expect("data dir");
+        let data = data.to_str().expect("utf-8 path");
+        broker.python("admin_apis.py", &["--phase", "first", "--data-dir", data]);
+        broker.terminate_cleanly();
+    }
+}
+
 #[test]
 fn static_members_and_group_admin_apis() {
     let node = Node::new();
@@ -887,4 +948,38 @@ fn admin_api_serves_metrics_and_status_and_rejects_bad_http() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
+}
+
+#[test]
+fn topic_configs_recompress_stamp_bound_and_place_manually() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    broker.python("topic_configs.py", &[]);
+    broker.terminate_cleanly();
+    // The stored batches carry the topic's codec, whatever the producers sent.
+    for (dir, codec) in [("gz-0", "gzip"), ("zs-0", "zstd"), ("lat-0", "lz4")] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["log", "dump"]).arg(node.data().join(dir));
+        let (status, out) = run_bounded(cmd, &unused_path(node.dir.path(), "dump", "out"), SCRIPT_TIMEOUT);
+        assert!(status.success(), "log dump {dir} failed ({status}):\n{out}");
+        let batches: Vec<&str> = out.lines().filter(|l| l.contains("codec=")).collect();
+        assert!(!batches.is_empty(), "no batches in {dir}:\n{out}");
+        for b in &batches {
+            assert!(b.contains(&format!("codec={codec} ")), "{dir}: {b}");
+            assert!(b.contains("crc=ok"), "{dir}: {b}");
+        }
+    }
+    node.log_verify();
+}
+
+#[test]
+fn admin_apis_delete_records_producers_and_log_dirs() {
+    let node = Node::new();
+    let mut broker = node.start(&[]);
+    let data = std::fs::canonicalize(node.data()).expect("data dir");
+    let data = data.to_str().expect("utf-8 path");
+    broker.python("admin_apis.py", &["--phase", "first", "--data-dir", data]);
+    broker.terminate_cleanly();
+    let mut broker = node.start(&[]);
+    broker.python("admin_apis.py", &["--phase", "restarted", "--data-dir", data]);
 }

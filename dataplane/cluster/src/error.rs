@@ -52,6 +52,13 @@ pub enum PartitionError {
     /// ListOffsets with a timestamp that is neither a time nor -1/-2.
     #[error("invalid timestamp query {0}")]
     BadTimestampQuery(i64),
+    /// A CreateTime batch outside the topic's `message.timestamp.*.max.ms`
+    /// bounds.
+    #[error("{0}")]
+    InvalidTimestamp(String),
+    /// DeleteRecords to an offset beyond the high watermark.
+    #[error("offset {asked} is beyond the high watermark {high_watermark}")]
+    OffsetOutOfRange { asked: Offset, high_watermark: Offset },
     /// The owner shard could not be reached (the node is stopping).
     #[error(transparent)]
     Shard(#[from] ShardError),
@@ -67,6 +74,8 @@ impl PartitionError {
                 | PartitionError::InvalidRecord(_)
                 | PartitionError::Sequence(_)
                 | PartitionError::BadTimestampQuery(_)
+                | PartitionError::InvalidTimestamp(_)
+                | PartitionError::OffsetOutOfRange { .. }
                 | PartitionError::Storage(StorageError::InvalidBatch(_) | StorageError::BatchTooLarge { .. })
         )
     }

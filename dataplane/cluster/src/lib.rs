@@ -17,6 +17,8 @@
 //! partitions owned elsewhere goes through [`ops::scatter`] (one cross-shard
 //! call per owner); no borrow is held across an await.
 
+pub mod admin_ops;
+pub mod batch_policy;
 pub mod error;
 pub mod isr;
 pub mod manager;

@@ -20,6 +20,7 @@ use crate::repl_wire::PartitionKey;
 use crate::replicated::{self, ReplNet, Replication};
 use crate::waiters::Waiters;
 use ferrolog_controlplane::metadata::MetadataSnapshot;
+use ferrolog_controlplane::topic_configs::{self, ProducePolicy};
 use ferrolog_controlplane::topics::{self, TopicDefaults};
 use ferrolog_model::{NodeId, Ntp, ShardId};
 use ferrolog_shard::Smp;
@@ -268,6 +269,10 @@ impl PartitionManager {
                 None => (topics::log_config(&meta.config, defaults), meta.assignments.len()),
             };
             let min_insync = topics::min_insync_replicas(&meta.config);
+            let produce = match self.config.internal(name) {
+                Some(_) => ProducePolicy::default(),
+                None => topic_configs::produce_policy(&meta.config),
+            };
             for (p, a) in meta.assignments.iter().enumerate().take(count) {
                 let ntp = Ntp::new(name.clone(), p as i32);
                 if self.owner(&ntp) != self.id() || !a.replicas.contains(&me) {
@@ -284,6 +289,7 @@ impl PartitionManager {
                         replicas: a.replicas.to_vec(),
                         topic_id: meta.id,
                         min_insync,
+                        produce,
                     },
                 );
             }
@@ -338,6 +344,7 @@ impl PartitionManager {
                 p.set_leader_epoch(want.leader_epoch);
                 p.set_leads(want.leads);
                 p.set_min_insync(want.min_insync);
+                p.set_produce_policy(want.produce);
                 if p.replication().is_some() {
                     self.assign_replica(&p, want);
                 } else if want.replicas.len() > 1 {
@@ -395,6 +402,7 @@ impl PartitionManager {
             partition.set_replication(r);
         }
         partition.set_min_insync(want.min_insync);
+        partition.set_produce_policy(want.produce);
         info!(
             partition = %ntp,
             shard = %self.id(),

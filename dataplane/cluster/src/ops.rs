@@ -4,12 +4,14 @@
 //! Each `*_local` function runs on the owner shard, takes the items of one
 //! request that this shard owns, and returns one answer per item, in order.
 
+use crate::batch_policy;
 use crate::error::PartitionError;
 use crate::manager::{self, PartitionManager};
 use crate::partition::Partition;
 use crate::replicated;
 use crate::waiters::WaiterRef;
 use bytes::{Bytes, BytesMut};
+use ferrolog_controlplane::topic_configs::ProducePolicy;
 use ferrolog_model::{Epoch, Ntp, Offset, ShardId, TimestampMs};
 use ferrolog_replication::InsyncCheck;
 use ferrolog_shard::ShardError;
@@ -99,6 +101,24 @@ pub struct ProduceItem {
 pub struct ProduceAnswer {
     pub result: Result<Offset, PartitionError>,
     pub log_start: Offset,
+    /// The broker's append time on a LogAppendTime topic, else -1.
+    pub log_append_time_ms: i64,
+}
+
+/// What one produce entry's appends gave: the first batch's base offset,
+/// the last batch's last offset and the LogAppendTime stamped, or -1.
+struct Appended {
+    base: Offset,
+    last: Offset,
+    log_append_time_ms: i64,
+}
+
+/// The broker's wall clock in ms since the epoch, for LogAppendTime and the
+/// CreateTime bounds.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Splits a produce payload into RecordBatch v2 byte strings. Only the length
@@ -157,12 +177,9 @@ pub fn check_producer_batch(batch: &[u8]) -> Result<(), PartitionError> {
 /// Appends every batch of one produce entry in order; returns the first
 /// one's base offset. One batch per partition is what clients send. Wakes
 /// the partition's long polls whatever the outcome: some batches may be in.
-/// `min.insync.replicas` is checked for acks=all only, as in Kafka.
-async fn append_all(
-    p: Rc<Partition>,
-    records: Bytes,
-    acks: Acks,
-) -> Result<(Offset, Offset), PartitionError> {
+/// `min.insync.replicas` is checked for acks=all only, as in Kafka. The
+/// topic's produce policy (`batch_policy`) applies to each batch first.
+async fn append_all(p: Rc<Partition>, records: Bytes, acks: Acks) -> Result<Appended, PartitionError> {
     let insync = match acks {
         Acks::All => InsyncCheck::Enforce,
         Acks::Leader | Acks::None => InsyncCheck::Skip,
@@ -171,8 +188,27 @@ async fn append_all(
         let batches = split_batches(&records)?;
         let mut first = None;
         let mut last = Offset(-1);
+        let mut log_append_time_ms = -1;
+        let policy: ProducePolicy = p.produce_policy();
         for batch in batches {
             check_producer_batch(&batch)?;
+            if !policy.is_passthrough() {
+                // Bound what a recompression may read; the log checks the
+                // batch as stored again.
+                let max = p.log.config().max_batch_bytes;
+                if batch.len() > max {
+                    return Err(StorageError::BatchTooLarge {
+                        size: batch.len(),
+                        max,
+                    }
+                    .into());
+                }
+            }
+            let applied = batch_policy::apply(&policy, batch, now_ms())?;
+            let batch = applied.batch;
+            if let Some(t) = applied.log_append_time_ms {
+                log_append_time_ms = t;
+            }
             let delta =
                 ferrolog_model::BatchHeader::parse(&batch).map_or(0, |h| i64::from(h.last_offset_delta));
             let appended = p.append_producer_batch(batch, insync).await;
@@ -184,7 +220,11 @@ async fn append_all(
             first.get_or_insert(base);
             last = base.plus(delta);
         }
-        Ok((first.expect("split_batches returns at least one batch"), last))
+        Ok(Appended {
+            base: first.expect("split_batches returns at least one batch"),
+            last,
+            log_append_time_ms,
+        })
     }
     .await;
     p.wake_waiters();
@@ -194,14 +234,20 @@ async fn append_all(
 /// Appends, then waits as `acks` asks. For acks=all the wait is bounded by
 /// the timeout; the append itself is never cancelled (it runs on in its own
 /// task, may still become durable and then wakes long polls, as in Kafka).
-async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, PartitionError> {
+async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<(Offset, i64), PartitionError> {
     if item.acks != Acks::All {
-        return append_all(p, item.records, item.acks).await.map(|(base, _)| base);
+        return append_all(p, item.records, item.acks)
+            .await
+            .map(|a| (a.base, a.log_append_time_ms));
     }
     let timeout = item.timeout;
     let hwm_of = p.clone();
     let task = glommio::spawn_local(async move {
-        let (base, last) = append_all(p, item.records, Acks::All).await?;
+        let Appended {
+            base,
+            last,
+            log_append_time_ms,
+        } = append_all(p, item.records, Acks::All).await?;
         if hwm_of.replication().is_some() {
             // A majority of the replica set must hold it durably.
             replicated::wait_committed(&hwm_of, last.plus(1), timeout).await?;
@@ -209,7 +255,7 @@ async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<Offset, Part
         // On a single replica the high watermark is the durable end, which
         // the append waited for.
         debug_assert!(hwm_of.high_watermark() > base);
-        Ok(base)
+        Ok((base, log_append_time_ms))
     })
     .detach();
     futures_lite::future::or(
@@ -250,7 +296,7 @@ pub async fn append_committed(
 /// The partition, if this node leads it: a replica that does not lead
 /// answers NotLeader, and so does a partition the metadata names that is not
 /// on this node, so the client asks the leader; one nobody names is NotHere.
-fn led(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, PartitionError> {
+pub(crate) fn led(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, PartitionError> {
     match m.partition(ntp) {
         Some(p) if p.leads() => Ok(p),
         Some(_) => Err(PartitionError::NotLeader(ntp.clone())),
@@ -269,6 +315,7 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
                 out.push(ProduceAnswer {
                     result: Err(e),
                     log_start: Offset(-1),
+                    log_append_time_ms: -1,
                 });
                 continue;
             }
@@ -282,9 +329,11 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
         } else {
             p.metrics.append_latency.record(started.elapsed());
         }
+        let log_append_time_ms = result.as_ref().map_or(-1, |(_, t)| *t);
         out.push(ProduceAnswer {
-            result,
+            result: result.map(|(base, _)| base),
             log_start: p.start_offset(),
+            log_append_time_ms,
         });
     }
     out

@@ -17,6 +17,7 @@ use crate::producer_state::{
 use crate::replicated::Replication;
 use crate::waiters::WaiterRef;
 use bytes::Bytes;
+use ferrolog_controlplane::topic_configs::ProducePolicy;
 use ferrolog_model::{BatchHeader, Epoch, Ntp, Offset};
 use ferrolog_replication::{AppendError, InsyncCheck};
 use ferrolog_storage::Appended;
@@ -66,6 +67,9 @@ pub struct Partition {
     /// The topic's `min.insync.replicas`. A single replica is the only one
     /// in sync, so above 1 it refuses every acks=all append, as Kafka does.
     min_insync: Cell<usize>,
+    /// The topic's produce-time configs, applied by the leader to client
+    /// batches before they are appended (`batch_policy`).
+    produce_policy: Cell<ProducePolicy>,
 }
 
 impl Partition {
@@ -139,6 +143,7 @@ impl Partition {
             metrics,
             replication: OnceCell::new(),
             min_insync: Cell::new(1),
+            produce_policy: Cell::new(ProducePolicy::default()),
         }
     }
 
@@ -168,6 +173,21 @@ impl Partition {
         if let Some(r) = self.replication() {
             r.set_min_insync(min_insync);
         }
+    }
+
+    /// The topic's produce-time configs (at open and on every
+    /// reconfiguration).
+    pub fn set_produce_policy(&self, policy: ProducePolicy) {
+        self.produce_policy.set(policy);
+    }
+
+    pub fn produce_policy(&self) -> ProducePolicy {
+        self.produce_policy.get()
+    }
+
+    /// The producers this partition holds state for.
+    pub fn producers(&self) -> Vec<crate::producer_state::ProducerView> {
+        self.producers.borrow().describe()
     }
 
     /// Producers whose sequence state this partition holds.

@@ -129,6 +129,15 @@ impl ProducerEntry {
     }
 }
 
+/// One producer as DescribeProducers shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerView {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_seq: i32,
+    pub last_offset: Offset,
+}
+
 /// The producers of one partition; see the module doc.
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
@@ -150,6 +159,23 @@ impl ProducerStateTable {
             next_use: 0,
             producers_max,
         }
+    }
+
+    /// Every producer the table holds, by id: its epoch and the last
+    /// sequence and offset of its newest batch (DescribeProducers).
+    pub fn describe(&self) -> Vec<ProducerView> {
+        let mut out: Vec<ProducerView> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, e)| ProducerView {
+                producer_id,
+                epoch: e.epoch,
+                last_seq: e.last_seq(),
+                last_offset: e.batches.back().expect("never empty").last_offset,
+            })
+            .collect();
+        out.sort_by_key(|v| v.producer_id);
+        out
     }
 
     /// Producers tracked.

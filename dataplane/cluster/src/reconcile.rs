@@ -14,6 +14,7 @@
 //!   aside and logged (an interrupted delete, a directory copied in by hand).
 //! - Everything the metadata names is opened, creating it if missing.
 
+use ferrolog_controlplane::topic_configs::ProducePolicy;
 use ferrolog_model::{Epoch, NodeId, Ntp};
 use ferrolog_storage::LogConfig;
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,8 @@ pub struct Desired {
     pub topic_id: u128,
     /// The topic's `min.insync.replicas` (used when replicated).
     pub min_insync: usize,
+    /// The topic's produce-time configs (codec, timestamp type and bounds).
+    pub produce: ProducePolicy,
 }
 
 /// The steps of one reconciliation, each list sorted.
@@ -101,6 +104,7 @@ mod tests {
             replicas: vec![NodeId(1)],
             topic_id: 0,
             min_insync: 1,
+            produce: ProducePolicy::default(),
         }
     }
 

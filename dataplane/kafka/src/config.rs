@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// asks (Kafka's fetch.max.bytes). Each owner shard reads at most this
     /// much for one fetch, plus at most one batch past it.
     pub fetch_response_max_bytes: usize,
+    /// How long each shard's compactor sleeps between passes over its
+    /// partitions (Kafka's log.cleaner.backoff.ms).
+    pub compaction_interval: Duration,
     /// SO_BUSY_POLL on client sockets, in µs (0 = off).
     pub busy_poll_us: u32,
     /// The group coordinator's settings.
@@ -67,6 +70,16 @@ pub struct ServerConfig {
     pub shard_cpus: Vec<usize>,
     /// A shard whose reactor runs a timer this much late counts a stall.
     pub stall_threshold: Duration,
+    /// TLS and SASL of the Kafka listener.
+    pub security: std::sync::Arc<crate::security::SecurityConfig>,
+    /// Whether requests are checked against the cluster's ACLs, the
+    /// superusers and the no-ACL default.
+    pub authorizer: ferrolog_controlplane::acls::AuthorizerConfig,
+    /// Test only: requests run as `User:<client.id>` (a client without a
+    /// client id keeps the session's principal), so that one test can act
+    /// as several principals without a SASL login each. Never for production: any
+    /// client can claim any principal.
+    pub principal_from_client_id_test_only: bool,
 }
 
 impl ServerConfig {

@@ -16,6 +16,7 @@ use ferrolog_controlplane::controller::{self as control, ControllerError};
 use ferrolog_controlplane::metadata::MetadataSnapshot;
 use ferrolog_controlplane::placement;
 use ferrolog_controlplane::topics::{ConfigOverrides, ReplicaSet, TopicTable};
+use ferrolog_model::NodeId;
 use kafka_protocol::error::ResponseError;
 
 pub use ferrolog_controlplane::commands::ConfigChange;
@@ -30,7 +31,9 @@ pub struct NewTopic {
     pub partitions: i32,
     /// -1: the node default (1).
     pub replication_factor: i16,
-    pub has_assignments: bool,
+    /// A manual replica assignment: (partition index, broker ids) per
+    /// partition; empty: placement chooses.
+    pub assignments: Vec<(i32, Vec<i32>)>,
     pub configs: Vec<(String, Option<String>)>,
 }
 
@@ -187,7 +190,14 @@ fn command_for_new_topic(
             format!("topic {} is an internal topic of the broker", t.name),
         ));
     }
-    let partitions = if t.partitions == -1 {
+    let manual = if t.assignments.is_empty() {
+        None
+    } else {
+        Some(manual_assignment(meta, t)?)
+    };
+    let partitions = if let Some(m) = &manual {
+        i32::try_from(m.len()).unwrap_or(i32::MAX)
+    } else if t.partitions == -1 {
         shard.config.default_partitions
     } else {
         t.partitions
@@ -212,13 +222,10 @@ fn command_for_new_topic(
             )
         })?,
     };
-    let assignments = place(meta, table, partitions, rf)?;
-    if t.has_assignments {
-        return Err((
-            ResponseError::InvalidRequest,
-            "manual replica assignment is not supported".into(),
-        ));
-    }
+    let assignments = match manual {
+        Some(m) => m,
+        None => place(meta, table, partitions, rf)?,
+    };
     let mut config = ConfigOverrides::new();
     for (k, v) in &t.configs {
         let Some(v) = v else {
@@ -237,6 +244,59 @@ fn command_for_new_topic(
     })
 }
 
+/// The replica sets of a CreateTopics manual assignment, by partition
+/// index, as Kafka checks them: partition count and replication factor
+/// must be -1; the indexes 0..n, each once; every set non-empty, without
+/// repeats, of live brokers, and all of one size.
+fn manual_assignment(meta: &MetadataSnapshot, t: &NewTopic) -> OpResult<Vec<ReplicaSet>> {
+    let bad = |msg: String| Err((ResponseError::InvalidReplicaAssignment, msg));
+    if t.partitions != -1 || t.replication_factor != -1 {
+        return Err((
+            ResponseError::InvalidRequest,
+            "both a manual assignment and a partition count or replication factor were given (they must be -1)"
+                .into(),
+        ));
+    }
+    let n = t.assignments.len();
+    if n > topics::PARTITIONS_MAX as usize {
+        return Err((
+            ResponseError::InvalidPartitions,
+            format!("{n} partitions, more than {}", topics::PARTITIONS_MAX),
+        ));
+    }
+    let mut sets: Vec<Option<ReplicaSet>> = vec![None; n];
+    for (index, brokers) in &t.assignments {
+        let Some(slot) = usize::try_from(*index).ok().and_then(|i| sets.get_mut(i)) else {
+            return bad(format!(
+                "partition {index}: indexes must run from 0 to {} (one per partition)",
+                n - 1
+            ));
+        };
+        if slot.is_some() {
+            return bad(format!("partition {index} is assigned twice"));
+        }
+        let set: ReplicaSet = brokers.iter().copied().map(NodeId).collect();
+        *slot = Some(set);
+    }
+    let sets: Vec<ReplicaSet> = sets
+        .into_iter()
+        .map(|s| s.expect("n slots, n distinct indexes"))
+        .collect();
+    let factor = sets[0].len();
+    for (p, set) in sets.iter().enumerate() {
+        let p = p as i32;
+        if let Err(e) = topics::validate_replica_set(p, set, Some(factor)) {
+            return bad(e.to_string());
+        }
+        if let Some(n) = set.iter().find(|n| !meta.is_live(**n)) {
+            return bad(format!(
+                "partition {p}: broker {n} is not a live broker of the cluster"
+            ));
+        }
+    }
+    Ok(sets)
+}
+
 /// Creates one topic with defaults if it does not exist (Metadata auto-create).
 pub async fn ensure_topic(shard: &Shard, name: String) -> OpResult<TopicMeta> {
     if let Some(t) = shard.topics().get(&name) {
@@ -246,7 +306,7 @@ pub async fn ensure_topic(shard: &Shard, name: String) -> OpResult<TopicMeta> {
         name: name.clone(),
         partitions: -1,
         replication_factor: -1,
-        has_assignments: false,
+        assignments: Vec::new(),
         configs: Vec::new(),
     };
     match create_topics(shard, vec![t], false).await.pop() {

@@ -1,10 +1,12 @@
 //! Internal errors to Kafka error codes: the one place they are mapped.
 
+use crate::sasl::SaslError;
 use crate::topics::TopicError;
 use ferrolog_cluster::producer_state::SequenceError;
 use ferrolog_cluster::PartitionError;
 use ferrolog_controlplane::commands::CommandError;
 use ferrolog_controlplane::controller::ControllerError;
+use ferrolog_controlplane::credentials::CredentialError;
 use ferrolog_controlplane::placement::PlacementError;
 use ferrolog_controlplane::state::{StateError, TopicErrorKind};
 use ferrolog_model::BatchError;
@@ -45,6 +47,8 @@ pub fn partition(e: &PartitionError) -> ResponseError {
         PartitionError::BadTimestampQuery(_) => ResponseError::InvalidRequest,
         PartitionError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         PartitionError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
+        PartitionError::InvalidTimestamp(_) => ResponseError::InvalidTimestamp,
+        PartitionError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         PartitionError::Shard(e) => shard(e),
     }
 }
@@ -107,6 +111,7 @@ pub fn controller(e: &ControllerError) -> ResponseError {
             TopicErrorKind::InvalidAssignment => ResponseError::InvalidReplicaAssignment,
         },
         ControllerError::Rejected(StateError::ProducerIdsExhausted) => ResponseError::UnknownServerError,
+        ControllerError::Rejected(StateError::Credential(e)) => credential(e),
         ControllerError::Rejected(_) => ResponseError::InvalidRequest,
         // Retriable in the clients: they look for the controller again.
         ControllerError::NoLeader | ControllerError::Forward(_) | ControllerError::Stopping => {
@@ -115,6 +120,26 @@ pub fn controller(e: &ControllerError) -> ResponseError {
         ControllerError::Timeout(_) => ResponseError::RequestTimedOut,
         // KAFKA_STORAGE_ERROR is retriable in the clients.
         ControllerError::Failed(_) => ResponseError::KafkaStorageError,
+    }
+}
+
+/// A SCRAM credential change the controller refused.
+pub fn credential(e: &CredentialError) -> ResponseError {
+    match e {
+        CredentialError::NotFound { .. } => ResponseError::ResourceNotFound,
+        CredentialError::BadUserName
+        | CredentialError::BadIterations(_)
+        | CredentialError::BadSalt
+        | CredentialError::BadSaltedPassword { .. } => ResponseError::UnacceptableCredential,
+    }
+}
+
+/// A failed SASL step.
+pub fn sasl(e: &SaslError) -> ResponseError {
+    match e {
+        SaslError::Failed(_) | SaslError::Malformed(_) => ResponseError::SaslAuthenticationFailed,
+        SaslError::IllegalState(_) => ResponseError::IllegalSaslState,
+        SaslError::UnsupportedMechanism(_) => ResponseError::UnsupportedSaslMechanism,
     }
 }
 
@@ -173,5 +198,15 @@ mod tests {
         );
         let rf = PlacementError::ReplicationFactor { rf: 2, brokers: 1 };
         assert_eq!(placement(&rf).code(), 38);
+        assert_eq!(sasl(&SaslError::Failed("x".into())).code(), 58);
+        assert_eq!(sasl(&SaslError::Malformed("x".into())).code(), 58);
+        assert_eq!(sasl(&SaslError::IllegalState("x".into())).code(), 34);
+        assert_eq!(sasl(&SaslError::UnsupportedMechanism("x".into())).code(), 33);
+        let absent = CredentialError::NotFound {
+            user: "u".into(),
+            mechanism: ferrolog_controlplane::credentials::ScramMechanism::Sha256,
+        };
+        assert_eq!(credential(&absent).code(), 91);
+        assert_eq!(credential(&CredentialError::BadIterations(1)).code(), 93);
     }
 }

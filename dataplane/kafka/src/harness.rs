@@ -222,6 +222,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         fetch_waiters_per_partition_max: FETCH_WAITERS_PER_PARTITION_MAX,
         fetch_max_wait: FETCH_MAX_WAIT,
         fetch_response_max_bytes: FETCH_RESPONSE_MAX_BYTES,
+        compaction_interval: Duration::from_secs(15),
         busy_poll_us: 0,
         groups: crate::groups::GroupConfig {
             limits: crate::groups::group::GroupLimits {
@@ -234,6 +235,9 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         admin_addr: None,
         shard_cpus: vec![ferrolog_shard::first_allowed_cpu()],
         stall_threshold: Duration::from_millis(10),
+        security: Default::default(),
+        authorizer: Default::default(),
+        principal_from_client_id_test_only: false,
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod admin;
 pub mod alloc_guard;
+pub mod authz;
 pub mod config;
 pub mod controller;
 pub mod errors;
@@ -27,6 +28,8 @@ pub mod handlers;
 pub mod harness;
 pub mod metrics;
 pub mod registry;
+pub mod sasl;
+pub mod security;
 pub mod server;
 pub mod session;
 pub mod shard;
@@ -223,6 +226,8 @@ fn install_election_requests(smp: &Rc<Smp>, cluster: &PartitionManager) {
 pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<AtomicBool>) -> Result<(), String> {
     let shard = install_shard(smp, config);
     let retention = glommio::spawn_local(retention_loop(shard.clone())).detach();
+    let compaction_stop = Rc::new(Cell::new(false));
+    let compaction = glommio::spawn_local(compaction_loop(shard.clone(), compaction_stop.clone()));
     let stall_probe = glommio::spawn_local(stall_probe(shard.clone())).detach();
     // A shard that ended while the control executor still drives start-up
     // would leave it waiting for an answer forever (glommio's shared
@@ -242,6 +247,11 @@ pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<Atomic
     }
     retention.cancel();
     stall_probe.cancel();
+    // Not cancelled: a pass stopped inside a file operation could leave
+    // glommio finishing it on a file descriptor already reused. It ends
+    // after the partition it is on.
+    compaction_stop.set(true);
+    compaction.await;
     groups::coordinator::close_local();
     // The shard stays installed: connection tasks and calls from other
     // executors may still run until the executor ends; they find no
@@ -436,6 +446,36 @@ async fn start_on_this_shard() -> Result<(), String> {
             .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
     }
     Ok(())
+}
+
+/// Compacts this shard's partitions of compacted topics, one at a time, up
+/// to each one's high watermark (a replica never compacts what it may still
+/// have to truncate), every `compaction_interval`, until `stop` is set.
+async fn compaction_loop(shard: Rc<shard::Shard>, stop: Rc<Cell<bool>>) {
+    let interval = shard.config.compaction_interval;
+    while !stop.get() {
+        let mut slept = Duration::ZERO;
+        while slept < interval && !stop.get() {
+            let step = STOP_POLL.min(interval - slept);
+            glommio::timer::sleep(step).await;
+            slept += step;
+        }
+        for p in shard.cluster.partitions() {
+            if stop.get() {
+                return;
+            }
+            if !p.log.config().compaction.enabled {
+                continue;
+            }
+            match p.log.compact(p.high_watermark()).await {
+                Ok(out) if out.skipped.is_none() => {
+                    debug!(log = %p.log.dir().display(), rewritten = out.rewritten.len(), "compaction pass");
+                }
+                Ok(_) => {}
+                Err(e) => warn!(log = %p.log.dir().display(), "compaction failed: {e}"),
+            }
+        }
+    }
 }
 
 async fn retention_loop(shard: Rc<shard::Shard>) {

@@ -63,6 +63,26 @@ pub const SUPPORTED: &[(ApiKey, Versions)] = &[
         ApiKey::OffsetForLeaderEpoch,
         handlers::offset_for_leader_epoch::VERSIONS,
     ),
+    (ApiKey::DeleteRecords, handlers::delete_records::VERSIONS),
+    (ApiKey::DescribeLogDirs, handlers::describe_log_dirs::VERSIONS),
+    (ApiKey::DescribeProducers, handlers::describe_producers::VERSIONS),
+    (
+        ApiKey::AlterReplicaLogDirs,
+        handlers::alter_replica_log_dirs::VERSIONS,
+    ),
+    (ApiKey::SaslHandshake, handlers::sasl_handshake::VERSIONS),
+    (ApiKey::SaslAuthenticate, handlers::sasl_authenticate::VERSIONS),
+    (
+        ApiKey::DescribeUserScramCredentials,
+        handlers::describe_user_scram_credentials::VERSIONS,
+    ),
+    (
+        ApiKey::AlterUserScramCredentials,
+        handlers::alter_user_scram_credentials::VERSIONS,
+    ),
+    (ApiKey::DescribeAcls, handlers::describe_acls::VERSIONS),
+    (ApiKey::CreateAcls, handlers::create_acls::VERSIONS),
+    (ApiKey::DeleteAcls, handlers::delete_acls::VERSIONS),
 ];
 
 pub fn versions(api: ApiKey) -> Option<Versions> {
@@ -127,6 +147,23 @@ mod tests {
                 ApiKey::OffsetForLeaderEpoch => {
                     check::<OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse>(*v)
                 }
+                ApiKey::DeleteRecords => check::<DeleteRecordsRequest, DeleteRecordsResponse>(*v),
+                ApiKey::DescribeLogDirs => check::<DescribeLogDirsRequest, DescribeLogDirsResponse>(*v),
+                ApiKey::DescribeProducers => check::<DescribeProducersRequest, DescribeProducersResponse>(*v),
+                ApiKey::AlterReplicaLogDirs => {
+                    check::<AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse>(*v)
+                }
+                ApiKey::SaslHandshake => check::<SaslHandshakeRequest, SaslHandshakeResponse>(*v),
+                ApiKey::SaslAuthenticate => check::<SaslAuthenticateRequest, SaslAuthenticateResponse>(*v),
+                ApiKey::DescribeUserScramCredentials => {
+                    check::<DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse>(*v)
+                }
+                ApiKey::AlterUserScramCredentials => {
+                    check::<AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse>(*v)
+                }
+                ApiKey::DescribeAcls => check::<DescribeAclsRequest, DescribeAclsResponse>(*v),
+                ApiKey::CreateAcls => check::<CreateAclsRequest, CreateAclsResponse>(*v),
+                ApiKey::DeleteAcls => check::<DeleteAclsRequest, DeleteAclsResponse>(*v),
                 other => panic!("{other:?} has no codec check"),
             }
         }

@@ -6,13 +6,20 @@
 //! written (bytes the client already sent wait in the read buffer). Anything
 //! that cannot be answered with a Kafka error closes the connection with one
 //! log line; other connections are unaffected.
+//!
+//! With TLS the connection task first runs the rustls handshake (bounded by
+//! the request read timeout), then serves the TLS stream; the loop is
+//! generic over the stream, so a plain-text connection runs the same code
+//! on the bare `TcpStream` with no indirection. A listener that requires
+//! SASL serves only ApiVersions, SaslHandshake and SaslAuthenticate before
+//! the connection authenticated; anything else closes it.
 
 use crate::frame::{self, Decoded};
 use crate::handlers;
 use crate::session::Session;
 use crate::shard::{local, Shard};
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use std::cell::Cell;
@@ -129,7 +136,7 @@ enum Read {
 
 /// Reads more bytes into `buf`. Only a bounded window of spare capacity is
 /// zeroed per read, so a large frame costs O(size), not O(size^2).
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, timeout: Duration) -> Read {
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut, timeout: Duration) -> Read {
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
         buf.reserve(READ_CHUNK_BYTES);
     }
@@ -164,7 +171,7 @@ fn io_error(op: &str, e: &std::io::Error) -> String {
     }
 }
 
-async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<(), String> {
+async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> Result<(), String> {
     let cfg = shard.config.clone();
     stream
         .set_nodelay(true)
@@ -175,6 +182,32 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
         Ok(a) => format!("/{}", a.ip()).into(),
         Err(_) => "/unknown".into(),
     });
+    match &cfg.security.tls {
+        None => serve_stream(shard, stream, &session).await,
+        Some(tls) => {
+            let accept = futures_rustls::TlsAcceptor::from(tls.clone()).accept(stream);
+            let timeout = cfg.request_read_timeout;
+            let tls_stream = futures_lite::future::or(async { Some(accept.await) }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
+            .await;
+            match tls_stream {
+                Some(Ok(s)) => serve_stream(shard, s, &session).await,
+                Some(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                None => Err(format!("TLS handshake not done within {timeout:?}")),
+            }
+        }
+    }
+}
+
+/// The request loop of one connection, on a plain or a TLS stream.
+async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    shard: &Rc<Shard>,
+    mut stream: S,
+    session: &Rc<Session>,
+) -> Result<(), String> {
+    let cfg = shard.config.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         let frame = loop {
@@ -198,9 +231,34 @@ async fn serve_connection(shard: &Rc<Shard>, mut stream: TcpStream) -> Result<()
                 Read::TimedOut => return Err(format!("{waiting_for} for {timeout:?}")),
             }
         };
-        let out = handle_frame(shard, frame, &session).await?;
+        if session.raw_sasl.get() {
+            // SaslHandshake v0: a bare token in, a bare token out; a failure
+            // just closes the connection.
+            let reply = handlers::sasl_authenticate::step(shard, session, &frame)
+                .await
+                .map_err(|e| format!("SASL authentication failed: {e}"))?;
+            session.raw_sasl.set(!session.authenticated());
+            let len = u32::try_from(reply.len()).expect("SASL replies are small");
+            stream
+                .write_all(&len.to_be_bytes())
+                .await
+                .map_err(|e| io_error("write", &e))?;
+            stream
+                .write_all(&reply)
+                .await
+                .map_err(|e| io_error("write", &e))?;
+            stream.flush().await.map_err(|e| io_error("write", &e))?;
+            continue;
+        }
+        let out = handle_frame(shard, frame, session).await?;
         if let Some(out) = out {
             stream.write_all(&out).await.map_err(|e| io_error("write", &e))?;
+            // TLS holds records until flushed; on TCP this is a no-op.
+            stream.flush().await.map_err(|e| io_error("write", &e))?;
+        }
+        if let Some(reason) = session.take_close_reason() {
+            let _ = stream.close().await;
+            return Err(reason);
         }
     }
 }
@@ -224,6 +282,18 @@ pub async fn handle_frame(
             let api = req.api;
             let version = req.header.request_api_version;
             let correlation_id = req.header.correlation_id;
+            if shard.config.security.require_auth
+                && !matches!(
+                    api,
+                    ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+                )
+                && !session.authenticated()
+            {
+                shard.metrics.request_errors.inc();
+                return Err(format!(
+                    "{api:?} request before SASL authentication on a listener that requires it"
+                ));
+            }
             let out = match handlers::dispatch(shard.clone(), *req, session).await {
                 Some(body) => frame::encode_response(api, version, correlation_id, &body).map(Some),
                 None => Ok(None),

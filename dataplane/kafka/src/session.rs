@@ -1,7 +1,8 @@
 //! Per-connection state that outlives one request: who the client is and
 //! what it has proven (SASL), seen by every handler through `Ctx::session`.
 
-use std::cell::RefCell;
+use crate::sasl::SaslState;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Kafka's principal of a client that has not authenticated.
@@ -13,6 +14,15 @@ pub struct Session {
     /// The principal requests run as, `User:NAME` once authenticated,
     /// [`ANONYMOUS`] until then.
     principal: RefCell<Rc<str>>,
+    /// Where the connection is in its SASL exchange.
+    pub sasl: RefCell<SaslState>,
+    /// After a SaslHandshake v0: the next frames are bare SASL tokens until
+    /// the exchange ends.
+    pub raw_sasl: Cell<bool>,
+    /// Set by a handler whose response must be the connection's last (a
+    /// failed authentication): the server sends it, then closes with this
+    /// reason.
+    close_after_reply: RefCell<Option<String>>,
 }
 
 impl Session {
@@ -20,6 +30,9 @@ impl Session {
         Rc::new(Session {
             peer,
             principal: RefCell::new(ANONYMOUS.into()),
+            sasl: RefCell::new(SaslState::Start),
+            raw_sasl: Cell::new(false),
+            close_after_reply: RefCell::new(None),
         })
     }
 
@@ -29,5 +42,18 @@ impl Session {
 
     pub fn set_principal(&self, p: impl Into<Rc<str>>) {
         *self.principal.borrow_mut() = p.into();
+    }
+
+    /// Whether SASL authentication completed on this connection.
+    pub fn authenticated(&self) -> bool {
+        matches!(*self.sasl.borrow(), SaslState::Authenticated)
+    }
+
+    pub fn close_after_reply(&self, reason: String) {
+        *self.close_after_reply.borrow_mut() = Some(reason);
+    }
+
+    pub fn take_close_reason(&self) -> Option<String> {
+        self.close_after_reply.borrow_mut().take()
     }
 }

@@ -74,6 +74,49 @@ pub struct LogConfig {
     /// (the one at a roll included) and a power loss can take at most about
     /// this much beyond what is being written. 0 syncs only at rolls and close.
     pub direct_sync_bytes: u64,
+    /// Log compaction (`cleanup.policy` containing `compact`).
+    pub compaction: CompactionConfig,
+}
+
+/// Settings of log compaction ([`crate::Log::compact`]); Kafka's topic
+/// configs of the same names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactionConfig {
+    /// Whether the log is compacted at all (`cleanup.policy` has `compact`).
+    pub enabled: bool,
+    /// A tombstone (null value) whose record timestamp is older than this is
+    /// removed by compaction; younger ones are kept so consumers see them.
+    pub delete_retention_ms: u64,
+    /// Compact only when the bytes not yet compacted are at least this share
+    /// of the compactable bytes, in parts per million (Kafka's
+    /// `min.cleanable.dirty.ratio` 0.5 is 500_000).
+    pub min_cleanable_dirty_ppm: u32,
+    /// A segment whose newest record is younger than this is not compacted.
+    pub min_compaction_lag_ms: u64,
+    /// A segment not yet compacted whose oldest record is older than this is
+    /// compacted whatever the dirty ratio.
+    pub max_compaction_lag_ms: u64,
+    /// Bound on the key bytes the compactor holds in memory in one pass; a
+    /// pass covers the oldest segments whose keys fit.
+    pub map_key_bytes_max: usize,
+    /// Segment bytes a pass reads and writes per second, at most (Kafka's
+    /// `log.cleaner.io.max.bytes.per.second`); 0 is no limit. A pass at
+    /// full disk speed queues its large I/Os ahead of the appends' writes.
+    pub io_bytes_per_sec: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: false,
+            delete_retention_ms: 24 * 3600 * 1000,
+            min_cleanable_dirty_ppm: 500_000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX as u64,
+            map_key_bytes_max: 64 << 20,
+            io_bytes_per_sec: 0,
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -95,6 +138,7 @@ impl Default for LogConfig {
             prezero_bytes: 256 << 10,
             group_commit_window: std::time::Duration::ZERO,
             direct_sync_bytes: 0,
+            compaction: CompactionConfig::default(),
         }
     }
 }

@@ -54,6 +54,37 @@ pub struct Faults {
     failing_syncs: Cell<u32>,
     /// fdatasync calls begun (failed ones included), for tests to count.
     syncs: Cell<u64>,
+    /// Compaction fails at this step, after passing it this many times.
+    compaction_fails_at: Cell<Option<(CompactStep, u32)>>,
+}
+
+/// The steps of a compaction pass where a test can make it fail, in order,
+/// as a crash there would leave the files (see `Log::compact`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactStep {
+    /// A rewritten segment is written to `<base>.log.cleaned`, not yet synced.
+    SyncCleaned,
+    /// `.cleaned` is synced, not yet renamed to `.swap` (the commit point).
+    RenameToSwap,
+    /// `.swap` exists; the old segment's index files are still there.
+    RemoveOldIndexes,
+    /// `.swap` exists, the old index files are gone, the old `.log` remains.
+    RenameOverLog,
+    /// The new `.log` is in place; its index files are not written yet.
+    WriteIndexes,
+    /// Every segment of the pass is swapped; the clean point is not saved.
+    SaveCleanPoint,
+}
+
+impl CompactStep {
+    pub const ALL: [CompactStep; 6] = [
+        CompactStep::SyncCleaned,
+        CompactStep::RenameToSwap,
+        CompactStep::RemoveOldIndexes,
+        CompactStep::RenameOverLog,
+        CompactStep::WriteIndexes,
+        CompactStep::SaveCleanPoint,
+    ];
 }
 
 impl Faults {
@@ -72,9 +103,29 @@ impl Faults {
         self.syncs.get()
     }
 
+    /// Makes compaction fail with EIO the `(skip + 1)`-th time it reaches `step`.
+    pub fn fail_compaction_at(&self, step: CompactStep, skip: u32) {
+        self.compaction_fails_at.set(Some((step, skip)));
+    }
+
     pub fn clear(&self) {
         self.writes_left_bytes.set(None);
         self.failing_syncs.set(0);
+        self.compaction_fails_at.set(None);
+    }
+
+    pub(crate) fn before_compact_step(&self, step: CompactStep) -> io::Result<()> {
+        match self.compaction_fails_at.get() {
+            Some((s, 0)) if s == step => {
+                self.compaction_fails_at.set(None);
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            Some((s, n)) if s == step => {
+                self.compaction_fails_at.set(Some((s, n - 1)));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn before_write(&self, len: usize) -> io::Result<()> {

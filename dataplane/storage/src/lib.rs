@@ -17,6 +17,7 @@
 //!   offset continuity; a torn tail of the active segment is cut off.
 
 mod cache;
+pub mod codec;
 mod config;
 mod env;
 mod error;
@@ -25,15 +26,17 @@ pub mod inspect;
 mod log;
 mod probe;
 mod segment;
+mod start_offset;
 
 pub use cache::{BatchCache, LogId};
-pub use config::{Durability, LogConfig};
-pub use env::{Clock, Faults, ManualClock, SystemClock};
+pub use config::{CompactionConfig, Durability, LogConfig};
+pub use env::{Clock, CompactStep, Faults, ManualClock, SystemClock};
 pub use error::{Result, StorageError};
 pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 pub use log::{
-    Appended, FlushDone, Log, LogContext, LogOffsets, ReadOutcome, ReadRequest, RecoveryReport,
-    RetentionOutcome, Truncation,
+    Appended, CompactionOutcome, FlushDone, Log, LogContext, LogOffsets, ReadOutcome, ReadRequest,
+    RecoveryReport, RetentionOutcome, Truncation,
 };
 pub use probe::probe_direct_io;
 pub use segment::{index_path, log_file_name, parse_log_file_name, time_index_path};
+pub use start_offset::START_OFFSET_FILE;

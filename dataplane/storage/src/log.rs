@@ -32,6 +32,9 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use tracing::{info, warn};
 
+mod compact;
+pub use compact::CompactionOutcome;
+
 /// What every log of one shard shares: the batch cache and the seams.
 pub struct LogContext {
     pub clock: Rc<dyn Clock>,
@@ -160,6 +163,8 @@ struct LogState {
     /// Set while a roll is in progress: new appends wait for the new segment.
     rolling: bool,
     closed: bool,
+    /// The log start DeleteRecords set (`start_offset`), or 0.
+    start_floor: Offset,
 }
 
 impl LogState {
@@ -178,11 +183,13 @@ impl LogState {
     }
 
     fn start(&self) -> Offset {
-        self.segments
+        let first = self
+            .segments
             .values()
             .next()
             .expect("a log always has a segment")
-            .base
+            .base;
+        first.max(self.start_floor)
     }
 
     fn check_invariants(&self) {
@@ -217,6 +224,8 @@ pub struct Log {
     /// Told the first offset whenever appended batches are discarded.
     discard_listener: RefCell<Option<DiscardListener>>,
     flush_observer: RefCell<Option<FlushObserver>>,
+    /// Compaction's own state (`compact.rs`).
+    compaction: compact::CompactionState,
 }
 
 /// See `Log::set_flush_observer`.
@@ -410,6 +419,7 @@ impl Log {
         check_config(&config);
         crate::probe::probe_direct_io(&dir).await?;
         let mut report = RecoveryReport::default();
+        compact::finish_interrupted_swaps(&dir).await?;
 
         let listed = dir.clone();
         let mut bases = off_reactor(move || -> std::io::Result<Vec<Offset>> {
@@ -445,6 +455,11 @@ impl Log {
             .next_back()
             .map(|s| s.next_offset)
             .unwrap_or(Offset(0));
+        // A floor past the recovered end (the tail was lost) is the end.
+        let floor_dir = dir.clone();
+        let start_floor = off_reactor(move || crate::start_offset::load(&floor_dir))
+            .await?
+            .map_or(Offset(0), |f| f.min(next));
         let id = ctx.new_log_id();
         let log = Rc::new(Log {
             dir,
@@ -457,6 +472,7 @@ impl Log {
             background_syncing: Rc::new(Cell::new(false)),
             discard_listener: RefCell::new(None),
             flush_observer: RefCell::new(None),
+            compaction: compact::CompactionState::default(),
             state: RefCell::new(LogState {
                 segments,
                 pending: VecDeque::new(),
@@ -468,6 +484,7 @@ impl Log {
                 last_flush_error: String::new(),
                 rolling: false,
                 closed: false,
+                start_floor,
             }),
         });
         Ok((log, report))
@@ -986,7 +1003,52 @@ impl Log {
     }
 
     /// Reads whole batches starting with the one containing `req.offset`.
+    ///
+    /// A read stays inside one segment, except that while every batch it
+    /// found is empty (a batch whose records compaction removed all of) it
+    /// goes on into the next segments, within `max_bytes`: a reply of empty
+    /// batches alone makes librdkafka take the partition for one with a
+    /// record too large to fetch, and after a few such replies it reports
+    /// MSG_SIZE_TOO_LARGE to the application.
     pub async fn read(&self, req: ReadRequest) -> Result<ReadOutcome> {
+        let mut out = self.read_segment(req).await?;
+        loop {
+            let Some(last) = out.batches.last() else {
+                return Ok(out);
+            };
+            let all_empty = out
+                .batches
+                .iter()
+                .all(|b| BatchHeader::parse(b).is_ok_and(|h| h.record_count == 0));
+            let used = out.bytes();
+            let next = BatchHeader::parse(last)
+                .expect("served batches parse")
+                .last_offset()
+                .plus(1);
+            let end = {
+                let st = self.state.borrow();
+                req.end.map_or(st.durable_next, |e| e.min(st.durable_next))
+            };
+            if !all_empty || used >= req.max_bytes || next >= end {
+                return Ok(out);
+            }
+            let more = self
+                .read_segment(ReadRequest {
+                    offset: next,
+                    max_bytes: req.max_bytes - used,
+                    end: req.end,
+                })
+                .await?;
+            if more.batches.is_empty() {
+                return Ok(out);
+            }
+            out.from_cache &= more.from_cache;
+            out.batches.extend(more.batches);
+        }
+    }
+
+    /// `read` within the segment that holds `req.offset`.
+    async fn read_segment(&self, req: ReadRequest) -> Result<ReadOutcome> {
         let (end, file, path, position, limit) = {
             let st = self.state.borrow();
             let committed = st.durable_next;
@@ -1178,6 +1240,38 @@ impl Log {
             remove_segment_files(&seg.path).await?;
         }
         Ok(doomed.len())
+    }
+
+    /// Moves the log start up to `offset` (DeleteRecords): recorded durably
+    /// first, then reads below it are refused and the segments wholly below
+    /// it deleted. `offset` may be inside a batch; that batch stays stored
+    /// and is still returned whole to a read at `offset`, as Kafka does.
+    /// An offset at or below the start changes nothing. The caller keeps
+    /// `offset` at or below what readers may see (the high watermark).
+    /// Returns the new start.
+    pub async fn advance_start(&self, offset: Offset) -> Result<Offset> {
+        let (start, end) = {
+            let st = self.state.borrow();
+            (st.start(), st.durable_next)
+        };
+        if offset <= start {
+            return Ok(start);
+        }
+        if offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
+        }
+        let dir = self.dir.clone();
+        off_reactor(move || crate::start_offset::store(&dir, offset)).await?;
+        {
+            let mut st = self.state.borrow_mut();
+            st.start_floor = st.start_floor.max(offset);
+        }
+        self.delete_before(offset).await?;
+        Ok(self.offsets().start)
     }
 
     /// Removes every batch at or after `offset`, which must be a batch

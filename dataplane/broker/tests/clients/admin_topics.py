@@ -94,9 +94,9 @@ expect_error(
     "create with replication factor 3 on one node",
 )
 expect_error(
-    create(NewTopic("compacted", 1, 1, config={"cleanup.policy": "compact"}))["compacted"],
+    create(NewTopic("compacted", 1, 1, config={"cleanup.policy": "compact,shred"}))["compacted"],
     KafkaError.INVALID_CONFIG,
-    "create with cleanup.policy=compact",
+    "create with cleanup.policy=compact,shred",
 )
 expect_error(
     create(NewTopic("bad-config", 1, 1, config={"retention.ms": "soon"}))["bad-config"],
@@ -174,9 +174,9 @@ check_eq(entries["max.message.bytes"].value, "2097152", "max.message.bytes kept 
 res = ConfigResource(
     ResourceType.TOPIC,
     "orders",
-    incremental_configs=[ConfigEntry("cleanup.policy", "compact", incremental_operation=SET)],
+    incremental_configs=[ConfigEntry("cleanup.policy", "shred", incremental_operation=SET)],
 )
-expect_error(adm.incremental_alter_configs([res])[res], KafkaError.INVALID_CONFIG, "incremental SET cleanup.policy=compact")
+expect_error(adm.incremental_alter_configs([res])[res], KafkaError.INVALID_CONFIG, "incremental SET cleanup.policy=shred")
 res = ConfigResource(
     ResourceType.TOPIC,
     "orders",

@@ -30,6 +30,12 @@
   cluster_admin.py --bootstrap ADDR verify TOPIC
       Reads partition 0 from offset 0: the 20 acknowledged messages of an earlier roundtrip
       must be there, in order, byte for byte (after kills and restarts).
+  cluster_admin.py --bootstrap ADDR create-acl PRINCIPAL TOPIC
+      CreateAcls: ALLOW PRINCIPAL to READ the literal TOPIC, from any host; retried on
+      retriable errors until WAIT_S (creating an existing binding succeeds).
+  cluster_admin.py --bootstrap ADDR wait-acls PRINCIPAL TOPIC...
+      DescribeAcls of PRINCIPAL on this node must list exactly those topics (READ,
+      literal, any host) within WAIT_S.
 """
 
 import argparse
@@ -38,7 +44,16 @@ import sys
 import time
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from e2e import WAIT_S, consumer, fail, log
 
@@ -313,6 +328,62 @@ def reassign(bootstrap, topic):
     print(f"left {left[0][0]} {left[1][0]}")
 
 
+def acl_read(principal, topic):
+    return AclBinding(
+        ResourceType.TOPIC,
+        topic,
+        ResourcePatternType.LITERAL,
+        principal,
+        "*",
+        AclOperation.READ,
+        AclPermissionType.ALLOW,
+    )
+
+
+def create_acl(bootstrap, principal, topic):
+    deadline = time.monotonic() + WAIT_S
+    last = None
+    while time.monotonic() < deadline:
+        a = admin(bootstrap)  # kept until the future resolves: dropping it cancels the request
+        fut = next(iter(a.create_acls([acl_read(principal, topic)], request_timeout=10).values()))
+        try:
+            fut.result(timeout=WAIT_S)
+            log(f"created ACL {principal} READ {topic}")
+            return
+        except KafkaException as e:
+            err = e.args[0]
+            if not err.retriable() and err.code() not in (
+                KafkaError._TIMED_OUT,
+                KafkaError._TRANSPORT,
+                KafkaError.NOT_CONTROLLER,
+                KafkaError.REQUEST_TIMED_OUT,
+            ):
+                fail(f"create ACL {principal} READ {topic}: {err}")
+            last = err
+        time.sleep(0.2)
+    fail(f"create ACL {principal} READ {topic}: not created within {WAIT_S} s; last error {last}")
+
+
+def wait_acls(bootstrap, principal, topics):
+    want = sorted(str(acl_read(principal, t)) for t in topics)
+    flt = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, principal, None, AclOperation.ANY, AclPermissionType.ANY
+    )
+    deadline = time.monotonic() + WAIT_S
+    got = None
+    while time.monotonic() < deadline:
+        try:
+            a = admin(bootstrap)
+            got = sorted(str(b) for b in a.describe_acls(flt, request_timeout=10).result(timeout=WAIT_S))
+        except KafkaException as e:
+            got = repr(e)
+        if got == want:
+            log(f"{bootstrap} lists the ACLs of {principal} on {topics}")
+            return
+        time.sleep(0.2)
+    fail(f"DescribeAcls of {principal} on {bootstrap}: expected {want}, last got {got}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", required=True)
@@ -336,6 +407,10 @@ def main():
         verify_other_clients(args.bootstrap, rest[1])
     elif cmd == "reassign":
         reassign(args.bootstrap, rest[1])
+    elif cmd == "create-acl":
+        create_acl(args.bootstrap, rest[1], rest[2])
+    elif cmd == "wait-acls":
+        wait_acls(args.bootstrap, rest[1], rest[2:])
     elif cmd == "verify":
         read_back(args.bootstrap, rest[1], roundtrip_values(rest[1]))
         log(f"{rest[1]}: the 20 acknowledged messages are all there")

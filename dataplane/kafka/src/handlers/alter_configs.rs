@@ -1,4 +1,5 @@
-use super::{str_bytes, Ctx, RESOURCE_TOPIC};
+use super::{str_bytes, Ctx, RESOURCE_BROKER, RESOURCE_TOPIC};
+use crate::authz::op;
 use crate::controller::{self, ConfigChange, OpResult};
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -17,7 +18,21 @@ pub async fn change_topics(
     let mut out: Vec<(i8, String, Option<OpResult<()>>)> = Vec::new();
     let mut items = Vec::new();
     for (kind, name, change) in resources {
-        if kind == RESOURCE_TOPIC {
+        if kind == RESOURCE_TOPIC && !ctx.topic_allowed(op::ALTER_CONFIGS, &name) {
+            let msg = crate::authz::denied("ALTER_CONFIGS", &format!("topic {name}"));
+            out.push((
+                kind,
+                name,
+                Some(Err((ResponseError::TopicAuthorizationFailed, msg))),
+            ));
+        } else if kind == RESOURCE_BROKER && !ctx.cluster_allowed(op::ALTER_CONFIGS) {
+            let msg = crate::authz::denied("ALTER_CONFIGS", "the cluster");
+            out.push((
+                kind,
+                name,
+                Some(Err((ResponseError::ClusterAuthorizationFailed, msg))),
+            ));
+        } else if kind == RESOURCE_TOPIC {
             items.push((name.clone(), change));
             out.push((kind, name, None));
         } else {

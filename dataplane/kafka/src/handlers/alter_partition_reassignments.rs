@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use ferrolog_controlplane::controller::{self as control, ControllerError};
 use ferrolog_controlplane::state::StateError;
@@ -27,6 +28,7 @@ pub async fn handle(
     req: AlterPartitionReassignmentsRequest,
 ) -> AlterPartitionReassignmentsResponse {
     let table = ctx.shard.topics();
+    let altered = ctx.cluster_allowed(op::ALTER);
     let mut responses = Vec::new();
     for t in req.topics {
         let topic = t.name.0.to_string();
@@ -40,6 +42,10 @@ pub async fn handle(
             let target: Option<Vec<NodeId>> =
                 p.replicas.map(|r| r.into_iter().map(|b| NodeId(b.0)).collect());
             let failed = match current {
+                _ if !altered => Some((
+                    ResponseError::ClusterAuthorizationFailed,
+                    crate::authz::denied("ALTER", "the cluster (AlterPartitionReassignments)"),
+                )),
                 None => Some((
                     ResponseError::UnknownTopicOrPartition,
                     format!("{topic}/{} does not exist", p.partition_index),
@@ -69,9 +75,16 @@ pub async fn handle(
                 .with_partitions(out),
         );
     }
-    AlterPartitionReassignmentsResponse::default()
+    let response = AlterPartitionReassignmentsResponse::default()
         .with_allow_replication_factor_change(req.allow_replication_factor_change)
-        .with_responses(responses)
+        .with_responses(responses);
+    if altered {
+        response
+    } else {
+        response
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+            .with_error_message(Some(str_bytes(crate::authz::denied("ALTER", "the cluster"))))
+    }
 }
 
 /// None: applied; else the error and why.

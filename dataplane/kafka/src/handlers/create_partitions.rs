@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::controller;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -12,7 +13,15 @@ pub async fn handle(ctx: &Ctx, req: CreatePartitionsRequest) -> CreatePartitions
     let mut items = Vec::new();
     for t in &req.topics {
         let name = t.name.0.to_string();
-        if t.assignments.is_some() {
+        if !ctx.topic_allowed(op::ALTER, &name) {
+            let msg = crate::authz::denied("ALTER", &format!("topic {name}"));
+            results.push(Some(
+                CreatePartitionsTopicResult::default()
+                    .with_name(TopicName(str_bytes(name)))
+                    .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(str_bytes(msg))),
+            ));
+        } else if t.assignments.is_some() {
             results.push(Some(
                 CreatePartitionsTopicResult::default()
                     .with_name(TopicName(str_bytes(name)))

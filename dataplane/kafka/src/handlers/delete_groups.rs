@@ -1,4 +1,5 @@
 use super::Ctx;
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -14,6 +15,8 @@ pub async fn handle(ctx: &Ctx, req: DeleteGroupsRequest) -> DeleteGroupsResponse
         let group = id.0.to_string();
         let error = if group.is_empty() {
             Some(ResponseError::InvalidGroupId)
+        } else if !ctx.group_allowed(op::DELETE, &group) {
+            Some(ResponseError::GroupAuthorizationFailed)
         } else {
             let g = group.clone();
             coordinator::on_owner(&ctx.shard.smp, &group, move || coordinator::delete(g))

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
@@ -38,6 +39,12 @@ pub fn handle(ctx: &Ctx, req: DescribeClusterRequest) -> DescribeClusterResponse
                 format!("unknown endpoint type {other}"),
             )
         }
+    }
+    if !ctx.cluster_allowed(op::DESCRIBE) {
+        return refused(
+            ResponseError::ClusterAuthorizationFailed,
+            crate::authz::denied("DESCRIBE", "the cluster"),
+        );
     }
     let snap = ctx.shard.metadata();
     let brokers = snap

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -17,9 +18,13 @@ pub async fn handle(ctx: &Ctx, req: DescribeGroupsRequest) -> DescribeGroupsResp
     for id in req.groups {
         let group = id.0.to_string();
         let g = group.clone();
-        let summary = coordinator::on_owner(&ctx.shard.smp, &group, move || coordinator::describe(g))
-            .await
-            .unwrap_or(Err(ResponseError::NotCoordinator));
+        let summary = if ctx.group_allowed(op::DESCRIBE, &group) {
+            coordinator::on_owner(&ctx.shard.smp, &group, move || coordinator::describe(g))
+                .await
+                .unwrap_or(Err(ResponseError::NotCoordinator))
+        } else {
+            Err(ResponseError::GroupAuthorizationFailed)
+        };
         let mut d = DescribedGroup::default()
             .with_group_id(id)
             .with_authorized_operations(OPERATIONS_NOT_REQUESTED);

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use ferrolog_controlplane::controller::{self as control, PreferredOutcome};
 use kafka_protocol::error::ResponseError;
@@ -39,12 +40,18 @@ pub async fn handle(ctx: &Ctx, req: ElectLeadersRequest) -> ElectLeadersResponse
             .collect(),
     };
     let table = ctx.shard.topics();
+    let altered = ctx.cluster_allowed(op::ALTER);
     let mut results = Vec::new();
     for (topic, partitions) in wanted {
         let mut out = Vec::new();
         for p in partitions {
             let known = table.get(&topic).is_some_and(|m| p >= 0 && p < m.partitions());
-            let failed = if req.election_type != PREFERRED {
+            let failed = if !altered {
+                Some((
+                    ResponseError::ClusterAuthorizationFailed,
+                    crate::authz::denied("ALTER", "the cluster (ElectLeaders)"),
+                ))
+            } else if req.election_type != PREFERRED {
                 Some((
                     ResponseError::InvalidRequest,
                     "only preferred elections (type 0): an unclean election may lose acknowledged records"
@@ -72,7 +79,13 @@ pub async fn handle(ctx: &Ctx, req: ElectLeadersRequest) -> ElectLeadersResponse
                 .with_partition_result(out),
         );
     }
-    ElectLeadersResponse::default().with_replica_election_results(results)
+    let response = ElectLeadersResponse::default().with_replica_election_results(results);
+    // v1+ has a top-level error; v0 carries it per partition only.
+    if !altered && ctx.version >= 1 {
+        response.with_error_code(ResponseError::ClusterAuthorizationFailed.code())
+    } else {
+        response
+    }
 }
 
 /// None: the preferred replica leads now; else the error and why.

@@ -1,4 +1,5 @@
 use super::{current_leader_epoch, str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use bytes::Bytes;
 use ferrolog_cluster::ops::{read_local, scatter, ReadAnswer, ReadItem};
@@ -22,8 +23,9 @@ pub const VERSIONS: Versions = Versions::new(4, 12);
 const READ_COMMITTED: i8 = 1;
 
 /// Per topic of the request: its partitions, each with the index of its
-/// entry in `wanted` (`None`: unknown partition).
-type Layout = Vec<(String, Vec<(i32, Option<usize>)>)>;
+/// entry in `wanted`, or the error it is answered (an unknown partition, a
+/// topic the client may not READ).
+type Layout = Vec<(String, Vec<(i32, Result<usize, ResponseError>)>)>;
 
 struct Wanted {
     ntp: Ntp,
@@ -46,12 +48,16 @@ fn partition_data(index: i32, a: &ReadAnswer, read_committed: bool) -> Partition
         .with_records(Some(a.records.clone().unwrap_or_default()))
 }
 
-fn unknown(ntp: Ntp) -> ReadAnswer {
-    ReadAnswer {
-        error: Some(PartitionError::NotHere(ntp)),
-        offsets: None,
-        records: None,
-    }
+fn refused(index: i32, error: ResponseError, read_committed: bool) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(error.code())
+        .with_high_watermark(-1)
+        .with_last_stable_offset(-1)
+        .with_log_start_offset(-1)
+        .with_aborted_transactions(read_committed.then(Vec::new))
+        .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+        .with_records(Some(Bytes::new()))
 }
 
 /// Reads every wanted partition on its owner. With a waiter, an owner whose
@@ -101,19 +107,22 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
     let mut wanted = Vec::new();
     for topic in &req.topics {
         let name = topic.topic.0.to_string();
+        let readable = ctx.topic_allowed(op::READ, &name);
         let mut parts = Vec::new();
         for p in &topic.partitions {
             let ntp = Ntp::new(name.clone(), p.partition);
-            if table.contains(&ntp) {
+            if !readable {
+                parts.push((p.partition, Err(ResponseError::TopicAuthorizationFailed)));
+            } else if table.contains(&ntp) {
                 wanted.push(Wanted {
                     ntp,
                     offset: Offset(p.fetch_offset),
                     max_bytes: p.partition_max_bytes.max(0) as usize,
                     current_leader_epoch: current_leader_epoch(p.current_leader_epoch),
                 });
-                parts.push((p.partition, Some(wanted.len() - 1)));
+                parts.push((p.partition, Ok(wanted.len() - 1)));
             } else {
-                parts.push((p.partition, None));
+                parts.push((p.partition, Err(ResponseError::UnknownTopicOrPartition)));
             }
         }
         layout.push((name, parts));
@@ -185,8 +194,8 @@ pub async fn handle(ctx: &Ctx, req: FetchRequest) -> FetchResponse {
             let partitions = parts
                 .into_iter()
                 .map(|(index, slot)| match slot {
-                    Some(i) => partition_data(index, &answers[i], read_committed),
-                    None => partition_data(index, &unknown(Ntp::new(name.clone(), index)), read_committed),
+                    Ok(i) => partition_data(index, &answers[i], read_committed),
+                    Err(e) => refused(index, e, read_committed),
                 })
                 .collect();
             FetchableTopicResponse::default()

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::registry::Versions;
 use ferrolog_controlplane::topics;
@@ -59,16 +60,35 @@ fn answer(ctx: &Ctx, key_type: i8, key: &str) -> Answer {
         None => (-1, String::new(), -1),
     };
     let error = if !matches!(key_type, KEY_GROUP | KEY_TRANSACTION) {
-        Some(ResponseError::InvalidRequest)
+        Some((
+            ResponseError::InvalidRequest,
+            format!("unknown coordinator key type {key_type}"),
+        ))
+    } else if key_type == KEY_GROUP && !ctx.group_allowed(op::DESCRIBE, key) {
+        Some((
+            ResponseError::GroupAuthorizationFailed,
+            crate::authz::denied("DESCRIBE", &format!("group {key}")),
+        ))
+    } else if key_type == KEY_TRANSACTION && !ctx.transactional_id_allowed(op::DESCRIBE, key) {
+        Some((
+            ResponseError::TransactionalIdAuthorizationFailed,
+            crate::authz::denied("DESCRIBE", &format!("transactional id {key}")),
+        ))
     } else if node < 0 {
-        Some(ResponseError::CoordinatorNotAvailable)
+        Some((
+            ResponseError::CoordinatorNotAvailable,
+            "no live leader of the key's coordinator partition yet".to_string(),
+        ))
     } else {
         None
     };
-    let code = error.map_or(0, |e| e.code());
-    let message = error.map(|e| match e {
-        ResponseError::InvalidRequest => str_bytes(format!("unknown coordinator key type {key_type}")),
-        _ => str_bytes("no live leader of the key's coordinator partition yet"),
-    });
+    let code = error.as_ref().map_or(0, |(e, _)| e.code());
+    // A refused key is not told its coordinator.
+    let (node, host, port) = if error.is_some() && code != ResponseError::CoordinatorNotAvailable.code() {
+        (-1, String::new(), -1)
+    } else {
+        (node, host, port)
+    };
+    let message = error.map(|(_, m)| str_bytes(m));
     (node, host, port, code, message)
 }

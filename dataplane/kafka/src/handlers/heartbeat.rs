@@ -1,4 +1,5 @@
 use super::Ctx;
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -11,6 +12,8 @@ pub async fn handle(ctx: &Ctx, req: HeartbeatRequest) -> HeartbeatResponse {
     let group = req.group_id.0.to_string();
     let error = if group.is_empty() {
         Some(ResponseError::InvalidGroupId)
+    } else if !ctx.group_allowed(op::READ, &group) {
+        Some(ResponseError::GroupAuthorizationFailed)
     } else {
         let member = req.member_id.to_string();
         let instance = req.group_instance_id.as_ref().map(|s| s.to_string());

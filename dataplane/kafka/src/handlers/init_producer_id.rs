@@ -21,7 +21,8 @@
 //! the same code fails them the same way (both treat it as fatal there too).
 //! An empty transactional id is INVALID_REQUEST, as in Kafka.
 
-use super::Ctx;
+use super::{Ctx, RESOURCE_TOPIC};
+use crate::authz::op;
 use crate::controller;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -42,6 +43,11 @@ pub async fn handle(ctx: &Ctx, req: InitProducerIdRequest) -> InitProducerIdResp
         Some(t) if t.0.is_empty() => return failed(ResponseError::InvalidRequest),
         Some(_) => return failed(ResponseError::TransactionalIdAuthorizationFailed),
         None => {}
+    }
+    // An idempotent producer needs IDEMPOTENT_WRITE on the cluster, or
+    // (Kafka 2.8+, KIP-679) WRITE on some topic.
+    if !ctx.cluster_allowed(op::IDEMPOTENT_WRITE) && !ctx.allowed_on_any(op::WRITE, RESOURCE_TOPIC) {
+        return failed(ResponseError::ClusterAuthorizationFailed);
     }
     let answer = controller::next_producer_id(&ctx.shard).await;
     if let Err((_, e)) = &answer {

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::groups::group::{JoinArgs, JoinResult};
 use crate::registry::Versions;
@@ -15,6 +16,8 @@ pub async fn handle(ctx: &Ctx, req: JoinGroupRequest) -> JoinGroupResponse {
     let group = req.group_id.0.to_string();
     let result = if group.is_empty() {
         JoinResult::failed(ResponseError::InvalidGroupId, &req.member_id)
+    } else if !ctx.group_allowed(op::READ, &group) {
+        JoinResult::failed(ResponseError::GroupAuthorizationFailed, &req.member_id)
     } else {
         let session = Duration::from_millis(req.session_timeout_ms.max(0) as u64);
         // v0 has no rebalance timeout: the session timeout serves as both.

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -26,6 +27,8 @@ pub async fn handle(ctx: &Ctx, req: LeaveGroupRequest) -> LeaveGroupResponse {
     };
     let answers = if group.is_empty() {
         Err(ResponseError::InvalidGroupId)
+    } else if !ctx.group_allowed(op::READ, &group) {
+        Err(ResponseError::GroupAuthorizationFailed)
     } else {
         let g = group.clone();
         let l = leaving.clone();

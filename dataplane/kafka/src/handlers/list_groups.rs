@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -11,6 +12,9 @@ pub const VERSIONS: Versions = Versions::new(0, 4);
 pub async fn handle(ctx: &Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
     let answers = ctx.shard.smp.invoke_on_all(coordinator::list_local).await;
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
+    // DESCRIBE on the cluster lists every group; else only the groups the
+    // client may DESCRIBE (Kafka).
+    let all = ctx.cluster_allowed(op::DESCRIBE);
     let mut error = None;
     let mut groups = Vec::new();
     for a in answers {
@@ -21,6 +25,9 @@ pub async fn handle(ctx: &Ctx, req: ListGroupsRequest) -> ListGroupsResponse {
                         && !states.is_empty()
                         && !states.iter().any(|s| s.eq_ignore_ascii_case(state))
                     {
+                        continue;
+                    }
+                    if !all && !ctx.group_allowed(op::DESCRIBE, &id) {
                         continue;
                     }
                     let mut g = ListedGroup::default()

@@ -1,4 +1,5 @@
 use super::{current_leader_epoch, str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use ferrolog_cluster::ops::{list_offsets_local, scatter, OffsetQuery};
 use ferrolog_model::Ntp;
@@ -42,18 +43,21 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let mut queries = Vec::new();
     for t in &req.topics {
         let name = t.name.0.to_string();
+        let described = ctx.topic_allowed(op::DESCRIBE, &name);
         let mut parts = Vec::new();
         for p in &t.partitions {
             let ntp = Ntp::new(name.clone(), p.partition_index);
-            if table.contains(&ntp) {
+            if !described {
+                parts.push((p.partition_index, Err(ResponseError::TopicAuthorizationFailed)));
+            } else if table.contains(&ntp) {
                 queries.push(OffsetQuery {
                     ntp,
                     timestamp: p.timestamp,
                     current_leader_epoch: current_leader_epoch(p.current_leader_epoch),
                 });
-                parts.push((p.partition_index, Some(queries.len() - 1)));
+                parts.push((p.partition_index, Ok(queries.len() - 1)));
             } else {
-                parts.push((p.partition_index, None));
+                parts.push((p.partition_index, Err(ResponseError::UnknownTopicOrPartition)));
             }
         }
         layout.push((name, parts));
@@ -89,13 +93,12 @@ pub async fn handle(ctx: &Ctx, req: ListOffsetsRequest) -> ListOffsetsResponse {
             Err(e) => failed(crate::errors::shard(&e)),
         })
         .collect();
-    let unknown = failed(ResponseError::UnknownTopicOrPartition);
     let topics = layout
         .into_iter()
         .map(|(name, parts)| {
             let partitions = parts
                 .into_iter()
-                .map(|(index, slot)| response(ctx.version, index, slot.map_or(&unknown, |i| &answers[i])))
+                .map(|(index, slot)| response(ctx.version, index, &slot.map_or_else(failed, |i| answers[i])))
                 .collect();
             ListOffsetsTopicResponse::default()
                 .with_name(TopicName(str_bytes(name)))

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use ferrolog_controlplane::controller as control;
 use ferrolog_controlplane::topics::is_internal;
@@ -20,6 +21,12 @@ pub const VERSIONS: Versions = Versions::new(0, 0);
 /// original) and removed (original less target); only the requested
 /// partitions when the request names topics.
 pub async fn handle(ctx: &Ctx, req: ListPartitionReassignmentsRequest) -> ListPartitionReassignmentsResponse {
+    if !ctx.cluster_allowed(op::DESCRIBE) {
+        return failed(
+            ResponseError::ClusterAuthorizationFailed,
+            crate::authz::denied("DESCRIBE", "the cluster (ListPartitionReassignments)"),
+        );
+    }
     let Some(control) = ctx.shard.smp.control_shard() else {
         return failed(
             ResponseError::NotController,

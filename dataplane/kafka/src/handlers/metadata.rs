@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::controller;
 use crate::registry::Versions;
 use crate::topics::{self, TopicMeta};
@@ -103,8 +104,11 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
     let mut topics_out = Vec::new();
     match requested {
         None => {
+            // Topics the client may not DESCRIBE are left out (Kafka).
             for (name, meta) in &table.topics {
-                topics_out.push(topic_entry(cluster, &snap, name, meta));
+                if ctx.topic_allowed(op::DESCRIBE, name) {
+                    topics_out.push(topic_entry(cluster, &snap, name, meta));
+                }
             }
         }
         Some(list) => {
@@ -123,6 +127,16 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
                         continue;
                     }
                 };
+                if !ctx.topic_allowed(op::DESCRIBE, &name) {
+                    // Named by id: the name is not told.
+                    let shown = t.name.is_some().then_some(name.as_str());
+                    topics_out.push(error_entry(
+                        shown,
+                        Uuid::nil(),
+                        ResponseError::TopicAuthorizationFailed,
+                    ));
+                    continue;
+                }
                 if let Some(meta) = table.get(&name) {
                     topics_out.push(topic_entry(cluster, &snap, &name, meta));
                     continue;
@@ -136,6 +150,14 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
                         Some(&name),
                         Uuid::nil(),
                         ResponseError::UnknownTopicOrPartition,
+                    ));
+                    continue;
+                }
+                if !ctx.cluster_allowed(op::CREATE) && !ctx.topic_allowed(op::CREATE, &name) {
+                    topics_out.push(error_entry(
+                        Some(&name),
+                        Uuid::nil(),
+                        ResponseError::TopicAuthorizationFailed,
                     ));
                     continue;
                 }

@@ -1,4 +1,5 @@
 use super::Ctx;
+use crate::authz::op;
 use crate::groups::coordinator::{self, CommitArgs, CommitItem};
 use crate::registry::Versions;
 use ferrolog_model::Ntp;
@@ -26,6 +27,7 @@ pub async fn handle(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse
     let mut items = Vec::new();
     for t in req.topics {
         let name = t.name.0.to_string();
+        let readable = ctx.topic_allowed(op::READ, &name);
         let mut parts = Vec::new();
         for p in t.partitions {
             let metadata = p
@@ -33,7 +35,9 @@ pub async fn handle(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse
                 .as_ref()
                 .map(|m| m.to_string())
                 .unwrap_or_default();
-            let early = if !table.contains(&Ntp::new(name.clone(), p.partition_index)) {
+            let early = if !readable {
+                Some(ResponseError::TopicAuthorizationFailed)
+            } else if !table.contains(&Ntp::new(name.clone(), p.partition_index)) {
                 Some(ResponseError::UnknownTopicOrPartition)
             } else if metadata.len() > max_metadata {
                 Some(ResponseError::OffsetMetadataTooLarge)
@@ -57,6 +61,8 @@ pub async fn handle(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse
     }
     let outcome = if group.is_empty() {
         Err(ResponseError::InvalidGroupId)
+    } else if !ctx.group_allowed(op::READ, &group) {
+        Err(ResponseError::GroupAuthorizationFailed)
     } else {
         let args = CommitArgs {
             member_id: req.member_id.to_string(),
@@ -75,7 +81,11 @@ pub async fn handle(ctx: &Ctx, req: OffsetCommitRequest) -> OffsetCommitResponse
             let partitions = parts
                 .into_iter()
                 .map(|(index, early)| {
-                    let error = early.or(outcome.err());
+                    // A group the client may not READ is every partition's answer.
+                    let error = match outcome {
+                        Err(ResponseError::GroupAuthorizationFailed) => outcome.err(),
+                        _ => early.or(outcome.err()),
+                    };
                     OffsetCommitResponsePartition::default()
                         .with_partition_index(index)
                         .with_error_code(error.map_or(0, |e| e.code()))

@@ -1,4 +1,5 @@
 use super::Ctx;
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::registry::Versions;
 use ferrolog_model::Ntp;
@@ -15,22 +16,37 @@ pub const VERSIONS: Versions = Versions::new(0, 0);
 pub async fn handle(ctx: &Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let group = req.group_id.0.to_string();
     let table = ctx.shard.topics();
-    let mut unknown: Vec<(String, i32)> = Vec::new();
+    // Partitions answered before the group is asked: unknown ones, and
+    // those of topics the client may not READ.
+    let mut unknown: Vec<(String, i32, ResponseError)> = Vec::new();
     let mut asked: Vec<(String, Vec<i32>)> = Vec::new();
     for t in &req.topics {
         let name = t.name.0.to_string();
+        let readable = ctx.topic_allowed(op::READ, &name);
         let mut ps = Vec::new();
         for p in &t.partitions {
-            if table.contains(&Ntp::new(name.clone(), p.partition_index)) {
+            if !readable {
+                unknown.push((
+                    name.clone(),
+                    p.partition_index,
+                    ResponseError::TopicAuthorizationFailed,
+                ));
+            } else if table.contains(&Ntp::new(name.clone(), p.partition_index)) {
                 ps.push(p.partition_index);
             } else {
-                unknown.push((name.clone(), p.partition_index));
+                unknown.push((
+                    name.clone(),
+                    p.partition_index,
+                    ResponseError::UnknownTopicOrPartition,
+                ));
             }
         }
         asked.push((name, ps));
     }
     let outcome = if group.is_empty() {
         Err(ResponseError::InvalidGroupId)
+    } else if !ctx.group_allowed(op::DELETE, &group) {
+        Err(ResponseError::GroupAuthorizationFailed)
     } else {
         let g = group.clone();
         coordinator::on_owner(&ctx.shard.smp, &group, move || {
@@ -54,8 +70,9 @@ pub async fn handle(ctx: &Ctx, req: OffsetDeleteRequest) -> OffsetDeleteResponse
                 .iter()
                 .map(|p| {
                     let i = p.partition_index;
-                    let error = if unknown.contains(&(name.clone(), i)) {
-                        Some(ResponseError::UnknownTopicOrPartition)
+                    let early = unknown.iter().find(|(n, q, _)| *n == name && *q == i);
+                    let error = if let Some((_, _, e)) = early {
+                        Some(*e)
                     } else {
                         known
                             .and_then(|(_, ps)| ps.iter().find(|(q, _)| *q == i))

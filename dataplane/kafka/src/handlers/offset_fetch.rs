@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::groups::coordinator::{self, Fetched};
 use crate::registry::Versions;
 use kafka_protocol::error::ResponseError;
@@ -28,12 +29,13 @@ pub async fn handle(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
                     let partitions = parts
                         .into_iter()
                         .map(|(p, c)| {
-                            let (offset, epoch, meta) = committed(c);
+                            let (offset, epoch, meta, part_error) = committed(c);
                             OffsetFetchResponsePartitions::default()
                                 .with_partition_index(p)
                                 .with_committed_offset(offset)
                                 .with_committed_leader_epoch(epoch)
                                 .with_metadata(Some(str_bytes(meta)))
+                                .with_error_code(part_error)
                         })
                         .collect();
                     OffsetFetchResponseTopics::default()
@@ -62,11 +64,12 @@ pub async fn handle(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
             let partitions = parts
                 .into_iter()
                 .map(|(p, c)| {
-                    let (offset, epoch, meta) = committed(c);
+                    let (offset, epoch, meta, part_error) = committed(c);
                     let mut r = OffsetFetchResponsePartition::default()
                         .with_partition_index(p)
                         .with_committed_offset(offset)
-                        .with_metadata(Some(str_bytes(meta)));
+                        .with_metadata(Some(str_bytes(meta)))
+                        .with_error_code(part_error);
                     if ctx.version >= 5 {
                         r = r.with_committed_leader_epoch(epoch);
                     }
@@ -89,14 +92,58 @@ pub async fn handle(ctx: &Ctx, req: OffsetFetchRequest) -> OffsetFetchResponse {
     out
 }
 
-fn committed(c: Option<crate::groups::group::Committed>) -> (i64, i32, String) {
+/// One partition's answer: a committed offset, none, or an error of its
+/// own (a topic the client may not DESCRIBE).
+enum Part {
+    Committed(Option<crate::groups::group::Committed>),
+    Refused(ResponseError),
+}
+
+fn committed(c: Part) -> (i64, i32, String, i16) {
     match c {
-        Some(c) => (c.offset, c.leader_epoch, c.metadata),
-        None => (-1, -1, String::new()),
+        Part::Committed(Some(c)) => (c.offset, c.leader_epoch, c.metadata, 0),
+        Part::Committed(None) => (-1, -1, String::new(), 0),
+        Part::Refused(e) => (-1, -1, String::new(), e.code()),
     }
 }
 
+type Answered = Vec<(String, Vec<(i32, Part)>)>;
+
+/// The group's committed offsets: DESCRIBE on the group, and on each
+/// topic (asked-for topics the client may not DESCRIBE are answered
+/// TOPIC_AUTHORIZATION_FAILED per partition, after the others; with no
+/// topic list they are left out).
 async fn fetch(
+    ctx: &Ctx,
+    group: String,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> (Option<ResponseError>, Answered) {
+    let (topics, denied): (Option<Vec<_>>, Vec<_>) = match topics {
+        None => (None, Vec::new()),
+        Some(ts) => {
+            let (ok, denied) = ts
+                .into_iter()
+                .partition(|(t, _)| ctx.topic_allowed(op::DESCRIBE, t));
+            (Some(ok), denied)
+        }
+    };
+    let (error, fetched) = fetch_allowed(ctx, group, topics).await;
+    let mut out: Answered = fetched
+        .into_iter()
+        .filter(|(t, _)| ctx.topic_allowed(op::DESCRIBE, t))
+        .map(|(t, ps)| (t, ps.into_iter().map(|(p, c)| (p, Part::Committed(c))).collect()))
+        .collect();
+    out.extend(denied.into_iter().map(|(t, ps)| {
+        let refused = ps
+            .into_iter()
+            .map(|p| (p, Part::Refused(ResponseError::TopicAuthorizationFailed)))
+            .collect();
+        (t, refused)
+    }));
+    (error, out)
+}
+
+async fn fetch_allowed(
     ctx: &Ctx,
     group: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
@@ -104,6 +151,8 @@ async fn fetch(
     let asked = topics.clone();
     let outcome = if group.is_empty() {
         Err(ResponseError::InvalidGroupId)
+    } else if !ctx.group_allowed(op::DESCRIBE, &group) {
+        Err(ResponseError::GroupAuthorizationFailed)
     } else {
         let g = group.clone();
         coordinator::on_owner(&ctx.shard.smp, &group, move || {

@@ -13,6 +13,7 @@
 //! replica_id is not looked at: no Kafka follower fetches from this broker.
 
 use super::{current_leader_epoch, str_bytes, Ctx, NO_LEADER_EPOCH};
+use crate::authz::op;
 use crate::registry::Versions;
 use ferrolog_cluster::ops::{offset_for_leader_epoch_local, scatter, EpochAnswer, EpochQuery};
 use ferrolog_model::{Epoch, Ntp};
@@ -47,18 +48,21 @@ pub async fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLea
     let mut queries = Vec::new();
     for t in &req.topics {
         let name = t.topic.0.to_string();
+        let described = ctx.topic_allowed(op::DESCRIBE, &name);
         let mut parts = Vec::new();
         for p in &t.partitions {
             let ntp = Ntp::new(name.clone(), p.partition);
-            if table.contains(&ntp) {
+            if !described {
+                parts.push((p.partition, Err(ResponseError::TopicAuthorizationFailed)));
+            } else if table.contains(&ntp) {
                 queries.push(EpochQuery {
                     ntp,
                     current_leader_epoch: current_leader_epoch(p.current_leader_epoch),
                     leader_epoch: Epoch(p.leader_epoch),
                 });
-                parts.push((p.partition, Some(queries.len() - 1)));
+                parts.push((p.partition, Ok(queries.len() - 1)));
             } else {
-                parts.push((p.partition, None));
+                parts.push((p.partition, Err(ResponseError::UnknownTopicOrPartition)));
             }
         }
         layout.push((name, parts));
@@ -74,9 +78,9 @@ pub async fn handle(ctx: &Ctx, req: OffsetForLeaderEpochRequest) -> OffsetForLea
             let partitions = parts
                 .into_iter()
                 .map(|(index, slot)| match slot {
-                    Some(i) => entry(index, &answers[i]),
-                    None => EpochEndOffset::default()
-                        .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                    Ok(i) => entry(index, &answers[i]),
+                    Err(e) => EpochEndOffset::default()
+                        .with_error_code(e.code())
                         .with_partition(index)
                         .with_leader_epoch(NO_LEADER_EPOCH)
                         .with_end_offset(NO_END_OFFSET),

@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::registry::Versions;
 use ferrolog_cluster::ops::{produce_local, scatter, Acks, ProduceAnswer, ProduceItem};
 use ferrolog_cluster::PartitionError;
@@ -19,6 +20,7 @@ struct Answer {
     error: Option<(ResponseError, String)>,
     base_offset: Offset,
     log_start: Offset,
+    log_append_time_ms: i64,
 }
 
 impl From<ProduceAnswer> for Answer {
@@ -28,11 +30,13 @@ impl From<ProduceAnswer> for Answer {
                 error: None,
                 base_offset,
                 log_start: a.log_start,
+                log_append_time_ms: a.log_append_time_ms,
             },
             Err(e) => Answer {
                 error: Some((crate::errors::partition(&e), e.to_string())),
                 base_offset: Offset(-1),
                 log_start: a.log_start,
+                log_append_time_ms: -1,
             },
         }
     }
@@ -42,7 +46,7 @@ fn partition_response(index: i32, a: &Answer) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default()
         .with_index(index)
         .with_base_offset(a.base_offset.0)
-        .with_log_append_time_ms(-1)
+        .with_log_append_time_ms(a.log_append_time_ms)
         .with_log_start_offset(a.log_start.0);
     if let Some((code, msg)) = &a.error {
         r = r
@@ -57,6 +61,7 @@ fn failed(error: ResponseError, msg: &str) -> Answer {
         error: Some((error, msg.to_string())),
         base_offset: Offset(-1),
         log_start: Offset(-1),
+        log_append_time_ms: -1,
     }
 }
 
@@ -77,6 +82,7 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
     let mut items = Vec::new();
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
+        let writable = ctx.topic_allowed(op::WRITE, &name);
         let mut parts = Vec::new();
         for p in topic.partition_data {
             let ntp = Ntp::new(name.clone(), p.index);
@@ -84,6 +90,11 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                 Err(failed(
                     ResponseError::InvalidRequiredAcks,
                     "acks must be -1, 0 or 1",
+                ))
+            } else if !writable {
+                Err(failed(
+                    ResponseError::TopicAuthorizationFailed,
+                    &crate::authz::denied("WRITE", &format!("topic {name}")),
                 ))
             } else if !table.contains(&ntp) {
                 Err(failed(
@@ -138,5 +149,6 @@ fn shard_failed(e: ferrolog_shard::ShardError) -> ProduceAnswer {
     ProduceAnswer {
         result: Err(PartitionError::Shard(e)),
         log_start: Offset(-1),
+        log_append_time_ms: -1,
     }
 }

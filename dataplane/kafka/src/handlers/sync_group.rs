@@ -1,4 +1,5 @@
 use super::{str_bytes, Ctx};
+use crate::authz::op;
 use crate::groups::coordinator;
 use crate::groups::group::{SyncArgs, SyncResult};
 use crate::registry::Versions;
@@ -13,6 +14,8 @@ pub async fn handle(ctx: &Ctx, req: SyncGroupRequest) -> SyncGroupResponse {
     let group = req.group_id.0.to_string();
     let result = if group.is_empty() {
         SyncResult::failed(ResponseError::InvalidGroupId)
+    } else if !ctx.group_allowed(op::READ, &group) {
+        SyncResult::failed(ResponseError::GroupAuthorizationFailed)
     } else {
         let args = SyncArgs {
             member_id: req.member_id.to_string(),
