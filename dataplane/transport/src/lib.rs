@@ -65,6 +65,14 @@
 //! resends from each follower's acknowledged offset and checks (prev offset,
 //! prev epoch) on every append, so a gap is noticed and repaired there.
 //!
+//! # TLS
+//!
+//! With a [`NodeTls`] ([`Link::with_tls`], [`listen_with_tls`]) every
+//! connection is mutual TLS (see [`tls`]); frames are the same inside. The
+//! plain path writes with `sendmsg` iovecs; the TLS path hands the same
+//! slices to rustls, which encrypts them into its own records (one copy, the
+//! price of encryption).
+//!
 //! # Copies
 //!
 //! Sending: the header is encoded into an 18-byte array; extension and
@@ -75,10 +83,12 @@
 mod codec;
 mod link;
 mod server;
+pub mod tls;
 
 pub use codec::{
     check_header_crc, decode_header, encode_header, split_frame, Frame, FrameError, Header, Split,
     EXT_BYTES_MAX, FLAGS_KNOWN, HEADER_BYTES, MAGIC, VERSION,
 };
 pub use link::{Link, SendError, CONNECT_TIMEOUT, RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN};
-pub use server::{listen, Handler, CONNECTIONS_MAX, MID_FRAME_TIMEOUT};
+pub use server::{listen, listen_with_tls, Handler, CONNECTIONS_MAX, MID_FRAME_TIMEOUT};
+pub use tls::{NodeStream, NodeTls, NodeTlsFiles};
