@@ -2,9 +2,9 @@
 //! TCP on glommio, for replication (DESIGN.md "Replication": "a small fixed
 //! header + the stored bytes, vectored, never re-encoded").
 //!
-//! **Not wired into the broker yet.** Nothing in ferrolog sends or listens
-//! with it today; the replication shard adapter (issue 14) will, and the
-//! AF_XDP path (issue 15) will sit beside it with TCP as its fallback.
+//! The replication shard adapter (`ferrolog_cluster::replicated`) sends and
+//! listens with it; an AF_XDP path (issue 15) is to sit beside it with TCP
+//! as its fallback.
 //!
 //! It is generic: it carries frames, not replication messages. A caller puts
 //! its message header (partition, epoch, offsets; fixed size, at most

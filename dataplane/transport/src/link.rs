@@ -81,7 +81,8 @@ impl Queued {
 
 struct Inner {
     addr: SocketAddr,
-    tls: Option<Arc<NodeTls>>,
+    /// The TLS configuration and the name the peer's certificate must have.
+    tls: Option<(Arc<NodeTls>, String)>,
     max_payload: usize,
     queue_frames_max: usize,
     queue_bytes_max: usize,
@@ -121,14 +122,15 @@ impl Link {
         Link::with_tls(addr, max_payload, queue_frames_max, queue_bytes_max, None)
     }
 
-    /// As [`Link::new`]; with `tls`, every connection is mutual TLS and the
-    /// peer's certificate must name `addr`'s IP address.
+    /// As [`Link::new`]; with `tls` (a configuration and the host name or IP
+    /// address the peer's certificate must name), every connection is mutual
+    /// TLS.
     pub fn with_tls(
         addr: SocketAddr,
         max_payload: usize,
         queue_frames_max: usize,
         queue_bytes_max: usize,
-        tls: Option<Arc<NodeTls>>,
+        tls: Option<(Arc<NodeTls>, String)>,
     ) -> Rc<Link> {
         assert!(
             queue_frames_max >= 1,
@@ -293,7 +295,7 @@ async fn closed(stream: &mut NodeStream) -> String {
     }
 }
 
-async fn connect(addr: SocketAddr, tls: Option<&NodeTls>) -> std::io::Result<NodeStream> {
+async fn connect(addr: SocketAddr, tls: Option<&(Arc<NodeTls>, String)>) -> std::io::Result<NodeStream> {
     let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
         .await
         .map_err(std::io::Error::from)?;
@@ -301,7 +303,7 @@ async fn connect(addr: SocketAddr, tls: Option<&NodeTls>) -> std::io::Result<Nod
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
     match tls {
         None => Ok(NodeStream::Plain(stream)),
-        Some(tls) => tls.connect(&addr.ip().to_string(), stream).await,
+        Some((tls, name)) => tls.connect(name, stream).await,
     }
 }
 
@@ -331,7 +333,7 @@ async fn writer(inner: Rc<Inner>) {
             inner.frames_queued().await;
         }
         if stream.is_none() {
-            match connect(peer, inner.tls.as_deref()).await {
+            match connect(peer, inner.tls.as_ref()).await {
                 Ok(s) => {
                     if failing {
                         info!(%peer, "transport: link connected again");

@@ -193,7 +193,13 @@ fn frames_round_trip_byte_for_byte_over_mutual_tls() {
         let (handler, got) = recorder();
         let (server, addr) =
             listen_with_tls(localhost(), MAX_PAYLOAD, handler, Some(ids.good.clone())).expect("listen");
-        let link = Link::with_tls(addr, MAX_PAYLOAD, 64, 32 << 20, Some(ids.other.clone()));
+        let link = Link::with_tls(
+            addr,
+            MAX_PAYLOAD,
+            64,
+            32 << 20,
+            Some((ids.other.clone(), "127.0.0.1".into())),
+        );
         let sizes = [0, 1, 4095, 16_384, 16_385, 65_537, 1 << 20, 4 << 20];
         let n = 120;
         let mut sent = Vec::new();
@@ -218,7 +224,13 @@ fn peers_without_the_clusters_certificate_deliver_nothing_and_harm_no_one() {
         let (handler, got) = recorder();
         let (server, addr) =
             listen_with_tls(localhost(), MAX_PAYLOAD, handler, Some(ids.good.clone())).expect("listen");
-        let good = Link::with_tls(addr, MAX_PAYLOAD, 64, 1 << 24, Some(ids.other.clone()));
+        let good = Link::with_tls(
+            addr,
+            MAX_PAYLOAD,
+            64,
+            1 << 24,
+            Some((ids.other.clone(), "127.0.0.1".into())),
+        );
         good.send(frame(0, 100)).expect("queued");
         wait_until(Duration::from_secs(10), "the good link's first frame", || {
             got.borrow().len() == 1
@@ -229,7 +241,13 @@ fn peers_without_the_clusters_certificate_deliver_nothing_and_harm_no_one() {
         // and a link with a certificate of another CA (it does not trust the
         // listener, nor the listener it).
         let plain = Link::new(addr, MAX_PAYLOAD, 64, 1 << 24);
-        let foreign = Link::with_tls(addr, MAX_PAYLOAD, 64, 1 << 24, Some(ids.foreign.clone()));
+        let foreign = Link::with_tls(
+            addr,
+            MAX_PAYLOAD,
+            64,
+            1 << 24,
+            Some((ids.foreign.clone(), "127.0.0.1".into())),
+        );
         for i in 0..20 {
             let _ = plain.send(frame(100 + i, 10));
             let _ = foreign.send(frame(200 + i, 10));
@@ -291,7 +309,13 @@ fn a_listener_whose_certificate_names_another_address_is_not_trusted() {
         let (handler, got) = recorder();
         let (server, addr) =
             listen_with_tls(localhost(), MAX_PAYLOAD, handler, Some(ids.misnamed.clone())).expect("listen");
-        let link = Link::with_tls(addr, MAX_PAYLOAD, 64, 1 << 24, Some(ids.good.clone()));
+        let link = Link::with_tls(
+            addr,
+            MAX_PAYLOAD,
+            64,
+            1 << 24,
+            Some((ids.good.clone(), "127.0.0.1".into())),
+        );
         for i in 0..5 {
             let _ = link.send(frame(i, 10));
         }
