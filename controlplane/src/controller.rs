@@ -34,6 +34,7 @@ use crate::state::{
 use crate::topics::{self, TableFileError, TopicTable, TOPICS_FILE};
 use ferrolog_model::{Epoch, NodeId, PartitionId};
 use ferrolog_replication::{majority, ElectionInfo};
+use ferrolog_transport::tls::NodeTls;
 use futures::future::LocalBoxFuture;
 use futures_channel::oneshot;
 use glommio::sync::Semaphore;
@@ -111,6 +112,8 @@ pub struct ControllerConfig {
     /// Whether the leader creates the group coordinator's topic
     /// ([`topics::OFFSETS_TOPIC`]); off where no coordinator runs.
     pub offsets_topic: bool,
+    /// Mutual TLS on the control-plane RPC, both ways; `None`: plain TCP.
+    pub tls: Option<Arc<NodeTls>>,
 }
 
 /// The outcome of a preferred-leader election (ElectLeaders).
@@ -357,8 +360,8 @@ impl Controller {
         }
         if let Some(addr) = c.config.rpc_listen {
             let handler: Rc<dyn rpc::Handler> = Rc::new(RpcHandler(c.clone()));
-            let (task, bound) =
-                rpc::serve(addr, handler).map_err(|source| BootstrapError::Listen { addr, source })?;
+            let (task, bound) = rpc::serve_with_tls(addr, handler, c.config.tls.clone())
+                .map_err(|source| BootstrapError::Listen { addr, source })?;
             info!(addr = %bound, "serving the control-plane RPC");
             c.tasks.borrow_mut().push(task);
         }
@@ -643,11 +646,12 @@ impl Controller {
             return Some(p.clone());
         }
         let addr = self.addrs.borrow().get(&to)?.clone();
-        let p = Peer::new(
+        let p = Peer::with_tls(
             node_u64(self.config.me.id),
             addr,
             self.cluster_id.clone(),
             self.config.timing.request_timeout,
+            self.config.tls.clone(),
         );
         self.peers.borrow_mut().insert(to, p.clone());
         Some(p)

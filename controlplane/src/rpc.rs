@@ -32,6 +32,7 @@
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
 use ferrolog_model::{Epoch, NodeId, Offset};
+use ferrolog_transport::tls::{host_of, NodeStream, NodeTls};
 use futures::future::{Either, LocalBoxFuture};
 use futures::io::{AsyncReadExt, BufReader, BufWriter};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -43,6 +44,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -210,11 +212,7 @@ fn reader_options() -> capnp::message::ReaderOptions {
 }
 
 /// Wraps a stream into a two-party network for one side of a connection.
-fn vat_network(stream: TcpStream, side: Side) -> Box<twoparty::VatNetwork<impl futures::AsyncRead + Unpin>> {
-    // Small control messages must not wait for Nagle.
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!(error = %e, "control rpc: cannot set TCP_NODELAY");
-    }
+fn vat_network(stream: NodeStream, side: Side) -> Box<twoparty::VatNetwork<impl futures::AsyncRead + Unpin>> {
     let (read, write) = stream.split();
     Box::new(twoparty::VatNetwork::new(
         BufReader::new(read),
@@ -230,15 +228,25 @@ fn vat_network(stream: TcpStream, side: Side) -> Box<twoparty::VatNetwork<impl f
 /// task is cancelled (`JoinHandle::cancel`), which closes the listener and
 /// every connection. Returns the bound address.
 pub fn serve(addr: SocketAddr, handler: Rc<dyn Handler>) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
+    serve_with_tls(addr, handler, None)
+}
+
+/// As [`serve`]; with `tls`, a connection is served only after a mutual TLS
+/// handshake (the peer's certificate must chain to the cluster's CA).
+pub fn serve_with_tls(
+    addr: SocketAddr,
+    handler: Rc<dyn Handler>,
+    tls: Option<Arc<NodeTls>>,
+) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
     let listener = TcpListener::bind(addr).map_err(std::io::Error::from)?;
     let local = listener.local_addr().map_err(std::io::Error::from)?;
-    let task = glommio::spawn_local(accept_loop(listener, handler)).detach();
+    let task = glommio::spawn_local(accept_loop(listener, handler, tls)).detach();
     Ok((task, local))
 }
 
 /// Accepts connections and drives them all inside this one task, so that
 /// cancelling it drops every connection with it.
-async fn accept_loop(listener: TcpListener, handler: Rc<dyn Handler>) {
+async fn accept_loop(listener: TcpListener, handler: Rc<dyn Handler>, tls: Option<Arc<NodeTls>>) {
     let mut connections = FuturesUnordered::new();
     // One accept stays pending across iterations: dropping a pending accept
     // could lose a connection the kernel already handed over.
@@ -272,12 +280,31 @@ async fn accept_loop(listener: TcpListener, handler: Rc<dyn Handler>) {
             warn!(%peer, limit = CONNECTIONS_MAX, "control rpc: too many connections; closing the new one");
             continue;
         }
-        connections.push(serve_connection(stream, peer, handler.clone()));
+        connections.push(serve_connection(stream, peer, handler.clone(), tls.clone()));
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, handler: Rc<dyn Handler>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: Rc<dyn Handler>,
+    tls: Option<Arc<NodeTls>>,
+) {
     debug!(%peer, "control rpc: connection accepted");
+    // Small control messages must not wait for Nagle.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "control rpc: cannot set TCP_NODELAY");
+    }
+    let stream = match tls {
+        None => NodeStream::Plain(stream),
+        Some(tls) => match tls.accept(stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%peer, error = %e, "control rpc: closing a connection that failed the TLS handshake");
+                return;
+            }
+        },
+    };
     let server = ConnectionServer {
         handler,
         peer,
@@ -551,6 +578,7 @@ pub struct Peer {
 struct PeerInner {
     local_node: u64,
     addr: String,
+    tls: Option<Arc<NodeTls>>,
     cluster_id: Rc<RefCell<String>>,
     call_timeout: Duration,
     connection: RefCell<Option<Connection>>,
@@ -606,9 +634,22 @@ impl Peer {
         cluster_id: Rc<RefCell<String>>,
         call_timeout: Duration,
     ) -> Rc<Peer> {
+        Peer::with_tls(local_node, addr, cluster_id, call_timeout, None)
+    }
+
+    /// As [`Peer::new`]; with `tls`, connections are mutual TLS and the
+    /// peer's certificate must name the host of `addr`.
+    pub fn with_tls(
+        local_node: u64,
+        addr: String,
+        cluster_id: Rc<RefCell<String>>,
+        call_timeout: Duration,
+        tls: Option<Arc<NodeTls>>,
+    ) -> Rc<Peer> {
         let inner = Rc::new(PeerInner {
             local_node,
             addr,
+            tls,
             cluster_id,
             call_timeout,
             connection: RefCell::new(None),
@@ -895,14 +936,25 @@ impl PeerInner {
         }
         // Bounded here too, so that an attempt that times out (a host that
         // drops SYNs) backs off like one that is refused.
-        let attempt = match until(
-            Instant::now() + self.call_timeout,
-            TcpStream::connect(self.addr.as_str()),
-        )
-        .await
-        {
+        let connect = async {
+            let stream = TcpStream::connect(self.addr.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            // Small control messages must not wait for Nagle.
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(error = %e, "control rpc: cannot set TCP_NODELAY");
+            }
+            match &self.tls {
+                None => Ok(NodeStream::Plain(stream)),
+                Some(tls) => tls
+                    .connect(host_of(&self.addr), stream)
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        let attempt = match until(Instant::now() + self.call_timeout, connect).await {
             Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e),
             Err(Elapsed) => Err("no connection within the call timeout".to_string()),
         };
         match attempt {
@@ -926,7 +978,7 @@ impl PeerInner {
         }
     }
 
-    fn start_connection(self: &Rc<Self>, stream: TcpStream) -> (u64, control::Client) {
+    fn start_connection(self: &Rc<Self>, stream: NodeStream) -> (u64, control::Client) {
         let id = self.connections_made.get() + 1;
         self.connections_made.set(id);
         let mut rpc = RpcSystem::new(vat_network(stream, Side::Client), None);

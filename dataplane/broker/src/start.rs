@@ -18,6 +18,7 @@ use ferrolog_kafka::ServerConfig;
 use ferrolog_model::NodeId;
 use ferrolog_shard::{ControlConfig, RuntimeConfig};
 use ferrolog_storage::{CompactionConfig, Durability, LogConfig};
+use ferrolog_transport::{NodeTls, NodeTlsFiles};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,6 +147,20 @@ pub struct StartArgs {
     /// required. Default: required with --kafka-tls-client-ca, else none.
     #[arg(long, value_enum, requires = "kafka_tls_client_ca")]
     pub kafka_tls_client_auth: Option<ClientAuthArg>,
+    /// Mutual TLS between nodes (the control-plane RPC and the replication
+    /// data links): this node's PEM certificate chain. Its certificate must
+    /// name (IP address or DNS SAN) the hosts of --rpc-advertised-addr and
+    /// --data-advertised-addr, and allow TLS server and client use. Needs
+    /// --node-tls-key and --node-tls-ca; every node of the cluster needs
+    /// them too.
+    #[arg(long, requires_all = ["node_tls_key", "node_tls_ca"])]
+    pub node_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --node-tls-cert.
+    #[arg(long, requires = "node_tls_cert")]
+    pub node_tls_key: Option<PathBuf>,
+    /// PEM certificates of the CA that signs every node's certificate.
+    #[arg(long, requires = "node_tls_cert")]
+    pub node_tls_ca: Option<PathBuf>,
     /// SASL mechanisms offered by SaslHandshake, comma-separated, from
     /// PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512; `none` turns SASL off.
     #[arg(long, default_value = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512", value_parser = parse_mechanisms)]
@@ -594,6 +609,24 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let node_tls = match (&args.node_tls_cert, &args.node_tls_key, &args.node_tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            let files = NodeTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            };
+            match NodeTls::from_files(&files) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    error!("invalid node TLS settings: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    info!(tls = node_tls.is_some(), "node-to-node security");
     info!(
         tls = security.tls.is_some(),
         require_auth = security.require_auth,
@@ -629,6 +662,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         rpc_advertised,
         data_listen,
         data_advertised,
+        node_tls,
         control_timing: control_timing(&profile),
         max_request_bytes: args.max_request_bytes as usize,
         auto_create_topics: args.auto_create_topics,

@@ -45,6 +45,8 @@ struct Node {
     dir: tempfile::TempDir,
     child: Option<Child>,
     starts: usize,
+    /// More arguments of `ferrolog start` (e.g. node TLS).
+    extra: Vec<String>,
 }
 
 impl Node {
@@ -59,6 +61,7 @@ impl Node {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             starts: 0,
+            extra: Vec::new(),
         }
     }
 
@@ -88,6 +91,7 @@ impl Node {
             .args(["--data-addr", &self.data.to_string()])
             .args(["--admin-addr", &self.admin.to_string()])
             .args(["--seeds", seeds])
+            .args(&self.extra)
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
@@ -241,7 +245,11 @@ struct Cluster {
 impl Cluster {
     /// `voters` nodes with ids 1..=voters, all seeds, started together.
     fn start(voters: i32) -> Cluster {
-        let mut nodes: Vec<Node> = (1..=voters).map(Node::new).collect();
+        Cluster::start_nodes((1..=voters).map(Node::new).collect())
+    }
+
+    /// `nodes` as the voters, all seeds, started together.
+    fn start_nodes(mut nodes: Vec<Node>) -> Cluster {
         let seeds = nodes
             .iter()
             .map(|n| format!("{}@{}", n.id, n.rpc))
@@ -789,4 +797,186 @@ fn a_reassignment_moves_replicas_after_they_catch_up_and_the_node_that_left_dele
     }
     c.assert_running();
     println!("reassignment test took {:?}", started.elapsed());
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl (tools/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA `ca` (ca.pem, ca.key) in `dir`.
+fn make_ca(dir: &Path, ca: &str) {
+    let subj = format!("/CN={ca}");
+    let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+        ],
+    );
+}
+
+/// A node certificate `name` signed by `ca` for 127.0.0.1 (TLS server and
+/// client use); returns the `--node-tls-*` arguments that use it.
+fn node_tls_args(dir: &Path, ca: &str, name: &str) -> Vec<String> {
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.cnf"),
+    );
+    let subj = format!("/CN={name}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &subj,
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ],
+    );
+    std::fs::write(
+        dir.join(&ext),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("extension file");
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ],
+    );
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    vec![
+        "--node-tls-cert".into(),
+        path(&pem),
+        "--node-tls-key".into(),
+        path(&key),
+        "--node-tls-ca".into(),
+        path(&ca_pem),
+    ]
+}
+
+/// Mutual TLS between nodes (`--node-tls-*`): a three-node cluster whose
+/// control-plane RPC and replication links are all TLS replicates an RF=3
+/// topic (acks=all: followers got the batches over TLS links) and a follower
+/// killed with -9 catches up over TLS after its restart. A node whose
+/// certificate another CA signed, and a node without TLS, cannot join: the
+/// cluster refuses their handshakes and they never become members.
+#[test]
+fn nodes_talk_mutual_tls_and_a_node_without_the_clusters_certificate_cannot_join() {
+    let certs = tempfile::tempdir().expect("cert dir");
+    let d = certs.path();
+    make_ca(d, "ca");
+    make_ca(d, "rogue-ca");
+    let nodes = (1..=3)
+        .map(|id| {
+            let mut n = Node::new(id);
+            n.extra = node_tls_args(d, "ca", &format!("node{id}"));
+            n
+        })
+        .collect();
+    let mut c = Cluster::start_nodes(nodes);
+    let leader = c.leader();
+    c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
+    for n in &c.nodes {
+        let log = std::fs::read_to_string(n.log_path(n.starts)).expect("node log");
+        assert!(
+            log.lines()
+                .any(|l| l.contains("node-to-node security") && l.contains("tls=true")),
+            "node {} does not say it runs node TLS:\n{}",
+            n.id,
+            n.log_tail()
+        );
+    }
+    c.python(leader, &["create", "secure", "2", "3"]);
+    c.python(leader, &["roundtrip", "secure"]);
+    let victim = (1..=3).find(|id| *id != leader).expect("a follower");
+    c.node(victim).kill9();
+    let seeds = c.seeds.clone();
+    c.node(victim).start(&seeds);
+    c.wait_until(leader, "the victim back", |v| {
+        member(v, victim).is_some_and(|m| m["alive"] == true)
+    });
+    c.python(victim, &["wait-topics", "3", "secure:2"]);
+    c.python(victim, &["verify", "secure"]);
+
+    let mut rogue = Node::new(4);
+    rogue.extra = node_tls_args(d, "rogue-ca", "rogue");
+    rogue.start(&seeds);
+    let mut plain = Node::new(5);
+    plain.start(&seeds);
+    let (rogue_id, plain_id) = (rogue.id, plain.id);
+    c.nodes.push(rogue);
+    c.nodes.push(plain);
+    // The rogue node does not trust the cluster's certificates; the cluster
+    // closes the plain node's connections at the handshake.
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let rogue_log = std::fs::read_to_string(c.node(rogue_id).log_path(1)).unwrap_or_default();
+        let refused = c.nodes.iter().filter(|n| n.id <= 3).any(|n| {
+            std::fs::read_to_string(n.log_path(n.starts))
+                .unwrap_or_default()
+                .contains("failed the TLS handshake")
+        });
+        if rogue_log.contains("TLS handshake") && refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refused TLS handshake logged within {CONVERGE_TIMEOUT:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = c.node(leader).cluster().expect("status");
+    assert!(member(&v, rogue_id).is_none(), "the rogue node joined: {v}");
+    assert!(member(&v, plain_id).is_none(), "the plain node joined: {v}");
+    c.python(leader, &["verify", "secure"]);
+    c.assert_running();
 }

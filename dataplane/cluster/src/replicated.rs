@@ -42,6 +42,7 @@ use ferrolog_replication::{
     Replica, ReplicaConfig, Restart, Role,
 };
 use ferrolog_storage::{ReadRequest, StorageError};
+use ferrolog_transport::tls::{host_of, NodeTls};
 use ferrolog_transport::{Frame, Link};
 use futures_channel::oneshot;
 use glommio::sync::Semaphore;
@@ -51,6 +52,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
@@ -804,6 +806,8 @@ async fn send(p: &Rc<Partition>, r: &Replication, to: NodeId, message: Message) 
 pub struct ReplNet {
     links: RefCell<HashMap<SocketAddr, Rc<Link>>>,
     resolved: RefCell<HashMap<String, SocketAddr>>,
+    /// Mutual TLS on the data links, both ways (set by [`start_shard`]).
+    tls: RefCell<Option<Arc<NodeTls>>>,
     pub frames_sent: Cell<u64>,
     pub frames_received: Cell<u64>,
     pub frames_refused: Cell<u64>,
@@ -822,7 +826,7 @@ impl ReplNet {
         message: &Message,
         payload: Bytes,
     ) -> bool {
-        let Some(addr) = self.peer_addr(m, to) else {
+        let Some((addr, host)) = self.peer_addr(m, to) else {
             self.frames_refused.set(self.frames_refused.get() + 1);
             return false;
         };
@@ -837,7 +841,11 @@ impl ReplNet {
             .links
             .borrow_mut()
             .entry(addr)
-            .or_insert_with(|| Link::new(addr, FRAME_PAYLOAD_MAX, LINK_FRAMES_MAX, LINK_BYTES_MAX))
+            .or_insert_with(|| {
+                // The peer's certificate must name the host it registered.
+                let tls = self.tls.borrow().clone().map(|t| (t, host_of(&host).to_string()));
+                Link::with_tls(addr, FRAME_PAYLOAD_MAX, LINK_FRAMES_MAX, LINK_BYTES_MAX, tls)
+            })
             .clone();
         // The receiving node routes to the partition's owner shard.
         let frame = Frame {
@@ -859,28 +867,34 @@ impl ReplNet {
         }
     }
 
-    fn peer_addr(&self, m: &PartitionManager, to: NodeId) -> Option<SocketAddr> {
+    /// The peer's replication address, resolved, and as it registered it.
+    fn peer_addr(&self, m: &PartitionManager, to: NodeId) -> Option<(SocketAddr, String)> {
         let snap = m.metadata();
         let text = snap.broker(to)?.data_addr.clone()?;
         if let Some(a) = self.resolved.borrow().get(&text) {
-            return Some(*a);
+            return Some((*a, text));
         }
         let addr = text.to_socket_addrs().ok()?.next()?;
-        self.resolved.borrow_mut().insert(text, addr);
-        Some(addr)
+        self.resolved.borrow_mut().insert(text.clone(), addr);
+        Some((addr, text))
     }
 }
 
 /// Starts this shard's replication: its listener on `listen` (shard 0's
 /// address; shard s listens on its port + s) and the ticker. Returns the
 /// bound address.
-pub fn start_shard(m: &Rc<PartitionManager>, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+pub fn start_shard(
+    m: &Rc<PartitionManager>,
+    listen: SocketAddr,
+    tls: Option<Arc<NodeTls>>,
+) -> std::io::Result<SocketAddr> {
+    m.repl_net.tls.replace(tls.clone());
     let mut addr = listen;
     if addr.port() != 0 {
         addr.set_port(addr.port() + u16::try_from(m.id().0).expect("a shard id fits a port offset"));
     }
     let handler: ferrolog_transport::Handler = Rc::new(on_frame);
-    let (task, bound) = ferrolog_transport::listen(addr, FRAME_PAYLOAD_MAX, handler)?;
+    let (task, bound) = ferrolog_transport::listen_with_tls(addr, FRAME_PAYLOAD_MAX, handler, tls)?;
     m.repl_tasks.borrow_mut().push(task);
     let ticker = glommio::spawn_local(ticker()).detach();
     m.repl_tasks.borrow_mut().push(ticker);

@@ -31,6 +31,9 @@ pub struct ServerConfig {
     /// HOST:PORT other nodes reach shard 0's replication listener at, as
     /// the node registers it with the controller.
     pub data_advertised: Option<String>,
+    /// Mutual TLS between nodes (the control-plane RPC and the replication
+    /// data links, both ways); `None`: plain TCP.
+    pub node_tls: Option<std::sync::Arc<ferrolog_transport::NodeTls>>,
     pub control_timing: ferrolog_controlplane::controller::ControlTiming,
     /// Largest request frame accepted; a larger size field closes the connection.
     pub max_request_bytes: usize,

@@ -126,6 +126,7 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
         rpc_listen: config.rpc_listen,
         timing: config.control_timing.clone(),
         offsets_topic: true,
+        tls: config.node_tls.clone(),
     };
     let controller = Controller::bootstrap(controller, publish)
         .await
@@ -442,7 +443,7 @@ async fn start_on_this_shard() -> Result<(), String> {
     ACCEPT.with(|a| *a.borrow_mut() = Some(task));
     let s = shard::local();
     if let Some(listen) = s.config.data_listen {
-        ferrolog_cluster::replicated::start_shard(&s.cluster, listen)
+        ferrolog_cluster::replicated::start_shard(&s.cluster, listen, s.config.node_tls.clone())
             .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
     }
     Ok(())

@@ -2,9 +2,9 @@
 //! TCP on glommio, for replication (DESIGN.md "Replication": "a small fixed
 //! header + the stored bytes, vectored, never re-encoded").
 //!
-//! **Not wired into the broker yet.** Nothing in ferrolog sends or listens
-//! with it today; the replication shard adapter (issue 14) will, and the
-//! AF_XDP path (issue 15) will sit beside it with TCP as its fallback.
+//! The replication shard adapter (`ferrolog_cluster::replicated`) sends and
+//! listens with it; an AF_XDP path (issue 15) is to sit beside it with TCP
+//! as its fallback.
 //!
 //! It is generic: it carries frames, not replication messages. A caller puts
 //! its message header (partition, epoch, offsets; fixed size, at most
@@ -65,6 +65,14 @@
 //! resends from each follower's acknowledged offset and checks (prev offset,
 //! prev epoch) on every append, so a gap is noticed and repaired there.
 //!
+//! # TLS
+//!
+//! With a [`NodeTls`] ([`Link::with_tls`], [`listen_with_tls`]) every
+//! connection is mutual TLS (see [`tls`]); frames are the same inside. The
+//! plain path writes with `sendmsg` iovecs; the TLS path hands the same
+//! slices to rustls, which encrypts them into its own records (one copy, the
+//! price of encryption).
+//!
 //! # Copies
 //!
 //! Sending: the header is encoded into an 18-byte array; extension and
@@ -75,10 +83,12 @@
 mod codec;
 mod link;
 mod server;
+pub mod tls;
 
 pub use codec::{
     check_header_crc, decode_header, encode_header, split_frame, Frame, FrameError, Header, Split,
     EXT_BYTES_MAX, FLAGS_KNOWN, HEADER_BYTES, MAGIC, VERSION,
 };
 pub use link::{Link, SendError, CONNECT_TIMEOUT, RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN};
-pub use server::{listen, Handler, CONNECTIONS_MAX, MID_FRAME_TIMEOUT};
+pub use server::{listen, listen_with_tls, Handler, CONNECTIONS_MAX, MID_FRAME_TIMEOUT};
+pub use tls::{NodeStream, NodeTls, NodeTlsFiles};

@@ -18,6 +18,7 @@
 //! dead socket.
 
 use crate::codec::{encode_header, Frame, EXT_BYTES_MAX, HEADER_BYTES};
+use crate::tls::{NodeStream, NodeTls};
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -28,6 +29,7 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -79,6 +81,8 @@ impl Queued {
 
 struct Inner {
     addr: SocketAddr,
+    /// The TLS configuration and the name the peer's certificate must have.
+    tls: Option<(Arc<NodeTls>, String)>,
     max_payload: usize,
     queue_frames_max: usize,
     queue_bytes_max: usize,
@@ -115,6 +119,19 @@ impl Link {
         queue_frames_max: usize,
         queue_bytes_max: usize,
     ) -> Rc<Link> {
+        Link::with_tls(addr, max_payload, queue_frames_max, queue_bytes_max, None)
+    }
+
+    /// As [`Link::new`]; with `tls` (a configuration and the host name or IP
+    /// address the peer's certificate must name), every connection is mutual
+    /// TLS.
+    pub fn with_tls(
+        addr: SocketAddr,
+        max_payload: usize,
+        queue_frames_max: usize,
+        queue_bytes_max: usize,
+        tls: Option<(Arc<NodeTls>, String)>,
+    ) -> Rc<Link> {
         assert!(
             queue_frames_max >= 1,
             "a link's queue must hold at least one frame"
@@ -129,6 +146,7 @@ impl Link {
         );
         let inner = Rc::new(Inner {
             addr,
+            tls,
             max_payload,
             queue_frames_max,
             queue_bytes_max,
@@ -268,7 +286,7 @@ enum Idle {
 
 /// Waits for the connection to end while the writer has nothing to write.
 /// The peer never sends on a link's connection, so any read result ends it.
-async fn closed(stream: &mut TcpStream) -> String {
+async fn closed(stream: &mut NodeStream) -> String {
     let mut byte = [0u8; 1];
     match stream.read(&mut byte).await {
         Ok(0) => "closed by the peer".to_string(),
@@ -277,19 +295,22 @@ async fn closed(stream: &mut TcpStream) -> String {
     }
 }
 
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+async fn connect(addr: SocketAddr, tls: Option<&(Arc<NodeTls>, String)>) -> std::io::Result<NodeStream> {
     let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
         .await
         .map_err(std::io::Error::from)?;
     // Replication's latency is the latency of these frames: no Nagle.
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
-    Ok(stream)
+    match tls {
+        None => Ok(NodeStream::Plain(stream)),
+        Some((tls, name)) => tls.connect(name, stream).await,
+    }
 }
 
 /// The link's one writer: connects, writes batches in order, reconnects.
 async fn writer(inner: Rc<Inner>) {
     let peer = inner.addr;
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<NodeStream> = None;
     let mut backoff = RECONNECT_BACKOFF_MIN;
     // Whether the last attempt failed, so that a run of failures logs once.
     let mut failing = false;
@@ -312,7 +333,7 @@ async fn writer(inner: Rc<Inner>) {
             inner.frames_queued().await;
         }
         if stream.is_none() {
-            match connect(peer).await {
+            match connect(peer, inner.tls.as_ref()).await {
                 Ok(s) => {
                     if failing {
                         info!(%peer, "transport: link connected again");
@@ -359,7 +380,7 @@ async fn writer(inner: Rc<Inner>) {
 
 /// Writes a batch of frames with as few `sendmsg` calls as the socket buffer
 /// allows, each frame's header, extension and payload as their own iovecs.
-async fn write_batch(stream: &mut TcpStream, batch: &[Queued]) -> std::io::Result<()> {
+async fn write_batch(stream: &mut NodeStream, batch: &[Queued]) -> std::io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 3);
     for q in batch {
         slices.push(IoSlice::new(&q.header));
@@ -369,7 +390,16 @@ async fn write_batch(stream: &mut TcpStream, batch: &[Queued]) -> std::io::Resul
             }
         }
     }
-    write_all_vectored(stream, &mut slices).await
+    match stream {
+        NodeStream::Plain(tcp) => write_all_vectored(tcp, &mut slices).await,
+        NodeStream::Tls(tls) => {
+            // rustls copies the slices into its records as it encrypts them.
+            for s in &slices {
+                tls.write_all(s).await?;
+            }
+            tls.flush().await
+        }
+    }
 }
 
 /// `write_all` over several slices. The fast path is a non-blocking

@@ -8,8 +8,9 @@
 //! the peer and the reason; other connections are unaffected.
 
 use crate::codec::{split_frame, Frame, Split};
+use crate::tls::{NodeStream, NodeTls};
 use bytes::BytesMut;
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncRead, AsyncReadExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 use std::cell::RefCell;
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -56,9 +58,21 @@ pub fn listen(
     max_payload: usize,
     handler: Handler,
 ) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
+    listen_with_tls(addr, max_payload, handler, None)
+}
+
+/// As [`listen`]; with `tls`, a connection is served only after a mutual TLS
+/// handshake (a client certificate of the CA is required). A failed or
+/// stalled handshake closes that connection with one warning.
+pub fn listen_with_tls(
+    addr: SocketAddr,
+    max_payload: usize,
+    handler: Handler,
+    tls: Option<Arc<NodeTls>>,
+) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
     let listener = bind(addr)?;
     let local = listener.local_addr().map_err(std::io::Error::from)?;
-    let task = glommio::spawn_local(accept_loop(listener, max_payload, handler)).detach();
+    let task = glommio::spawn_local(accept_loop(listener, max_payload, handler, tls)).detach();
     Ok((task, local))
 }
 
@@ -104,7 +118,7 @@ impl Drop for Unregister {
     }
 }
 
-async fn accept_loop(listener: TcpListener, max_payload: usize, handler: Handler) {
+async fn accept_loop(listener: TcpListener, max_payload: usize, handler: Handler, tls: Option<Arc<NodeTls>>) {
     let connections = Rc::new(RefCell::new(Connections::default()));
     let _cancel = CancelOnDrop(connections.clone());
     loop {
@@ -138,9 +152,10 @@ async fn accept_loop(listener: TcpListener, max_payload: usize, handler: Handler
             id,
         };
         let handler = handler.clone();
+        let tls = tls.clone();
         let task = glommio::spawn_local(async move {
             let _unregister = unregister;
-            match serve_connection(stream, peer, max_payload, &handler).await {
+            match serve_connection(stream, peer, max_payload, &handler, tls.as_deref()).await {
                 Ok(()) => debug!(%peer, "transport: connection closed by the peer"),
                 Err(Closed::PeerGone(e)) => debug!(%peer, error = %e, "transport: connection lost"),
                 Err(Closed::Protocol(reason)) => warn!(%peer, %reason, "transport: closing the connection"),
@@ -161,15 +176,23 @@ enum Closed {
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     max_payload: usize,
     handler: &Handler,
+    tls: Option<&NodeTls>,
 ) -> Result<(), Closed> {
     // Replication waits on these frames' answers: they must not wait for Nagle.
     if let Err(e) = stream.set_nodelay(true) {
         debug!(%peer, error = %e, "transport: cannot set TCP_NODELAY");
     }
+    let mut stream = match tls {
+        None => NodeStream::Plain(stream),
+        Some(tls) => tls
+            .accept(stream)
+            .await
+            .map_err(|e| Closed::Protocol(e.to_string()))?,
+    };
     debug!(%peer, "transport: connection accepted");
     // One buffer per connection, reused: once the handler has dropped the
     // frames split off it, `reserve` reclaims the same allocation.
@@ -218,7 +241,11 @@ async fn serve_connection(
 
 /// Reads once into the buffer's free room (at least `need` bytes of room,
 /// at most [`READ_WINDOW_BYTES`] asked for).
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut, need: usize) -> std::io::Result<usize> {
+async fn read_more(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    need: usize,
+) -> std::io::Result<usize> {
     let want = need.clamp(READ_CHUNK_BYTES, READ_WINDOW_BYTES);
     if buf.capacity() - buf.len() < want {
         buf.reserve(want);
