@@ -1,23 +1,30 @@
 //! `ferrolog log dump` and `ferrolog log verify`.
 
-use ferrolog_storage::inspect::{find_log_dirs, inspect_log, LogReport};
+use ferrolog_storage::inspect::{find_log_dirs, inspect_log, inspect_log_records, LogReport};
 use std::path::Path;
 use std::process::ExitCode;
 
 const CODECS: [&str; 5] = ["none", "gzip", "snappy", "lz4", "zstd"];
 
-fn reports(dir: &Path) -> Result<Vec<LogReport>, String> {
+fn reports(dir: &Path, records: bool) -> Result<Vec<LogReport>, String> {
     let dirs = find_log_dirs(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     if dirs.is_empty() {
         return Err(format!("{}: no log segments found", dir.display()));
     }
     dirs.iter()
-        .map(|d| inspect_log(d).map_err(|e| format!("{}: {e}", d.display())))
+        .map(|d| {
+            let r = if records {
+                inspect_log_records(d)
+            } else {
+                inspect_log(d)
+            };
+            r.map_err(|e| format!("{}: {e}", d.display()))
+        })
         .collect()
 }
 
-pub fn dump(dir: &Path) -> ExitCode {
-    let reports = match reports(dir) {
+pub fn dump(dir: &Path, records: bool) -> ExitCode {
+    let reports = match reports(dir, records) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferrolog log dump: {e}");
@@ -54,6 +61,24 @@ pub fn dump(dir: &Path) -> ExitCode {
                     b.crc,
                     if b.crc_ok { "ok" } else { "BAD" }
                 );
+                match &b.record_list {
+                    None => {}
+                    Some(Err(e)) => println!("      records unreadable: {e}"),
+                    Some(Ok(list)) => {
+                        for r in list {
+                            let key = r.key.as_ref().map_or("null".to_string(), |k| {
+                                format!("{:?}", String::from_utf8_lossy(k))
+                            });
+                            match r.value_len {
+                                Some(len) => println!(
+                                    "      record offset={} key={key} value_bytes={len} value_crc32c={:08x}",
+                                    r.offset, r.value_crc
+                                ),
+                                None => println!("      record offset={} key={key} value=null", r.offset),
+                            }
+                        }
+                    }
+                }
             }
         }
         for p in &r.problems {
@@ -68,7 +93,7 @@ pub fn dump(dir: &Path) -> ExitCode {
 }
 
 pub fn verify(dir: &Path) -> ExitCode {
-    let reports = match reports(dir) {
+    let reports = match reports(dir, false) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ferrolog log verify: {e}");

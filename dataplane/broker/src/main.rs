@@ -71,6 +71,10 @@ enum LogCommand {
     Dump {
         /// A data directory, or one partition's log directory.
         dir: PathBuf,
+        /// Also list every record of every batch (decoded with the batch's
+        /// codec): offset, key, value length and the value's CRC-32C.
+        #[arg(long)]
+        records: bool,
     },
     /// Check every batch and index; exit 1 on corruption, naming file and position.
     Verify {
@@ -105,7 +109,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Log { command } => match command {
-            LogCommand::Dump { dir } => logcmd::dump(&dir),
+            LogCommand::Dump { dir, records } => logcmd::dump(&dir, records),
             LogCommand::Verify { dir } => logcmd::verify(&dir),
         },
     }

@@ -30,6 +30,53 @@ pub struct BatchInfo {
     /// hold the same value).
     pub crc: u32,
     pub crc_ok: bool,
+    /// The batch's records (decoded with its codec), when asked for
+    /// ([`inspect_log_records`]); `Err` says why they could not be read.
+    pub record_list: Option<Result<Vec<RecordInfo>, String>>,
+}
+
+/// One record of a batch, as `ferrolog log dump --records` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordInfo {
+    pub offset: Offset,
+    pub key: Option<Vec<u8>>,
+    /// `None`: a null value (a tombstone).
+    pub value_len: Option<usize>,
+    /// CRC-32C of the value's bytes (0 for a null value).
+    pub value_crc: u32,
+}
+
+/// The records of the whole batch `whole`, decoded with its codec.
+pub fn batch_records(whole: &[u8]) -> Result<Vec<RecordInfo>, String> {
+    let header = BatchHeader::parse(whole).map_err(|e| e.to_string())?;
+    let end = header.total_bytes().min(whole.len());
+    let head = ferrolog_model::batch::HEADER_BYTES;
+    let plain: Vec<u8> = if header.compression() == 0 {
+        whole[..end].to_vec()
+    } else {
+        let section =
+            bytes::Bytes::copy_from_slice(whole.get(head..end).ok_or("batch shorter than its header")?);
+        let decoded = crate::codec::decode(header.compression(), section)?;
+        // The same header with no codec bits and the length of the plain
+        // records, so the model's record reader takes it.
+        let mut b = whole[..head].to_vec();
+        let attributes = i16::from_be_bytes([b[21], b[22]]) & !0x07;
+        b[21..23].copy_from_slice(&attributes.to_be_bytes());
+        let length = i32::try_from(head - 12 + decoded.len()).map_err(|_| "decoded batch too large")?;
+        b[8..12].copy_from_slice(&length.to_be_bytes());
+        b.extend_from_slice(&decoded);
+        b
+    };
+    let records = ferrolog_model::batch::records(&plain).ok_or("the records do not parse")?;
+    Ok(records
+        .into_iter()
+        .map(|r| RecordInfo {
+            offset: r.offset,
+            key: r.key.map(<[u8]>::to_vec),
+            value_len: r.value.map(<[u8]>::len),
+            value_crc: r.value.map_or(0, crc32c::crc32c),
+        })
+        .collect())
 }
 
 #[derive(Clone, Debug)]
@@ -128,6 +175,16 @@ fn find_into(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> io::Result<()>
 
 /// Reads and checks every segment of the log in `dir`.
 pub fn inspect_log(dir: &Path) -> io::Result<LogReport> {
+    inspect(dir, false)
+}
+
+/// As [`inspect_log`], with every batch's records decoded
+/// ([`BatchInfo::record_list`]).
+pub fn inspect_log_records(dir: &Path) -> io::Result<LogReport> {
+    inspect(dir, true)
+}
+
+fn inspect(dir: &Path, records: bool) -> io::Result<LogReport> {
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -143,7 +200,7 @@ pub fn inspect_log(dir: &Path) -> io::Result<LogReport> {
     };
     let mut expected_next: Option<Offset> = None;
     for (base, path) in bases {
-        let seg = inspect_segment(&path, base, &mut report.problems)?;
+        let seg = inspect_segment(&path, base, records, &mut report.problems)?;
         if let (Some(expected), Some(first)) = (expected_next, seg.batches.first()) {
             if first.base_offset != expected {
                 report.problems.push(Problem {
@@ -164,7 +221,12 @@ pub fn inspect_log(dir: &Path) -> io::Result<LogReport> {
     Ok(report)
 }
 
-fn inspect_segment(path: &Path, base: Offset, problems: &mut Vec<Problem>) -> io::Result<SegmentReport> {
+fn inspect_segment(
+    path: &Path,
+    base: Offset,
+    records: bool,
+    problems: &mut Vec<Problem>,
+) -> io::Result<SegmentReport> {
     let mut file = File::open(path)?;
     let file_bytes = file.metadata()?.len();
     let mut seg = SegmentReport {
@@ -232,6 +294,7 @@ fn inspect_segment(path: &Path, base: Offset, problems: &mut Vec<Problem>) -> io
             compression: header.compression(),
             crc: header.crc,
             crc_ok: verified.is_ok(),
+            record_list: records.then(|| batch_records(&whole)),
         });
         expected = header.last_offset().plus(1);
         pos += header.total_bytes() as u64;
@@ -327,6 +390,50 @@ mod tests {
         }
         std::fs::write(dir.join(crate::segment::log_file_name(Offset(base))), &data).expect("write");
         data
+    }
+
+    #[test]
+    fn records_of_plain_and_compressed_batches_are_listed() {
+        let plain = BatchBuilder::new(TimestampMs(1))
+            .record(TimestampMs(1), Some(b"k1"), b"hello")
+            .record_or_tombstone(TimestampMs(2), Some(b"k2"), None)
+            .record(TimestampMs(3), None, b"world")
+            .build();
+        let want = vec![
+            RecordInfo {
+                offset: Offset(0),
+                key: Some(b"k1".to_vec()),
+                value_len: Some(5),
+                value_crc: crc32c::crc32c(b"hello"),
+            },
+            RecordInfo {
+                offset: Offset(1),
+                key: Some(b"k2".to_vec()),
+                value_len: None,
+                value_crc: 0,
+            },
+            RecordInfo {
+                offset: Offset(2),
+                key: None,
+                value_len: Some(5),
+                value_crc: crc32c::crc32c(b"world"),
+            },
+        ];
+        assert_eq!(batch_records(&plain), Ok(want.clone()));
+        // The same records zstd-compressed (codec 4), as a producer sends them.
+        let head = ferrolog_model::batch::HEADER_BYTES;
+        let mut section = bytes::BytesMut::new();
+        crate::codec::encode(4, &plain[head..], &mut section).expect("zstd");
+        let mut zstd = plain[..head].to_vec();
+        zstd[22] |= 4;
+        let length = i32::try_from(head - 12 + section.len()).expect("length");
+        zstd[8..12].copy_from_slice(&length.to_be_bytes());
+        zstd.extend_from_slice(&section);
+        assert_eq!(batch_records(&zstd), Ok(want));
+        // A compressed section that does not decode (its frame magic gone)
+        // is an error, not a panic.
+        zstd[head..head + 4].fill(0);
+        assert!(batch_records(&zstd).is_err());
     }
 
     #[test]

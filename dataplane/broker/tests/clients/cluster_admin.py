@@ -27,6 +27,13 @@
       cancel with none pending), waits until ListPartitionReassignments is empty, and
       checks Metadata lists the targets and the messages are all still readable; prints
       "left N0 N1", the node that left each partition.
+  cluster_admin.py --bootstrap ADDR compacted TOPIC
+      Creates TOPIC (1 partition, 3 replicas, cleanup.policy=compact, 16 KiB segments),
+      produces keyed lz4 batches with acks=all (ROUNDS values per key, then tombstones for
+      some keys, kept for an hour), rolls the segment, and waits until a consumer reads
+      one record per key, the latest, at the offset it was produced at (the leader
+      compacted). Prints "compacted END KEYS": every record below END is in a sealed
+      segment, and KEYS keys were produced.
   cluster_admin.py --bootstrap ADDR verify TOPIC
       Reads partition 0 from offset 0: the 20 acknowledged messages of an earlier roundtrip
       must be there, in order, byte for byte (after kills and restarts).
@@ -55,7 +62,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from e2e import WAIT_S, consumer, fail, log
+from e2e import WAIT_S, Sent, conf, consumer, fail, log, payload, produce_all
 
 
 def admin(bootstrap):
@@ -384,6 +391,75 @@ def wait_acls(bootstrap, principal, topics):
     fail(f"DescribeAcls of {principal} on {bootstrap}: expected {want}, last got {got}")
 
 
+COMPACT_KEYS = 30
+COMPACT_ROUNDS = 10
+COMPACT_DELETED = 6
+
+
+def compacted(bootstrap, topic):
+    config = {
+        "cleanup.policy": "compact",
+        "segment.bytes": "16384",
+        "segment.ms": "500",
+        "min.cleanable.dirty.ratio": "0.01",
+        "min.compaction.lag.ms": "0",
+        "delete.retention.ms": "3600000",
+    }
+    a = admin(bootstrap)
+    fut = a.create_topics([NewTopic(topic, 1, 3, config=config)], operation_timeout=10, request_timeout=10)[topic]
+    fut.result(timeout=WAIT_S)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        t = a.list_topics(topic, timeout=5).topics.get(topic)
+        if t is not None and t.error is None and 0 in t.partitions and t.partitions[0].leader >= 0:
+            break
+        if time.monotonic() > deadline:
+            fail(f"{topic}: no leader within {WAIT_S} s")
+        time.sleep(0.1)
+    p = Producer(conf(bootstrap, acks="all", linger_ms=2, compression_type="lz4"))
+    sent = []
+    for r in range(COMPACT_ROUNDS):
+        msgs = [Sent(topic, 0, f"key-{k}".encode(), payload(r * COMPACT_KEYS + k, 200)) for k in range(COMPACT_KEYS)]
+        produce_all(p, msgs)
+        sent += msgs
+    tombstones = [Sent(topic, 0, f"key-{k}".encode(), None) for k in range(COMPACT_DELETED)]
+    produce_all(p, tombstones)
+    sent += tombstones
+    # segment.ms passes; the next record rolls the segment, so every record above is in
+    # a sealed segment the compactor may rewrite.
+    time.sleep(0.7)
+    filler = [Sent(topic, 0, b"filler", b"last")]
+    produce_all(p, filler)
+    end = filler[0].offset
+    latest = {}
+    for s in sent:
+        latest[s.key] = s
+    deadline = time.monotonic() + 60
+    while True:
+        c = consumer(bootstrap)
+        c.assign([TopicPartition(topic, 0, 0)])
+        got = []
+        read_deadline = time.monotonic() + WAIT_S
+        while (not got or got[-1][0] < end) and time.monotonic() < read_deadline:
+            for m in c.consume(num_messages=1000, timeout=0.2):
+                if m.error() is None:
+                    got.append((m.offset(), m.key(), m.value()))
+        c.close()
+        below = [g for g in got if g[0] < end]
+        keys = [k for _, k, _ in below]
+        if len(keys) == len(set(keys)) == len(latest):
+            break
+        if time.monotonic() > deadline:
+            fail(f"{topic}: not compacted on the leader: {len(below)} records below {end} for {len(latest)} keys")
+        time.sleep(0.3)
+    for offset, key, value in below:
+        want = latest.get(key)
+        if want is None or want.offset != offset or want.value != value:
+            fail(f"{topic}: record at {offset} (key {key!r}) is not the latest of its key")
+    log(f"{topic}: compacted on the leader to {len(below)} records below offset {end}, one per key")
+    print(f"compacted {end} {len(latest)}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bootstrap", required=True)
@@ -411,6 +487,8 @@ def main():
         create_acl(args.bootstrap, rest[1], rest[2])
     elif cmd == "wait-acls":
         wait_acls(args.bootstrap, rest[1], rest[2:])
+    elif cmd == "compacted":
+        compacted(args.bootstrap, rest[1])
     elif cmd == "verify":
         read_back(args.bootstrap, rest[1], roundtrip_values(rest[1]))
         log(f"{rest[1]}: the 20 acknowledged messages are all there")
