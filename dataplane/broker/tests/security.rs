@@ -447,6 +447,28 @@ fn bad_security_settings_are_refused_at_start() {
             "invalid TLS settings",
         ),
         (
+            vec![
+                "--node-tls-cert".into(),
+                s(&garbage),
+                "--node-tls-key".into(),
+                s(&certs.key),
+                "--node-tls-ca".into(),
+                s(&certs.ca),
+            ],
+            "invalid node TLS settings",
+        ),
+        (
+            vec![
+                "--node-tls-cert".into(),
+                s(&certs.cert),
+                "--node-tls-key".into(),
+                s(&certs.key),
+                "--node-tls-ca".into(),
+                s(&missing),
+            ],
+            "missing.pem",
+        ),
+        (
             vec!["--sasl-users-file".into(), s(&bad_users)],
             "expected NAME:PASSWORD",
         ),
