@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer};
 
 mod detect;
 mod direct_io;
+pub mod irq;
 
 pub use detect::{detect, Cache, Core, DetectError, Machine, NumaNode};
 pub use direct_io::{check_direct_io, AlignedBuffer, DIRECT_IO_ALIGN_BYTES};
@@ -132,6 +133,10 @@ pub struct Shards {
     /// CPUs for the control plane and the node's other non-shard threads (the main thread and
     /// whatever it starts); disjoint from the shards' CPUs. `None`: not pinned.
     pub control_cpuset: Option<String>,
+    /// CPUs that take the data disk's and the NICs' interrupts: at start the broker moves them
+    /// there (`/proc/irq/N/smp_affinity_list`) when permitted. Disjoint from the shards' CPUs.
+    /// `None`: interrupts are left where they are (start warns when they share shard CPUs).
+    pub irq_cpuset: Option<String>,
     /// Memory budget of one shard; must cover its consumers (batch cache, io memory), and all
     /// shards' budgets must fit in the machine's memory.
     pub memory_bytes: u64,
@@ -142,6 +147,7 @@ impl Default for Shards {
         Self {
             cpuset: None,
             control_cpuset: None,
+            irq_cpuset: None,
             memory_bytes: 512 * MIB as u64,
         }
     }
@@ -391,6 +397,7 @@ impl Profile {
     pub fn validate_against(&self, online: &[usize]) -> Result<(), ProfileError> {
         self.shard_cpus(online)?;
         self.control_cpus(online)?;
+        self.irq_cpus(online)?;
 
         let c = &self.control;
         if !(10..=10_000).contains(&c.raft_tick_ms) {
@@ -615,6 +622,34 @@ impl Profile {
             }
         };
         Err(invalid("shards.control_cpuset", message))
+    }
+
+    /// The CPUs of `shards.irq_cpuset`, or `None` when it is unset. Fails if it does not parse,
+    /// names a CPU that is not online, or overlaps the shards' CPUs (keeping interrupts off the
+    /// shards is its point).
+    pub fn irq_cpus(&self, online: &[usize]) -> Result<Option<Vec<usize>>, ProfileError> {
+        let Some(spec) = &self.shards.irq_cpuset else {
+            return Ok(None);
+        };
+        let irq = cpus_of_field("shards.irq_cpuset", spec, online)?;
+        let shards = self.shard_cpus(online)?;
+        let overlap: Vec<usize> = irq
+            .iter()
+            .copied()
+            .filter(|c| shards.binary_search(c).is_ok())
+            .collect();
+        if overlap.is_empty() {
+            return Ok(Some(irq));
+        }
+        Err(invalid(
+            "shards.irq_cpuset",
+            format!(
+                "{spec:?} overlaps the shards' CPUs ({}) on CPUs {}: interrupts belong on CPUs \
+                 without a shard (set shards.cpuset to leave some)",
+                format_cpuset(&shards),
+                format_cpuset(&overlap)
+            ),
+        ))
     }
 
     /// The CPUs that get a shard: the profile's cpuset, or every online CPU when it has none.
@@ -954,6 +989,7 @@ mod tests {
             .validate_for(&eight)
             .expect("bare-metal-nvme on an 8-core, 32 GiB machine");
         assert_eq!(metal.control_cpus(&eight.cpus).expect("control"), Some(vec![0]));
+        assert_eq!(metal.irq_cpus(&eight.cpus).expect("irq"), Some(vec![0]));
         let message = invalid_on(&metal, &machine(8, 16 * GIB));
         assert!(
             message.starts_with("shards.memory_bytes: 4294967296 "),
@@ -1046,6 +1082,28 @@ write_4k_p51_us = 9
              4 KiB write+fdatasync p50 400 us p99 900 us"
         );
         assert_eq!(Device::default().to_string(), "nothing measured");
+    }
+
+    #[test]
+    fn irq_cpuset_must_exist_and_keep_off_the_shards() {
+        let online: Vec<usize> = (0..4).collect();
+        let mut profile = Profile::default();
+        assert_eq!(profile.irq_cpus(&online).expect("unset"), None);
+        profile.shards.irq_cpuset = Some("0".to_owned());
+        let err = profile
+            .validate_against(&online)
+            .expect_err("every CPU is a shard");
+        assert!(
+            err.to_string()
+                .starts_with("shards.irq_cpuset: \"0\" overlaps the shards' CPUs (0-3) on CPUs 0"),
+            "{err}"
+        );
+        profile.shards.cpuset = Some("1-3".to_owned());
+        assert_eq!(profile.irq_cpus(&online).expect("disjoint"), Some(vec![0]));
+        profile.validate_against(&online).expect("disjoint sets");
+        profile.shards.irq_cpuset = Some("7".to_owned());
+        let err = profile.validate_against(&online).expect_err("offline CPU");
+        assert!(err.to_string().contains("CPU 7 does not exist"), "{err}");
     }
 
     #[test]

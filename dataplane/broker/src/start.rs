@@ -6,6 +6,7 @@
 
 use crate::node;
 use ferrolog_controlplane::acls::AuthorizerConfig;
+use ferrolog_hw_profiles::irq;
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, parse_cpuset, pin_current_thread,
     Durability as ProfileDurability, Profile,
@@ -20,7 +21,7 @@ use ferrolog_shard::{ControlConfig, RuntimeConfig};
 use ferrolog_storage::{CompactionConfig, Durability, LogConfig};
 use ferrolog_transport::{NodeTls, NodeTlsFiles};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -543,6 +544,13 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let irq_cpus = match profile.irq_cpus(&machine.cpus) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("invalid profile: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // The storage engine writes only with O_DIRECT; find out here, naming the directory, rather
     // than deep inside the first partition open.
     if let Err(e) = check_direct_io(&args.data_dir) {
@@ -576,6 +584,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
              node-to-node traffic uses TCP"
         );
     }
+    place_interrupts(irq_cpus.as_deref(), &cpus, &args.data_dir);
     // The main thread only waits for the shards; pinning it (and the threads it starts later,
     // which inherit its affinity) keeps it off the shards' cores.
     if let Some(control) = &control_cpus {
@@ -769,6 +778,50 @@ fn control_timing(p: &Profile) -> ferrolog_controlplane::controller::ControlTimi
         heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
         session_timeout: Duration::from_millis(c.session_timeout_ms),
         ..Default::default()
+    }
+}
+
+/// The data disk's and the NICs' interrupts: moved to `shards.irq_cpuset` when the profile sets
+/// it (a broker that may not write `/proc/irq` says so and goes on), else one warning per device
+/// whose interrupts land on a shard's CPU. A move outlives the broker, as `rpk tune`'s does.
+fn place_interrupts(irq_cpus: Option<&[usize]>, shard_cpus: &[usize], data_dir: &Path) {
+    let devices = irq::survey(Path::new("/sys"), Path::new("/proc"), data_dir);
+    match irq_cpus {
+        Some(target) => {
+            let total: usize = devices.iter().map(|d| d.irqs.len()).sum();
+            let failed = irq::apply_affinity(Path::new("/proc"), &devices, target);
+            if failed.is_empty() {
+                info!(
+                    cpus = %format_cpuset(target),
+                    interrupts = total,
+                    "moved the data disk's and the NICs' interrupts to shards.irq_cpuset"
+                );
+            } else {
+                let irqs: Vec<String> = failed.iter().map(|(irq, _)| irq.to_string()).collect();
+                warn!(
+                    cpus = %format_cpuset(target),
+                    "cannot move interrupts {} of {total} to shards.irq_cpuset: {} (needs root and \
+                     a controller that allows it); they stay where they are",
+                    irqs.join(","),
+                    failed[0].1
+                );
+            }
+        }
+        None => {
+            for (what, cpus) in irq::shared_with_shards(&devices, shard_cpus) {
+                let detail: Vec<String> = devices
+                    .iter()
+                    .filter(|d| d.what == what)
+                    .flat_map(|d| d.describe())
+                    .collect();
+                warn!(
+                    shard_cpus = %format_cpuset(&cpus),
+                    "the {what}'s interrupts land on CPUs that run shards ({}); set shards.irq_cpuset \
+                     to CPUs without a shard (ferrolog tune proposes one where the machine allows)",
+                    detail.join("; ")
+                );
+            }
+        }
     }
 }
 

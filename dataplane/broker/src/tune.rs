@@ -15,6 +15,7 @@
 //! before it is written, and records the measurements in `[io.device]`. The scratch file is
 //! removed on success and on error; only an interrupted run can leave `.ferrolog-tune-*` behind.
 
+use ferrolog_hw_profiles::irq::{self, DeviceIrqs};
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, AlignedBuffer, Device, Machine, Profile,
     ProfileError, DIRECT_IO_ALIGN_BYTES, GROUP_COMMIT_WINDOW_US_MAX,
@@ -198,6 +199,7 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         // The scratch file is removed here, also on error.
     };
     let plan = plan_for(&machine, memlock, &measured).map_err(TuneError::Failed)?;
+    let irqs = irq::survey(Path::new("/sys"), Path::new("/proc"), &args.data_dir);
     let text = render(&RenderInput {
         machine: &machine,
         plan: &plan,
@@ -206,6 +208,7 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         data_dir: &std::fs::canonicalize(&args.data_dir).unwrap_or_else(|_| args.data_dir.clone()),
         host: &host_name(),
         generated_at: SystemTime::now(),
+        irqs: &irqs,
     });
     // A profile tune writes must start the broker on this machine; anything else is a bug here.
     let profile = Profile::from_toml_str(&text)
@@ -241,6 +244,26 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         format_bytes(plan.io_memory_bytes),
         plan.group_commit_window_us
     );
+    if irqs.is_empty() {
+        println!("interrupts: none found for the data disk or a NIC");
+    }
+    for d in &irqs {
+        println!("interrupts of the {}: CPUs {}", d.what, format_cpuset(&d.cpus()));
+        for l in d.describe() {
+            println!("  {l}");
+        }
+    }
+    for (what, cpus) in irq::shared_with_shards(&irqs, &plan.shard_cpus) {
+        let kept = if plan.control_cpus.is_some() {
+            "the profile moves them to irq_cpuset at start"
+        } else {
+            "every CPU runs a shard here, so they cannot be kept off"
+        };
+        println!(
+            "the {what}'s interrupts land on shard CPUs {}: {kept}",
+            format_cpuset(&cpus)
+        );
+    }
     println!("wrote {}", args.out.display());
     Ok(())
 }
@@ -463,6 +486,8 @@ pub struct RenderInput<'a> {
     pub data_dir: &'a Path,
     pub host: &'a str,
     pub generated_at: SystemTime,
+    /// Where the data disk's and the NICs' interrupts landed when tune ran.
+    pub irqs: &'a [DeviceIrqs],
 }
 
 /// The profile as commented TOML.
@@ -503,6 +528,19 @@ pub fn render(input: &RenderInput<'_>) -> String {
     line("#");
     line("# It validates on the machine that produced it. docs/tuning.md explains every field;");
     line("# edit freely, or run `ferrolog tune` again after changing the hardware.");
+    if input.irqs.is_empty() {
+        line("# Interrupts: none found for the data disk or a NIC (no PCI device in /sys).");
+    }
+    for d in input.irqs {
+        line(&format!(
+            "# Interrupts of the {} (CPUs {}):",
+            d.what,
+            format_cpuset(&d.cpus())
+        ));
+        for l in d.describe() {
+            line(&format!("#   {l}"));
+        }
+    }
     line("");
     line("[shards]");
     match &plan.control_cpus {
@@ -515,6 +553,9 @@ pub fn render(input: &RenderInput<'_>) -> String {
             line("# OS's housekeeping; every other CPU runs one pinned shard.");
             line(&format!("cpuset = \"{}\"", format_cpuset(&plan.shard_cpus)));
             line(&format!("control_cpuset = \"{}\"", format_cpuset(control)));
+            line("# The data disk's and the NICs' interrupts go to the control core as well, off the");
+            line("# shards (applied at start when the broker may write /proc/irq, i.e. as root).");
+            line(&format!("irq_cpuset = \"{}\"", format_cpuset(control)));
         }
         None => {
             line(&format!(
@@ -523,6 +564,8 @@ pub fn render(input: &RenderInput<'_>) -> String {
             ));
             line("# control plane (it would cost a quarter or more of the machine).");
             line(&format!("cpuset = \"{}\"", format_cpuset(&plan.shard_cpus)));
+            line("# No irq_cpuset: with a shard on every CPU, the disk's and the NICs' interrupts");
+            line("# cannot be kept off the shards (start warns which CPUs share them).");
         }
     }
     line(&format!(
@@ -831,6 +874,7 @@ mod tests {
                 data_dir: Path::new("/var/lib/ferrolog"),
                 host: "node-1",
                 generated_at: UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+                irqs: &[],
             });
             let profile = Profile::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             profile.validate_for(&m).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -847,6 +891,10 @@ mod tests {
             );
             assert_eq!(
                 profile.shards.control_cpuset,
+                plan.control_cpus.as_deref().map(format_cpuset)
+            );
+            assert_eq!(
+                profile.shards.irq_cpuset,
                 plan.control_cpus.as_deref().map(format_cpuset)
             );
         }

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{free_port, wait_exit};
-use ferrolog_hw_profiles::{detect, Profile};
+use ferrolog_hw_profiles::{detect, irq, Profile};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -236,6 +236,18 @@ fn tune_writes_a_profile_that_validates_and_starts_a_broker() {
         assert!(stderr.contains(phase), "progress of {phase}: {stderr}");
     }
     assert!(stdout.contains("wrote"), "{stdout}");
+    // Where the data disk's and the NICs' interrupts land: reported for every device found,
+    // with its interrupt lines, or said to be none.
+    assert!(
+        stdout.contains("interrupts: none found") || stdout.contains("interrupts of the "),
+        "{stdout}"
+    );
+    if stdout.contains("interrupts of the ") {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with("IRQ ")),
+            "{stdout}"
+        );
+    }
     assert_eq!(
         std::fs::read_dir(&data).expect("data dir").count(),
         0,
@@ -296,12 +308,23 @@ fn start_pins_the_main_thread_and_warns_that_af_xdp_is_not_built() {
         ),
     )
     .expect("write profile");
+    // Interrupts of the data disk or a NIC that have landed on the shard's CPU by now: start
+    // must warn about each such device (counts only grow, so start sees them too).
+    let devices = irq::survey(Path::new("/sys"), Path::new("/proc"), dir.path());
+    let shared = irq::shared_with_shards(&devices, &[shard]);
     let (broker, seen, _rx) = start_serving(&dir.path().join("data"), &profile);
     assert!(
         seen.iter()
             .any(|l| l.contains("main thread pinned to the control CPUs")),
         "{seen:#?}"
     );
+    for (what, _) in &shared {
+        let needle = format!("the {what}'s interrupts land on CPUs that run shards");
+        assert!(
+            seen.iter().any(|l| l.contains("WARN") && l.contains(&needle)),
+            "no warning {needle:?} in {seen:#?}"
+        );
+    }
     assert!(
         seen.iter()
             .any(|l| l.contains("WARN") && l.contains("AF_XDP is not built")),
