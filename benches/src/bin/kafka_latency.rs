@@ -23,6 +23,12 @@
 //! - produce: `send`, then wait for the delivery report (acks=all,
 //!   linger.ms=0), on a topic with `ferrolog.durability=direct` and on one
 //!   with `fsync`;
+//! - produce with a busy-polling client: the same, but the client waits for
+//!   the delivery report by polling librdkafka's queue with a zero timeout in
+//!   a loop, as an application that spins does, so the client keeps a core
+//!   busy the whole time (the case of the latency-tail issue); its rows run
+//!   in the same interleaved blocks as the blocking ones
+//!   (`--no-busy-client` drops them);
 //! - end-to-end: `send`, then wait until a consumer (`assign`ed to the
 //!   partition at its end; fetch.min.bytes=1) receives the message, per
 //!   durability; the next message goes out once both the consumer has it and
@@ -126,12 +132,14 @@ struct Options {
     replication_factors: Vec<i32>,
     durabilities: Vec<&'static str>,
     minimal_client: bool,
+    busy_client: bool,
 }
 
 const USAGE: &str = "usage: kafka_latency [--quick] [--samples N] [--warmup N] \
 [--broker-bin PATH | --bootstrap HOST:PORT] [--cpuset LIST] [--broker-arg ARG]... \
 [--fetch-wait-ms MS] [--client-debug CONTEXTS] [--idempotence] [--json PATH] \
-[--replication-factor N[,N...]] [--durability direct|fsync[,...]] [--no-minimal-client]";
+[--replication-factor N[,N...]] [--durability direct|fsync[,...]] [--no-minimal-client] \
+[--no-busy-client]";
 /// Most replication factors one run compares (each adds a set of rows).
 const REPLICATION_FACTORS_MAX: usize = 4;
 
@@ -154,6 +162,7 @@ impl Options {
         let mut replication_factors = vec![1];
         let mut durabilities = DURABILITIES.to_vec();
         let mut minimal_client = true;
+        let mut busy_client = true;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = |name: &str| {
@@ -182,6 +191,7 @@ impl Options {
                 }
                 "--client-debug" => client_debug = Some(value("--client-debug")?),
                 "--no-minimal-client" => minimal_client = false,
+                "--no-busy-client" => busy_client = false,
                 "--replication-factor" => {
                     let v = value("--replication-factor")?;
                     replication_factors = v
@@ -241,6 +251,7 @@ impl Options {
             replication_factors,
             durabilities,
             minimal_client,
+            busy_client,
         }))
     }
 }
@@ -790,6 +801,34 @@ impl KafkaProducer {
         out
     }
 
+    /// Waits for the delivery report of message `seq` by polling the queue
+    /// without blocking, in a loop: a client that keeps its core busy.
+    fn wait_delivery_busy(&self, seq: usize, topic: &str) -> Result<i64, String> {
+        let deadline = Instant::now() + MESSAGE_TIMEOUT;
+        loop {
+            for d in self.poll_events(0) {
+                if d.seq == seq {
+                    return d.result.map_err(|e| format!("message {seq} on {topic}: {e}"));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no delivery report for message {seq} on {topic} within {MESSAGE_TIMEOUT:?}"
+                ));
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Sends one message and busy-polls for its delivery report.
+    fn produce_busy(&self, topic: &str, seq: usize, value: &mut [u8]) -> Result<Duration, String> {
+        stamp(value, seq);
+        let start = Instant::now();
+        self.send(topic, seq, value)?;
+        self.wait_delivery_busy(seq, topic)?;
+        Ok(start.elapsed())
+    }
+
     /// Sends one message and waits for its delivery report.
     fn produce(&self, topic: &str, seq: usize, value: &mut [u8]) -> Result<Duration, String> {
         stamp(value, seq);
@@ -1032,6 +1071,8 @@ impl RawProducer {
 enum Kind {
     Floor,
     Produce,
+    /// Produce, the client busy-polling for the delivery report.
+    ProduceBusy,
     EndToEnd,
     /// Produce through [`RawProducer`] (diagnostic).
     RawProduce,
@@ -1123,6 +1164,7 @@ impl Case {
         match (self.kind, self.durability) {
             (Kind::Floor, _) => "loopback TCP round trip, 1 KiB [FLOOR]".into(),
             (Kind::Produce, Some(d)) => format!("produce, acks=all, durability={d}"),
+            (Kind::ProduceBusy, Some(d)) => format!("produce, acks=all, busy-polling client, {d}"),
             (Kind::EndToEnd, Some(d)) => format!("end-to-end (produce -> fetch), {d}"),
             (Kind::RawProduce, Some(d)) => format!("(info) produce, minimal client, {d}"),
             _ => unreachable!("a Kafka case without a durability"),
@@ -1146,6 +1188,10 @@ impl Clients {
         match kind {
             Kind::Floor => unreachable!("the floor has no Kafka client"),
             Kind::Produce => self.producer.produce(topic, seq, &mut self.value).map_err(other),
+            Kind::ProduceBusy => self
+                .producer
+                .produce_busy(topic, seq, &mut self.value)
+                .map_err(other),
             Kind::RawProduce => self.raw.produce(topic),
             Kind::EndToEnd => {
                 stamp(&mut self.value, seq);
@@ -1187,12 +1233,15 @@ fn run(opts: &Options, bootstrap: &str, broker: &mut Option<Broker>, run_id: &st
         hist: new_histogram(),
         cpu: CpuUse::default(),
     }];
-    let kinds: &[Kind] = if opts.minimal_client {
-        &[Kind::Produce, Kind::EndToEnd, Kind::RawProduce]
-    } else {
-        &[Kind::Produce, Kind::EndToEnd]
-    };
-    for &kind in kinds {
+    let mut kinds = vec![Kind::Produce];
+    if opts.busy_client {
+        kinds.push(Kind::ProduceBusy);
+    }
+    kinds.push(Kind::EndToEnd);
+    if opts.minimal_client {
+        kinds.push(Kind::RawProduce);
+    }
+    for kind in kinds {
         for &d in &opts.durabilities {
             for &rf in &opts.replication_factors {
                 // The minimal client appends to the produce topics.
@@ -1466,6 +1515,7 @@ fn report_json(r: &Report, meta: Vec<(&str, Json)>) -> Json {
                             Json::str(match c.kind {
                                 Kind::Floor => "loopback_rtt",
                                 Kind::Produce => "produce",
+                                Kind::ProduceBusy => "produce_busy_client",
                                 Kind::EndToEnd => "end_to_end",
                                 Kind::RawProduce => "produce_minimal_client",
                             }),
