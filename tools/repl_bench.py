@@ -2,7 +2,7 @@
 """Replication benchmarks of a real `ferrolog start` cluster (issue 14).
 
   tools/repl_bench.py [--bin target/release/ferrolog] [--nodes 3] [--netns] [--profile FILE]
-                      [--json FILE] [--keep] SCENARIO [options]
+                      [--node-tls] [--json FILE] [--keep] SCENARIO [options]
 
 Starts --nodes release `ferrolog` processes, all voters, on 127.0.0.1 (or, with --netns, each
 in its own network namespace on a veth into a bridge: 10.99.0.N, clients in a hub namespace
@@ -28,6 +28,10 @@ one controller leader that lists all nodes alive, then runs SCENARIO:
       (a fresh topic each, deleted after it: a count, not a duration, bounds the disk used);
       MB/s and messages/s acknowledged (first send to last acknowledgement), and CPU of the
       brokers (all nodes, /proc/PID/stat) and of this process (the client) over each round.
+
+--node-tls makes a CA and one certificate per node (openssl, in the temporary directory) and
+starts every node with --node-tls-cert/-key/-ca: the control-plane RPC and the replication links
+are then mutual TLS.
 
 Every wait is bounded. Nodes are started by this script and killed by it on any exit (an
 error, Ctrl-C, SIGTERM), and the namespaces it made are deleted; the temporary directory is
@@ -211,6 +215,7 @@ class Node:
         os.makedirs(self.dir)
         self.proc = None
         self.starts = 0
+        self.extra = []
 
     def log_path(self, n=None):
         return os.path.join(self.dir, f"node{self.id}.{n or self.starts}.log")
@@ -230,6 +235,7 @@ class Node:
         ]
         if self.profile:
             cmd += ["--profile", self.profile]
+        cmd += self.extra
         if self.netns:
             # `ip netns exec` execs the broker: the child's pid is the broker's.
             cmd = ["ip", "netns", "exec", self.netns] + cmd
@@ -323,6 +329,29 @@ def free_port_base(nodes):
             for s in socks:
                 s.close()
     raise RuntimeError("no free block of ports found")
+
+
+def make_node_tls(root, cluster):
+    """A CA and a certificate per node naming its host; sets each node's --node-tls-* flags."""
+    d = os.path.join(root, "certs")
+    os.makedirs(d)
+
+    def openssl(*a):
+        subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=repl-bench-ca", "-keyout", "ca.key", "-out", "ca.pem")
+    for n in cluster.nodes:
+        name = f"node{n.id}"
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        with open(os.path.join(d, f"{name}.cnf"), "w") as f:
+            f.write(f"subjectAltName=IP:{n.host}\nbasicConstraints=CA:FALSE\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.cnf", "-out", f"{name}.pem")
+        n.extra = ["--node-tls-cert", os.path.join(d, f"{name}.pem"), "--node-tls-key", os.path.join(d, f"{name}.key"),
+                   "--node-tls-ca", os.path.join(d, "ca.pem")]
 
 
 class Cluster:
@@ -520,7 +549,7 @@ def echo_rtt(netns, host):
 def run_latency(args, cluster, root):
     out_json = os.path.join(root, "kafka_latency.json")
     cmd = [args.latency_bin, "--bootstrap", cluster.nodes[0].host + f":{cluster.nodes[0].kafka}",
-           "--replication-factor", "1,3", "--durability", args.durability, "--no-minimal-client",
+           "--replication-factor", "1,3", "--durability", args.durability, "--no-minimal-client", "--no-busy-client",
            "--samples", str(args.samples), "--json", out_json]
     log(f"$ {' '.join(cmd)}")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=LATENCY_RUN_S)
@@ -880,6 +909,7 @@ def main():
     p.add_argument("--durability", default="direct", help="ferrolog.durability of the topics (latency: a list)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (data, node logs)")
+    p.add_argument("--node-tls", action="store_true", help="mutual TLS between the nodes (certificates made here)")
     sub = p.add_subparsers(dest="scenario", required=True)
     lat = sub.add_parser("latency")
     lat.add_argument("--samples", type=int, default=20000)
@@ -917,12 +947,15 @@ def main():
             net = Net(args.nodes)
             net.enter_hub()
         cluster = Cluster(root, args.bin, profile, args.nodes, net)
+        if args.node_tls:
+            make_node_tls(root, cluster)
         cmds = cluster.start()
         log(f"{args.scenario}: {args.nodes} nodes {'in namespaces (veth + bridge)' if net else 'on loopback'}, "
             f"directory {root}; node 1: {' '.join(cmds[0])}")
         run = {"latency": run_latency, "failover": run_failover, "throughput": run_throughput}
         res = run[args.scenario](args, cluster, root)
         res["nodes"] = args.nodes
+        res["node_tls"] = args.node_tls
         res["network"] = "netns" if net else "loopback"
         res["node_command"] = cmds[0]
         res["load_average"] = os.getloadavg()
