@@ -7,11 +7,12 @@
 //! every shard.
 
 use crate::sasl::{FileUsers, Mechanism};
+use ferrolog_transport::tls::pem_certs;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::{Path, PathBuf};
+use rustls_pki_types::PrivateKeyDer;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Whether a TLS client must present a certificate signed by the CA.
@@ -60,21 +61,10 @@ impl std::fmt::Debug for SecurityConfig {
     }
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in the file", path.display()));
-    }
-    Ok(certs)
-}
-
 /// The rustls server configuration of `files`, or why the files are unusable.
 pub fn server_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certs(&files.cert)?;
+    let chain = pem_certs(&files.cert)?;
     let key =
         PrivateKeyDer::from_pem_file(&files.key).map_err(|e| format!("{}: {e}", files.key.display()))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -85,7 +75,7 @@ pub fn server_tls(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String>
         (None, _) => return Err("client certificate verification needs a CA file".into()),
         (Some(ca), auth) => {
             let mut roots = RootCertStore::empty();
-            for c in certs(ca)? {
+            for c in pem_certs(ca)? {
                 roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
             }
             let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);

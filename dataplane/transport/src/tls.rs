@@ -54,7 +54,9 @@ impl std::fmt::Debug for NodeTls {
     }
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The PEM certificates of the file at `path` (at least one); the error names the file.
+/// Shared with the Kafka listener's TLS settings.
+pub fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -69,11 +71,11 @@ impl NodeTls {
     /// Reads and checks the files; the error names the file and the reason.
     pub fn from_files(files: &NodeTlsFiles) -> Result<NodeTls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain = certs(&files.cert)?;
+        let chain = pem_certs(&files.cert)?;
         let key =
             PrivateKeyDer::from_pem_file(&files.key).map_err(|e| format!("{}: {e}", files.key.display()))?;
         let mut roots = RootCertStore::empty();
-        for c in certs(&files.ca)? {
+        for c in pem_certs(&files.ca)? {
             roots.add(c).map_err(|e| format!("{}: {e}", files.ca.display()))?;
         }
         let roots = Arc::new(roots);
