@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::certs::{make_ca, openssl};
 use common::{free_port, free_ports, output_bounded, wait_exit};
 
 /// Replication ports reserved per node: one per shard, more than this
@@ -797,45 +798,6 @@ fn a_reassignment_moves_replicas_after_they_catch_up_and_the_node_that_left_dele
     }
     c.assert_running();
     println!("reassignment test took {:?}", started.elapsed());
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl (tools/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA `ca` (ca.pem, ca.key) in `dir`.
-fn make_ca(dir: &Path, ca: &str) {
-    let subj = format!("/CN={ca}");
-    let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &subj,
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-        ],
-    );
 }
 
 /// A node certificate `name` signed by `ca` for 127.0.0.1 (TLS server and

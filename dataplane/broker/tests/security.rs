@@ -7,6 +7,7 @@
 //! exit non-zero with `FAIL: ...` on the first mismatch.
 
 mod common;
+use common::certs::openssl;
 use common::{free_port, output_bounded, spawn_with_stderr, wait_exit, wait_for_line, SERVING};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -20,15 +21,6 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
 const ADMIN: (&str, &str) = ("admin", "admin-secret");
 
-fn run(cmd: &mut Command, what: &str) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA, a server certificate it signed for 127.0.0.1 and localhost, and a
 /// client certificate it signed.
 struct Certs {
@@ -41,13 +33,9 @@ struct Certs {
 
 fn make_certs(dir: &Path) -> Certs {
     let p = |name: &str| dir.join(name);
-    let openssl = || {
-        let mut c = Command::new("openssl");
-        c.current_dir(dir);
-        c
-    };
-    run(
-        openssl().args([
+    openssl(
+        dir,
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -61,11 +49,11 @@ fn make_certs(dir: &Path) -> Certs {
             "ca.key",
             "-out",
             "ca.pem",
-        ]),
-        "openssl: CA",
+        ],
     );
-    run(
-        openssl().args([
+    openssl(
+        dir,
+        &[
             "req",
             "-newkey",
             "rsa:2048",
@@ -76,16 +64,16 @@ fn make_certs(dir: &Path) -> Certs {
             "server.key",
             "-out",
             "server.csr",
-        ]),
-        "openssl: server key",
+        ],
     );
     std::fs::write(
         p("ext.cnf"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
     )
     .expect("ext.cnf");
-    run(
-        openssl().args([
+    openssl(
+        dir,
+        &[
             "x509",
             "-req",
             "-in",
@@ -101,11 +89,11 @@ fn make_certs(dir: &Path) -> Certs {
             "ext.cnf",
             "-out",
             "server.pem",
-        ]),
-        "openssl: sign the server certificate",
+        ],
     );
-    run(
-        openssl().args([
+    openssl(
+        dir,
+        &[
             "req",
             "-newkey",
             "rsa:2048",
@@ -116,12 +104,12 @@ fn make_certs(dir: &Path) -> Certs {
             "client.key",
             "-out",
             "client.csr",
-        ]),
-        "openssl: client key",
+        ],
     );
     std::fs::write(p("client.cnf"), "extendedKeyUsage=clientAuth\n").expect("client.cnf");
-    run(
-        openssl().args([
+    openssl(
+        dir,
+        &[
             "x509",
             "-req",
             "-in",
@@ -137,8 +125,7 @@ fn make_certs(dir: &Path) -> Certs {
             "client.cnf",
             "-out",
             "client.pem",
-        ]),
-        "openssl: sign the client certificate",
+        ],
     );
     Certs {
         ca: p("ca.pem"),

@@ -3,6 +3,7 @@
 //! script with a time bound, and (`netns`) nodes in network namespaces.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};
