@@ -58,23 +58,41 @@ pub fn free_ports(n: u16) -> u16 {
     for _ in 0..100 {
         let first = free_port();
         let all_free = (1..n).all(|i| {
-            first
-                .checked_add(i)
-                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            first.checked_add(i).is_some_and(|p| {
+                !HANDED_OUT.lock().expect("port set").contains(&p)
+                    && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            })
         });
         if all_free {
+            let mut handed = HANDED_OUT.lock().expect("port set");
+            for i in 1..n {
+                handed.insert(first + i);
+            }
             return first;
         }
     }
     panic!("no {n} consecutive free loopback ports found");
 }
 
+/// Ports this test process has handed out: the kernel may give the same
+/// ephemeral port to a later bind of port 0 once the probe socket is closed,
+/// and two nodes of one cluster must never get the same port (a CI run once
+/// gave one node's admin port to another node's RPC listener).
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A free loopback port not handed out before in this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if HANDED_OUT.lock().expect("port set").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Waits for `child` to exit, killing it and failing after `within`.
