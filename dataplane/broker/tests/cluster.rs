@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::certs::{make_ca, openssl};
-use common::{free_port, free_ports, output_bounded, wait_exit};
+use common::{free_port, free_ports, output_bounded, process_report, wait_exit};
 
 /// Replication ports reserved per node: one per shard, more than this
 /// machine's CPUs (a node runs one shard per CPU by default).
@@ -124,9 +124,10 @@ impl Node {
             }
             assert!(
                 Instant::now() < deadline,
-                "node {} not serving within {READY_TIMEOUT:?}\n{}",
+                "node {} not serving within {READY_TIMEOUT:?}\n{}\n{}",
                 self.id,
-                self.log_tail()
+                self.log_tail(),
+                process_report(self.child.as_ref().expect("child").id())
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -287,9 +288,12 @@ impl Cluster {
         while TcpStream::connect_timeout(&n.kafka, Duration::from_millis(200)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "node {} not serving\n{}",
+                "node {} not serving\n{}\n{}",
                 n.id,
-                self.logs()
+                self.logs(),
+                n.child
+                    .as_ref()
+                    .map_or("not started".into(), |c| process_report(c.id()))
             );
             std::thread::sleep(Duration::from_millis(50));
         }

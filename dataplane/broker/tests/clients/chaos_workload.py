@@ -21,6 +21,7 @@
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -63,9 +64,19 @@ def produce(args):
             out.write(json.dumps(rec) + "\n")
             out.flush()
 
+    # librdkafka's idempotence log (pid, epoch bumps, sequence errors, retries) next to
+    # the history: what the client did when a value turns up twice.
+    client_log = logging.getLogger("librdkafka")
+    client_log.setLevel(logging.DEBUG)
+    handler = logging.FileHandler(args.out + ".client.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    client_log.addHandler(handler)
+
     def new_producer():
         return Producer(
             {
+                "debug": "eos",
+                "logger": client_log,
                 "bootstrap.servers": args.bootstrap,
                 "enable.idempotence": True,
                 "acks": "all",

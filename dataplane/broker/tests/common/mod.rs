@@ -61,6 +61,7 @@ pub fn free_ports(n: u16) -> u16 {
             first.checked_add(i).is_some_and(|p| {
                 !HANDED_OUT.lock().expect("port set").contains(&p)
                     && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                    && claim_across_processes(p)
             })
         });
         if all_free {
@@ -81,7 +82,9 @@ pub fn free_ports(n: u16) -> u16 {
 static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// A free loopback port not handed out before in this process.
+/// A free loopback port not handed out before in this process, nor held by
+/// another live test process (nextest runs every test in its own process,
+/// and the kernel may give a port that one probed and closed to the next).
 pub fn free_port() -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
@@ -89,10 +92,86 @@ pub fn free_port() -> u16 {
             .local_addr()
             .expect("addr")
             .port();
-        if HANDED_OUT.lock().expect("port set").insert(port) {
+        if HANDED_OUT.lock().expect("port set").insert(port) && claim_across_processes(port) {
             return port;
         }
     }
+}
+
+/// Claims `port` for this process in a directory every test process shares:
+/// a file named after the port holding the claimant's pid. A claim whose
+/// process is gone is taken over.
+fn claim_across_processes(port: u16) -> bool {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join("ferrolog-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(port.to_string());
+    let me = std::process::id();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => return f.write_all(me.to_string().as_bytes()).is_ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let alive = holder
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| pid == me || std::path::Path::new(&format!("/proc/{pid}")).exists());
+                if alive {
+                    return false;
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            // No shared directory to use: the in-process check is all there is.
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// What a process that should have answered by now is doing: its state and,
+/// per thread, its name, where it sleeps in the kernel and its kernel stack
+/// (readable as root), for the failure message of a node that does not come
+/// up. Empty fields where `/proc` does not say.
+pub fn process_report(pid: u32) -> String {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let base = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let state = read(base.join("status"))
+        .lines()
+        .find(|l| l.starts_with("State:"))
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "State: gone".into());
+    let mut out = format!("process {pid}: {state}\n");
+    let Ok(tasks) = std::fs::read_dir(base.join("task")) else {
+        return out;
+    };
+    let mut tids: Vec<_> = tasks.flatten().map(|e| e.path()).collect();
+    tids.sort();
+    for t in tids {
+        let stack: Vec<String> = read(t.join("stack"))
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap_or(l).to_string())
+            .collect();
+        // After the name in parentheses: state, then CPU ticks in user
+        // and system mode as fields 12 and 13.
+        let stat = read(t.join("stat"));
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or("?");
+        out.push_str(&format!(
+            "  thread {} {} state={} utime={} stime={} wchan={} kernel stack: {}\n",
+            t.file_name().unwrap_or_default().to_string_lossy(),
+            read(t.join("comm")).trim(),
+            field(0),
+            field(11),
+            field(12),
+            read(t.join("wchan")).trim(),
+            stack.join(" < ")
+        ));
+    }
+    out
 }
 
 /// Waits for `child` to exit, killing it and failing after `within`.
