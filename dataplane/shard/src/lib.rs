@@ -83,6 +83,10 @@ pub const BLOCKING_THREADS: usize = 1;
 /// never more than a data shard's [`RuntimeConfig::io_memory_bytes`].
 pub const CONTROL_IO_MEMORY_BYTES_MAX: usize = 64 << 10;
 
+/// How often every executor's park guard wakes it (see [`park_guard`]):
+/// the longest an executor can sleep with runnable tasks.
+pub const PARK_GUARD_INTERVAL: Duration = Duration::from_millis(20);
+
 /// A call's result on its way back, type-erased.
 type Value = Box<dyn Any + Send>;
 /// Work shipped to another shard: builds the future that runs there.
@@ -594,6 +598,26 @@ fn join_shards(handles: Vec<ExecutorJoinHandle<Result<(), String>>>) -> Vec<Resu
 
 /// An executor's whole life: joins the mesh, runs `main`, then leaves the
 /// mesh before the executor ends.
+/// Keeps a timer armed on the executor, so that it never sleeps for good
+/// while tasks are runnable.
+///
+/// glommio 0.9's run loop (`run_task_queues`) gives up before running
+/// anything when its preemption timer has already fired, and the executor
+/// then parks; the timer's completion wakes no task, so nothing counts as
+/// woken and the executor sleeps in `io_uring_enter` until some other event
+/// comes, with its runnable tasks unrun. It happens when the thread is off
+/// the CPU for longer than the preemption interval between installing that
+/// timer and the first check, i.e. on a loaded machine; at start, before any
+/// other timer exists, it hung whole nodes (every executor parked in
+/// `link_rings_and_sleep`, seen with gdb under load). A parked executor
+/// sleeps only until its next timer, so this bounds such a stall at
+/// [`PARK_GUARD_INTERVAL`], for 50 wakeups a second.
+async fn park_guard() {
+    loop {
+        glommio::timer::sleep(PARK_GUARD_INTERVAL).await;
+    }
+}
+
 async fn serve<F, Fut>(wiring: Wiring, main: F) -> Result<(), String>
 where
     F: FnOnce(Rc<Smp>) -> Fut,
@@ -615,6 +639,7 @@ where
     // executors waits on each other. The loops run no work until `main` has
     // been polled once, so `main` can set up executor-local state before any
     // other executor's call touches it.
+    glommio::spawn_local(park_guard()).detach();
     let mut gates = Vec::new();
     let mut stops = Vec::new();
     let mut loops = Vec::new();
@@ -776,20 +801,28 @@ mod tests {
     #[test]
     fn calls_wait_for_the_targets_main() {
         for _ in 0..20 {
-            let results = run(config(4), |smp: Rc<Smp>| async move {
-                READY.with(|r| r.set(true));
-                for target in smp.shards() {
-                    let ready = smp
-                        .submit_to(target, || async { READY.with(|r| r.get()) })
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if !ready {
-                        return Err(format!("a call ran on {target} before its main"));
+            // Shards done calling: each stays up until all are, so no call
+            // finds its target gone (however slow a loaded machine is).
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let results = run(config(4), move |smp: Rc<Smp>| {
+                let done = done.clone();
+                async move {
+                    READY.with(|r| r.set(true));
+                    for target in smp.shards() {
+                        let ready = smp
+                            .submit_to(target, || async { READY.with(|r| r.get()) })
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if !ready {
+                            return Err(format!("a call ran on {target} before its main"));
+                        }
                     }
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    while done.load(std::sync::atomic::Ordering::SeqCst) < smp.nr_shards() {
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
+                    Ok(())
                 }
-                // Stay up until the others are done calling us.
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-                Ok(())
             })
             .expect("runtime starts");
             results.into_iter().for_each(|r| r.expect("shard ok"));
