@@ -112,6 +112,10 @@ pub struct ControllerConfig {
     /// Whether the leader creates the group coordinator's topic
     /// ([`topics::OFFSETS_TOPIC`]); off where no coordinator runs.
     pub offsets_topic: bool,
+    /// Whether the leader moves leaderships back to preferred replicas on
+    /// its own (Kafka's auto.leader.rebalance.enable); ElectLeaders works
+    /// either way.
+    pub auto_leader_rebalance: bool,
     /// Mutual TLS on the control-plane RPC, both ways; `None`: plain TCP.
     pub tls: Option<Arc<NodeTls>>,
 }
@@ -1592,6 +1596,9 @@ impl Controller {
     /// wins only with a log as good as the best, otherwise the election
     /// keeps a leader with the best log.
     fn balance_leaders(&self) {
+        if !self.config.auto_leader_rebalance {
+            return;
+        }
         let now = Instant::now();
         let settled: BTreeSet<NodeId> = {
             let core = self.core.borrow();

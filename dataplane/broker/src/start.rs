@@ -79,6 +79,11 @@ pub struct StartArgs {
     /// members (Kafka's group.initial.rebalance.delay.ms).
     #[arg(long, default_value_t = 3000)]
     pub group_initial_rebalance_delay_ms: u64,
+    /// Move leaderships back to each partition's preferred replica (the
+    /// first of its set) when it has caught up, as Kafka's
+    /// auto.leader.rebalance.enable; ElectLeaders works either way.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_leader_rebalance: bool,
     /// Shortest session timeout a group member may ask for.
     #[arg(long, default_value_t = 6000)]
     pub group_min_session_timeout_ms: u64,
@@ -675,6 +680,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         control_timing: control_timing(&profile),
         max_request_bytes: args.max_request_bytes as usize,
         auto_create_topics: args.auto_create_topics,
+        auto_leader_rebalance: args.auto_leader_rebalance,
         default_partitions: args.default_partitions,
         topic_defaults: TopicDefaults {
             log: LogConfig {

@@ -507,7 +507,17 @@ fn three_nodes_agree_on_topics_through_leader_kills_full_restarts_a_join_and_a_d
 
 #[test]
 fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new_incarnation() {
-    let mut c = Cluster::start(3);
+    // Leaderships go back to the victim by ElectLeaders only: the
+    // controller's own rebalancing would race it (and has won).
+    let no_rebalance = || vec!["--auto-leader-rebalance".to_string(), "false".to_string()];
+    let nodes = (1..=3)
+        .map(|id| {
+            let mut n = Node::new(id);
+            n.extra = no_rebalance();
+            n
+        })
+        .collect();
+    let mut c = Cluster::start_nodes(nodes);
     let leader = c.leader();
     c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
     c.python(leader, &["create", "moving", "6", "3"]);
@@ -534,6 +544,7 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
     // data directory) is refused by the cluster and exits.
     let seeds = c.seeds.clone();
     let mut seven = Node::new(7);
+    seven.extra = no_rebalance();
     seven.start(&seeds);
     c.wait_until(leader, "node 7 alive", |v| {
         member(v, 7).is_some_and(|m| m["alive"] == true)

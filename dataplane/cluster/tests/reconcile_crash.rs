@@ -142,6 +142,7 @@ fn life<R: Send + 'static>(
                     rpc_listen: None,
                     timing: Default::default(),
                     offsets_topic: false,
+                    auto_leader_rebalance: true,
                     tls: None,
                 },
                 publish,

@@ -38,6 +38,8 @@ pub struct ServerConfig {
     /// Largest request frame accepted; a larger size field closes the connection.
     pub max_request_bytes: usize,
     pub auto_create_topics: bool,
+    /// The controller moves leaderships back to preferred replicas.
+    pub auto_leader_rebalance: bool,
     /// Partitions of auto-created topics and of CreateTopics with -1.
     pub default_partitions: i32,
     pub topic_defaults: TopicDefaults,

@@ -207,6 +207,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         control_timing: Default::default(),
         max_request_bytes: MAX_REQUEST_BYTES,
         auto_create_topics: true,
+        auto_leader_rebalance: true,
         default_partitions: DEFAULT_PARTITIONS,
         topic_defaults: TopicDefaults {
             log: LogConfig {

@@ -126,6 +126,7 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
         rpc_listen: config.rpc_listen,
         timing: config.control_timing.clone(),
         offsets_topic: true,
+        auto_leader_rebalance: config.auto_leader_rebalance,
         tls: config.node_tls.clone(),
     };
     let controller = Controller::bootstrap(controller, publish)
