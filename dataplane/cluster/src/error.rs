@@ -18,6 +18,14 @@ pub enum PartitionError {
     /// not assigned here): the client must ask the leader.
     #[error("this node does not lead {0}")]
     NotLeader(Ntp),
+    /// The batch was appended here, but this node stopped leading before a
+    /// majority of the replica set held it: a later leader may keep it or
+    /// drop it. Not "not the leader", which clients read as "not written"
+    /// (librdkafka then renumbers the retry after an epoch bump, and a kept
+    /// copy would be read twice); Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND
+    /// says "possibly written, retry".
+    #[error("appended to {0}, but this node stopped leading before a majority held it")]
+    NotCommitted(Ntp),
     /// The payload does not split into record batches.
     #[error("{0}")]
     CorruptBatch(String),

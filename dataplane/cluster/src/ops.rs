@@ -305,11 +305,21 @@ pub(crate) fn led(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, Part
     }
 }
 
+/// `led`, for a produce: also a replicated partition the metadata names
+/// this node the leader of while its replica is still taking the lead (the
+/// append waits for it, see `Partition::append_producer_batch`).
+fn led_for_produce(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, PartitionError> {
+    match m.partition(ntp) {
+        Some(p) if p.replication().is_some() && p.named_leader() => Ok(p),
+        _ => led(m, ntp),
+    }
+}
+
 pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
     let m = manager::local();
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        let p = match led(&m, &item.ntp) {
+        let p = match led_for_produce(&m, &item.ntp) {
             Ok(p) => p,
             Err(e) => {
                 out.push(ProduceAnswer {

@@ -24,8 +24,14 @@ use ferrolog_storage::Appended;
 use ferrolog_storage::{Log, ReadRequest, StorageError};
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
+
+/// How long a client batch waits for this node's replica to take the lead
+/// the metadata already gives it, before it is refused as not the leader.
+pub const LEADERSHIP_SETTLE_MAX: Duration = Duration::from_secs(1);
+/// How often such a batch looks again.
+const LEADERSHIP_SETTLE_POLL: Duration = Duration::from_millis(2);
 
 /// Bytes the producer-state rebuild reads from the log at a time.
 pub const PRODUCER_REBUILD_READ_BYTES: usize = 4 << 20;
@@ -217,8 +223,6 @@ impl Partition {
         };
         // Replicated: the replica takes the offsets in the same append
         // section as the log, in its own epoch, or the batch is refused.
-        let epoch = repl.epoch();
-        let refused: Cell<Option<AppendError>> = Cell::new(None);
         let producer = ProducerBatch::from_header(&header);
         if let Some(pb) = &producer {
             if pb.first_seq < 0 {
@@ -228,40 +232,56 @@ impl Partition {
                 )));
             }
         }
+        let settle_until = Instant::now() + LEADERSHIP_SETTLE_MAX;
         let mut verdict = None;
-        let appended = self
-            .log
-            .append_guarded(batch, Some(epoch), |at| {
-                if let Err(e) = repl.check_client_append(epoch, at.base_offset, insync) {
-                    refused.set(Some(e));
-                    return false;
-                }
-                if let Some(pb) = &producer {
-                    let v = self
-                        .producers
-                        .borrow_mut()
-                        .check_and_record(pb, at.base_offset, at.last_offset);
-                    let go = v == Ok(Verdict::Append);
-                    verdict = Some((v, self.discards.get()));
-                    if !go {
+        let appended = loop {
+            let epoch = repl.epoch();
+            let refused: Cell<Option<AppendError>> = Cell::new(None);
+            let appended = self
+                .log
+                .append_guarded(batch.clone(), Some(epoch), |at| {
+                    if let Err(e) = repl.check_client_append(epoch, at.base_offset, insync) {
+                        refused.set(Some(e));
                         return false;
                     }
+                    if let Some(pb) = &producer {
+                        let v =
+                            self.producers
+                                .borrow_mut()
+                                .check_and_record(pb, at.base_offset, at.last_offset);
+                        let go = v == Ok(Verdict::Append);
+                        verdict = Some((v, self.discards.get()));
+                        if !go {
+                            return false;
+                        }
+                    }
+                    repl.take_client_append(n, insync);
+                    true
+                })
+                .await
+                .map_err(|e| self.storage_error(e))?;
+            match refused.take() {
+                None => break appended,
+                // The metadata names this node the leader, but its replica
+                // has not taken the lead yet (the assignment or its epoch
+                // marker is on its way). Refusing would let the client's next
+                // in-flight batch of the same producer land first and be
+                // refused as out of order, which librdkafka answers with an
+                // epoch bump that renumbers, and may duplicate, batches
+                // another leader holds. So the batch waits for the replica.
+                Some(AppendError::NotLeader)
+                    if (self.leads() || self.named_leader()) && Instant::now() < settle_until =>
+                {
+                    glommio::timer::sleep(LEADERSHIP_SETTLE_POLL).await;
                 }
-                repl.take_client_append(n, insync);
-                true
-            })
-            .await
-            .map_err(|e| self.storage_error(e))?;
+                Some(AppendError::NotLeader) => return Err(PartitionError::NotLeader(self.ntp.clone())),
+                Some(AppendError::NotEnoughReplicas { insync, min }) => {
+                    return Err(PartitionError::NotEnoughReplicas { insync, min })
+                }
+            }
+        };
         if let Some(a) = appended {
             return Ok(a.base_offset);
-        }
-        if let Some(e) = refused.take() {
-            return Err(match e {
-                AppendError::NotLeader => PartitionError::NotLeader(self.ntp.clone()),
-                AppendError::NotEnoughReplicas { insync, min } => {
-                    PartitionError::NotEnoughReplicas { insync, min }
-                }
-            });
         }
         let pb = producer.expect("only a producer's batch is refused by its sequence check");
         match verdict.expect("a refused append ran its guard") {
@@ -478,6 +498,13 @@ impl Partition {
             Some(r) => r.role() == ferrolog_replication::Role::Leader,
             None => self.leads.get(),
         }
+    }
+
+    /// Whether the metadata names this node the leader. On a replicated
+    /// partition the replica may not have taken the lead yet (see
+    /// [`Partition::leads`]).
+    pub fn named_leader(&self) -> bool {
+        self.leads.get()
     }
 
     pub fn set_leads(&self, leads: bool) {

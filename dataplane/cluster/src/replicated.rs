@@ -292,10 +292,11 @@ impl Replication {
             .expect("checked in the same append section");
     }
 
-    /// Fails every waiting acks=all request (the partition closes).
+    /// Fails every waiting acks=all request (the replica stopped leading or
+    /// the partition closes): their batches are appended, not committed.
     pub(crate) fn fail_waiting(&self, ntp: &Ntp) {
         for (_, tx) in self.acks.borrow_mut().drain(..) {
-            let _ = tx.send(Err(PartitionError::NotLeader(ntp.clone())));
+            let _ = tx.send(Err(PartitionError::NotCommitted(ntp.clone())));
         }
     }
 
@@ -457,19 +458,23 @@ pub fn report_durable(p: &Rc<Partition>) {
 }
 
 /// Waits until the high watermark passes `end` (exclusive), the replica
-/// stops leading, or `timeout`.
+/// stops leading, or `timeout`. What is waited for is appended here: a
+/// replica that stops leading first answers `NotCommitted`.
 pub async fn wait_committed(p: &Partition, end: Offset, timeout: Duration) -> Result<(), PartitionError> {
     let r = repl(p);
     if r.hw.get() >= end {
         return Ok(());
     }
     if r.role() != Role::Leader {
-        return Err(PartitionError::NotLeader(p.ntp.clone()));
+        return Err(PartitionError::NotCommitted(p.ntp.clone()));
     }
     let (tx, rx) = oneshot::channel();
     r.acks.borrow_mut().push((end, tx));
     futures_lite::future::or(
-        async move { rx.await.unwrap_or(Err(PartitionError::NotLeader(p.ntp.clone()))) },
+        async move {
+            rx.await
+                .unwrap_or(Err(PartitionError::NotCommitted(p.ntp.clone())))
+        },
         async move {
             glommio::timer::sleep(timeout).await;
             Err(PartitionError::TimedOut(timeout))

@@ -37,6 +37,7 @@ pub fn partition(e: &PartitionError) -> ResponseError {
     match e {
         PartitionError::NotHere(_) => ResponseError::UnknownTopicOrPartition,
         PartitionError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+        PartitionError::NotCommitted(_) => ResponseError::NotEnoughReplicasAfterAppend,
         PartitionError::CorruptBatch(_) => ResponseError::CorruptMessage,
         PartitionError::InvalidRecord(_) => ResponseError::InvalidRecord,
         PartitionError::Sequence(e) => producer(e),

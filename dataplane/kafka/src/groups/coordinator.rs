@@ -649,9 +649,9 @@ fn partition_for(group: &str) -> Result<(Rc<Coordinator>, Rc<CoordPartition>), R
 fn store_error(e: &PartitionError) -> ResponseError {
     match e {
         PartitionError::Storage(StorageError::BatchTooLarge { .. }) => ResponseError::InvalidCommitOffsetSize,
-        PartitionError::Storage(StorageError::Closed) | PartitionError::NotLeader(_) => {
-            ResponseError::NotCoordinator
-        }
+        PartitionError::Storage(StorageError::Closed)
+        | PartitionError::NotLeader(_)
+        | PartitionError::NotCommitted(_) => ResponseError::NotCoordinator,
         _ => ResponseError::CoordinatorNotAvailable,
     }
 }
