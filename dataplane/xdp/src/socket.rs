@@ -832,6 +832,7 @@ fn random_u32() -> u32 {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use proptest::prelude::*;
 
     #[test]
     fn copy_message_range_spans_the_parts() {
@@ -873,5 +874,259 @@ mod tests {
         );
         assert_eq!(decode_message(Vec::new(), 100), Err(DropReason::BadFrame));
         assert_eq!(decode_message(m, 1), Err(DropReason::BadFrame));
+    }
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+    const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+    const PORT: u16 = 7531;
+    const FRAG_BYTES: usize = 1432;
+
+    fn test_frame(i: usize, payload_len: usize) -> Frame {
+        Frame {
+            kind: i as u8,
+            shard: 3,
+            ext: Bytes::from(vec![i as u8; i % 40]),
+            payload: (0..payload_len)
+                .map(|j| (j * 13 + i) as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+        }
+    }
+
+    /// The Ethernet frames the sender writes for `frame` as message `msg_id`.
+    fn packets(frame: &Frame, msg_id: u64) -> Vec<Vec<u8>> {
+        let total = frame.wire_bytes();
+        let out = Outgoing {
+            peer: 0,
+            header: encode_header(frame.kind, frame.shard, &frame.ext, frame.payload.len()),
+            frame: frame.clone(),
+            msg_id,
+            total,
+            frag_count: frag_count(total, FRAG_BYTES) as u16,
+            next_frag: 0,
+        };
+        let ep = Endpoints {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_ip: REMOTE,
+            dst_ip: LOCAL,
+            src_port: PORT,
+            dst_port: PORT,
+        };
+        (0..out.frag_count)
+            .map(|frag_index| {
+                let len = FRAG_BYTES.min(total - usize::from(frag_index) * FRAG_BYTES);
+                let mut buf = vec![0u8; HEADERS_BYTES + len];
+                let f = Fragment {
+                    endpoints: &ep,
+                    ip_id: frag_index,
+                    stream: 9,
+                    session: 77,
+                    frag_bytes: FRAG_BYTES,
+                    frag_index,
+                };
+                f.write(&mut buf, &out);
+                buf
+            })
+            .collect()
+    }
+
+    fn receiver() -> (Vec<Peer>, Reassembler, Counters) {
+        let peers = vec![Peer {
+            config: PeerConfig {
+                addr: SocketAddrV4::new(REMOTE, PORT),
+                stream: 9,
+            },
+            mac: [0; 6],
+        }];
+        let limits = Limits {
+            messages_max: 4,
+            bytes_max: 1 << 20,
+            message_bytes_max: 1 << 20,
+            ..Limits::default()
+        };
+        (peers, Reassembler::new(limits), Counters::default())
+    }
+
+    fn feed(packets: &[Vec<u8>], r: &mut Reassembler, peers: &[Peer], c: &mut Counters) -> Vec<Frame> {
+        let rx = Rx {
+            local_ip: LOCAL,
+            port: PORT,
+            peers,
+            payload_bytes_max: 1 << 20,
+        };
+        let now = Instant::now();
+        packets.iter().filter_map(|p| rx.datagram(p, now, r, c)).collect()
+    }
+
+    #[test]
+    fn frames_survive_the_datagram_path_exactly() {
+        let (peers, mut r, mut c) = receiver();
+        let frames: Vec<Frame> = [0, 1, 1413, 1414, 5000, 100_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| test_frame(i, n))
+            .collect();
+        let mut wire = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            wire.extend(packets(f, i as u64));
+        }
+        assert_eq!(feed(&wire, &mut r, &peers, &mut c), frames);
+        assert_eq!(c.rx_frames, frames.len() as u64);
+        assert_eq!(c.invalid, InvalidCounters::default());
+    }
+
+    #[test]
+    fn every_nth_datagram_lost_costs_only_its_frames() {
+        let frames: Vec<Frame> = (0..20).map(|i| test_frame(i, 500 + i * 700)).collect();
+        for n in [2usize, 3, 7, 11] {
+            let (peers, mut r, mut c) = receiver();
+            let mut wire = Vec::new();
+            let mut hit = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                let p = packets(f, i as u64);
+                let start = wire.len();
+                wire.extend(p);
+                hit.push((start..wire.len()).any(|k| k % n == n - 1));
+            }
+            let kept: Vec<Vec<u8>> = wire
+                .into_iter()
+                .enumerate()
+                .filter(|(k, _)| k % n != n - 1)
+                .map(|(_, p)| p)
+                .collect();
+            let got = feed(&kept, &mut r, &peers, &mut c);
+            let expected: Vec<Frame> = frames
+                .iter()
+                .zip(&hit)
+                .filter(|(_, h)| !**h)
+                .map(|(f, _)| f.clone())
+                .collect();
+            assert_eq!(got, expected, "every {n}th datagram lost");
+        }
+    }
+
+    #[test]
+    fn damaged_datagrams_are_counted_by_reason() {
+        let (peers, mut r, mut c) = receiver();
+        let f = test_frame(1, 3000);
+        let p = packets(&f, 0);
+        let truncated = p[0][..p[0].len() - 1].to_vec();
+        let mut bad_data = p[1].clone();
+        let last = bad_data.len() - 1;
+        bad_data[last] ^= 1;
+        let mut bad_ip = p[1].clone();
+        bad_ip[ETH_BYTES + 12] ^= 1; // source address
+        let mut unknown_stream = p[1].clone();
+        unknown_stream[HEADERS_BYTES - DGRAM_HEADER_BYTES + 7] ^= 1; // stream, header CRC now wrong
+        let mut other_port = p[1].clone();
+        other_port[ETH_BYTES + 20 + 3] ^= 1;
+        let damaged = [
+            truncated,
+            bad_data,
+            bad_ip,
+            unknown_stream,
+            other_port,
+            p[0][..30].to_vec(),
+        ];
+        assert!(feed(&damaged, &mut r, &peers, &mut c).is_empty());
+        let i = c.invalid;
+        assert_eq!((i.short, i.bad_checksum, i.wrong_destination), (2, 3, 1), "{i:?}");
+        // The intact datagrams still make the frame, duplicates and all.
+        let again = [
+            p[2].clone(),
+            p[0].clone(),
+            p[0].clone(),
+            p[1].clone(),
+            p[1].clone(),
+        ];
+        assert_eq!(feed(&again, &mut r, &peers, &mut c), vec![f]);
+        assert_eq!(c.invalid.stale, 1, "a fragment of a delivered frame");
+        assert_eq!(c.rx_duplicates, 1);
+    }
+
+    #[test]
+    fn unknown_streams_and_oversized_messages_are_refused() {
+        let (peers, mut r, mut c) = receiver();
+        let p = packets(&test_frame(1, 10), 0);
+        let others = vec![Peer {
+            config: PeerConfig {
+                addr: SocketAddrV4::new(REMOTE, PORT),
+                stream: 8,
+            },
+            mac: [0; 6],
+        }];
+        assert!(feed(&p, &mut r, &others, &mut c).is_empty());
+        assert_eq!(c.invalid.unknown_stream, 1);
+        let big = packets(&test_frame(2, (1 << 20) + 1), 1);
+        assert!(feed(&big[..3], &mut r, &peers, &mut c).is_empty());
+        assert_eq!(c.invalid.oversized, 3);
+        assert_eq!(r.held(), (0, 0));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Fault {
+        Drop,
+        Duplicate,
+        Flip(usize),
+        Truncate(usize),
+    }
+
+    fn fault() -> impl Strategy<Value = Option<Fault>> {
+        prop_oneof![
+            6 => Just(None),
+            1 => Just(Some(Fault::Drop)),
+            1 => Just(Some(Fault::Duplicate)),
+            1 => any::<usize>().prop_map(|b| Some(Fault::Flip(b))),
+            1 => any::<usize>().prop_map(|n| Some(Fault::Truncate(n))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Loss, duplication, reordering, truncation and bit flips anywhere in the Ethernet frame:
+        /// every frame delivered is one that was sent, in order, at most once; no panic.
+        #[test]
+        fn exact_frames_or_nothing(
+            lens in prop::collection::vec(0usize..9000, 1..8),
+            faults in prop::collection::vec(fault(), 0..60),
+            swaps in prop::collection::vec((any::<prop::sample::Index>(), any::<prop::sample::Index>()), 0..10),
+        ) {
+            let frames: Vec<Frame> = lens.iter().enumerate().map(|(i, &n)| test_frame(i, n)).collect();
+            let mut wire = Vec::new();
+            for (i, f) in frames.iter().enumerate() {
+                wire.extend(packets(f, i as u64));
+            }
+            let mut faulty = Vec::new();
+            for (n, p) in wire.into_iter().enumerate() {
+                match faults.get(n).cloned().flatten() {
+                    None => faulty.push(p),
+                    Some(Fault::Drop) => {}
+                    Some(Fault::Duplicate) => { faulty.push(p.clone()); faulty.push(p); }
+                    Some(Fault::Flip(bit)) => {
+                        let mut p = p;
+                        let bit = bit % (p.len() * 8);
+                        p[bit / 8] ^= 1 << (bit % 8);
+                        faulty.push(p);
+                    }
+                    Some(Fault::Truncate(n)) => { let n = n % p.len(); faulty.push(p[..n].to_vec()); }
+                }
+            }
+            if !faulty.is_empty() {
+                for (a, b) in swaps {
+                    let (a, b) = (a.index(faulty.len()), b.index(faulty.len()));
+                    faulty.swap(a, b);
+                }
+            }
+            let (peers, mut r, mut c) = receiver();
+            let got = feed(&faulty, &mut r, &peers, &mut c);
+            let mut next = 0;
+            for f in &got {
+                let i = frames[next..].iter().position(|s| s == f).map(|p| p + next);
+                prop_assert!(i.is_some(), "a frame that was not sent, or out of order");
+                next = i.unwrap_or(0) + 1;
+            }
+            prop_assert_eq!(c.rx_datagrams, faulty.len() as u64);
+        }
     }
 }

@@ -387,3 +387,36 @@ fn a_leftover_program_is_replaced_and_a_foreign_one_is_kept() {
         .join()
         .expect("leftover test thread");
 }
+
+/// Native mode on veth needs no program on the sending end for this path: a frame the peer's
+/// kernel sends into its veth reaches our native-mode program and socket. (An XDP program on
+/// the peer is needed only for frames redirected *into* a veth with `XDP_REDIRECT`/`XDP_TX`,
+/// which this transport does not do: AF_XDP copy-mode sends go through the veth's normal
+/// transmit path.)
+#[test]
+fn native_mode_receives_without_a_program_on_the_peer() {
+    let net = VethPair::new("drvpeer", 1).expect("veth pair");
+    let (ready, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let server = echo_server(
+        net.b.clone(),
+        net.a.clone(),
+        AttachMode::Native,
+        ready.clone(),
+        stop.clone(),
+    );
+    wait_for(&ready);
+    let b_ip = net.b.ip;
+    net.a
+        .spawn(move || {
+            let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+            for _ in 0..3 {
+                udp.send_to(b"short", (b_ip, PORT)).expect("send");
+            }
+        })
+        .join()
+        .expect("A side");
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Release);
+    let server = server.join().expect("server");
+    assert_eq!(server.invalid.short, 3, "{server:?}");
+}
