@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use ferrolog_xdp::testnet::{Side, VethPair};
 use ferrolog_xdp::{
-    AttachMode, Counters, Frame, PeerConfig, PeerId, ProgramConfig, SocketConfig, XdpError, XdpProgram,
-    XskSocket,
+    AttachMode, BindMode, Counters, Frame, PeerConfig, PeerId, ProgramConfig, SocketConfig, XdpError,
+    XdpProgram, XskSocket,
 };
 
 const PORT: u16 = 7531;
@@ -419,4 +419,40 @@ fn native_mode_receives_without_a_program_on_the_peer() {
     stop.store(true, Ordering::Release);
     let server = server.join().expect("server");
     assert_eq!(server.invalid.short, 3, "{server:?}");
+}
+
+/// Closing a socket and binding the same queue again at once works (the kernel may answer EBUSY
+/// for a moment while the old socket is torn down; open retries for `bind_busy_wait`), and the
+/// program is detached and attached again as cleanly.
+#[test]
+fn reopen_right_after_close() {
+    let net = VethPair::new("reopen", 1).expect("veth pair");
+    let a = net.a.clone();
+    net.a
+        .spawn(move || {
+            for round in 0..5 {
+                let program = XdpProgram::attach(&ProgramConfig::new(&a.ifname, PORT, AttachMode::Native))
+                    .unwrap_or_else(|e| panic!("attach, round {round}: {e}"));
+                let socket = XskSocket::open(&program, socket_config(a.ip, STREAM_A))
+                    .unwrap_or_else(|e| panic!("open, round {round}: {e}"));
+                assert!(!socket.zero_copy(), "veth has no zero-copy");
+                drop(socket);
+                drop(program);
+            }
+            let program =
+                XdpProgram::attach(&ProgramConfig::new(&a.ifname, PORT, AttachMode::Native)).expect("attach");
+            let mut config = socket_config(a.ip, STREAM_A);
+            config.bind = BindMode::ZeroCopy;
+            let err = XskSocket::open(&program, config).expect_err("veth refuses zero-copy");
+            assert_eq!(
+                err,
+                XdpError::DriverRefused {
+                    ifname: a.ifname.clone(),
+                    what: "AF_XDP bind",
+                    errno: libc::EOPNOTSUPP
+                }
+            );
+        })
+        .join()
+        .expect("reopen thread");
 }
