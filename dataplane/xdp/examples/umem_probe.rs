@@ -30,7 +30,7 @@ fn main() {
         .collect();
     println!(
         "RLIMIT_MEMLOCK {} bytes; {}",
-        ferrolog_xdp::sys::memlock_limit(),
+        ferrolog_xdp::memlock_limit(),
         status(&["CapEff"])
     );
     let net = VethPair::new("probe", 1).expect("veth pair");

@@ -7,7 +7,7 @@
 //! # What it owns, where it lives
 //!
 //! - [`XdpProgram`] (one per interface, `Arc`-shared, `Send + Sync`): the
-//!   hand-assembled XDP program ([`bpf`]) and its XSKMAP. Attached on
+//!   hand-assembled XDP program (`src/bpf.rs`) and its XSKMAP. Attached on
 //!   creation, detached when the last socket and handle are gone. Clears a
 //!   leftover of a crashed process at start.
 //! - [`XskSocket`] (one per shard and NIC queue, `!Send`: it lives on the
@@ -32,26 +32,25 @@
 //! interface, queue, memlock, driver, library call with errno), for the
 //! caller to log in one line and use TCP.
 //!
-//! All `unsafe` code is in [`sys`] (FFI to libxdp/libbpf, ring access).
+//! All `unsafe` code is in `src/sys.rs` (FFI to libxdp/libbpf, ring access).
 
-pub mod bpf;
+mod bpf;
 mod error;
 mod neigh;
 mod program;
 pub mod reassembly;
 mod socket;
-pub mod sys;
+mod sys;
 pub mod testnet;
 pub mod wire;
 
 pub use error::XdpError;
 pub use ferrolog_transport::Frame;
-pub use neigh::parse_arp_table;
 pub use program::{AttachMode, ProgramConfig, XdpProgram, PROGRAM_NAME};
 pub use socket::{
     BindMode, Counters, InvalidCounters, PeerConfig, PeerId, SendError, SocketConfig, XskSocket,
 };
-pub use sys::{enter_netns, XdpStatistics};
+pub use sys::{enter_netns, memlock_limit, XdpStatistics};
 pub use wire::DropReason;
 
 /// The largest frame payload: raw record batches of one replication message.
