@@ -12,7 +12,11 @@ set -euo pipefail
 # e2fsprogs + mount: the disk-full test mounts a small ext4 image on a loop device.
 # gcc + make: rdkafka-sys (the benches' Kafka client) builds its bundled librdkafka with
 # librdkafka's own configure script and make.
-APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 nftables e2fsprogs mount gcc make openssl)
+# iputils-ping: the AF_XDP tests check that ICMP still reaches the kernel with the program attached.
+# libxdp-dev + libbpf-dev: the AF_XDP transport (dataplane/xdp) links libxdp (UMEM and socket
+# setup) and libbpf (XSKMAP, program load, XDP attach) through a hand-written FFI; no clang.
+APT_PACKAGES=(libudev-dev pkg-config libhwloc-dev capnproto kcat iproute2 nftables e2fsprogs mount gcc make openssl
+    libxdp-dev libbpf-dev iputils-ping)
 # Real Kafka clients used by the end-to-end tests.
 PIP_PACKAGES=(confluent-kafka kafka-python)
 
