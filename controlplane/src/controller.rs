@@ -59,6 +59,17 @@ pub const RAFT_DIR: &str = "controller";
 /// Producer ids a node takes from the cluster at a time.
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
+/// How long the leader waits for a lost member's control port to answer
+/// before it leaves the member to its session timeout.
+const LOST_MEMBER_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Pauses before each probe of a lost member's control port.
+const LOST_MEMBER_PROBE_PAUSES: [Duration; 4] = [
+    Duration::ZERO,
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+];
+
 /// Timing of the control plane (profile fields; see docs/tuning.md).
 #[derive(Clone, Debug)]
 pub struct ControlTiming {
@@ -213,6 +224,9 @@ pub struct Controller {
     preferred_requests: RefCell<BTreeMap<PartitionKey, Epoch>>,
     /// Leader: since when each live member has been seen live.
     alive_since: RefCell<HashMap<NodeId, Instant>>,
+    /// Leader: members a probe is marking down (`probe_lost_member`); the
+    /// periodic liveness check leaves them alone meanwhile.
+    probing_down: RefCell<BTreeSet<NodeId>>,
     /// Leader: balancing elections tried, and when.
     balance_tried: RefCell<HashMap<PartitionKey, Instant>>,
     last_balance: Cell<Option<Instant>>,
@@ -347,6 +361,7 @@ impl Controller {
             reassignment_elections: RefCell::new(BTreeMap::new()),
             reassigning: Cell::new(false),
             alive_since: RefCell::new(HashMap::new()),
+            probing_down: RefCell::new(BTreeSet::new()),
             balance_tried: RefCell::new(HashMap::new()),
             last_balance: Cell::new(None),
             election_round: RefCell::new(None),
@@ -1068,6 +1083,75 @@ impl Controller {
         }
     }
 
+    /// Leader: the connection that carried `node`'s heartbeats ended. When
+    /// nothing listens on its control-plane address any more (connection
+    /// refused: its process is gone, as after kill -9), it is marked down
+    /// now rather than after its session, and the elections of the
+    /// partitions it led start at once. Anything else (the connection
+    /// works: it only reconnected; it times out: a network fault) is left to
+    /// the session timeout, so a pause or a partition is judged as before.
+    async fn probe_lost_member(self: Rc<Self>, node: NodeId) {
+        let lost_at = Instant::now();
+        let addr = {
+            let core = self.core.borrow();
+            if !core.is_leader() || node == self.config.me.id {
+                return;
+            }
+            match core.state().members.get(&node) {
+                Some(m) if m.alive && m.state != MemberState::Removed => m.rpc_addr.clone(),
+                _ => return,
+            }
+        };
+        // A process being killed may close the heartbeat connection before
+        // its listener: a connect that works is tried again a few times.
+        let mut refused = false;
+        for pause in LOST_MEMBER_PROBE_PAUSES {
+            glommio::timer::sleep(pause).await;
+            let attempt = futures_lite::future::or(
+                async {
+                    match glommio::net::TcpStream::connect(addr.as_str()).await {
+                        Err(glommio::GlommioError::IoError(e))
+                            if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                        {
+                            Some(true)
+                        }
+                        Ok(_) => Some(false),
+                        Err(_) => None,
+                    }
+                },
+                async {
+                    glommio::timer::sleep(LOST_MEMBER_PROBE_TIMEOUT).await;
+                    None
+                },
+            )
+            .await;
+            match attempt {
+                Some(true) => {
+                    refused = true;
+                    break;
+                }
+                Some(false) => continue,
+                // Timed out or another error: a network fault, not a dead
+                // process; the session timeout judges it.
+                None => return,
+            }
+        }
+        let heard_since = self.heard.borrow().get(&node).is_some_and(|t| *t > lost_at);
+        if !refused || heard_since || !self.core.borrow().is_leader() {
+            return;
+        }
+        warn!(node = %node, addr = %addr, "member's heartbeat connection closed and its control port refuses connections; marking it down now");
+        // Its last heartbeat must not make the next duty mark it up again;
+        // a restart registers and heartbeats anew.
+        self.heard.borrow_mut().remove(&node);
+        self.probing_down.borrow_mut().insert(node);
+        let _ = self
+            .propose_commands(vec![Command::SetLiveness { node, alive: false }])
+            .await;
+        self.probing_down.borrow_mut().remove(&node);
+        self.start_elections();
+    }
+
     /// Leader side of a heartbeat.
     fn heartbeat(&self, from: NodeId, incarnation: u64) -> Result<HeartbeatReply, String> {
         let core = self.core.borrow();
@@ -1118,16 +1202,27 @@ impl Controller {
         let session = self.config.timing.session_timeout;
         let mut cmds = Vec::new();
         for m in members.values().filter(|m| m.state != MemberState::Removed) {
+            if self.probing_down.borrow().contains(&m.id) {
+                continue;
+            }
             let heard = self.heard.borrow().get(&m.id).copied();
             let last = heard.unwrap_or(since).max(since);
             let alive = m.id == self.config.me.id || last.elapsed() < session;
-            if m.alive && !alive {
+            // As applied now: the snapshot above is from before an await.
+            let marked_alive = self
+                .core
+                .borrow()
+                .state()
+                .members
+                .get(&m.id)
+                .is_some_and(|x| x.alive);
+            if marked_alive && !alive {
                 warn!(node = %m.id, "member missed its session; marking it down");
                 cmds.push(Command::SetLiveness {
                     node: m.id,
                     alive: false,
                 });
-            } else if !m.alive && alive && heard.is_some() {
+            } else if !marked_alive && alive && heard.is_some() {
                 cmds.push(Command::SetLiveness {
                     node: m.id,
                     alive: true,
@@ -2131,6 +2226,10 @@ impl rpc::Handler for RpcHandler {
 
     fn raft(&self, from: u64, messages: Vec<Vec<u8>>) {
         self.0.receive(from, messages);
+    }
+
+    fn heartbeats_lost(&self, from: u64) {
+        glommio::spawn_local(self.0.clone().probe_lost_member(node_id(from))).detach();
     }
 
     fn propose(

@@ -201,6 +201,9 @@ pub trait Handler: 'static {
         topic: String,
         partition: i32,
     ) -> LocalBoxFuture<'static, Result<(Epoch, Vec<NodeId>), String>>;
+    /// A connection that carried heartbeats of node `from` ended (the peer
+    /// closed it or its process died).
+    fn heartbeats_lost(&self, _from: u64) {}
 }
 
 fn reader_options() -> capnp::message::ReaderOptions {
@@ -305,11 +308,13 @@ async fn serve_connection(
             }
         },
     };
+    let heartbeats_from = Rc::new(Cell::new(None));
     let server = ConnectionServer {
-        handler,
+        handler: handler.clone(),
         peer,
         mismatch_warned: Cell::new(false),
         calls_in_flight: Rc::new(Cell::new(0)),
+        heartbeats_from: heartbeats_from.clone(),
     };
     let client: control::Client = capnp_rpc::new_client(server);
     let rpc = RpcSystem::new(vat_network(stream, Side::Server), Some(client.client));
@@ -324,6 +329,9 @@ async fn serve_connection(
             "control rpc: closed the connection on a malformed or truncated frame"
         ),
     }
+    if let Some(from) = heartbeats_from.get() {
+        handler.heartbeats_lost(from);
+    }
 }
 
 /// The server of one connection.
@@ -332,6 +340,8 @@ struct ConnectionServer {
     peer: SocketAddr,
     mismatch_warned: Cell<bool>,
     calls_in_flight: Rc<Cell<usize>>,
+    /// The node whose heartbeats this connection carried, if any.
+    heartbeats_from: Rc<Cell<Option<u64>>>,
 }
 
 /// A slot among a connection's [`CALLS_IN_FLIGHT_MAX`], freed on drop.
@@ -470,6 +480,7 @@ impl control::Server for ConnectionServer {
             .heartbeat(from, incarnation)
             .await
             .map_err(capnp::Error::failed)?;
+        self.heartbeats_from.set(Some(from));
         let mut r = results.get();
         r.set_leader(reply.leader);
         r.set_term(reply.term);

@@ -534,6 +534,25 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
         member(v, victim).is_some_and(|m| m["alive"] == false && m["partitions_led"] == 0)
     });
     assert_eq!(alive_members(&v), 2, "{v}");
+    // By the controller leader's probe of the closed heartbeat connection
+    // (the port refuses: the process is gone), not by its session timeout.
+    let log = std::fs::read_to_string(c.node(leader).log_path(1)).expect("leader log");
+    let victim_down =
+        |l: &&str| l.contains(&format!("node={victim}")) || l.contains(&format!("node {victim}"));
+    assert!(
+        log.lines()
+            .filter(victim_down)
+            .any(|l| l.contains("marking it down now")),
+        "node {victim} was not marked down by the probe\n{}",
+        c.node(leader).log_tail()
+    );
+    assert!(
+        !log.lines()
+            .filter(victim_down)
+            .any(|l| l.contains("missed its session")),
+        "node {victim} was marked down by its session timeout\n{}",
+        c.node(leader).log_tail()
+    );
     let other = (1..=3)
         .find(|id| *id != leader && *id != victim)
         .expect("the third node");

@@ -207,9 +207,14 @@ def produce(args):
     out.close()
     for c in crashed:
         log(f"FAIL: a producer thread crashed:\n{c}")
+    handler.flush()
+    # An epoch bump renumbers every batch a producer still holds; one the broker kept
+    # although it answered an error would then be written twice. Counted, for the record.
+    with open(args.out + ".client.log") as f:
+        bumps = sum(1 for line in f if "bumped epoch" in line)
     log(
         f"produce done in {time.monotonic() - started:.1f}s: sent={stats['sent']} acked={stats['acked']} "
-        f"failed={stats['failed']} new_producers={stats['new_producers']} errors={dict(errors)}"
+        f"failed={stats['failed']} new_producers={stats['new_producers']} epoch_bumps={bumps} errors={dict(errors)}"
     )
     return 2 if crashed else 0
 

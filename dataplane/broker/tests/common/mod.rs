@@ -176,6 +176,12 @@ pub fn process_report(pid: u32) -> String {
 
 /// Waits for `child` to exit, killing it and failing after `within`.
 pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    wait_exit_named(child, within, "ferrolog")
+}
+
+/// `wait_exit` of a child that is not a broker: `what` names it in the
+/// failure.
+pub fn wait_exit_named(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -184,7 +190,7 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("ferrolog did not exit within {within:?}");
+            panic!("{what} did not exit within {within:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -195,6 +201,11 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
 /// after `within`. Returns its status, stdout and stderr.
 pub fn output_bounded(mut cmd: Command, within: Duration) -> (ExitStatus, String, String) {
     use std::io::Read;
+    let what = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -210,7 +221,7 @@ pub fn output_bounded(mut cmd: Command, within: Duration) -> (ExitStatus, String
     };
     let out = read(Box::new(child.stdout.take().expect("stdout")));
     let err = read(Box::new(child.stderr.take().expect("stderr")));
-    let status = wait_exit(&mut child, within);
+    let status = wait_exit_named(&mut child, within, &what);
     (
         status,
         out.join().expect("stdout reader"),
