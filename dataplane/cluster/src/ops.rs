@@ -322,6 +322,9 @@ pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
         let p = match led_for_produce(&m, &item.ntp) {
             Ok(p) => p,
             Err(e) => {
+                if let (PartitionError::NotLeader(_), Some(p)) = (&e, m.partition(&item.ntp)) {
+                    p.note_refused(&item.records);
+                }
                 out.push(ProduceAnswer {
                     result: Err(e),
                     log_start: Offset(-1),

@@ -33,6 +33,10 @@ pub const LEADERSHIP_SETTLE_MAX: Duration = Duration::from_secs(1);
 /// How often such a batch looks again.
 const LEADERSHIP_SETTLE_POLL: Duration = Duration::from_millis(2);
 
+/// Refused idempotent batches a partition remembers, and for how long.
+const REFUSED_REMEMBERED: usize = 64;
+const REFUSED_MEMORY: Duration = Duration::from_secs(10);
+
 /// Bytes the producer-state rebuild reads from the log at a time.
 pub const PRODUCER_REBUILD_READ_BYTES: usize = 4 << 20;
 /// In a partition's directory between a clean close and the next open: the
@@ -58,6 +62,10 @@ pub struct Partition {
     /// Whether this node leads the partition (else it is a replica that
     /// serves no client produce, fetch or list offsets).
     leads: Cell<bool>,
+    /// Idempotent batches refused here as "not the leader" lately: (producer
+    /// id, epoch, first sequence, when), newest last, at most
+    /// [`REFUSED_REMEMBERED`]. See [`Partition::refusal_explains`].
+    refused: RefCell<std::collections::VecDeque<(i64, i16, i32, Instant)>>,
     /// Fetches waiting for data past their offset; woken (and dropped) by the
     /// next append. They may be waiting on other shards.
     waiters: RefCell<Vec<WaiterRef>>,
@@ -143,6 +151,7 @@ impl Partition {
             log,
             leader_epoch: Cell::new(Epoch(0)),
             leads: Cell::new(true),
+            refused: RefCell::new(std::collections::VecDeque::new()),
             waiters: RefCell::new(Vec::new()),
             producers,
             discards,
@@ -274,7 +283,10 @@ impl Partition {
                 {
                     glommio::timer::sleep(LEADERSHIP_SETTLE_POLL).await;
                 }
-                Some(AppendError::NotLeader) => return Err(PartitionError::NotLeader(self.ntp.clone())),
+                Some(AppendError::NotLeader) => {
+                    self.note_refused(&batch);
+                    return Err(PartitionError::NotLeader(self.ntp.clone()));
+                }
                 Some(AppendError::NotEnoughReplicas { insync, min }) => {
                     return Err(PartitionError::NotEnoughReplicas { insync, min })
                 }
@@ -289,6 +301,11 @@ impl Partition {
                 self.settle_duplicate(&pb, original, discards).await
             }
             (Ok(Verdict::Append), _) => unreachable!("the guard refused an append it agreed to"),
+            (Err(e), _) if self.refusal_explains(&e) => {
+                debug!(partition = %self.ntp, "{e}: the batch before it was refused here as not the leader; answering not the leader");
+                self.note_refused(&batch);
+                Err(PartitionError::NotLeader(self.ntp.clone()))
+            }
             (Err(e), _) => Err(PartitionError::Sequence(e)),
         }
     }
@@ -505,6 +522,50 @@ impl Partition {
     /// [`Partition::leads`]).
     pub fn named_leader(&self) -> bool {
         self.leads.get()
+    }
+
+    /// Notes that the idempotent batches of `records` were refused as "not
+    /// the leader" (never appended).
+    pub fn note_refused(&self, records: &Bytes) {
+        let Ok(batches) = crate::ops::split_batches(records) else {
+            return;
+        };
+        let mut refused = self.refused.borrow_mut();
+        for b in batches {
+            if let Some(pb) = BatchHeader::parse(&b)
+                .ok()
+                .as_ref()
+                .and_then(ProducerBatch::from_header)
+            {
+                if refused.len() == REFUSED_REMEMBERED {
+                    refused.pop_front();
+                }
+                refused.push_back((pb.producer_id, pb.epoch, pb.first_seq, Instant::now()));
+            }
+        }
+    }
+
+    /// Whether an out-of-order batch of `producer_id`/`epoch` is explained
+    /// by a batch this node refused as "not the leader" lately: the one at
+    /// the sequence it expects. That happens when a client learns of this
+    /// node's leadership before the node does: the first batch is refused,
+    /// the next one (already in flight) arrives once it leads. Answering
+    /// that one "out of order" makes librdkafka bump its epoch and renumber
+    /// every batch it holds, which writes twice any batch another leader
+    /// kept; "not the leader" makes it retry both, in order.
+    fn refusal_explains(&self, e: &crate::producer_state::SequenceError) -> bool {
+        let crate::producer_state::SequenceError::OutOfOrder {
+            producer_id,
+            epoch,
+            expected,
+            ..
+        } = *e
+        else {
+            return false;
+        };
+        self.refused.borrow().iter().any(|&(pid, ep, seq, at)| {
+            pid == producer_id && ep == epoch && seq == expected && at.elapsed() < REFUSED_MEMORY
+        })
     }
 
     pub fn set_leads(&self, leads: bool) {
