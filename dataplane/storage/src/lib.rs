@@ -35,7 +35,7 @@ pub use error::{Result, StorageError};
 pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 pub use log::{
     Appended, CompactionOutcome, FlushDone, Log, LogContext, LogOffsets, ReadOutcome, ReadRequest,
-    RecoveryReport, RetentionOutcome, Truncation,
+    RecoveryReport, RetentionOutcome, SealedFilesStats, Truncation, SEALED_FILES_DEFAULT,
 };
 pub use probe::probe_direct_io;
 pub use segment::{index_path, log_file_name, parse_log_file_name, time_index_path};

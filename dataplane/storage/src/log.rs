@@ -18,7 +18,7 @@ use crate::error::{Result, StorageError};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::segment::{
     align_down, align_up, index_path, log_file_name, parse_log_file_name, scan, time_index_path,
-    DurablePoint, Segment, WindowReader, BLOCK_BYTES,
+    DurablePoint, FileHandle, SealedFiles, Segment, WindowReader, BLOCK_BYTES,
 };
 use bytes::Bytes;
 use ferrolog_model::batch::{first_offset_at_or_after, set_base_offset, set_leader_epoch, REWRITTEN_PREFIX};
@@ -35,12 +35,33 @@ use tracing::{info, warn};
 mod compact;
 pub use compact::CompactionOutcome;
 
-/// What every log of one shard shares: the batch cache and the seams.
+/// The least zeros a small extending flush writes ahead (see `write_plan`).
+const PREZERO_MIN_BYTES: u64 = 16 << 10;
+
+/// Sealed segment files a shard keeps open until told otherwise
+/// ([`LogContext::set_sealed_files_max`]).
+pub const SEALED_FILES_DEFAULT: usize = 1024;
+
+/// What every log of one shard shares: the batch cache, the open sealed
+/// segment files, and the seams.
 pub struct LogContext {
     pub clock: Rc<dyn Clock>,
     pub faults: Rc<Faults>,
     pub cache: Rc<RefCell<BatchCache>>,
+    /// Sealed segments' files, opened on first read and closed least
+    /// recently used first: a log keeps only its active segment's file open.
+    files: RefCell<SealedFiles>,
     next_log_id: Cell<LogId>,
+}
+
+/// The state of a shard's sealed segment files (see [`LogContext`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SealedFilesStats {
+    pub open: usize,
+    pub max: usize,
+    /// Opened and closed since start.
+    pub opened: u64,
+    pub closed: u64,
 }
 
 impl LogContext {
@@ -53,8 +74,35 @@ impl LogContext {
             clock,
             faults: Rc::new(Faults::default()),
             cache: Rc::new(RefCell::new(BatchCache::new(cache_bytes))),
+            files: RefCell::new(SealedFiles::new(SEALED_FILES_DEFAULT)),
             next_log_id: Cell::new(0),
         })
+    }
+
+    /// Bounds the sealed segment files this shard keeps open (closing the
+    /// least recently used ones now if more are open).
+    pub fn set_sealed_files_max(&self, max: usize) {
+        self.files.borrow_mut().set_max(max);
+    }
+
+    pub fn sealed_files(&self) -> SealedFilesStats {
+        let f = self.files.borrow();
+        SealedFilesStats {
+            open: f.len(),
+            max: f.max(),
+            opened: f.opened,
+            closed: f.closed,
+        }
+    }
+
+    /// Closes the kept files of these segments (deleted, replaced, or their
+    /// log closed).
+    fn forget_files(&self, ids: impl IntoIterator<Item = u64>) {
+        if let Ok(mut f) = self.files.try_borrow_mut() {
+            for id in ids {
+                f.remove(id);
+            }
+        }
     }
 
     fn new_log_id(&self) -> LogId {
@@ -417,23 +465,28 @@ impl Log {
     ) -> Result<(Rc<Log>, RecoveryReport)> {
         let dir = dir.into();
         check_config(&config);
-        crate::probe::probe_direct_io(&dir).await?;
         let mut report = RecoveryReport::default();
-        compact::finish_interrupted_swaps(&dir).await?;
-
+        // Everything blocking that open needs, in one trip to the blocking
+        // pool: with thousands of partitions opening at once, each trip is a
+        // wait in the pool's one queue.
         let listed = dir.clone();
-        let mut bases = off_reactor(move || -> std::io::Result<Vec<Offset>> {
+        let found = off_reactor(move || -> Result<(u64, Vec<Offset>, Option<Offset>)> {
+            let dev = crate::probe::create_dir_and_device(&listed)?;
+            compact::finish_interrupted_swaps(&listed)?;
             let mut bases = Vec::new();
-            for entry in std::fs::read_dir(&listed)? {
-                if let Some(base) = entry?.file_name().to_str().and_then(parse_log_file_name) {
+            let entries = std::fs::read_dir(&listed).map_err(|e| StorageError::io("list", &listed, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| StorageError::io("list", &listed, e))?;
+                if let Some(base) = entry.file_name().to_str().and_then(parse_log_file_name) {
                     bases.push(base);
                 }
             }
-            Ok(bases)
+            bases.sort();
+            Ok((dev, bases, crate::start_offset::load(&listed)?))
         })
-        .await
-        .map_err(|e| StorageError::io("list", &dir, e))?;
-        bases.sort();
+        .await?;
+        let (dev, bases, floor) = found;
+        crate::probe::probe_device(&dir, dev).await?;
 
         let now = ctx.clock.now_ms();
         let mut segments = BTreeMap::new();
@@ -456,10 +509,7 @@ impl Log {
             .map(|s| s.next_offset)
             .unwrap_or(Offset(0));
         // A floor past the recovered end (the tail was lost) is the end.
-        let floor_dir = dir.clone();
-        let start_floor = off_reactor(move || crate::start_offset::load(&floor_dir))
-            .await?
-            .map_or(Offset(0), |f| f.min(next));
+        let start_floor = floor.map_or(Offset(0), |f| f.min(next));
         let id = ctx.new_log_id();
         let log = Rc::new(Log {
             dir,
@@ -730,7 +780,7 @@ impl Log {
             let new_next = st.dirty_next;
             let seg = st.active();
             FlushPlan {
-                file: seg.file.clone(),
+                file: seg.open_file().clone(),
                 path: seg.path.clone(),
                 start: align_down(seg.durable.size),
                 tail: seg.durable.tail.clone(),
@@ -754,7 +804,10 @@ impl Log {
                 st.written_next = plan.new_next;
                 st.durable_next = plan.new_next;
                 let seg = st.active_mut();
-                assert!(seg.file.is_same(&plan.file), "segment rolled during a flush");
+                assert!(
+                    seg.open_file().is_same(&plan.file),
+                    "segment rolled during a flush"
+                );
                 seg.durable = DurablePoint {
                     size: plan.end_size,
                     max_timestamp: plan.max_timestamp,
@@ -808,11 +861,18 @@ impl Log {
 
         let config = self.config();
         // A small flush that extends the file also writes zeros ahead, up to
-        // the segment's size limit (bytes past `parts` are zero-filled).
+        // the segment's size limit (bytes past `parts` are zero-filled): as
+        // many as the segment holds, at least PREZERO_MIN_BYTES and at most
+        // `prezero_bytes`. A busy segment soon gets the full amount (each
+        // extension doubles it); one of many idle partitions, holding a few
+        // records, costs a few KiB of disk instead of `prezero_bytes`, and
+        // recovery after a crash reads that much less.
         let data_end = plan.start + aligned_total as u64;
         let prezero = config.prezero_bytes as u64;
         let zeros = if prezero > 0 && total as u64 <= prezero / 8 && data_end > plan.file_end {
-            prezero.min(align_up(config.segment_bytes).saturating_sub(data_end))
+            prezero
+                .min(data_end.max(PREZERO_MIN_BYTES))
+                .min(align_up(config.segment_bytes).saturating_sub(data_end))
         } else {
             0
         };
@@ -959,7 +1019,7 @@ impl Log {
             assert!(st.pending.is_empty(), "appends queued during a roll");
             let s = st.active();
             let sealed = Sealed {
-                file: s.file.clone(),
+                file: s.open_file().clone(),
                 path: s.path.clone(),
                 index: s.index.clone(),
                 time_index: s.time_index.clone(),
@@ -970,7 +1030,13 @@ impl Log {
         let seg = create_segment(&self.dir, base, self.ctx.clock.now_ms()).await?;
         sync_dir(&self.dir).await?;
         info!(log = %self.dir.display(), sealed = %sealed.path.display(), new_base = %base, "rolled segment");
-        self.state.borrow_mut().segments.insert(base, seg);
+        {
+            // The rolled segment is sealed: its file stays open only until
+            // the seal below is done with it, then reads open it again.
+            let mut st = self.state.borrow_mut();
+            st.active_mut().file = None;
+            st.segments.insert(base, seg);
+        }
         self.unsynced.set(0);
         let faults = self.ctx.faults.clone();
         // Never cancelled, not even when the log is dropped unclosed: glommio
@@ -1049,7 +1115,7 @@ impl Log {
 
     /// `read` within the segment that holds `req.offset`.
     async fn read_segment(&self, req: ReadRequest) -> Result<ReadOutcome> {
-        let (end, file, path, position, limit) = {
+        let (end, handle, position, limit) = {
             let st = self.state.borrow();
             let committed = st.durable_next;
             let end = req.end.map_or(committed, |e| e.min(committed));
@@ -1086,14 +1152,10 @@ impl Log {
             } else {
                 seg.size
             };
-            (
-                end,
-                seg.file.clone(),
-                seg.path.clone(),
-                u64::from(entry.position),
-                limit,
-            )
+            (end, seg.handle(), u64::from(entry.position), limit)
         };
+        let path = handle.path.clone();
+        let file = self.resolve(handle).await?;
         let batches = read_batches(
             &file,
             &path,
@@ -1132,7 +1194,7 @@ impl Log {
     /// committed record is older. For compressed batches this is the batch's
     /// base offset (records are not decompressed here).
     pub async fn offset_for_timestamp(&self, ts: TimestampMs) -> Result<Option<Offset>> {
-        let candidates: Vec<(Rc<DmaFile>, PathBuf, u64, u64, Offset)> = {
+        let candidates: Vec<(FileHandle, u64, u64, Offset)> = {
             let st = self.state.borrow();
             let active_base = st.active().base;
             st.segments
@@ -1146,17 +1208,13 @@ impl Log {
                     } else {
                         s.size
                     };
-                    (
-                        s.file.clone(),
-                        s.path.clone(),
-                        u64::from(entry.position),
-                        limit,
-                        st.durable_next,
-                    )
+                    (s.handle(), u64::from(entry.position), limit, st.durable_next)
                 })
                 .collect()
         };
-        for (file, path, mut pos, limit, end) in candidates {
+        for (handle, mut pos, limit, end) in candidates {
+            let path = handle.path.clone();
+            let file = self.resolve(handle).await?;
             let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes);
             while pos < limit {
                 let head = reader.get(pos, ferrolog_model::batch::HEADER_BYTES).await?;
@@ -1208,6 +1266,7 @@ impl Log {
             deleted_segments: Vec::new(),
             start: self.offsets().start,
         };
+        self.ctx.forget_files(doomed.iter().map(|s| s.id));
         for seg in doomed {
             info!(log = %self.dir.display(), segment = %seg.path.display(), "retention deleted segment");
             remove_segment_files(&seg.path).await?;
@@ -1236,6 +1295,7 @@ impl Log {
             self.ctx.cache.borrow_mut().remove_below(self.id, start);
             doomed
         };
+        self.ctx.forget_files(doomed.iter().map(|s| s.id));
         for seg in &doomed {
             remove_segment_files(&seg.path).await?;
         }
@@ -1290,18 +1350,14 @@ impl Log {
             return Err(StorageError::BadTruncation(offset));
         }
         // Find the byte position of the batch starting at `offset`.
-        let (seg_base, file, path, from, limit) = {
+        let (seg_base, handle, from, limit) = {
             let st = self.state.borrow();
             let (_, seg) = st.segments.range(..=offset).next_back().expect("offset >= start");
             let entry = seg.index.lookup(seg.rel(offset));
-            (
-                seg.base,
-                seg.file.clone(),
-                seg.path.clone(),
-                u64::from(entry.position),
-                seg.size,
-            )
+            (seg.base, seg.handle(), u64::from(entry.position), seg.size)
         };
+        let (cut_id, path) = (handle.id, handle.path.clone());
+        let file = self.resolve(handle).await?;
         let cut = {
             let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes);
             let mut pos = from;
@@ -1328,6 +1384,8 @@ impl Log {
                 .map(|b| st.segments.remove(b).expect("present"))
                 .collect()
         };
+        self.ctx
+            .forget_files(removed.iter().map(|s| s.id).chain([cut_id]));
         for seg in &removed {
             remove_segment_files(&seg.path).await?;
         }
@@ -1371,9 +1429,10 @@ impl Log {
         let (file, path, index, time_index, size) = {
             let mut st = self.state.borrow_mut();
             st.closed = true;
+            self.ctx.forget_files(st.segments.values().map(|s| s.id));
             let s = st.active();
             (
-                s.file.clone(),
+                s.open_file().clone(),
                 s.path.clone(),
                 s.index.clone(),
                 s.time_index.clone(),
@@ -1390,6 +1449,36 @@ impl Log {
         self.flush_permit.close();
         self.seal_permit.close();
         Ok(())
+    }
+}
+
+impl Log {
+    /// A segment's file from its handle: already open (the active segment),
+    /// kept open in the shard's [`SealedFiles`], or opened now and kept
+    /// there (unless the segment went away meanwhile).
+    async fn resolve(&self, handle: FileHandle) -> Result<Rc<DmaFile>> {
+        if let Some(file) = handle.open {
+            return Ok(file);
+        }
+        if let Some(file) = self.ctx.files.borrow_mut().get(handle.id) {
+            return Ok(file);
+        }
+        let file = Rc::new(open_rw(&handle.path, false).await?);
+        let current = self.state.borrow().segments.values().any(|s| s.id == handle.id);
+        if current {
+            self.ctx.files.borrow_mut().insert(handle.id, file.clone());
+        }
+        Ok(file)
+    }
+}
+
+impl Drop for Log {
+    /// A log dropped without `close` (a test's crash, a failed open) lets
+    /// go of its kept sealed files too.
+    fn drop(&mut self) {
+        if let Ok(st) = self.state.try_borrow() {
+            self.ctx.forget_files(st.segments.values().map(|s| s.id));
+        }
     }
 }
 
@@ -1555,7 +1644,14 @@ async fn recover_segment(
     seg.next_offset = outcome.next_offset;
 
     if let Some(stop) = &outcome.stop {
-        if active || stop.zero_padding {
+        if active && stop.zero_padding {
+            // Zeros past the last batch of the active segment (pre-zeroed
+            // space, an unwritten block tail) stay: the next flushes
+            // overwrite them, close trims them, and reads and recovery stop
+            // at the last batch. Not cutting them spares a restart after a
+            // crash one ftruncate per partition, each a journal update that
+            // glommio runs on the executor's one blocking thread.
+        } else if active || stop.zero_padding {
             let bytes = file_size - stop.position;
             if !stop.zero_padding {
                 warn!(
@@ -1572,7 +1668,7 @@ async fn recover_segment(
                     reason: stop.reason.clone(),
                 });
             }
-            seg.file
+            seg.open_file()
                 .truncate(stop.position)
                 .await
                 .map_err(gio("truncate", &path))?;
@@ -1606,7 +1702,7 @@ async fn recover_segment(
     let tail_start = align_down(seg.size);
     let tail = if active && seg.size > tail_start {
         let r = seg
-            .file
+            .open_file()
             .read_at(tail_start, (seg.size - tail_start) as usize)
             .await
             .map_err(gio("read", &path))?;
@@ -1620,6 +1716,10 @@ async fn recover_segment(
         bytes_since_index: seg.bytes_since_index,
         tail,
     };
+    if !active {
+        // Sealed: opened again when first read (`Log::resolve`).
+        seg.file = None;
+    }
     Ok(seg)
 }
 
@@ -1669,7 +1769,7 @@ async fn load_indexes(
         return Some((index, time_index, entry, None));
     }
     let r = seg
-        .file
+        .open_file()
         .read_at(u64::from(entry.position), ferrolog_model::batch::HEADER_BYTES)
         .await
         .ok()?;

@@ -28,13 +28,21 @@ thread_local! {
 /// for its device. Cheap after the first call per device on this thread.
 pub async fn probe_direct_io(dir: &Path) -> Result<()> {
     let owned = dir.to_path_buf();
-    let dev = crate::log::off_reactor(move || {
-        std::fs::create_dir_all(&owned).map_err(|e| StorageError::io("create dir", &owned, e))?;
-        std::fs::metadata(&owned)
-            .map_err(|e| StorageError::io("stat", &owned, e))
-            .map(|m| m.dev())
-    })
-    .await?;
+    let dev = crate::log::off_reactor(move || create_dir_and_device(&owned)).await?;
+    probe_device(dir, dev).await
+}
+
+/// Creates `dir` if missing and returns the device its file system is on
+/// (blocking: for the blocking pool).
+pub(crate) fn create_dir_and_device(dir: &Path) -> Result<u64> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create dir", dir, e))?;
+    std::fs::metadata(dir)
+        .map_err(|e| StorageError::io("stat", dir, e))
+        .map(|m| m.dev())
+}
+
+/// `probe_direct_io` for a directory that exists on device `dev`.
+pub(crate) async fn probe_device(dir: &Path, dev: u64) -> Result<()> {
     if PROBED.with(|p| p.borrow().contains(&dev)) {
         return Ok(());
     }

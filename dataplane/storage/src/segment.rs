@@ -5,8 +5,10 @@ use crate::error::{Result, StorageError};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use ferrolog_model::{BatchError, BatchHeader, Offset};
 use glommio::io::DmaFile;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Block size that O_DIRECT offsets, lengths and buffers are aligned to.
 pub const BLOCK_BYTES: u64 = 4096;
@@ -43,7 +45,14 @@ pub fn parse_log_file_name(name: &str) -> Option<Offset> {
 pub(crate) struct Segment {
     pub base: Offset,
     pub path: PathBuf,
-    pub file: Rc<DmaFile>,
+    /// Names this segment's file in the shard's [`SealedFiles`] and tells a
+    /// segment apart from one that replaced it (compaction); unique per
+    /// process.
+    pub id: u64,
+    /// The open file: always for the active segment, and for a sealed one
+    /// while recovery or compaction works on it. Otherwise `None`: a sealed
+    /// segment's file is opened on first read and kept in [`SealedFiles`].
+    pub file: Option<Rc<DmaFile>>,
     /// Logical size: every appended batch, written or not.
     pub size: u64,
     /// Offset after the last appended batch (== base when empty).
@@ -76,13 +85,17 @@ pub(crate) struct DurablePoint {
     pub tail: Vec<u8>,
 }
 
+/// Segment ids: unique per process, never reused.
+static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(0);
+
 impl Segment {
     /// A segment with no batches yet over an open file.
     pub fn empty(base: Offset, path: PathBuf, file: DmaFile, now_ms: i64) -> Segment {
         Segment {
             base,
             path,
-            file: Rc::new(file),
+            id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
+            file: Some(Rc::new(file)),
             size: 0,
             next_offset: base,
             max_timestamp: i64::MIN,
@@ -131,6 +144,118 @@ impl Segment {
 
     pub fn is_empty(&self) -> bool {
         self.size == 0
+    }
+
+    /// The open file of a segment that must have one (the active segment,
+    /// or one being recovered or written by compaction).
+    pub fn open_file(&self) -> &Rc<DmaFile> {
+        self.file.as_ref().unwrap_or_else(|| {
+            panic!(
+                "segment {} is used as open but its file is closed",
+                self.path.display()
+            )
+        })
+    }
+
+    /// How to get at this segment's file: the open one, or its id and path
+    /// to find it in [`SealedFiles`] or open it.
+    pub fn handle(&self) -> FileHandle {
+        FileHandle {
+            id: self.id,
+            path: self.path.clone(),
+            open: self.file.clone(),
+        }
+    }
+}
+
+/// A segment's file, open or to be opened (see [`Segment::handle`]).
+pub(crate) struct FileHandle {
+    pub id: u64,
+    pub path: PathBuf,
+    pub open: Option<Rc<DmaFile>>,
+}
+
+/// The sealed segment files one shard keeps open, at most `max`; the least
+/// recently used is closed first. A file still in use by a read when it is
+/// closed here stays open until that read drops it (glommio closes a
+/// dropped file asynchronously).
+pub(crate) struct SealedFiles {
+    max: usize,
+    clock: u64,
+    /// id -> (file, last use).
+    open: HashMap<u64, (Rc<DmaFile>, u64)>,
+    /// last use -> id, oldest first.
+    by_use: BTreeMap<u64, u64>,
+    /// Files opened and closed here since start (for metrics and tests).
+    pub opened: u64,
+    pub closed: u64,
+}
+
+impl SealedFiles {
+    pub fn new(max: usize) -> SealedFiles {
+        SealedFiles {
+            max,
+            clock: 0,
+            open: HashMap::new(),
+            by_use: BTreeMap::new(),
+            opened: 0,
+            closed: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// The file of segment `id` if open; marks it used.
+    pub fn get(&mut self, id: u64) -> Option<Rc<DmaFile>> {
+        self.clock += 1;
+        let (file, used) = self.open.get_mut(&id)?;
+        self.by_use.remove(used);
+        *used = self.clock;
+        self.by_use.insert(self.clock, id);
+        Some(file.clone())
+    }
+
+    /// Keeps `file` as segment `id`'s, closing the least recently used
+    /// files beyond the bound.
+    pub fn insert(&mut self, id: u64, file: Rc<DmaFile>) {
+        self.remove(id);
+        self.clock += 1;
+        self.open.insert(id, (file, self.clock));
+        self.by_use.insert(self.clock, id);
+        self.opened += 1;
+        self.trim();
+    }
+
+    /// Closes segment `id`'s file (its segment was deleted or replaced).
+    pub fn remove(&mut self, id: u64) {
+        if let Some((_, used)) = self.open.remove(&id) {
+            self.by_use.remove(&used);
+            self.closed += 1;
+        }
+    }
+
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+        self.trim();
+    }
+
+    fn trim(&mut self) {
+        while self.open.len() > self.max {
+            let (_, id) = self.by_use.pop_first().expect("by_use indexes every open file");
+            self.open.remove(&id).expect("by_use names open files");
+            self.closed += 1;
+        }
+        assert_eq!(
+            self.open.len(),
+            self.by_use.len(),
+            "sealed file index out of step"
+        );
     }
 }
 
@@ -202,7 +327,7 @@ pub(crate) async fn scan(
     interval: u64,
     chunk_bytes: usize,
 ) -> Result<ScanOutcome> {
-    let file = seg.file.clone();
+    let file = seg.open_file().clone();
     let path = seg.path.clone();
     let mut reader = WindowReader::new(&file, &path, chunk_bytes);
     let mut stop = None;

@@ -146,6 +146,8 @@ struct Candidate {
     /// The next segment's base: every offset of this segment is below it.
     end: Offset,
     next_offset: Offset,
+    /// The segment's id: a segment swapped in since has another.
+    id: u64,
     file: Rc<DmaFile>,
     path: PathBuf,
     size: u64,
@@ -173,12 +175,13 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Completes or rolls back the segment swaps a crash interrupted (see the
-/// module doc). Runs at open, before the segments are listed.
-pub(super) async fn finish_interrupted_swaps(dir: &Path) -> Result<()> {
-    let owned = dir.to_path_buf();
-    let changed = off_reactor(move || -> std::io::Result<bool> {
+/// module doc). Runs at open, before the segments are listed; blocking (the
+/// caller runs it on the blocking pool). Returns whether it changed anything
+/// (and then synced the directory).
+pub(super) fn finish_interrupted_swaps(dir: &Path) -> Result<bool> {
+    let finish = || -> std::io::Result<bool> {
         let mut changed = false;
-        for entry in std::fs::read_dir(&owned)? {
+        for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
@@ -191,7 +194,7 @@ pub(super) async fn finish_interrupted_swaps(dir: &Path) -> Result<()> {
                 }
             } else if let Some(log_name) = name.strip_suffix(SWAP_SUFFIX) {
                 if parse_log_file_name(log_name).is_some() {
-                    let log_path = owned.join(log_name);
+                    let log_path = dir.join(log_name);
                     for p in [index_path(&log_path), time_index_path(&log_path)] {
                         match std::fs::remove_file(&p) {
                             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -205,16 +208,12 @@ pub(super) async fn finish_interrupted_swaps(dir: &Path) -> Result<()> {
             }
         }
         if changed {
-            std::fs::File::open(&owned)?.sync_all()?;
+            std::fs::File::open(dir)?.sync_all()?;
+            info!(log = %dir.display(), "finished interrupted compaction swaps");
         }
         Ok(changed)
-    })
-    .await
-    .map_err(|e| StorageError::io("finish compaction swaps", dir, e))?;
-    if changed {
-        info!(log = %dir.display(), "finished interrupted compaction swaps");
-    }
-    Ok(())
+    };
+    finish().map_err(|e| StorageError::io("finish compaction swaps", dir, e))
 }
 
 /// Reads the saved clean point; a missing or unreadable file means none.
@@ -518,26 +517,43 @@ impl Log {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
-        let st = self.state.borrow();
-        if st.closed {
-            return Err(StorageError::Closed);
-        }
-        let segs: Vec<&Segment> = st.segments.values().collect();
-        let mut out = Vec::new();
-        for pair in segs.windows(2) {
-            let (s, next) = (pair[0], pair[1]);
-            if next.base > below || s.max_timestamp > lag_limit {
-                break;
+        let found: Vec<(Offset, FileHandle, Offset, Offset, u64, i64, i64)> = {
+            let st = self.state.borrow();
+            if st.closed {
+                return Err(StorageError::Closed);
             }
+            let segs: Vec<&Segment> = st.segments.values().collect();
+            segs.windows(2)
+                .take_while(|pair| pair[1].base <= below && pair[0].max_timestamp <= lag_limit)
+                .map(|pair| {
+                    let s = pair[0];
+                    (
+                        s.base,
+                        s.handle(),
+                        pair[1].base,
+                        s.next_offset,
+                        s.size,
+                        s.max_timestamp,
+                        s.created_ms,
+                    )
+                })
+                .collect()
+        };
+        // The pass holds its candidates' files open until it ends (sealed
+        // files are otherwise opened on read, within the shard's budget).
+        let mut out = Vec::new();
+        for (base, handle, end, next_offset, size, max_timestamp, created_ms) in found {
+            let (id, path) = (handle.id, handle.path.clone());
             out.push(Candidate {
-                base: s.base,
-                end: next.base,
-                next_offset: s.next_offset,
-                file: s.file.clone(),
-                path: s.path.clone(),
-                size: s.size,
-                max_timestamp: s.max_timestamp,
-                created_ms: s.created_ms,
+                base,
+                end,
+                next_offset,
+                id,
+                file: self.resolve(handle).await?,
+                path,
+                size,
+                max_timestamp,
+                created_ms,
             });
         }
         Ok(out)
@@ -648,12 +664,16 @@ impl Log {
         match result {
             Ok(true) => Ok(Some(Rewritten { cleaned, seg })),
             Ok(false) => {
-                seg.file.close_rc().await.map_err(gio("close", &cleaned))?;
+                if let Some(file) = seg.file.take() {
+                    file.close_rc().await.map_err(gio("close", &cleaned))?;
+                }
                 remove_if_exists(&cleaned).await?;
                 Ok(None)
             }
             Err(e) => {
-                let _ = seg.file.close_rc().await;
+                if let Some(file) = seg.file.take() {
+                    let _ = file.close_rc().await;
+                }
                 let _ = remove_if_exists(&cleaned).await;
                 Err(e)
             }
@@ -677,7 +697,7 @@ impl Log {
             tombstone_due,
             throttle,
         } = sinks;
-        let file = seg.file.clone();
+        let file = seg.open_file().clone();
         let mut changed = false;
         let mut out: Vec<u8> = Vec::new();
         let mut written: u64 = 0;
@@ -775,13 +795,12 @@ impl Log {
             let st = self.state.borrow();
             !st.closed
                 && st.active().base != cand.base
-                && st
-                    .segments
-                    .get(&cand.base)
-                    .is_some_and(|s| Rc::ptr_eq(&s.file, &cand.file))
+                && st.segments.get(&cand.base).is_some_and(|s| s.id == cand.id)
         };
         if !current {
-            let _ = r.seg.file.close_rc().await;
+            if let Some(file) = r.seg.file {
+                let _ = file.close_rc().await;
+            }
             remove_if_exists(&r.cleaned).await?;
             return Ok(false);
         }
@@ -804,6 +823,12 @@ impl Log {
         };
         let (index, time_index) = (seg.index.clone(), seg.time_index.clone());
         {
+            // The new file stays open among the shard's sealed files, where
+            // the old one's place is given up.
+            self.ctx.forget_files([cand.id]);
+            if let Some(file) = seg.file.take() {
+                self.ctx.files.borrow_mut().insert(seg.id, file);
+            }
             let mut st = self.state.borrow_mut();
             st.segments.insert(cand.base, seg);
             // Cached batches of this range hold the records just removed.
