@@ -492,7 +492,7 @@ mod tests {
                     config: ConfigOverrides::new(),
                     assignments: vec![],
                 },
-                "partition count 0 outside 1..=4096",
+                "partition count 0 outside 1..=100000",
             ),
             (
                 TopicCommand::CreateTopic {
@@ -517,7 +517,7 @@ mod tests {
                     name: "orders".into(),
                     new_assignments: vec![],
                 },
-                "partition count 2 outside 3..=4096",
+                "partition count 2 outside 3..=100000",
             ),
             (
                 TopicCommand::CreatePartitions {

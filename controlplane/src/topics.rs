@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 
 /// Kafka's limit on topic name length.
 pub const TOPIC_NAME_MAX_CHARS: usize = 249;
-/// Partitions one topic may have.
-pub const PARTITIONS_MAX: i32 = 4096;
+/// Partitions one topic may have: a hard cap that bounds what one command
+/// or one damaged table entry can make a node size. What a node can really
+/// hold is set by its open-file budget (the profile's `storage.fd_budget`),
+/// which the proposer checks first (`ferrolog_kafka::controller`).
+pub const PARTITIONS_MAX: i32 = 100_000;
 /// The file in the data directory that holds the topic table.
 pub const TOPICS_FILE: &str = "topics.toml";
 

@@ -59,6 +59,19 @@ pub const GROUP_COMMIT_WINDOW_US_MAX: u64 = 10_000;
 pub const DIRECT_SYNC_BYTES_DEFAULT: u64 = 32 * MIB as u64;
 /// Below this a background sync would follow nearly every flush: use `fsync` durability.
 pub const DIRECT_SYNC_BYTES_MIN: u64 = MIB as u64;
+/// `storage.fd_budget` by default: 10,000 partitions (one open active segment each) with room
+/// for lazily opened sealed segments, and with [`FD_RESERVE`] within this project's VMs'
+/// RLIMIT_NOFILE of 20000.
+pub const FD_BUDGET_DEFAULT: u64 = 16384;
+/// The smallest `storage.fd_budget`: the internal topics' partitions and a few sealed files.
+pub const FD_BUDGET_MIN: u64 = 256;
+/// The largest `storage.fd_budget`: a bound on what one node opens (and on its
+/// partitions), far below what a kernel allows (`fs.nr_open` is 2^20 by default).
+pub const FD_BUDGET_MAX: u64 = 1 << 20;
+/// Open files a node needs besides its partition logs' segments: listeners and client
+/// connections, the controller's files, io_uring rings and eventfds, directories being
+/// synced. RLIMIT_NOFILE must allow `storage.fd_budget` plus this.
+pub const FD_RESERVE: u64 = 1024;
 
 const MIB: usize = 1024 * 1024;
 const KIB_U64: u64 = 1024;
@@ -305,6 +318,10 @@ pub struct Storage {
     /// `direct` durability: fdatasync the active segment in the background after every this
     /// many bytes written; 0 syncs only at rolls and close.
     pub direct_sync_bytes: u64,
+    /// Segment files the node's partition logs may hold open: every partition keeps its
+    /// active segment open, sealed segments are opened on first read and closed least
+    /// recently used first. Bounds the partitions a node accepts.
+    pub fd_budget: u64,
 }
 
 impl Default for Storage {
@@ -319,6 +336,7 @@ impl Default for Storage {
             retention_ms: Some(7 * DAY_MS),
             group_commit_window_us: 0,
             direct_sync_bytes: DIRECT_SYNC_BYTES_DEFAULT,
+            fd_budget: FD_BUDGET_DEFAULT,
         }
     }
 }
@@ -534,6 +552,15 @@ impl Profile {
                 ),
             ));
         }
+        if !(FD_BUDGET_MIN..=FD_BUDGET_MAX).contains(&storage.fd_budget) {
+            return Err(invalid(
+                "storage.fd_budget",
+                format!(
+                    "{} is outside {FD_BUDGET_MIN}..={FD_BUDGET_MAX}",
+                    storage.fd_budget
+                ),
+            ));
+        }
         if storage.group_commit_window_us > GROUP_COMMIT_WINDOW_US_MAX {
             return Err(invalid(
                 "storage.group_commit_window_us",
@@ -544,6 +571,43 @@ impl Profile {
             ));
         }
         Ok(())
+    }
+
+    /// Makes RLIMIT_NOFILE allow `storage.fd_budget` plus [`FD_RESERVE`] open files: raises
+    /// the soft limit (up to the hard one) when it is lower. Fails, naming the field, when the
+    /// hard limit is too low. Returns the soft limit now in force.
+    pub fn fit_open_files_limit(&self) -> Result<u64, ProfileError> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: limit is a valid, writable rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return Err(invalid(
+                "storage.fd_budget",
+                format!("cannot read RLIMIT_NOFILE: {}", io::Error::last_os_error()),
+            ));
+        }
+        let need = open_files_needed(self.storage.fd_budget, limit.rlim_max)?;
+        if limit.rlim_cur >= need {
+            return Ok(limit.rlim_cur);
+        }
+        let raised = libc::rlimit {
+            rlim_cur: need,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: raised is a valid rlimit; a soft limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(invalid(
+                "storage.fd_budget",
+                format!(
+                    "cannot raise RLIMIT_NOFILE from {} to {need}: {}",
+                    limit.rlim_cur,
+                    io::Error::last_os_error()
+                ),
+            ));
+        }
+        Ok(need)
     }
 
     /// Checks `network.xdp_interface` and `network.xdp_queue` against the host's interfaces;
@@ -871,9 +935,35 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// The open files a node with `fd_budget` needs (the budget plus [`FD_RESERVE`]), or why an
+/// RLIMIT_NOFILE hard limit of `hard` cannot allow them.
+fn open_files_needed(fd_budget: u64, hard: u64) -> Result<u64, ProfileError> {
+    let need = fd_budget.saturating_add(FD_RESERVE);
+    if hard < need {
+        return Err(invalid(
+            "storage.fd_budget",
+            format!(
+                "{fd_budget} + {FD_RESERVE} for the node's other files = {need} open files, more than RLIMIT_NOFILE's hard limit of {hard}; raise the limit (ulimit -Hn, systemd LimitNOFILE=) or lower the budget"
+            ),
+        ));
+    }
+    Ok(need)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fd_budget_and_its_reserve_must_fit_the_open_files_limit() {
+        assert_eq!(open_files_needed(16384, 20000).expect("fits"), 16384 + FD_RESERVE);
+        assert_eq!(open_files_needed(16384, 16384 + FD_RESERVE).expect("fits"), 17408);
+        let e = open_files_needed(16384, 4096).expect_err("too low").to_string();
+        assert!(
+            e.starts_with("storage.fd_budget: 16384 + 1024 for the node's other files = 17408 open files, more than RLIMIT_NOFILE's hard limit of 4096"),
+            "{e}"
+        );
+    }
 
     const TWO_CPUS: &[usize] = &[0, 1];
     const GIB: u64 = 1 << 30;
@@ -1408,8 +1498,14 @@ write_4k_p51_us = 9
     #[test]
     fn each_numeric_rule_names_its_field_and_value() {
         type Edit = fn(&mut Profile);
-        let cases: [(Edit, &str, &str); 16] = [
+        let cases: [(Edit, &str, &str); 18] = [
             (|p| p.network.listen_backlog = 0, "network.listen_backlog", "0"),
+            (|p| p.storage.fd_budget = 255, "storage.fd_budget", "255"),
+            (
+                |p| p.storage.fd_budget = (1 << 20) + 1,
+                "storage.fd_budget",
+                "1048577",
+            ),
             (
                 |p| p.storage.direct_sync_bytes = 4096,
                 "storage.direct_sync_bytes",

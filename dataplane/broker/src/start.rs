@@ -64,7 +64,7 @@ pub struct StartArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_create_topics: bool,
     /// Partitions of auto-created topics (and CreateTopics with -1).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=4096))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=100_000))]
     pub default_partitions: i32,
     /// Largest request accepted, in bytes; a larger size field closes the connection.
     #[arg(long, default_value_t = 100 << 20, value_parser = clap::value_parser!(u64).range(1024..=(1u64 << 30)))]
@@ -524,6 +524,17 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    match profile.fit_open_files_limit() {
+        Ok(limit) => info!(
+            fd_budget = profile.storage.fd_budget,
+            rlimit_nofile = limit,
+            "open files"
+        ),
+        Err(e) => {
+            error!("invalid profile: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let (advertised_host, advertised_port) = match advertised(&args) {
         Ok(a) => a,
         Err(e) => {
@@ -693,6 +704,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
         batch_cache_bytes: profile.storage.batch_cache_bytes,
+        fd_budget: profile.storage.fd_budget as usize,
         request_read_timeout: Duration::from_secs(args.request_read_timeout_s),
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         connections_per_shard_max: 10_000,

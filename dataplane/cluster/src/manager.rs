@@ -25,6 +25,7 @@ use ferrolog_controlplane::topics::{self, TopicDefaults};
 use ferrolog_model::{NodeId, Ntp, ShardId};
 use ferrolog_shard::Smp;
 use ferrolog_storage::{Log, LogConfig, LogContext, StorageError};
+use futures::StreamExt as _;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -33,6 +34,36 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
+
+/// Partitions one shard opens (at start, or for a CreateTopics) or closes
+/// at once.
+/// Each open in flight holds a recovery read buffer (256 KiB), so this
+/// bounds that memory to 8 MiB per shard; 32 keeps the blocking pool and the
+/// disk busy while each open waits on one of them.
+pub const OPEN_CONCURRENCY: usize = 32;
+
+/// Sealed segment files each shard may keep open however many partitions
+/// it holds, so that reads of older data never thrash a single file.
+pub const SEALED_FILES_MIN_PER_SHARD: usize = 64;
+
+/// Partition replicas a node with `fd_budget` and `shards` data shards
+/// accepts: each keeps its active segment open, and every shard keeps room
+/// for [`SEALED_FILES_MIN_PER_SHARD`] sealed files.
+pub fn partitions_max(fd_budget: usize, shards: usize) -> usize {
+    fd_budget.saturating_sub(shards * SEALED_FILES_MIN_PER_SHARD)
+}
+
+/// Sealed segment files one shard keeps open when it holds `open_partitions`
+/// (each with its active segment open): its share of the budget left over,
+/// at least [`SEALED_FILES_MIN_PER_SHARD`]. Since [`partitions_max`] bounds
+/// the partitions, the node's segment files stay within the budget unless
+/// the shards hold very unequal numbers of partitions (then by at most
+/// `shards x SEALED_FILES_MIN_PER_SHARD`).
+pub fn sealed_files_max(fd_budget: usize, shards: usize, open_partitions: usize) -> usize {
+    (fd_budget / shards.max(1))
+        .saturating_sub(open_partitions)
+        .max(SEALED_FILES_MIN_PER_SHARD)
+}
 
 /// Where directories that no metadata names are moved, in the data dir.
 pub const SET_ASIDE_DIR: &str = "set-aside";
@@ -56,6 +87,9 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// Per-shard cache of recently appended batches.
     pub batch_cache_bytes: usize,
+    /// Segment files the node's logs may hold open (the profile's
+    /// `storage.fd_budget`); see [`partitions_max`] and [`sealed_files_max`].
+    pub fd_budget: usize,
     /// Long-poll fetches one partition remembers; more just wait out max_wait_ms.
     pub fetch_waiters_per_partition_max: usize,
     pub topic_defaults: TopicDefaults,
@@ -157,6 +191,7 @@ impl PartitionManager {
             "the placement covers every data shard"
         );
         let log_ctx = LogContext::new(config.batch_cache_bytes);
+        log_ctx.set_sealed_files_max(sealed_files_max(config.fd_budget, smp.nr_shards(), 0));
         Rc::new(PartitionManager {
             smp,
             config,
@@ -322,19 +357,40 @@ impl PartitionManager {
             }
             self.set_aside(ntp).await;
         }
-        for ntp in &plan.open {
-            if !self.step() {
-                return done;
-            }
-            let want = &desired[ntp];
-            match self.open(ntp, want).await {
-                Ok(p) if want.leads => done.led.push(p),
+        // Opened several at a time: an open is a chain of small waits (the
+        // blocking pool, io_uring reads, a directory sync), so with
+        // thousands of partitions the waits, not the work, would add up.
+        let allowed = plan.open.iter().take_while(|_| self.step()).count();
+        let started = Instant::now();
+        let wanted = &desired;
+        let mut opened: Vec<(&Ntp, Result<Rc<Partition>, StorageError>)> =
+            futures::stream::iter(&plan.open[..allowed])
+                .map(|ntp| async move { (ntp, self.open(ntp, &wanted[ntp]).await) })
+                .buffer_unordered(OPEN_CONCURRENCY)
+                .collect()
+                .await;
+        opened.sort_by(|a, b| a.0.cmp(b.0));
+        for (ntp, result) in opened {
+            match result {
+                Ok(p) if desired[ntp].leads => done.led.push(p),
                 Ok(_) => {}
                 Err(e) => {
                     warn!(partition = %ntp, shard = %self.id(), "cannot open partition: {e}");
                     done.failed.push(ntp.clone());
                 }
             }
+        }
+        if allowed > 0 {
+            info!(
+                shard = %self.id(),
+                partitions = allowed,
+                failed = done.failed.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "opened partitions"
+            );
+        }
+        if allowed < plan.open.len() {
+            return done;
         }
         for ntp in &plan.reconfigure {
             let want = &desired[ntp];
@@ -356,6 +412,7 @@ impl PartitionManager {
                 self.applied.borrow_mut().insert(ntp.clone(), want.clone());
             }
         }
+        self.fit_sealed_files();
         // Readers see the new metadata once what it names is open, and
         // before what it dropped is closed.
         *self.topic_ids.borrow_mut() = snap
@@ -375,19 +432,25 @@ impl PartitionManager {
                 Err(e) => warn!(partition = %ntp, "deleting a removed partition failed: {e}"),
             }
         }
+        self.fit_sealed_files();
         done
     }
 
+    /// Gives this shard's sealed segment files what the fd budget leaves
+    /// beside its partitions' active segments.
+    fn fit_sealed_files(&self) {
+        let open = self.partitions.borrow().len();
+        self.log_ctx.set_sealed_files_max(sealed_files_max(
+            self.config.fd_budget,
+            self.smp.nr_shards(),
+            open,
+        ));
+    }
+
+    /// Opens (creating it if missing: `Log::open` creates the directory)
+    /// one partition.
     async fn open(&self, ntp: &Ntp, want: &Desired) -> Result<Rc<Partition>, StorageError> {
         let dir = self.config.partition_dir(ntp);
-        let create = dir.clone();
-        ferrolog_shard::blocking(move || std::fs::create_dir_all(&create))
-            .await
-            .map_err(|source| StorageError::Io {
-                op: "create",
-                path: dir.clone(),
-                source,
-            })?;
         let started = Instant::now();
         let (log, report) = Log::open(&dir, want.log.clone(), self.log_ctx.clone()).await?;
         let (partition, producer_state) = Partition::recover(ntp.clone(), log.clone()).await?;
@@ -537,15 +600,18 @@ impl PartitionManager {
         self.closed.set(true);
         let parts: Vec<Rc<Partition>> = self.partitions.borrow_mut().drain().map(|(_, p)| p).collect();
         self.applied.borrow_mut().clear();
-        let mut failed = 0;
-        for p in parts {
-            if let Err(e) = p.close().await {
-                warn!(partition = %p.ntp, "close failed: {e}");
-                failed += 1;
-            }
-            p.wake_waiters();
-        }
-        failed
+        // Several at a time, as they are opened: a close is a chain of small
+        // waits (flush, index files, the producer snapshot).
+        futures::stream::iter(parts)
+            .map(|p| async move {
+                let closed = p.close().await;
+                p.wake_waiters();
+                closed.map_err(|e| warn!(partition = %p.ntp, "close failed: {e}"))
+            })
+            .buffer_unordered(OPEN_CONCURRENCY)
+            .filter(|r| std::future::ready(r.is_err()))
+            .count()
+            .await
     }
 }
 

@@ -618,7 +618,6 @@ impl Partition {
 /// same end.
 async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerStateTable>, StorageError> {
     let path = log.dir().join(PRODUCER_SNAPSHOT_FILE);
-    let dir = log.dir().to_path_buf();
     let file = path.clone();
     // Blocking file calls go to the shard's blocking pool, off the reactor.
     let taken = ferrolog_shard::blocking(
@@ -629,9 +628,6 @@ async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerS
                 Err(e) => return Err(("read", e)),
             };
             std::fs::remove_file(&file).map_err(|e| ("remove", e))?;
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| ("sync dir of", e))?;
             Ok(Some(bytes))
         },
     )
@@ -641,6 +637,14 @@ async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerS
         Ok(None) => return Ok(None),
         Err((op, source)) => return Err(StorageError::Io { op, path, source }),
     };
+    // The directory sync goes through io_uring, not the blocking pool's one
+    // thread: partitions open many at a time, and the file system commits
+    // concurrent syncs together.
+    sync_dir(log.dir()).await.map_err(|source| StorageError::Io {
+        op: "sync dir of",
+        path: path.clone(),
+        source,
+    })?;
     let end = log.offsets().durable_next;
     match decode_snapshot(&bytes, PRODUCERS_PER_PARTITION_MAX) {
         Ok((table, at)) if at == end => Ok(Some(table)),
@@ -653,6 +657,13 @@ async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerS
             Ok(None)
         }
     }
+}
+
+async fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let d = glommio::io::Directory::open(dir).await?;
+    d.sync().await?;
+    d.close().await?;
+    Ok(())
 }
 
 /// Writes the snapshot through a temporary file and a rename, so the file

@@ -76,6 +76,7 @@ fn cluster_config(data_dir: &Path) -> ClusterConfig {
         node_id: NODE,
         data_dir: data_dir.to_path_buf(),
         batch_cache_bytes: 1 << 20,
+        fd_budget: 1024,
         fetch_waiters_per_partition_max: 4,
         topic_defaults: TopicDefaults {
             log: LogConfig {

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub topic_defaults: TopicDefaults,
     /// Per-shard cache of recently appended batches.
     pub batch_cache_bytes: usize,
+    /// Segment files this node's partition logs may hold open (the
+    /// profile's `storage.fd_budget`); bounds the partitions it accepts.
+    pub fd_budget: usize,
     /// Once the first byte of a request arrived, the rest must arrive within this.
     pub request_read_timeout: Duration,
     /// A connection with no request for this long is closed.
@@ -95,6 +98,7 @@ impl ServerConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
             batch_cache_bytes: self.batch_cache_bytes,
+            fd_budget: self.fd_budget,
             fetch_waiters_per_partition_max: self.fetch_waiters_per_partition_max,
             topic_defaults: self.topic_defaults.clone(),
             internal_topics: vec![crate::groups::coordinator::internal_topic(&self.groups)],

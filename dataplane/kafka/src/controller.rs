@@ -121,20 +121,62 @@ fn note(scratch: &mut TopicTable, cmd: &OpResult<TopicCommand>) {
 }
 
 /// One command per item, in order: `make` sees the table with the commands
-/// of the items before it applied, and those items.
+/// of the items before it applied, and those items. A command that would
+/// give a broker more partitions than `partitions_max` is refused.
 fn prepare_in_order<T>(
     meta: &MetadataSnapshot,
     items: &[T],
+    partitions_max: usize,
     mut make: impl FnMut(&TopicTable, &[T], &T) -> OpResult<TopicCommand>,
 ) -> Vec<OpResult<TopicCommand>> {
     let mut scratch = TopicTable::clone(&meta.topics);
     (0..items.len())
         .map(|i| {
-            let cmd = make(&scratch, &items[..i], &items[i]);
+            let cmd = make(&scratch, &items[..i], &items[i])
+                .and_then(|cmd| within_node_limit(&scratch, cmd, partitions_max));
             note(&mut scratch, &cmd);
             cmd
         })
         .collect()
+}
+
+/// The partition replicas a node accepts: every partition keeps its active
+/// segment file open, within the profile's `storage.fd_budget`
+/// (`ferrolog_cluster::manager::partitions_max`). Every broker is taken to
+/// have this node's budget and shard count (nodes of a cluster share a
+/// profile; a broker does not register its own).
+fn node_partitions_max(shard: &Shard) -> usize {
+    ferrolog_cluster::manager::partitions_max(shard.config.fd_budget, shard.smp.nr_shards())
+}
+
+/// `cmd`, unless it would give a broker more than `max` partition replicas
+/// on top of what `table` assigns it: INVALID_PARTITIONS, naming the broker.
+fn within_node_limit(table: &TopicTable, cmd: TopicCommand, max: usize) -> OpResult<TopicCommand> {
+    let new = match &cmd {
+        TopicCommand::CreateTopic { assignments, .. } => assignments,
+        TopicCommand::CreatePartitions { new_assignments, .. } => new_assignments,
+        _ => return Ok(cmd),
+    };
+    let mut count: std::collections::BTreeMap<NodeId, usize> = std::collections::BTreeMap::new();
+    for node in new.iter().flatten() {
+        *count.entry(*node).or_default() += 1;
+    }
+    for a in table.topics.values().flat_map(|t| &t.assignments) {
+        for node in &a.replicas {
+            if let Some(c) = count.get_mut(node) {
+                *c += 1;
+            }
+        }
+    }
+    match count.into_iter().find(|&(_, c)| c > max) {
+        Some((node, c)) => Err((
+            ResponseError::InvalidPartitions,
+            format!(
+                "broker {node} would hold {c} partitions, more than the {max} its open-file budget allows (storage.fd_budget)"
+            ),
+        )),
+        None => Ok(cmd),
+    }
 }
 
 /// Creates topics; one answer per input, in order.
@@ -144,7 +186,7 @@ pub async fn create_topics(
     validate_only: bool,
 ) -> Vec<OpResult<(String, TopicMeta)>> {
     let meta = shard.metadata();
-    let prepared = prepare_in_order(&meta, &new, |scratch, earlier, t| {
+    let prepared = prepare_in_order(&meta, &new, node_partitions_max(shard), |scratch, earlier, t| {
         command_for_new_topic(shard, &meta, scratch, earlier, t)
     });
     propose_prepared(shard, prepared, validate_only)
@@ -360,9 +402,12 @@ pub async fn create_partitions(
     validate_only: bool,
 ) -> Vec<OpResult<()>> {
     let meta = shard.metadata();
-    let prepared = prepare_in_order(&meta, &items, |scratch, earlier, item| {
-        command_for_growth(&meta, scratch, earlier, item)
-    });
+    let prepared = prepare_in_order(
+        &meta,
+        &items,
+        node_partitions_max(shard),
+        |scratch, earlier, item| command_for_growth(&meta, scratch, earlier, item),
+    );
     propose_prepared(shard, prepared, validate_only)
         .await
         .into_iter()

@@ -217,6 +217,8 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
         batch_cache_bytes: BATCH_CACHE_BYTES,
+        // The dev profile's.
+        fd_budget: 16384,
         // No socket: the read timeouts never apply.
         request_read_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(600),
