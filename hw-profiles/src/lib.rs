@@ -70,7 +70,8 @@ pub const FD_BUDGET_MIN: u64 = 256;
 pub const FD_BUDGET_MAX: u64 = 1 << 20;
 /// Open files a node needs besides its partition logs' segments: listeners and client
 /// connections, the controller's files, io_uring rings and eventfds, directories being
-/// synced. RLIMIT_NOFILE must allow `storage.fd_budget` plus this.
+/// synced. RLIMIT_NOFILE should allow `storage.fd_budget` plus this; start lowers the budget
+/// where the hard limit does not.
 pub const FD_RESERVE: u64 = 1024;
 
 const MIB: usize = 1024 * 1024;
@@ -574,9 +575,11 @@ impl Profile {
     }
 
     /// Makes RLIMIT_NOFILE allow `storage.fd_budget` plus [`FD_RESERVE`] open files: raises
-    /// the soft limit (up to the hard one) when it is lower. Fails, naming the field, when the
-    /// hard limit is too low. Returns the soft limit now in force.
-    pub fn fit_open_files_limit(&self) -> Result<u64, ProfileError> {
+    /// the soft limit (up to the hard one) when it is lower. Where the hard limit is too low for
+    /// the budget, the budget is lowered to what it allows ([`OpenFiles::lowered_from`] says so;
+    /// the caller warns) rather than refusing to start. Fails only when the limit cannot be read
+    /// or set.
+    pub fn fit_open_files_limit(&self) -> Result<OpenFiles, ProfileError> {
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -588,12 +591,15 @@ impl Profile {
                 format!("cannot read RLIMIT_NOFILE: {}", io::Error::last_os_error()),
             ));
         }
-        let need = open_files_needed(self.storage.fd_budget, limit.rlim_max)?;
-        if limit.rlim_cur >= need {
-            return Ok(limit.rlim_cur);
+        let plan = open_files_plan(self.storage.fd_budget, limit.rlim_max);
+        if limit.rlim_cur >= plan.limit {
+            return Ok(OpenFiles {
+                limit: limit.rlim_cur,
+                ..plan
+            });
         }
         let raised = libc::rlimit {
-            rlim_cur: need,
+            rlim_cur: plan.limit,
             rlim_max: limit.rlim_max,
         };
         // SAFETY: raised is a valid rlimit; a soft limit up to the hard one needs no privilege.
@@ -601,13 +607,14 @@ impl Profile {
             return Err(invalid(
                 "storage.fd_budget",
                 format!(
-                    "cannot raise RLIMIT_NOFILE from {} to {need}: {}",
+                    "cannot raise RLIMIT_NOFILE from {} to {}: {}",
                     limit.rlim_cur,
+                    plan.limit,
                     io::Error::last_os_error()
                 ),
             ));
         }
-        Ok(need)
+        Ok(plan)
     }
 
     /// Checks `network.xdp_interface` and `network.xdp_queue` against the host's interfaces;
@@ -935,19 +942,37 @@ pub fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
-/// The open files a node with `fd_budget` needs (the budget plus [`FD_RESERVE`]), or why an
-/// RLIMIT_NOFILE hard limit of `hard` cannot allow them.
-fn open_files_needed(fd_budget: u64, hard: u64) -> Result<u64, ProfileError> {
+/// What a node's open files come to: the partitions' budget in force and the RLIMIT_NOFILE
+/// soft limit that allows it plus [`FD_RESERVE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The `storage.fd_budget` in force.
+    pub fd_budget: u64,
+    /// The RLIMIT_NOFILE soft limit (at least `fd_budget + FD_RESERVE` unless the hard limit
+    /// is below that, then the hard limit).
+    pub limit: u64,
+    /// The profile's budget when the hard limit made it lower; `None` when it is in force.
+    pub lowered_from: Option<u64>,
+}
+
+/// The budget and soft limit for a profile's `fd_budget` under an RLIMIT_NOFILE hard limit of
+/// `hard`: the budget as asked when `hard` allows it plus [`FD_RESERVE`], else what `hard`
+/// leaves after the reserve (at least half of `hard`, so a tiny limit still runs a few
+/// partitions).
+fn open_files_plan(fd_budget: u64, hard: u64) -> OpenFiles {
     let need = fd_budget.saturating_add(FD_RESERVE);
-    if hard < need {
-        return Err(invalid(
-            "storage.fd_budget",
-            format!(
-                "{fd_budget} + {FD_RESERVE} for the node's other files = {need} open files, more than RLIMIT_NOFILE's hard limit of {hard}; raise the limit (ulimit -Hn, systemd LimitNOFILE=) or lower the budget"
-            ),
-        ));
+    if hard >= need {
+        return OpenFiles {
+            fd_budget,
+            limit: need,
+            lowered_from: None,
+        };
     }
-    Ok(need)
+    OpenFiles {
+        fd_budget: hard.saturating_sub(FD_RESERVE).max(hard / 2),
+        limit: hard,
+        lowered_from: Some(fd_budget),
+    }
 }
 
 #[cfg(test)]
@@ -955,14 +980,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fd_budget_and_its_reserve_must_fit_the_open_files_limit() {
-        assert_eq!(open_files_needed(16384, 20000).expect("fits"), 16384 + FD_RESERVE);
-        assert_eq!(open_files_needed(16384, 16384 + FD_RESERVE).expect("fits"), 17408);
-        let e = open_files_needed(16384, 4096).expect_err("too low").to_string();
-        assert!(
-            e.starts_with("storage.fd_budget: 16384 + 1024 for the node's other files = 17408 open files, more than RLIMIT_NOFILE's hard limit of 4096"),
-            "{e}"
+    fn the_fd_budget_is_lowered_to_what_the_open_files_limit_allows() {
+        let fits = open_files_plan(16384, 20000);
+        assert_eq!(
+            fits,
+            OpenFiles {
+                fd_budget: 16384,
+                limit: 16384 + FD_RESERVE,
+                lowered_from: None
+            }
         );
+        assert_eq!(open_files_plan(16384, 17408).lowered_from, None);
+        let low = open_files_plan(16384, 4096);
+        assert_eq!(
+            low,
+            OpenFiles {
+                fd_budget: 4096 - FD_RESERVE,
+                limit: 4096,
+                lowered_from: Some(16384)
+            }
+        );
+        let tiny = open_files_plan(16384, 1024);
+        assert_eq!((tiny.fd_budget, tiny.limit), (512, 1024));
+        assert_eq!(open_files_plan(16384, 0).fd_budget, 0);
     }
 
     const TWO_CPUS: &[usize] = &[0, 1];

@@ -524,17 +524,28 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match profile.fit_open_files_limit() {
-        Ok(limit) => info!(
-            fd_budget = profile.storage.fd_budget,
-            rlimit_nofile = limit,
-            "open files"
-        ),
-        Err(e) => {
-            error!("invalid profile: {e}");
-            return ExitCode::from(2);
+    let fd_budget = match profile.fit_open_files_limit() {
+        Ok(files) => {
+            if let Some(asked) = files.lowered_from {
+                warn!(
+                    "storage.fd_budget lowered from {asked} to {} open partition files: RLIMIT_NOFILE's hard limit of {} leaves no room for {asked} + {} for the node's other files; the node accepts fewer partitions (raise the limit with ulimit -Hn or systemd LimitNOFILE=, or set a lower budget in the profile)",
+                    files.fd_budget,
+                    files.limit,
+                    ferrolog_hw_profiles::FD_RESERVE
+                );
+            }
+            info!(
+                fd_budget = files.fd_budget,
+                rlimit_nofile = files.limit,
+                "open files"
+            );
+            files.fd_budget
         }
-    }
+        Err(e) => {
+            warn!("{e}; keeping the budget of the profile");
+            profile.storage.fd_budget
+        }
+    };
     let (advertised_host, advertised_port) = match advertised(&args) {
         Ok(a) => a,
         Err(e) => {
@@ -704,7 +715,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
         batch_cache_bytes: profile.storage.batch_cache_bytes,
-        fd_budget: profile.storage.fd_budget as usize,
+        fd_budget: fd_budget as usize,
         request_read_timeout: Duration::from_secs(args.request_read_timeout_s),
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         connections_per_shard_max: 10_000,

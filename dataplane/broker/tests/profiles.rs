@@ -183,8 +183,34 @@ fn tune(data: &Path, out: &Path) -> Output {
 /// Starts a broker with `profile` and waits until its Kafka port accepts connections; returns
 /// it with every stderr line seen so far.
 fn start_serving(data: &Path, profile: &Path) -> (Child, Vec<String>, mpsc::Receiver<String>) {
+    start_serving_limited(data, profile, None)
+}
+
+/// [`start_serving`] with RLIMIT_NOFILE's soft and hard limits set to `open_files` in the child
+/// when given.
+fn start_serving_limited(
+    data: &Path,
+    profile: &Path,
+    open_files: Option<u64>,
+) -> (Child, Vec<String>, mpsc::Receiver<String>) {
     let port = free_port();
     let mut cmd = Command::new(BIN);
+    if let Some(limit) = open_files {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.args(["start", "--data-dir"])
         .arg(data)
         .args(["--admin-addr", "127.0.0.1:0"])
@@ -330,5 +356,30 @@ fn start_pins_the_main_thread_and_warns_that_af_xdp_is_not_built() {
             .any(|l| l.contains("WARN") && l.contains("AF_XDP is not built")),
         "{seen:#?}"
     );
+    stop(broker);
+}
+
+/// A hard open-files limit below the profile's `storage.fd_budget` plus the node's reserve does
+/// not stop a start: the budget is lowered to fit, with one warning naming both numbers, and the
+/// soft limit is what the lowered budget needs.
+#[test]
+fn start_lowers_an_fd_budget_that_the_open_files_limit_cannot_hold() {
+    let dir = scratch_dir();
+    let profile = dir.path().join("budget.toml");
+    std::fs::write(&profile, "[storage]\nfd_budget = 16384\n").expect("write profile");
+    let (broker, seen, _rx) = start_serving_limited(&dir.path().join("data"), &profile, Some(4096));
+    assert!(
+        seen.iter().any(|l| l.contains("WARN")
+            && l.contains("storage.fd_budget lowered from 16384 to 3072")
+            && l.contains("hard limit of 4096")),
+        "{seen:#?}"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.id())).expect("limits");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["4096", "4096"], "{open_files}");
     stop(broker);
 }
