@@ -278,6 +278,9 @@ pub struct Replica {
     epoch_start: Offset,
     progress: BTreeMap<NodeId, Progress>,
     actions: Vec<Action>,
+    /// Times the leader went back to a follower's acknowledged offset after
+    /// `retry_ticks` without progress (a request or response was lost).
+    resends: u64,
 }
 
 impl Replica {
@@ -305,7 +308,13 @@ impl Replica {
             epoch_start: Offset(0),
             progress: BTreeMap::new(),
             actions: Vec::new(),
+            resends: 0,
         }
+    }
+
+    /// Go-back-N resends since this replica was built (see [`Replica::tick`]).
+    pub fn resends(&self) -> u64 {
+        self.resends
     }
 
     pub fn node(&self) -> NodeId {
@@ -493,6 +502,7 @@ impl Replica {
             if p.next > p.acked_end && self.now - p.progress_tick >= self.config.retry_ticks {
                 p.next = p.acked_end;
                 p.progress_tick = self.now;
+                self.resends += 1;
             }
         }
         self.pump();
@@ -1184,6 +1194,36 @@ mod tests {
         g.r(0).set_min_insync(1);
         assert_eq!(g.r(0).append(1, InsyncCheck::Enforce), Ok(Offset(3)..Offset(4)));
         assert_eq!(g.r(1).append(1, InsyncCheck::Skip), Err(AppendError::NotLeader));
+    }
+
+    /// A lost append request (a datagram the AF_XDP path dropped) is sent
+    /// again from the follower's acknowledged offset after `retry_ticks`,
+    /// whatever the transport; the follower ends with every entry.
+    #[test]
+    fn a_lost_request_is_resent_after_retry_ticks() {
+        let mut g = Group::new(vec![
+            (cfg(0), Restart::empty()),
+            (cfg(1), Restart::empty()),
+            (cfg(2), Restart::empty()),
+        ]);
+        elect(&mut g, 1, 0, &[0, 1, 2]);
+        g.run(&[]);
+        let hw = g.r(0).high_watermark();
+        g.r(0).append(2, InsyncCheck::Enforce).expect("appends");
+        g.drain(n(0));
+        g.queue.clear();
+        g.run(&[]);
+        assert_eq!(g.r(0).high_watermark(), hw, "nothing reached a follower");
+        assert_eq!(g.r(0).resends(), 0);
+        for _ in 0..g.r(0).config.retry_ticks {
+            g.r(0).tick();
+        }
+        g.run(&[]);
+        assert!(g.r(0).resends() >= 1, "the leader went back");
+        assert_eq!(g.r(0).high_watermark(), hw.plus(2));
+        for f in [1, 2] {
+            assert_eq!(g.r(f).log_end(), g.r(0).log_end());
+        }
     }
 
     #[test]

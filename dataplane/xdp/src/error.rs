@@ -9,6 +9,8 @@ pub enum XdpError {
     NoPermission { what: &'static str, errno: i32 },
     #[error("no interface named {name:?} in this network namespace")]
     NoSuchInterface { name: String },
+    #[error("interface {ifname:?} has no IPv4 address")]
+    NoAddress { ifname: String },
     #[error("queue {queue} out of range: {ifname} takes queues 0..{queues}")]
     QueueOutOfRange { ifname: String, queue: u32, queues: u32 },
     #[error("UMEM of {bytes} bytes is over the locked-memory limit (RLIMIT_MEMLOCK {limit} bytes)")]

@@ -53,8 +53,46 @@ pub use socket::{
 pub use sys::{enter_netns, memlock_limit, XdpStatistics};
 pub use wire::DropReason;
 
+/// The IPv4 address of `ifname` in the calling thread's network namespace: the source address
+/// of a node's datagrams, which its peers send to.
+pub fn interface_ipv4(ifname: &str) -> Result<std::net::Ipv4Addr, XdpError> {
+    let name = sys::cstring(ifname).ok_or_else(|| XdpError::NoSuchInterface {
+        name: ifname.to_owned(),
+    })?;
+    if sys::ifindex(&name).is_none() {
+        return Err(XdpError::NoSuchInterface {
+            name: ifname.to_owned(),
+        });
+    }
+    sys::if_ipv4(&name).map_err(|e| match e.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) => XdpError::NoAddress {
+            ifname: ifname.to_owned(),
+        },
+        Some(libc::ENODEV) => XdpError::NoSuchInterface {
+            name: ifname.to_owned(),
+        },
+        errno => XdpError::from_call("SIOCGIFADDR", errno.unwrap_or(libc::EIO)),
+    })
+}
+
 /// The largest frame payload: raw record batches of one replication message.
 pub const PAYLOAD_BYTES_MAX: usize = 16 << 20;
 /// The largest message: transport frame header, largest extension and payload.
 pub const MESSAGE_BYTES_MAX: usize =
     ferrolog_transport::HEADER_BYTES + ferrolog_transport::EXT_BYTES_MAX + PAYLOAD_BYTES_MAX;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_ipv4_reads_the_address_or_names_the_reason() {
+        assert_eq!(interface_ipv4("lo"), Ok(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            interface_ipv4("ferrolog-none0"),
+            Err(XdpError::NoSuchInterface {
+                name: "ferrolog-none0".into()
+            })
+        );
+    }
+}

@@ -462,6 +462,24 @@ pub fn if_mtu(name: &CStr) -> io::Result<u32> {
     Ok(u32::try_from(mtu).unwrap_or(0))
 }
 
+/// The interface's (first) IPv4 address (SIOCGIFADDR); `EADDRNOTAVAIL` if it has none.
+pub fn if_ipv4(name: &CStr) -> io::Result<std::net::Ipv4Addr> {
+    let sock = ioctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    // SAFETY: `req` is a valid ifreq for this request.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFADDR, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFADDR filled the addr member of the union with a `sockaddr_in` (AF_INET
+    // socket), which fits in a `sockaddr`.
+    let sin: libc::sockaddr_in =
+        unsafe { std::ptr::read_unaligned((&req.ifr_ifru.ifru_addr as *const libc::sockaddr).cast()) };
+    if i32::from(sin.sin_family) != libc::AF_INET {
+        return Err(io::Error::from_raw_os_error(libc::EADDRNOTAVAIL));
+    }
+    Ok(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+}
+
 /// The number of queues an AF_XDP socket may bind to (ETHTOOL_GCHANNELS): the kernel requires
 /// the queue to be below both the real rx and tx queue counts. `None` if the driver does not
 /// report channels.
