@@ -17,6 +17,7 @@ struct Member {
   rack @4 :Text;        # empty = no rack
   shards @5 :UInt32;
   dataAddr @6 :Text;    # HOST:PORT of shard 0's replication listener; empty = none
+  xdpAddr @7 :Text;     # IPV4:PORT of the node's AF_XDP replication endpoint; empty = none
 }
 
 interface Control {

@@ -488,6 +488,8 @@ impl Controller {
                 port: i32::from(m.kafka_port),
                 rack: m.rack.clone(),
                 data_addr: m.data_addr.clone(),
+                xdp_addr: m.xdp_addr.clone(),
+                shards: m.shards,
             });
             brokers.sort_by_key(|b| b.id);
         }
@@ -1989,6 +1991,7 @@ impl Controller {
                     "kafka_addr": format!("{}:{}", m.kafka_host, m.kafka_port),
                     "rpc_addr": m.rpc_addr,
                     "data_addr": m.data_addr,
+                    "xdp_addr": m.xdp_addr,
                     "rack": m.rack,
                     "shards": m.shards,
                     "state": m.state,
@@ -2079,6 +2082,8 @@ fn broker_of(m: &crate::state::Member) -> Broker {
         port: i32::from(m.kafka_port),
         rack: m.rack.clone(),
         data_addr: m.data_addr.clone(),
+        xdp_addr: m.xdp_addr.clone(),
+        shards: m.shards,
     }
 }
 
@@ -2091,6 +2096,7 @@ fn member_info(r: &Registration) -> MemberInfo {
         rack: r.rack.clone(),
         shards: r.shards,
         data_addr: r.data_addr.clone(),
+        xdp_addr: r.xdp_addr.clone(),
     }
 }
 
@@ -2274,6 +2280,7 @@ impl rpc::Handler for RpcHandler {
                 rack: member.rack,
                 shards: member.shards,
                 data_addr: member.data_addr,
+                xdp_addr: member.xdp_addr,
             };
             c.register(r).await.map_err(|e| e.to_string())
         })

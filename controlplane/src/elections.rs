@@ -241,6 +241,7 @@ mod tests {
             rack: None,
             shards: 1,
             data_addr: None,
+            xdp_addr: None,
         }
     }
 

@@ -21,6 +21,11 @@ pub struct Broker {
     /// HOST:PORT of the broker's shard 0 replication listener (shard `s`
     /// listens on that port + `s`); `None` if it registered without one.
     pub data_addr: Option<String>,
+    /// IPV4:PORT of the broker's AF_XDP replication endpoint; `None`: it is
+    /// reached over TCP only.
+    pub xdp_addr: Option<String>,
+    /// Its data shards: shard `s` sends AF_XDP datagrams with stream id `s`.
+    pub shards: u32,
 }
 
 /// `Default` is the empty metadata a shard holds before the first publish.
@@ -93,6 +98,8 @@ mod tests {
             port,
             rack: None,
             data_addr: None,
+            xdp_addr: None,
+            shards: 1,
         };
         let snap = MetadataSnapshot {
             cluster_id: "c".into(),

@@ -99,6 +99,8 @@ pub struct MemberInfo {
     pub shards: u32,
     /// HOST:PORT of shard 0's replication listener.
     pub data_addr: Option<String>,
+    /// IPV4:PORT of the AF_XDP replication endpoint.
+    pub xdp_addr: Option<String>,
 }
 
 /// A replica's answer to `prepareElection`: its durable log's last epoch
@@ -442,6 +444,8 @@ impl control::Server for ConnectionServer {
             let m = p.get_member()?;
             let rack = m.get_rack()?.to_string()?;
             let data_addr = m.get_data_addr()?.to_string()?;
+            // An older node's Member has no xdpAddr: it reads as empty.
+            let xdp_addr = m.get_xdp_addr()?.to_string()?;
             MemberInfo {
                 node_id: m.get_node_id(),
                 kafka_host: m.get_kafka_host()?.to_string()?,
@@ -450,6 +454,7 @@ impl control::Server for ConnectionServer {
                 rack: (!rack.is_empty()).then_some(rack),
                 shards: m.get_shards(),
                 data_addr: (!data_addr.is_empty()).then_some(data_addr),
+                xdp_addr: (!xdp_addr.is_empty()).then_some(xdp_addr),
             }
         };
         let reply = self
@@ -751,6 +756,7 @@ impl Peer {
                 member.set_rack(m.rack.as_deref().unwrap_or(""));
                 member.set_shards(m.shards);
                 member.set_data_addr(m.data_addr.as_deref().unwrap_or(""));
+                member.set_xdp_addr(m.xdp_addr.as_deref().unwrap_or(""));
                 async move {
                     let reply = request.send().promise.await?;
                     let r = reply.get()?;

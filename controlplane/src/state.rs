@@ -52,6 +52,10 @@ pub struct Member {
     /// that port + `s`); `None` for a node that registered without one.
     #[serde(default)]
     pub data_addr: Option<String>,
+    /// IPV4:PORT of the node's AF_XDP replication endpoint (UDP); `None`
+    /// for a node reached over TCP only (no AF_XDP, or an older version).
+    #[serde(default)]
+    pub xdp_addr: Option<String>,
 }
 
 /// What a node says of itself when it registers.
@@ -66,6 +70,9 @@ pub struct Registration {
     /// HOST:PORT of shard 0's replication listener (see [`Member::data_addr`]).
     #[serde(default)]
     pub data_addr: Option<String>,
+    /// See [`Member::xdp_addr`].
+    #[serde(default)]
+    pub xdp_addr: Option<String>,
 }
 
 /// One partition's new leader, as the proposer chose it.
@@ -475,6 +482,7 @@ pub fn apply(state: &mut ClusterState, cmd: &Command) -> Result<Applied, StateEr
                     incarnation,
                     alive: true,
                     data_addr: r.data_addr.clone(),
+                    xdp_addr: r.xdp_addr.clone(),
                 },
             );
             Ok(Applied::Registered {
@@ -807,6 +815,7 @@ mod tests {
             rack: None,
             shards: 1,
             data_addr: Some(format!("127.0.0.1:{}", 34000 + id)),
+            xdp_addr: None,
         }
     }
 
@@ -1149,6 +1158,7 @@ mod tests {
             panic!("an old registration does not decode");
         };
         assert_eq!(r.data_addr, None);
+        assert_eq!(r.xdp_addr, None);
         let mut s = ClusterState::default();
         apply(&mut s, &Command::Register(r)).expect("register");
         let mut json: serde_json::Value = serde_json::from_slice(&s.encode()).expect("json");
@@ -1156,8 +1166,13 @@ mod tests {
             .as_object_mut()
             .expect("member 1")
             .remove("data_addr");
+        json["members"]["1"]
+            .as_object_mut()
+            .expect("member 1")
+            .remove("xdp_addr");
         let decoded = ClusterState::decode(json.to_string().as_bytes()).expect("an old state decodes");
         assert_eq!(decoded.members[&NodeId(1)].data_addr, None);
+        assert_eq!(decoded.members[&NodeId(1)].xdp_addr, None);
         json.as_object_mut().expect("state").remove("reassignments");
         let decoded =
             ClusterState::decode(json.to_string().as_bytes()).expect("a state without reassignments");

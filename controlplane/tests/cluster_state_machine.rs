@@ -36,6 +36,7 @@ fn registration(id: i32, port: u16) -> Registration {
         rack: (id % 2 == 0).then(|| "a".to_string()),
         shards: 1,
         data_addr: (id % 3 != 0).then(|| format!("127.0.0.1:{}", 34000 + port)),
+        xdp_addr: (id % 2 != 0).then(|| format!("10.0.0.{id}:{}", 34000 + port)),
     }
 }
 

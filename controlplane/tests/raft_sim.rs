@@ -997,6 +997,7 @@ impl Sim {
             rack: None,
             shards: 1 + self.rng.below(4) as u32,
             data_addr: Some(format!("broker-{id}:9094")),
+            xdp_addr: (id % 2 == 0).then(|| format!("10.0.0.{id}:9094")),
         }
     }
 

@@ -231,6 +231,7 @@ fn member(node_id: u64, rack: Option<&str>) -> MemberInfo {
         rack: rack.map(str::to_string),
         shards: 4,
         data_addr: rack.map(|_| "10.0.0.1:9094".to_string()),
+        xdp_addr: rack.map(|_| "10.0.0.1:9094".to_string()),
     }
 }
 

@@ -51,6 +51,9 @@ const INDEX_INTERVAL_BYTES_MIN: u32 = 512;
 /// The kernel caps a listen backlog at net.core.somaxconn, whose largest value is 65535 on most
 /// kernels; a larger number would be silently cut.
 pub const LISTEN_BACKLOG_MAX: u32 = 65535;
+/// The longest AF_XDP poll period (100 ms): beyond it a replication frame would wait longer
+/// than the replicas' resend timeout.
+pub const XDP_POLL_US_MAX: u64 = 100_000;
 /// Longest group-commit window: every fsync-durable append may wait this long, so beyond 10 ms it
 /// costs more latency than the slowest fdatasync it could save.
 pub const GROUP_COMMIT_WINDOW_US_MAX: u64 = 10_000;
@@ -243,7 +246,8 @@ impl Default for Io {
     }
 }
 
-/// `[network]`: polling behaviour of idle shards, listener sizing, and the (future) AF_XDP path.
+/// `[network]`: polling behaviour of idle shards, listener sizing, and the AF_XDP path of
+/// replication frames.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Network {
@@ -254,11 +258,38 @@ pub struct Network {
     pub busy_poll_us: u32,
     /// listen() backlog of the Kafka listeners: connections the kernel queues before accept.
     pub listen_backlog: u32,
-    /// NIC for AF_XDP node-to-node traffic. The AF_XDP path is not built yet: a set interface is
-    /// checked (it must exist) and node traffic still uses TCP.
+    /// NIC for AF_XDP replication traffic (UDP to the node's replication port, see
+    /// docs/replication.md). Where AF_XDP cannot be set up, start logs why and uses TCP.
     pub xdp_interface: Option<String>,
-    /// First receive queue of `xdp_interface` used by AF_XDP; must exist on the interface.
+    /// Receive queue of `xdp_interface` used by shard 0; shard `s` uses `xdp_queue + s` where the
+    /// interface has it (the other shards send over TCP).
     pub xdp_queue: u32,
+    /// Where the XDP program runs on `xdp_interface`.
+    pub xdp_mode: XdpMode,
+    /// How often a shard polls its AF_XDP socket while it is not spinning (no recent traffic,
+    /// or `spin_before_park_us` 0): the most a frame waits, against the CPU the polls cost.
+    pub xdp_poll_us: u64,
+}
+
+/// `network.xdp_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (XDP_FLAGS_DRV_MODE): the fast path, and the only one with zero-copy; the
+    /// driver must support it.
+    #[default]
+    Native,
+    /// Generic (SKB) mode: any interface, after the kernel built an skb; copy mode only.
+    Generic,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        })
+    }
 }
 
 impl Default for Network {
@@ -269,6 +300,8 @@ impl Default for Network {
             listen_backlog: 1024,
             xdp_interface: None,
             xdp_queue: 0,
+            xdp_mode: XdpMode::Native,
+            xdp_poll_us: 200,
         }
     }
 }
@@ -512,6 +545,12 @@ impl Profile {
                     "{} must be between 1 and {LISTEN_BACKLOG_MAX}",
                     network.listen_backlog
                 ),
+            ));
+        }
+        if !(1..=XDP_POLL_US_MAX).contains(&network.xdp_poll_us) {
+            return Err(invalid(
+                "network.xdp_poll_us",
+                format!("{} must be between 1 and {XDP_POLL_US_MAX}", network.xdp_poll_us),
             ));
         }
         match &network.xdp_interface {
@@ -1147,6 +1186,7 @@ fdatasync_4k_p99_us = 90
 listen_backlog = 4096
 xdp_interface = "eth0"
 xdp_queue = 2
+xdp_mode = "generic"
 
 [storage]
 group_commit_window_us = 250
@@ -1173,6 +1213,8 @@ group_commit_window_us = 250
         assert_eq!(profile.network.listen_backlog, 4096);
         assert_eq!(profile.network.xdp_interface.as_deref(), Some("eth0"));
         assert_eq!(profile.network.xdp_queue, 2);
+        assert_eq!(profile.network.xdp_mode, XdpMode::Generic);
+        assert_eq!(profile.network.xdp_poll_us, 200, "the default");
         assert_eq!(profile.storage.group_commit_window_us, 250);
         profile
             .validate_for(&machine(4, 8 * GIB))
@@ -1538,13 +1580,19 @@ write_4k_p51_us = 9
     #[test]
     fn each_numeric_rule_names_its_field_and_value() {
         type Edit = fn(&mut Profile);
-        let cases: [(Edit, &str, &str); 18] = [
+        let cases: [(Edit, &str, &str); 20] = [
             (|p| p.network.listen_backlog = 0, "network.listen_backlog", "0"),
             (|p| p.storage.fd_budget = 255, "storage.fd_budget", "255"),
             (
                 |p| p.storage.fd_budget = (1 << 20) + 1,
                 "storage.fd_budget",
                 "1048577",
+            ),
+            (|p| p.network.xdp_poll_us = 0, "network.xdp_poll_us", "0"),
+            (
+                |p| p.network.xdp_poll_us = 100_001,
+                "network.xdp_poll_us",
+                "100001",
             ),
             (
                 |p| p.storage.direct_sync_bytes = 4096,

@@ -5,11 +5,12 @@
 //! SIGTERM or SIGINT (every log flushed, synced and closed; exit 0).
 
 use crate::node;
+use ferrolog_cluster::repl_xdp::{XdpNode, XdpNodeConfig};
 use ferrolog_controlplane::acls::AuthorizerConfig;
 use ferrolog_hw_profiles::irq;
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, parse_cpuset, pin_current_thread,
-    Durability as ProfileDurability, Profile,
+    Durability as ProfileDurability, Profile, XdpMode,
 };
 use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
 use ferrolog_kafka::sasl::{FileUsers, Mechanism};
@@ -20,7 +21,8 @@ use ferrolog_model::NodeId;
 use ferrolog_shard::{ControlConfig, RuntimeConfig};
 use ferrolog_storage::{CompactionConfig, Durability, LogConfig};
 use ferrolog_transport::{NodeTls, NodeTlsFiles};
-use std::net::SocketAddr;
+use ferrolog_xdp::{AttachMode, ProgramConfig, SocketConfig, XdpError, XdpProgram, XskSocket};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -197,6 +199,10 @@ pub struct StartArgs {
     /// then claim any principal: never use it outside tests.
     #[arg(long, hide = true)]
     pub test_only_principal_from_client_id: bool,
+    /// TEST ONLY: every Nth replication frame a shard would send over
+    /// AF_XDP is dropped instead, to show the replicas' resend recovers it.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(2..))]
+    pub test_only_xdp_drop_every: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -507,7 +513,9 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = profile.validate_on_host(&machine) {
+    // Not validate_on_host: a missing `network.xdp_interface` or queue is a reason to use TCP
+    // (logged by the AF_XDP setup below), not to refuse to start.
+    if let Err(e) = profile.validate_for(&machine) {
         let origin = if args.cpuset.is_some() {
             " (shards.cpuset from --cpuset)"
         } else {
@@ -603,14 +611,6 @@ pub fn run(mut args: StartArgs) -> ExitCode {
     if let Some(device) = &profile.io.device {
         info!(%device, "device measured by ferrolog tune");
     }
-    if let Some(interface) = &profile.network.xdp_interface {
-        warn!(
-            interface,
-            queue = profile.network.xdp_queue,
-            "network.xdp_interface is set, but AF_XDP is not built in this version: \
-             node-to-node traffic uses TCP"
-        );
-    }
     place_interrupts(irq_cpus.as_deref(), &cpus, &args.data_dir);
     // The main thread only waits for the shards; pinning it (and the threads it starts later,
     // which inherit its affinity) keeps it off the shards' cores.
@@ -638,6 +638,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let xdp = xdp_setup(&profile, data_listen, args.test_only_xdp_drop_every);
     let security = match security(&args) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -698,6 +699,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         rpc_advertised,
         data_listen,
         data_advertised,
+        xdp: xdp.clone(),
         node_tls,
         control_timing: control_timing(&profile),
         max_request_bytes: args.max_request_bytes as usize,
@@ -770,6 +772,11 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         move |smp| ferrolog_kafka::run_shard(smp, server.clone(), shard_stop.clone()),
         move |smp| ferrolog_kafka::run_control(smp, control_server, control_stop),
     );
+    // Every shard closed its socket: dropping the node's handle detaches the
+    // XDP program (a crash leaves it attached; the next start clears it).
+    if let Some(x) = &xdp {
+        x.release();
+    }
     let outcome = match results {
         Ok(r) => r,
         Err(e) => {
@@ -795,6 +802,63 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The AF_XDP path of replication frames, when the profile names an
+/// interface: the XDP program attached (clearing one a crashed ferrolog
+/// left), and a socket opened and closed on shard 0's queue to prove the
+/// path works before the node advertises it. Any failure is one warning
+/// naming the reason, and TCP: start never fails for AF_XDP.
+fn xdp_setup(
+    profile: &Profile,
+    data_listen: Option<SocketAddr>,
+    test_drop_every: Option<u64>,
+) -> Option<Arc<XdpNode>> {
+    let interface = profile.network.xdp_interface.as_deref()?;
+    let queue = profile.network.xdp_queue;
+    let Some(listen) = data_listen else {
+        warn!(
+            interface,
+            "network.xdp_interface is set, but this node has no replication listener \
+             (--rpc-addr or --data-addr): AF_XDP is not used"
+        );
+        return None;
+    };
+    let mode = match profile.network.xdp_mode {
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Generic => AttachMode::Generic,
+    };
+    // The node's UDP replication port is its TCP replication port's number.
+    let port = listen.port();
+    let setup = || -> Result<Arc<XdpNode>, XdpError> {
+        let ip = ferrolog_xdp::interface_ipv4(interface)?;
+        let program = XdpProgram::attach(&ProgramConfig::new(interface, port, mode))?;
+        drop(XskSocket::open(&program, SocketConfig::new(queue, ip, 0))?);
+        let config = XdpNodeConfig {
+            local: SocketAddrV4::new(ip, port),
+            first_queue: queue,
+            spin: Duration::from_micros(profile.network.spin_before_park_us),
+            poll: Duration::from_micros(profile.network.xdp_poll_us),
+            test_drop_every,
+        };
+        Ok(Arc::new(XdpNode::new(program, config)))
+    };
+    match setup() {
+        Ok(node) => {
+            info!(
+                interface, queue, mode = %profile.network.xdp_mode, endpoint = %node.local,
+                "AF_XDP replication path ready: peers that advertise AF_XDP get replication frames over it"
+            );
+            Some(node)
+        }
+        Err(e) => {
+            warn!(
+                interface, queue, mode = %profile.network.xdp_mode,
+                "AF_XDP is not available ({e}): replication frames use TCP"
+            );
+            None
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod placement;
 pub mod producer_state;
 pub mod reconcile;
 pub mod repl_wire;
+pub mod repl_xdp;
 pub mod replicated;
 pub mod waiters;
 

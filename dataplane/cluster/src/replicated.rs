@@ -35,6 +35,7 @@ use crate::error::PartitionError;
 use crate::manager::{self, PartitionManager};
 use crate::partition::Partition;
 use crate::repl_wire::{self, PartitionKey};
+use crate::repl_xdp::{self, XdpPath, XdpShardConfig, XdpSnapshot};
 use bytes::{Bytes, BytesMut};
 use ferrolog_model::{BatchHeader, Epoch, NodeId, Ntp, Offset, ShardId};
 use ferrolog_replication::{
@@ -485,7 +486,16 @@ pub async fn wait_committed(p: &Partition, end: Offset, timeout: Duration) -> Re
 
 pub fn tick(p: &Rc<Partition>) {
     let r = repl(p);
-    r.replica.borrow_mut().tick();
+    let resends = {
+        let mut replica = r.replica.borrow_mut();
+        let before = replica.resends();
+        replica.tick();
+        replica.resends() - before
+    };
+    if resends > 0 {
+        let m = manager::local();
+        m.repl_net.resends.set(m.repl_net.resends.get() + resends);
+    }
     // A replica with no leader to follow (it led before a restart, an
     // election fenced it and did not finish, it saw a newer epoch) asks the
     // controller for one, once it has been so for a while and then every
@@ -805,23 +815,63 @@ async fn send(p: &Rc<Partition>, r: &Replication, to: NodeId, message: Message) 
     r.replica.borrow_mut().sent(to, req.start, asked, sent_end);
 }
 
-/// Frame routing for one shard: links to peers' replication listeners, and
-/// the handler of frames that arrive.
+/// Frame routing for one shard: this shard's AF_XDP socket if it has one,
+/// links to peers' replication listeners, and the handler of frames that
+/// arrive.
 #[derive(Default)]
 pub struct ReplNet {
     links: RefCell<HashMap<SocketAddr, Rc<Link>>>,
     resolved: RefCell<HashMap<String, SocketAddr>>,
     /// Mutual TLS on the data links, both ways (set by [`start_shard`]).
     tls: RefCell<Option<Arc<NodeTls>>>,
+    /// This shard's AF_XDP path (set by [`start_shard`], taken by
+    /// [`close_xdp`]).
+    xdp: RefCell<Option<Rc<XdpPath>>>,
+    /// Frames queued on TCP links, and received from TCP links.
     pub frames_sent: Cell<u64>,
     pub frames_received: Cell<u64>,
+    /// Frames that could not be queued (no address, a full link or socket
+    /// queue): the replica resends.
     pub frames_refused: Cell<u64>,
+    /// Received frames that did not decode (either transport).
     pub frames_invalid: Cell<u64>,
+    /// Go-back-N resends of this shard's leader replicas (see
+    /// `Replica::resends`).
+    pub resends: Cell<u64>,
+}
+
+/// A plain copy of one shard's replication transport counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplNetSnapshot {
+    pub tcp_frames_sent: u64,
+    pub tcp_frames_received: u64,
+    pub frames_refused: u64,
+    pub frames_invalid: u64,
+    pub resends: u64,
+    /// `None`: this shard has no AF_XDP socket.
+    pub xdp: Option<XdpSnapshot>,
 }
 
 impl ReplNet {
-    /// Queues a message to `to`'s replication listener; false when it could
-    /// not be queued (no address, a full link).
+    /// This shard's AF_XDP path, if it has one.
+    pub fn xdp(&self) -> Option<Rc<XdpPath>> {
+        self.xdp.borrow().clone()
+    }
+
+    pub fn snapshot(&self) -> ReplNetSnapshot {
+        ReplNetSnapshot {
+            tcp_frames_sent: self.frames_sent.get(),
+            tcp_frames_received: self.frames_received.get(),
+            frames_refused: self.frames_refused.get(),
+            frames_invalid: self.frames_invalid.get(),
+            resends: self.resends.get(),
+            xdp: self.xdp().map(|x| x.snapshot()),
+        }
+    }
+
+    /// Queues a message to `to`: over this shard's AF_XDP socket when the
+    /// peer has an endpoint for it, else to its replication listener over
+    /// TCP; false when it could not be queued (no address, a full queue).
     fn send(
         &self,
         m: &PartitionManager,
@@ -831,16 +881,33 @@ impl ReplNet {
         message: &Message,
         payload: Bytes,
     ) -> bool {
-        let Some((addr, host)) = self.peer_addr(m, to) else {
-            self.frames_refused.set(self.frames_refused.get() + 1);
-            return false;
-        };
         let (kind, ext) = match repl_wire::encode(key, message) {
             Ok(x) => x,
             Err(e) => {
                 warn!(partition = %ntp, "cannot encode a replication message: {e}");
                 return false;
             }
+        };
+        // The receiving node routes to the partition's owner shard.
+        let mut frame = Frame {
+            kind,
+            shard: 0,
+            ext,
+            payload,
+        };
+        if let Some(xdp) = self.xdp() {
+            match xdp.send(&m.metadata(), to, frame) {
+                Ok(true) => return true,
+                Ok(false) => {
+                    self.frames_refused.set(self.frames_refused.get() + 1);
+                    return false;
+                }
+                Err(back) => frame = back,
+            }
+        }
+        let Some((addr, host)) = self.peer_addr(m, to) else {
+            self.frames_refused.set(self.frames_refused.get() + 1);
+            return false;
         };
         let link = self
             .links
@@ -852,13 +919,6 @@ impl ReplNet {
                 Link::with_tls(addr, FRAME_PAYLOAD_MAX, LINK_FRAMES_MAX, LINK_BYTES_MAX, tls)
             })
             .clone();
-        // The receiving node routes to the partition's owner shard.
-        let frame = Frame {
-            kind,
-            shard: 0,
-            ext,
-            payload,
-        };
         match link.send(frame) {
             Ok(()) => {
                 self.frames_sent.set(self.frames_sent.get() + 1);
@@ -886,12 +946,14 @@ impl ReplNet {
 }
 
 /// Starts this shard's replication: its listener on `listen` (shard 0's
-/// address; shard s listens on its port + s) and the ticker. Returns the
-/// bound address.
+/// address; shard s listens on its port + s), its AF_XDP socket when `xdp`
+/// is given and the shard's queue exists, and the ticker. Returns the bound
+/// address.
 pub fn start_shard(
     m: &Rc<PartitionManager>,
     listen: SocketAddr,
     tls: Option<Arc<NodeTls>>,
+    xdp: Option<&XdpShardConfig>,
 ) -> std::io::Result<SocketAddr> {
     m.repl_net.tls.replace(tls.clone());
     let mut addr = listen;
@@ -901,10 +963,47 @@ pub fn start_shard(
     let handler: ferrolog_transport::Handler = Rc::new(on_frame);
     let (task, bound) = ferrolog_transport::listen_with_tls(addr, FRAME_PAYLOAD_MAX, handler, tls)?;
     m.repl_tasks.borrow_mut().push(task);
+    if let Some(config) = xdp {
+        start_xdp(m, config);
+    }
     let ticker = glommio::spawn_local(ticker()).detach();
     m.repl_tasks.borrow_mut().push(ticker);
     info!(shard = %m.id(), addr = %bound, "replication listener");
     Ok(bound)
+}
+
+/// Opens this shard's AF_XDP socket and starts its poller. Shard 0's
+/// queue was checked at start (the node advertises AF_XDP only then); a
+/// later shard whose queue the interface does not have stays on TCP (its
+/// peers' datagrams still arrive, on whichever queue has a socket).
+fn start_xdp(m: &Rc<PartitionManager>, config: &XdpShardConfig) {
+    let shard = m.id().0;
+    match XdpPath::open(config, m.config.node_id, shard) {
+        Ok(path) => {
+            info!(shard = %m.id(), queue = path.queue(), endpoint = %config.local, "AF_XDP replication socket open");
+            m.repl_net.xdp.replace(Some(Rc::new(path)));
+            let deliver = |frame: Frame| handle_frame("AF_XDP", frame);
+            let task = glommio::spawn_local(repl_xdp::poll_loop(m.clone(), deliver)).detach();
+            m.repl_tasks.borrow_mut().push(task);
+        }
+        // The node's path was proven on shard 0's queue; a later queue the
+        // interface does not have (or that its driver refuses) is expected.
+        Err(e) if shard > 0 => {
+            info!(shard = %m.id(), "this shard sends replication frames over TCP (no AF_XDP socket: {e})");
+        }
+        Err(e) => {
+            warn!(shard = %m.id(), "AF_XDP is not available to this shard ({e}); its replication frames use TCP");
+        }
+    }
+}
+
+/// Closes this shard's AF_XDP socket (at shutdown): its poller ends, and
+/// the XDP program is detached once every shard's socket is closed and the
+/// node dropped its handle.
+pub fn close_xdp(m: &PartitionManager) {
+    if m.repl_net.xdp.take().is_some() {
+        info!(shard = %m.id(), "AF_XDP replication socket closed");
+    }
 }
 
 async fn ticker() {
@@ -951,6 +1050,12 @@ fn on_frame(from: SocketAddr, frame: Frame) {
     m.repl_net
         .frames_received
         .set(m.repl_net.frames_received.get() + 1);
+    handle_frame(from, frame);
+}
+
+/// A frame from either transport (`from` names the sender for logs).
+fn handle_frame(from: impl std::fmt::Display, frame: Frame) {
+    let m = manager::local();
     let (key, message) = match repl_wire::decode(frame.kind, &frame.ext) {
         Ok(x) => x,
         Err(e) => {

@@ -138,6 +138,7 @@ fn life<R: Send + 'static>(
                         rack: None,
                         shards: 1,
                         data_addr: None,
+                        xdp_addr: None,
                     },
                     seeds: Vec::new(),
                     rpc_listen: None,

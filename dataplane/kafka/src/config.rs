@@ -31,6 +31,9 @@ pub struct ServerConfig {
     /// HOST:PORT other nodes reach shard 0's replication listener at, as
     /// the node registers it with the controller.
     pub data_advertised: Option<String>,
+    /// The AF_XDP path of replication frames, when the profile asks for it
+    /// and the node could set it up; `None`: TCP only.
+    pub xdp: Option<std::sync::Arc<ferrolog_cluster::repl_xdp::XdpNode>>,
     /// Mutual TLS between nodes (the control-plane RPC and the replication
     /// data links, both ways); `None`: plain TCP.
     pub node_tls: Option<std::sync::Arc<ferrolog_transport::NodeTls>>,

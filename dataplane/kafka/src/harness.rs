@@ -204,6 +204,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         rpc_advertised: "127.0.0.1:0".into(),
         data_listen: None,
         data_advertised: None,
+        xdp: None,
         node_tls: None,
         control_timing: Default::default(),
         max_request_bytes: MAX_REQUEST_BYTES,

@@ -121,6 +121,7 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
             rack: config.rack.clone(),
             shards: u32::try_from(smp_shards).unwrap_or(u32::MAX),
             data_addr: config.data_advertised.clone(),
+            xdp_addr: config.xdp.as_ref().map(|x| x.local.to_string()),
         },
         seeds: config.seeds.clone(),
         rpc_listen: config.rpc_listen,
@@ -259,6 +260,7 @@ pub async fn run_shard(smp: Rc<Smp>, config: Arc<ServerConfig>, stop: Arc<Atomic
     // executors may still run until the executor ends; they find no
     // partitions and answer with errors instead of touching closed logs.
     let failed = shard.cluster.close_all().await;
+    ferrolog_cluster::replicated::close_xdp(&shard.cluster);
     if failed > 0 {
         return Err(format!("{failed} logs failed to close cleanly"));
     }
@@ -444,8 +446,14 @@ async fn start_on_this_shard() -> Result<(), String> {
     ACCEPT.with(|a| *a.borrow_mut() = Some(task));
     let s = shard::local();
     if let Some(listen) = s.config.data_listen {
-        ferrolog_cluster::replicated::start_shard(&s.cluster, listen, s.config.node_tls.clone())
-            .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
+        let xdp = s.config.xdp.as_ref().and_then(|x| x.shard_config());
+        ferrolog_cluster::replicated::start_shard(
+            &s.cluster,
+            listen,
+            s.config.node_tls.clone(),
+            xdp.as_ref(),
+        )
+        .map_err(|e| format!("cannot listen for replication on {listen}: {e}"))?;
     }
     Ok(())
 }

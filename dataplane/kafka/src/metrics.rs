@@ -13,6 +13,8 @@
 //! benchmarking come from the load generator's HdrHistograms, not from here.
 
 pub use ferrolog_cluster::metrics::{PartitionMetrics, PartitionSnapshot};
+pub use ferrolog_cluster::repl_xdp::XdpSnapshot;
+pub use ferrolog_cluster::replicated::ReplNetSnapshot;
 pub use ferrolog_shard::metrics::{Counter, Histogram, HistogramSnapshot, LATENCY_BUCKETS_US};
 use kafka_protocol::messages::ApiKey;
 use serde::Serialize;
@@ -90,6 +92,8 @@ pub struct ShardSnapshot {
     pub batch_cache_hits: u64,
     pub batch_cache_misses: u64,
     pub partitions: Vec<PartitionSnapshot>,
+    /// Replication frames over TCP and AF_XDP.
+    pub replication: ReplNetSnapshot,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -383,7 +387,118 @@ pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
             }
         }
     }
+    render_replication(&mut out, shards);
     out
+}
+
+/// The replication transport's families: frames by transport and
+/// direction, AF_XDP bytes, datagrams and drops by reason (only shards with
+/// an AF_XDP socket have those), refusals and the leaders' resends.
+fn render_replication(out: &mut String, shards: &[ShardSnapshot]) {
+    let shard_labels = |s: &ShardSnapshot| format!("shard=\"{}\"", s.shard);
+    let name = "ferrolog_replication_frames_total";
+    Family::header(
+        out,
+        name,
+        "counter",
+        "Replication frames by transport (tcp, af_xdp) and direction (sent, received).",
+    );
+    for s in shards {
+        let r = &s.replication;
+        let mut f = Family { out: &mut *out };
+        for (transport, direction, n) in [
+            ("tcp", "sent", r.tcp_frames_sent),
+            ("tcp", "received", r.tcp_frames_received),
+        ] {
+            let labels = format!(
+                "{},transport=\"{transport}\",direction=\"{direction}\"",
+                shard_labels(s)
+            );
+            f.sample(name, &labels, n);
+        }
+        if let Some(x) = &r.xdp {
+            for (direction, n) in [("sent", x.tx_frames), ("received", x.rx_frames)] {
+                let labels = format!(
+                    "{},transport=\"af_xdp\",direction=\"{direction}\"",
+                    shard_labels(s)
+                );
+                f.sample(name, &labels, n);
+            }
+        }
+    }
+    type XdpValue = fn(&crate::metrics::XdpSnapshot) -> [(&'static str, u64); 2];
+    let xdp_pairs: [(&str, &str, XdpValue); 2] = [
+        (
+            "ferrolog_xdp_bytes_total",
+            "Replication frame bytes over AF_XDP, by direction.",
+            |x| [("sent", x.tx_bytes), ("received", x.rx_bytes)],
+        ),
+        (
+            "ferrolog_xdp_datagrams_total",
+            "UDP datagrams over AF_XDP, by direction (a frame is one or more).",
+            |x| [("sent", x.tx_datagrams), ("received", x.rx_datagrams)],
+        ),
+    ];
+    for (name, help, value) in xdp_pairs {
+        Family::header(out, name, "counter", help);
+        for s in shards {
+            let Some(x) = &s.replication.xdp else { continue };
+            let mut f = Family { out: &mut *out };
+            for (direction, n) in value(x) {
+                let labels = format!(
+                    "{},queue=\"{}\",direction=\"{direction}\"",
+                    shard_labels(s),
+                    x.queue
+                );
+                f.sample(name, &labels, n);
+            }
+        }
+    }
+    let name = "ferrolog_xdp_drops_total";
+    Family::header(
+        out,
+        name,
+        "counter",
+        "AF_XDP datagrams or frames lost or refused, by reason (the receive checks, the kernel's \
+         kernel_* counters, the send side's).",
+    );
+    for s in shards {
+        let Some(x) = &s.replication.xdp else { continue };
+        let mut f = Family { out: &mut *out };
+        for (reason, n) in &x.drops {
+            let labels = format!(
+                "{},queue=\"{}\",reason=\"{}\"",
+                shard_labels(s),
+                x.queue,
+                label(reason)
+            );
+            f.sample(name, &labels, n);
+        }
+    }
+    let shard_counters: [(&str, &str, ShardValue); 3] = [
+        (
+            "ferrolog_replication_frames_refused_total",
+            "Replication frames that could not be queued (no address, a full link or socket queue); the replica resends.",
+            |s| s.replication.frames_refused,
+        ),
+        (
+            "ferrolog_replication_frames_invalid_total",
+            "Received replication frames that did not decode.",
+            |s| s.replication.frames_invalid,
+        ),
+        (
+            "ferrolog_replication_resends_total",
+            "Times a leader replica went back to a follower's acknowledged offset after no progress (lost frames).",
+            |s| s.replication.resends,
+        ),
+    ];
+    for (name, help, value) in shard_counters {
+        Family::header(out, name, "counter", help);
+        let mut f = Family { out: &mut *out };
+        for s in shards {
+            f.sample(name, &shard_labels(s), value(s));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -473,5 +588,44 @@ mod tests {
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
         let distinct: std::collections::BTreeSet<&&str> = types.iter().collect();
         assert_eq!(types.len(), distinct.len());
+    }
+
+    #[test]
+    fn replication_families_split_tcp_and_af_xdp_and_name_drop_reasons() {
+        let sm = ShardMetrics::default();
+        let mut with_xdp = ShardSnapshot::new(0, &sm);
+        with_xdp.replication = ReplNetSnapshot {
+            tcp_frames_sent: 5,
+            resends: 2,
+            xdp: Some(XdpSnapshot {
+                queue: 3,
+                tx_frames: 7,
+                rx_bytes: 900,
+                drops: vec![("bad_checksum".into(), 4)],
+                ..XdpSnapshot::default()
+            }),
+            ..ReplNetSnapshot::default()
+        };
+        let tcp_only = ShardSnapshot::new(1, &sm);
+        let text = render_prometheus(&[with_xdp, tcp_only]);
+        let samples = parse_samples(&text);
+        let frames = |shard: u32, transport: &str, direction: &str| {
+            samples.get(&format!(
+                "ferrolog_replication_frames_total{{shard=\"{shard}\",transport=\"{transport}\",direction=\"{direction}\"}}"
+            )).copied()
+        };
+        assert_eq!(frames(0, "tcp", "sent"), Some(5.0));
+        assert_eq!(frames(0, "af_xdp", "sent"), Some(7.0));
+        assert_eq!(frames(1, "tcp", "sent"), Some(0.0));
+        assert_eq!(frames(1, "af_xdp", "sent"), None, "no socket, no AF_XDP samples");
+        assert_eq!(
+            samples["ferrolog_xdp_bytes_total{shard=\"0\",queue=\"3\",direction=\"received\"}"],
+            900.0
+        );
+        assert_eq!(
+            samples["ferrolog_xdp_drops_total{shard=\"0\",queue=\"3\",reason=\"bad_checksum\"}"],
+            4.0
+        );
+        assert_eq!(samples["ferrolog_replication_resends_total{shard=\"0\"}"], 2.0);
     }
 }

@@ -89,6 +89,7 @@ impl Shard {
         snap.batch_cache_hits = self.cluster.metrics.batch_cache_hits.get();
         snap.batch_cache_misses = self.cluster.metrics.batch_cache_misses.get();
         snap.partitions = self.cluster.partition_snapshots();
+        snap.replication = self.cluster.repl_net.snapshot();
         snap
     }
 }

@@ -251,6 +251,8 @@ pub struct Node {
     pub ns: String,
     pub dir: PathBuf,
     seeds: String,
+    /// More `ferrolog start` arguments (a profile, test-only flags).
+    extra: Vec<String>,
     child: Option<Child>,
     starts: usize,
 }
@@ -258,6 +260,11 @@ pub struct Node {
 impl Node {
     /// Starts node `id` of `net` with its directory under `root`.
     pub fn start(net: &Net, id: usize, seeds: &str, root: &Path) -> Node {
+        Node::start_with(net, id, seeds, root, &[])
+    }
+
+    /// [`Node::start`] with more `ferrolog start` arguments, kept for restarts.
+    pub fn start_with(net: &Net, id: usize, seeds: &str, root: &Path, extra: &[String]) -> Node {
         let dir = root.join(format!("node{id}"));
         std::fs::create_dir_all(&dir).expect("node dir");
         let mut node = Node {
@@ -265,6 +272,7 @@ impl Node {
             ns: net.ns(id).to_string(),
             dir,
             seeds: seeds.to_string(),
+            extra: extra.to_vec(),
             child: None,
             starts: 0,
         };
@@ -304,6 +312,7 @@ impl Node {
             .args(["--rpc-addr", &format!("{ip}:{RPC_PORT}")])
             .args(["--admin-addr", &format!("{ip}:{ADMIN_PORT}")])
             .args(["--seeds", &self.seeds])
+            .args(&self.extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -363,6 +372,26 @@ impl Node {
             self.starts,
             lines[from..].join("\n")
         )
+    }
+
+    /// Every line this start of the node logged so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The node's GET /metrics (Prometheus text), fetched inside its namespace.
+    pub fn metrics(&self) -> Result<String, String> {
+        let url = format!("http://{}:{ADMIN_PORT}/metrics", Net::ip(self.id));
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "python3",
+            "-c",
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+            &url,
+        ])
     }
 
     /// `ferrolog cluster status` run inside the node's namespace.
