@@ -638,7 +638,6 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let xdp = xdp_setup(&profile, data_listen, args.test_only_xdp_drop_every);
     let security = match security(&args) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -664,6 +663,12 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         _ => None,
     };
     info!(tls = node_tls.is_some(), "node-to-node security");
+    let xdp = xdp_setup(
+        &profile,
+        data_listen,
+        node_tls.is_some(),
+        args.test_only_xdp_drop_every,
+    );
     info!(
         tls = security.tls.is_some(),
         require_auth = security.require_auth,
@@ -809,14 +814,25 @@ pub fn run(mut args: StartArgs) -> ExitCode {
 /// interface: the XDP program attached (clearing one a crashed ferrolog
 /// left), and a socket opened and closed on shard 0's queue to prove the
 /// path works before the node advertises it. Any failure is one warning
-/// naming the reason, and TCP: start never fails for AF_XDP.
+/// naming the reason, and TCP: start never fails for AF_XDP. With node TLS
+/// on, AF_XDP is not used: its datagrams are neither encrypted nor
+/// authenticated, and must not bypass the TLS the operator asked for.
 fn xdp_setup(
     profile: &Profile,
     data_listen: Option<SocketAddr>,
+    node_tls: bool,
     test_drop_every: Option<u64>,
 ) -> Option<Arc<XdpNode>> {
     let interface = profile.network.xdp_interface.as_deref()?;
     let queue = profile.network.xdp_queue;
+    if node_tls {
+        warn!(
+            interface,
+            "AF_XDP is not available (node-to-node TLS is on, and AF_XDP datagrams are not \
+             encrypted): replication frames use TCP"
+        );
+        return None;
+    }
     let Some(listen) = data_listen else {
         warn!(
             interface,
@@ -934,6 +950,21 @@ mod tests {
         assert_eq!(c.group_commit_window, Duration::from_micros(250));
         assert_eq!(c.segment_bytes, p.storage.segment_bytes);
         assert_eq!(c.retention_ms, p.storage.retention_ms);
+    }
+
+    #[test]
+    fn af_xdp_is_not_tried_without_a_replication_listener_or_with_node_tls() {
+        let mut p = Profile::default();
+        assert!(xdp_setup(&p, None, false, None).is_none(), "no interface named");
+        // An interface that cannot exist: the checks below return before touching it.
+        p.network.xdp_interface = Some("ferrolog-none0".to_owned());
+        assert!(xdp_setup(&p, None, false, None).is_none(), "no listener");
+        let listen: SocketAddr = "127.0.0.1:9094".parse().expect("addr");
+        assert!(xdp_setup(&p, Some(listen), true, None).is_none(), "node TLS");
+        assert!(
+            xdp_setup(&p, Some(listen), false, None).is_none(),
+            "no such interface"
+        );
     }
 
     #[derive(clap::Parser)]

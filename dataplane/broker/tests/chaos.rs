@@ -16,6 +16,10 @@
 //! `FERROLOG_CHAOS_SEED=<seed> cargo nextest run -p ferrolog --test chaos`
 //! replays the same schedule (the timing of the cluster is not replayed).
 //! FERROLOG_CHAOS_SECS sets how long the workload runs (default 60 s).
+//! FERROLOG_CHAOS_XDP=1 starts every node with replication over AF_XDP
+//! (generic mode on its veth) and mirrors every network fault on the hub's
+//! bridge, which AF_XDP traffic crosses but the nodes' netfilter hooks do
+//! not see.
 //! Needs root, iproute2, nftables and the Python clients (tools/setup.sh);
 //! without them the test fails, it does not skip.
 
@@ -103,6 +107,8 @@ struct Chaos {
     root: tempfile::TempDir,
     started: Instant,
     faults: Vec<String>,
+    /// FERROLOG_CHAOS_XDP=1: the nodes replicate over AF_XDP.
+    xdp: bool,
 }
 
 impl Drop for Chaos {
@@ -118,11 +124,24 @@ impl Drop for Chaos {
 
 impl Chaos {
     fn start(size: usize, partitions: u32) -> Chaos {
-        let net = Net::create(size);
+        let mut net = Net::create(size);
         let root = tempfile::tempdir().expect("tempdir");
         let seeds = seeds(size);
+        let mut extra = Vec::new();
+        let xdp = std::env::var("FERROLOG_CHAOS_XDP").is_ok_and(|v| v == "1");
+        if xdp {
+            net.mirror_faults_on_bridge();
+            let profile = root.path().join("xdp.toml");
+            std::fs::write(
+                &profile,
+                "[network]\nxdp_interface = \"eth0\"\nxdp_mode = \"generic\"\n",
+            )
+            .expect("write profile");
+            extra = vec!["--profile".to_string(), profile.to_string_lossy().into_owned()];
+            println!("FERROLOG_CHAOS_XDP=1: replication over AF_XDP, faults mirrored on the bridge");
+        }
         let nodes: Vec<Node> = (1..=size)
-            .map(|i| Node::start(&net, i, &seeds, root.path()))
+            .map(|i| Node::start_with(&net, i, &seeds, root.path(), &extra))
             .collect();
         let mut c = Chaos {
             nodes,
@@ -130,6 +149,7 @@ impl Chaos {
             root,
             started: Instant::now(),
             faults: Vec::new(),
+            xdp,
         };
         wait_until(&c.nodes, 1, "a controller leader and every node live", |v| {
             leader_of(v) > 0 && alive_members(v) == size
@@ -334,6 +354,41 @@ impl Chaos {
             }
         }
         self.note("healed everything".to_string());
+    }
+
+    /// Each node's AF_XDP frames and resends from /metrics, for the record
+    /// (a node restarted late may have little).
+    fn note_af_xdp_frames(&mut self) {
+        let sum = |text: &str, name: &str, label: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                .map(|v| v as u64)
+                .sum()
+        };
+        for n in 0..self.nodes.len() {
+            let line = match self.nodes[n].metrics() {
+                Ok(t) => format!(
+                    "node {}: AF_XDP frames sent {} received {}, TCP frames {}, resends {}, AF_XDP drops {}",
+                    n + 1,
+                    sum(
+                        &t,
+                        "ferrolog_replication_frames_total",
+                        "transport=\"af_xdp\",direction=\"sent\""
+                    ),
+                    sum(
+                        &t,
+                        "ferrolog_replication_frames_total",
+                        "transport=\"af_xdp\",direction=\"received\""
+                    ),
+                    sum(&t, "ferrolog_replication_frames_total", "transport=\"tcp\""),
+                    sum(&t, "ferrolog_replication_resends_total", ""),
+                    sum(&t, "ferrolog_xdp_drops_total", ""),
+                ),
+                Err(e) => format!("node {}: no /metrics: {e}", n + 1),
+            };
+            self.note(line);
+        }
     }
 
     /// `ferrolog log dump` of a node's data directory, the topic's partitions.
@@ -590,6 +645,9 @@ fn run_chaos(size: usize, partitions: u32) {
     let placement =
         placement.unwrap_or_else(|| (0..partitions).map(|p| (p, (-1, (1..=size).collect()))).collect());
     c.wait_caught_up(&placement);
+    if c.xdp {
+        c.note_af_xdp_frames();
+    }
     for n in 0..size {
         let status = c.nodes[n].stop();
         c.note(format!("SIGTERM node {}: exited {status}", n + 1));

@@ -69,6 +69,8 @@ pub enum Direction {
 pub struct Net {
     hub: String,
     nodes: Vec<String>,
+    /// Faults are also rules on the hub's bridge (see [`Net::mirror_faults_on_bridge`]).
+    bridge_faults: bool,
 }
 
 impl Net {
@@ -86,6 +88,7 @@ impl Net {
         let net = Net {
             hub: format!("{tag}h"),
             nodes: (1..=nodes).map(|i| format!("{tag}n{i}")).collect(),
+            bridge_faults: false,
         };
         must(&["ip", "netns", "add", &net.hub]);
         must(&["ip", "-n", &net.hub, "link", "set", "lo", "up"]);
@@ -146,9 +149,45 @@ impl Net {
         self.nodes.len()
     }
 
+    /// From now on every fault is also a rule on the hub's bridge, on the
+    /// node's port: AF_XDP traffic passes neither the node's input hook (the
+    /// XDP program redirects it before netfilter) nor its output hook (AF_XDP
+    /// sends bypass it), but it crosses the bridge like any frame. Partial
+    /// loss then applies twice to node-to-node kernel traffic.
+    pub fn mirror_faults_on_bridge(&mut self) {
+        self.bridge_faults = true;
+    }
+
+    /// The bridge table of `node`'s faults in the hub namespace.
+    fn bridge_table(node: usize) -> String {
+        format!("{TABLE}_n{node}")
+    }
+
+    /// The bridge rule (forward chain, on the node's port `e<node>`) for a
+    /// rule of the node's own chains.
+    fn bridge_rule(node: usize, chain: &str, rule: &str) -> String {
+        let (ours, port_match) = match chain {
+            "in" => ("iifname \"eth0\" ", "oifname"),
+            _ => ("oifname \"eth0\" ", "iifname"),
+        };
+        format!("{port_match} \"e{node}\" {}", rule.replace(ours, ""))
+    }
+
     /// Adds rules to the fault table of `node` (created with an input and
     /// an output chain if absent). Each rule is (chain "in"|"out", rule).
     fn add_rules(&self, node: usize, rules: &[(&str, String)]) {
+        if self.bridge_faults {
+            let table = Net::bridge_table(node);
+            let mut script = format!(
+                "table bridge {table} {{\n\
+                 chain ports {{ type filter hook forward priority 0; policy accept; }}\n}}\n"
+            );
+            for (chain, rule) in rules {
+                let rule = Net::bridge_rule(node, chain, rule);
+                script.push_str(&format!("add rule bridge {table} ports {rule}\n"));
+            }
+            self.nft_in(&self.hub, &format!("hub-{node}"), &script);
+        }
         let mut script = format!(
             "table inet {TABLE} {{\n\
              chain in {{ type filter hook input priority 0; policy accept; }}\n\
@@ -161,13 +200,17 @@ impl Net {
     }
 
     fn nft(&self, node: usize, script: &str) {
-        let path = std::env::temp_dir().join(format!("{}-{node}.nft", self.hub));
+        self.nft_in(self.ns(node), &format!("node {node}"), script);
+    }
+
+    fn nft_in(&self, ns: &str, what: &str, script: &str) {
+        let path = std::env::temp_dir().join(format!("{}-{}.nft", self.hub, what.replace(' ', "")));
         std::fs::write(&path, script).expect("write nft script");
         let file = path.to_string_lossy().into_owned();
-        let r = run(&["ip", "netns", "exec", self.ns(node), "nft", "-f", &file]);
+        let r = run(&["ip", "netns", "exec", ns, "nft", "-f", &file]);
         let _ = std::fs::remove_file(&path);
         if let Err(e) = r {
-            panic!("node {node}: nft {script}: {e}");
+            panic!("{what}: nft {script}: {e}");
         }
     }
 
@@ -227,6 +270,14 @@ impl Net {
             node,
             &format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"),
         );
+        if self.bridge_faults {
+            let table = Net::bridge_table(node);
+            self.nft_in(
+                &self.hub,
+                &format!("hub-{node}"),
+                &format!("table bridge {table} {{}}\ndelete table bridge {table}\n"),
+            );
+        }
     }
 
     pub fn heal_all(&self) {
