@@ -294,3 +294,54 @@ fn a_node_without_the_interface_warns_once_and_replicates_over_tcp() {
         );
     }
 }
+
+/// A measurement, not a check (ignored): acks=all publish latency of a
+/// 3-node cluster, replication over TCP, over AF_XDP polled every
+/// `xdp_poll_us`, and over AF_XDP with spinning shards. Needs
+/// `cargo build -p ferrolog-loadgen` first (or FERROLOG_LOADGEN=path):
+/// `cargo test -p ferrolog --test xdp_replication -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_acks_all_latency_tcp_against_af_xdp() {
+    let loadgen = std::env::var("FERROLOG_LOADGEN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/debug/ferrolog-loadgen").to_string()
+    });
+    let modes: [(&str, &str); 3] = [
+        ("tcp", "[network]\n"),
+        (
+            "af_xdp (xdp_poll_us 200)",
+            "[network]\nxdp_interface = \"eth0\"\nxdp_mode = \"generic\"\n",
+        ),
+        (
+            "af_xdp + spin_before_park_us 200",
+            "[network]\nxdp_interface = \"eth0\"\nxdp_mode = \"generic\"\nspin_before_park_us = 200\n",
+        ),
+    ];
+    let mut results = Vec::new();
+    for (name, text) in modes {
+        let c = Cluster::start(|root, _| {
+            let path = root.join("measure.toml");
+            std::fs::write(&path, text).expect("write profile");
+            vec!["--profile".into(), path.to_string_lossy().into_owned()]
+        });
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", c.net.hub(), &loadgen])
+            .args(["--bootstrap", &c.bootstrap(), "--topic", "latency"])
+            .args([
+                "--partitions",
+                "3",
+                "--replication-factor",
+                "3",
+                "--consumers",
+                "0",
+            ])
+            .args(["--rate", "100", "--message-size", "1024", "--acks", "all"])
+            .args(["--warmup-s", "3", "--duration-s", "15"]);
+        let (status, out, err) = common::output_bounded(cmd, Duration::from_secs(120));
+        assert!(status.success(), "{name}: loadgen: {err}\n{out}\n{}", c.logs());
+        let xdp: u64 = c.nodes.iter().map(|n| af_xdp_frames(n, "sent")).sum();
+        println!("== {name} (AF_XDP frames sent {xdp})\n{}", out.trim_end());
+        results.push(format!("{name}: {}", out.lines().last().unwrap_or_default()));
+    }
+    println!("{}", results.join("\n"));
+}
