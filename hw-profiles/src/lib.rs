@@ -54,6 +54,11 @@ pub const LISTEN_BACKLOG_MAX: u32 = 65535;
 /// The longest AF_XDP poll period (100 ms): beyond it a replication frame would wait longer
 /// than the replicas' resend timeout.
 pub const XDP_POLL_US_MAX: u64 = 100_000;
+/// `network.pipeline_depth` by default: a librdkafka or Java producer keeps at most 5 requests
+/// in flight per connection, a consumer 1.
+pub const PIPELINE_DEPTH_DEFAULT: u32 = 16;
+/// The largest `network.pipeline_depth`.
+pub const PIPELINE_DEPTH_MAX: u32 = 1024;
 /// Longest group-commit window: every fsync-durable append may wait this long, so beyond 10 ms it
 /// costs more latency than the slowest fdatasync it could save.
 pub const GROUP_COMMIT_WINDOW_US_MAX: u64 = 10_000;
@@ -258,6 +263,9 @@ pub struct Network {
     pub busy_poll_us: u32,
     /// listen() backlog of the Kafka listeners: connections the kernel queues before accept.
     pub listen_backlog: u32,
+    /// Requests of one client connection handled at once (answered in the order received, as
+    /// Kafka clients require); 1 handles them one at a time.
+    pub pipeline_depth: u32,
     /// NIC for AF_XDP replication traffic (UDP to the node's replication port, see
     /// docs/replication.md). Where AF_XDP cannot be set up, start logs why and uses TCP.
     pub xdp_interface: Option<String>,
@@ -298,6 +306,7 @@ impl Default for Network {
             spin_before_park_us: 0,
             busy_poll_us: 0,
             listen_backlog: 1024,
+            pipeline_depth: PIPELINE_DEPTH_DEFAULT,
             xdp_interface: None,
             xdp_queue: 0,
             xdp_mode: XdpMode::Native,
@@ -551,6 +560,15 @@ impl Profile {
             return Err(invalid(
                 "network.xdp_poll_us",
                 format!("{} must be between 1 and {XDP_POLL_US_MAX}", network.xdp_poll_us),
+            ));
+        }
+        if !(1..=PIPELINE_DEPTH_MAX).contains(&network.pipeline_depth) {
+            return Err(invalid(
+                "network.pipeline_depth",
+                format!(
+                    "{} must be between 1 and {PIPELINE_DEPTH_MAX}",
+                    network.pipeline_depth
+                ),
             ));
         }
         match &network.xdp_interface {
@@ -1152,6 +1170,7 @@ mod tests {
         assert_eq!(metal.shards.memory_bytes, 4 * GIB);
         assert_eq!(metal.network.spin_before_park_us, 200);
         assert_eq!(metal.network.listen_backlog, 4096);
+        assert_eq!(metal.network.pipeline_depth, 16);
         assert_eq!(metal.storage.durability, Durability::Fsync);
         let eight = machine(8, 32 * GIB);
         metal
@@ -1580,8 +1599,14 @@ write_4k_p51_us = 9
     #[test]
     fn each_numeric_rule_names_its_field_and_value() {
         type Edit = fn(&mut Profile);
-        let cases: [(Edit, &str, &str); 20] = [
+        let cases: [(Edit, &str, &str); 22] = [
             (|p| p.network.listen_backlog = 0, "network.listen_backlog", "0"),
+            (|p| p.network.pipeline_depth = 0, "network.pipeline_depth", "0"),
+            (
+                |p| p.network.pipeline_depth = 1025,
+                "network.pipeline_depth",
+                "1025",
+            ),
             (|p| p.storage.fd_budget = 255, "storage.fd_budget", "255"),
             (
                 |p| p.storage.fd_budget = (1 << 20) + 1,

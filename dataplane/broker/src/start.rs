@@ -742,6 +742,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
             ..GroupConfig::default()
         },
         listen_backlog: profile.network.listen_backlog,
+        pipeline_depth: profile.network.pipeline_depth as usize,
         admin_addr: args.admin_addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
         shard_cpus: cpus.clone(),
         stall_threshold: Duration::from_millis(args.reactor_stall_threshold_ms),

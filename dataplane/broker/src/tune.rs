@@ -621,6 +621,8 @@ pub fn render(input: &RenderInput<'_>) -> String {
     line("# tune cannot tell, so it stays off.");
     line("busy_poll_us = 0");
     line(&format!("listen_backlog = {}", dev.network.listen_backlog));
+    line("# Requests of one connection handled at once, answered in order.");
+    line(&format!("pipeline_depth = {}", dev.network.pipeline_depth));
     line("");
     line("[storage]");
     line(&format!("segment_bytes = {}", dev.storage.segment_bytes));

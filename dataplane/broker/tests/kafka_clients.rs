@@ -571,6 +571,53 @@ fn malformed_and_hostile_requests_leave_the_broker_serving() {
     broker.terminate_cleanly();
 }
 
+/// Requests written back to back on one connection (an idempotent producer's Produce
+/// requests with Metadata between them; acks=1 requests writing two partitions) are answered
+/// in order and appended in order; /metrics counts the overlapping ones. A long poll longer
+/// than the idle timeout is answered: a connection with a request in progress is not idle.
+#[test]
+fn pipelined_requests_are_answered_and_appended_in_order() {
+    pipelined(None, "1");
+}
+
+/// The same with `network.pipeline_depth = 1`: nothing overlaps, the answers are the same.
+#[test]
+fn a_pipeline_depth_of_one_runs_requests_one_at_a_time() {
+    pipelined(Some(1), "0");
+}
+
+fn pipelined(depth: Option<u32>, expect_pipelined: &str) {
+    let node = Node::new();
+    let admin = format!("127.0.0.1:{}", free_port());
+    // An idle timeout shorter than the script's long poll (5 s).
+    let mut flags = vec![
+        "--admin-addr".to_string(),
+        admin.clone(),
+        "--idle-timeout-s".into(),
+        "2".into(),
+    ];
+    if let Some(depth) = depth {
+        let profile = node.dir.path().join("depth.toml");
+        std::fs::write(&profile, format!("[network]\npipeline_depth = {depth}\n")).expect("profile");
+        flags.push("--profile".into());
+        flags.push(profile.display().to_string());
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut broker = node.start(&flags);
+    broker.python(
+        "pipelined.py",
+        &[
+            "--metrics",
+            &format!("http://{admin}/metrics"),
+            "--expect-pipelined",
+            expect_pipelined,
+            "--long-poll-ms",
+            "5000",
+        ],
+    );
+    broker.terminate_cleanly();
+}
+
 /// A client that stops half-way through a request is disconnected after
 /// `--request-read-timeout-s`, and one that sends nothing after
 /// `--idle-timeout-s`; a well-behaved client on the same broker is unaffected.

@@ -31,6 +31,7 @@ pub mod reconcile;
 pub mod repl_wire;
 pub mod repl_xdp;
 pub mod replicated;
+pub mod turns;
 pub mod waiters;
 
 pub use error::PartitionError;

@@ -9,6 +9,7 @@ use crate::error::PartitionError;
 use crate::manager::{self, PartitionManager};
 use crate::partition::Partition;
 use crate::replicated;
+use crate::turns::Turn;
 use crate::waiters::WaiterRef;
 use bytes::{Bytes, BytesMut};
 use ferrolog_controlplane::topic_configs::ProducePolicy;
@@ -96,6 +97,10 @@ pub struct ProduceItem {
     pub acks: Acks,
     /// Kafka's timeout_ms: how long acks=all may wait.
     pub timeout: Duration,
+    /// Told (or dropped) once the item has its place in the partition's
+    /// order of appends (`turns`): a pipelined connection starts its next
+    /// request only then. `None`: nobody waits for it.
+    pub queued: Option<futures_channel::oneshot::Sender<()>>,
 }
 
 pub struct ProduceAnswer {
@@ -179,18 +184,24 @@ pub fn check_producer_batch(batch: &[u8]) -> Result<(), PartitionError> {
 /// the partition's long polls whatever the outcome: some batches may be in.
 /// `min.insync.replicas` is checked for acks=all only, as in Kafka. The
 /// topic's produce policy (`batch_policy`) applies to each batch first.
-async fn append_all(p: Rc<Partition>, records: Bytes, acks: Acks) -> Result<Appended, PartitionError> {
+async fn append_all(
+    p: Rc<Partition>,
+    records: Bytes,
+    acks: Acks,
+    turn: Turn,
+) -> Result<Appended, PartitionError> {
     let insync = match acks {
         Acks::All => InsyncCheck::Enforce,
         Acks::Leader | Acks::None => InsyncCheck::Skip,
     };
     let appended = async {
         let batches = split_batches(&records)?;
+        let count = batches.len();
         let mut first = None;
         let mut last = Offset(-1);
         let mut log_append_time_ms = -1;
         let policy: ProducePolicy = p.produce_policy();
-        for batch in batches {
+        for (i, batch) in batches.into_iter().enumerate() {
             check_producer_batch(&batch)?;
             if !policy.is_passthrough() {
                 // Bound what a recompression may read; the log checks the
@@ -211,7 +222,9 @@ async fn append_all(p: Rc<Partition>, records: Bytes, acks: Acks) -> Result<Appe
             }
             let delta =
                 ferrolog_model::BatchHeader::parse(&batch).map_or(0, |h| i64::from(h.last_offset_delta));
-            let appended = p.append_producer_batch(batch, insync).await;
+            let appended = p
+                .append_producer_batch_in_turn(batch, insync, &turn, i + 1 == count)
+                .await;
             if p.replication().is_some() {
                 // Durable here: followers may count it, the HW may move.
                 replicated::report_durable(&p);
@@ -234,9 +247,13 @@ async fn append_all(p: Rc<Partition>, records: Bytes, acks: Acks) -> Result<Appe
 /// Appends, then waits as `acks` asks. For acks=all the wait is bounded by
 /// the timeout; the append itself is never cancelled (it runs on in its own
 /// task, may still become durable and then wakes long polls, as in Kafka).
-async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<(Offset, i64), PartitionError> {
+async fn produce_one(
+    p: Rc<Partition>,
+    item: ProduceItem,
+    turn: Turn,
+) -> Result<(Offset, i64), PartitionError> {
     if item.acks != Acks::All {
-        return append_all(p, item.records, item.acks)
+        return append_all(p, item.records, item.acks, turn)
             .await
             .map(|a| (a.base, a.log_append_time_ms));
     }
@@ -247,7 +264,7 @@ async fn produce_one(p: Rc<Partition>, item: ProduceItem) -> Result<(Offset, i64
             base,
             last,
             log_append_time_ms,
-        } = append_all(p, item.records, Acks::All).await?;
+        } = append_all(p, item.records, Acks::All, turn).await?;
         if hwm_of.replication().is_some() {
             // A majority of the replica set must hold it durably.
             replicated::wait_committed(&hwm_of, last.plus(1), timeout).await?;
@@ -315,41 +332,65 @@ fn led_for_produce(m: &PartitionManager, ntp: &Ntp) -> Result<Rc<Partition>, Par
     }
 }
 
+/// Appends each item on its partition. Every item first takes its turn on
+/// its partition, in order and before anything awaits, and then says so
+/// (`ProduceItem::queued`); the items then run at once, each appended in its
+/// turn.
 pub async fn produce_local(items: Vec<ProduceItem>) -> Vec<ProduceAnswer> {
     let m = manager::local();
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        let p = match led_for_produce(&m, &item.ntp) {
-            Ok(p) => p,
+    let mut placed = Vec::with_capacity(items.len());
+    for mut item in items {
+        let queued = item.queued.take();
+        let slot = match led_for_produce(&m, &item.ntp) {
+            Ok(p) => {
+                let turn = p.append_turn();
+                Ok((p, item, turn))
+            }
             Err(e) => {
                 if let (PartitionError::NotLeader(_), Some(p)) = (&e, m.partition(&item.ntp)) {
                     p.note_refused(&item.records);
                 }
-                out.push(ProduceAnswer {
-                    result: Err(e),
-                    log_start: Offset(-1),
-                    log_append_time_ms: -1,
-                });
-                continue;
+                Err(e)
             }
         };
-        let started = Instant::now();
-        p.metrics.produce_requests.inc();
-        p.metrics.produce_bytes.add(item.records.len() as u64);
-        let result = produce_one(p.clone(), item).await;
-        if result.is_err() {
-            p.metrics.produce_errors.inc();
-        } else {
-            p.metrics.append_latency.record(started.elapsed());
-        }
-        let log_append_time_ms = result.as_ref().map_or(-1, |(_, t)| *t);
-        out.push(ProduceAnswer {
-            result: result.map(|(base, _)| base),
-            log_start: p.start_offset(),
-            log_append_time_ms,
-        });
+        placed.push((slot, queued));
     }
-    out
+    let runs = placed.into_iter().map(|(slot, queued)| {
+        if let Some(q) = queued {
+            let _ = q.send(());
+        }
+        async move {
+            let (p, item, turn) = match slot {
+                Ok(x) => x,
+                Err(e) => {
+                    return ProduceAnswer {
+                        result: Err(e),
+                        log_start: Offset(-1),
+                        log_append_time_ms: -1,
+                    }
+                }
+            };
+            let started = Instant::now();
+            p.metrics.produce_requests.inc();
+            p.metrics.produce_bytes.add(item.records.len() as u64);
+            let result = produce_one(p.clone(), item, turn).await;
+            if result.is_err() {
+                p.metrics.produce_errors.inc();
+            } else {
+                p.metrics.append_latency.record(started.elapsed());
+            }
+            let log_append_time_ms = result.as_ref().map_or(-1, |(_, t)| *t);
+            ProduceAnswer {
+                result: result.map(|(base, _)| base),
+                log_start: p.start_offset(),
+                log_append_time_ms,
+            }
+        }
+    });
+    // Collected first: every item's `queued` is told before any append
+    // awaits.
+    let runs: Vec<_> = runs.collect();
+    futures::future::join_all(runs).await
 }
 
 /// The offsets a fetch answer reports.

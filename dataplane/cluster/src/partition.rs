@@ -15,6 +15,7 @@ use crate::producer_state::{
     decode_snapshot, BatchMeta, ProducerBatch, ProducerStateTable, Verdict, PRODUCERS_PER_PARTITION_MAX,
 };
 use crate::replicated::Replication;
+use crate::turns::{Turn, TurnQueue};
 use crate::waiters::WaiterRef;
 use bytes::Bytes;
 use ferrolog_controlplane::topic_configs::ProducePolicy;
@@ -84,6 +85,9 @@ pub struct Partition {
     /// The topic's produce-time configs, applied by the leader to client
     /// batches before they are appended (`batch_policy`).
     produce_policy: Cell<ProducePolicy>,
+    /// The order of client appends (`turns`): a pipelined connection's
+    /// produce requests reach the log in the order they arrived.
+    turns: TurnQueue,
 }
 
 impl Partition {
@@ -159,6 +163,7 @@ impl Partition {
             replication: OnceCell::new(),
             min_insync: Cell::new(1),
             produce_policy: Cell::new(ProducePolicy::default()),
+            turns: TurnQueue::default(),
         }
     }
 
@@ -221,6 +226,50 @@ impl Partition {
         batch: Bytes,
         insync: InsyncCheck,
     ) -> Result<Offset, PartitionError> {
+        let turn = self.append_turn();
+        self.append_producer_batch_in_turn(batch, insync, &turn, true)
+            .await
+    }
+
+    /// A place in this partition's order of client appends, taken now
+    /// (module `turns`).
+    pub fn append_turn(&self) -> Turn {
+        self.turns.take()
+    }
+
+    /// [`Partition::append_producer_batch`] in `turn`: waits for it, and
+    /// when `last` (the last batch of the entry the turn was taken for)
+    /// passes it on as soon as the batch's fate is decided, before the batch
+    /// is durable.
+    pub async fn append_producer_batch_in_turn(
+        &self,
+        batch: Bytes,
+        insync: InsyncCheck,
+        turn: &Turn,
+        last: bool,
+    ) -> Result<Offset, PartitionError> {
+        turn.ready().await;
+        let result = self.append_producer_batch_held(batch, insync, turn, last).await;
+        if last {
+            turn.release();
+        }
+        result
+    }
+
+    async fn append_producer_batch_held(
+        &self,
+        batch: Bytes,
+        insync: InsyncCheck,
+        turn: &Turn,
+        last: bool,
+    ) -> Result<Offset, PartitionError> {
+        // Passes the turn on from inside the log's append section, once the
+        // batch has its offsets.
+        let appended_in_turn = || {
+            if last {
+                turn.release();
+            }
+        };
         let header = BatchHeader::parse(&batch).map_err(|e| PartitionError::CorruptBatch(e.to_string()))?;
         let n = u64::try_from(header.offset_count()).unwrap_or(1).max(1);
         let Some(repl) = self.replication() else {
@@ -228,7 +277,7 @@ impl Partition {
             if insync == InsyncCheck::Enforce && min > 1 {
                 return Err(PartitionError::NotEnoughReplicas { insync: 1, min });
             }
-            return self.append_unreplicated(batch, &header).await;
+            return self.append_unreplicated(batch, &header, appended_in_turn).await;
         };
         // Replicated: the replica takes the offsets in the same append
         // section as the log, in its own epoch, or the batch is refused.
@@ -265,6 +314,7 @@ impl Partition {
                         }
                     }
                     repl.take_client_append(n, insync);
+                    appended_in_turn();
                     true
                 })
                 .await
@@ -363,14 +413,18 @@ impl Partition {
         &self,
         batch: Bytes,
         header: &BatchHeader,
+        appended_in_turn: impl Fn(),
     ) -> Result<Offset, PartitionError> {
         let epoch = Some(self.leader_epoch());
         let Some(pb) = ProducerBatch::from_header(header) else {
             return self
                 .log
-                .append_with_epoch(batch, epoch)
+                .append_guarded(batch, epoch, |_| {
+                    appended_in_turn();
+                    true
+                })
                 .await
-                .map(|a| a.base_offset)
+                .map(|a| a.expect("an append whose guard agrees").base_offset)
                 .map_err(|e| self.storage_error(e));
         };
         if pb.first_seq < 0 {
@@ -390,6 +444,9 @@ impl Partition {
                     .check_and_record(&pb, at.base_offset, at.last_offset);
                 let go = v == Ok(Verdict::Append);
                 verdict = Some((v, self.discards.get()));
+                if go {
+                    appended_in_turn();
+                }
                 go
             })
             .await

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub groups: crate::groups::GroupConfig,
     /// Pending-connection queue of each shard's Kafka listener (listen(2)).
     pub listen_backlog: u32,
+    /// Requests of one connection in progress at once (`server`): at least 1.
+    pub pipeline_depth: usize,
     /// The admin HTTP listener (/metrics, /v1/status), on the controller
     /// shard; `None`: no admin listener.
     pub admin_addr: Option<SocketAddr>,

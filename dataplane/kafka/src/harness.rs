@@ -240,6 +240,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
             ..Default::default()
         },
         listen_backlog: 128,
+        pipeline_depth: 16,
         admin_addr: None,
         shard_cpus: vec![ferrolog_shard::first_allowed_cpu()],
         stall_threshold: Duration::from_millis(10),
@@ -510,7 +511,7 @@ async fn serve_one(shard: &Rc<shard::Shard>, bytes: Bytes) -> Reply {
         };
         let frame_bytes = frame.len();
         let step = futures_lite::future::or(
-            async { Step::Done(server::handle_frame(shard, frame, &session).await) },
+            async { Step::Done(server::handle_frame(shard, frame, &session, None).await) },
             async {
                 glommio::timer::sleep(FRAME_DEADLINE).await;
                 Step::Hung

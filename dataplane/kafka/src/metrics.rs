@@ -38,6 +38,9 @@ pub struct ShardMetrics {
     apis: RefCell<BTreeMap<i16, (String, std::rc::Rc<ApiMetrics>)>>,
     /// Frames that could not be decoded or answered: the connection closed.
     pub request_errors: Counter,
+    /// Requests started while an earlier request of the same connection was
+    /// still in progress (pipelining, `network.pipeline_depth`).
+    pub requests_pipelined: Counter,
     pub connections_accepted: Counter,
     /// Refused at accept: the shard's connection limit was reached.
     pub connections_rejected: Counter,
@@ -80,6 +83,7 @@ pub struct ShardSnapshot {
     pub cpu: Option<usize>,
     pub apis: Vec<ApiSnapshot>,
     pub request_errors: u64,
+    pub requests_pipelined: u64,
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub connections_rejected: u64,
@@ -110,6 +114,7 @@ impl ShardSnapshot {
             shard,
             apis: m.api_snapshots(),
             request_errors: m.request_errors.get(),
+            requests_pipelined: m.requests_pipelined.get(),
             connections_open: m.connections_open.get(),
             connections_accepted: m.connections_accepted.get(),
             connections_rejected: m.connections_rejected.get(),
@@ -168,12 +173,18 @@ type PartitionValue = fn(&PartitionSnapshot) -> u64;
 pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
     let mut out = String::new();
     let shard_labels = |s: &ShardSnapshot| format!("shard=\"{}\"", s.shard);
-    let shard_counters: [(&str, &str, &str, ShardValue); 11] = [
+    let shard_counters: [(&str, &str, &str, ShardValue); 12] = [
         (
             "ferrolog_request_errors_total",
             "counter",
             "Request frames that could not be decoded or answered (the connection was closed).",
             |s| s.request_errors,
+        ),
+        (
+            "ferrolog_requests_pipelined_total",
+            "counter",
+            "Requests started while an earlier request of the same connection was still in progress.",
+            |s| s.requests_pipelined,
         ),
         (
             "ferrolog_connections_open",

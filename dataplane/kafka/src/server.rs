@@ -1,9 +1,10 @@
 //! The connection loop: one listener per shard (SO_REUSEPORT spreads
 //! connections over the shards), one task per connection.
 //!
-//! A connection's requests are handled one at a time, in order, like Kafka
-//! does: the next request is decoded after the previous response was
-//! written (bytes the client already sent wait in the read buffer). Anything
+//! A connection's requests are pipelined: up to `pipeline_depth` are in
+//! progress at once and their answers are written in the order the
+//! requests came (see [`serve_stream`]); requests that change group,
+//! metadata or session state still run one at a time. Anything
 //! that cannot be answered with a Kafka error closes the connection with one
 //! log line; other connections are unaffected.
 //!
@@ -19,10 +20,11 @@ use crate::handlers;
 use crate::session::Session;
 use crate::shard::{local, Shard};
 use bytes::BytesMut;
+use futures_channel::oneshot;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
@@ -132,11 +134,18 @@ fn set_busy_poll(stream: &TcpStream, us: u32) {
 enum Read {
     Bytes(std::io::Result<usize>),
     TimedOut,
+    /// Every request of the connection was answered before bytes came.
+    Answered,
 }
 
 /// Reads more bytes into `buf`. Only a bounded window of spare capacity is
 /// zeroed per read, so a large frame costs O(size), not O(size^2).
-async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut, timeout: Duration) -> Read {
+/// Gives up with `give_up`'s outcome if that completes first.
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    give_up: impl std::future::Future<Output = Read>,
+) -> Read {
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
         buf.reserve(READ_CHUNK_BYTES);
     }
@@ -145,10 +154,7 @@ async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut, tim
     buf.resize(start + window, 0);
     let r = futures_lite::future::or(
         async { Read::Bytes(stream.read(&mut buf[start..]).await) },
-        async {
-            glommio::timer::sleep(timeout).await;
-            Read::TimedOut
-        },
+        give_up,
     )
     .await;
     let n = match &r {
@@ -201,14 +207,107 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> Result<(), St
     }
 }
 
+/// How a request runs beside the others of its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// Reads only: runs beside the others, the next may start at once.
+    Beside,
+    /// Produce: the next request starts once this one has its place in the
+    /// order of every partition it writes (module `turns` of the cluster
+    /// crate), so a producer's batches keep their order.
+    Queued,
+    /// Everything else (group, admin and SASL requests, anything before
+    /// authentication): starts once every earlier
+    /// request is answered, and the next starts once it is answered, as if
+    /// the connection ran one request at a time.
+    Alone,
+}
+
+/// The order of a decoded request.
+fn order_of(decoded: &Decoded) -> Order {
+    let Decoded::Request(req) = decoded else {
+        // An ApiVersions answer with the supported versions.
+        return Order::Beside;
+    };
+    match req.api {
+        ApiKey::Produce => Order::Queued,
+        ApiKey::Fetch
+        | ApiKey::Metadata
+        | ApiKey::ApiVersions
+        | ApiKey::ListOffsets
+        | ApiKey::OffsetForLeaderEpoch
+        | ApiKey::FindCoordinator
+        | ApiKey::DescribeCluster => Order::Beside,
+        _ => Order::Alone,
+    }
+}
+
+/// An answer on its way: a handler still running, or bytes to send.
+enum Answer {
+    Running(glommio::task::JoinHandle<Result<Option<BytesMut>, String>>),
+    Ready(BytesMut),
+}
+
+/// A request in progress, in the queue of answers to write in order. Its
+/// permit is the request's share of the connection's depth, returned once
+/// its answer is written.
+struct InFlight<'a> {
+    answer: Answer,
+    _permit: glommio::sync::Permit<'a>,
+}
+
 /// The request loop of one connection, on a plain or a TLS stream.
+///
+/// Pipelining: up to `pipeline_depth` requests of the connection are in
+/// progress at once (the reader decodes and starts the next while earlier
+/// ones wait for the disk, a long poll or replicas), and their answers are
+/// written strictly in the order the requests came, as Kafka clients
+/// require. How a request may overlap the others is its [`Order`]. A
+/// depth of 1 runs one request at a time.
 async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     shard: &Rc<Shard>,
-    mut stream: S,
+    stream: S,
     session: &Rc<Session>,
+) -> Result<(), String> {
+    let depth = shard.config.pipeline_depth.max(1);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let slots = glommio::sync::Semaphore::new(depth as u64);
+    let (queue, answers) = glommio::channels::local_channel::new_unbounded::<InFlight<'_>>();
+    let read_error: RefCell<Option<String>> = RefCell::new(None);
+    let read_side = async {
+        if let Err(e) = read_requests(shard, &mut reader, session, &slots, depth, queue).await {
+            *read_error.borrow_mut() = Some(e);
+        }
+        // The queue is closed now: the write side ends once it answered
+        // every request before.
+        std::future::pending::<Result<(), String>>().await
+    };
+    futures_lite::future::or(write_answers(&mut writer, session, answers), read_side).await?;
+    match read_error.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The read side of a connection: splits request frames, starts each one's
+/// handler when its [`Order`] allows and queues it for [`write_answers`].
+/// Returns at the end of the stream or on an error (the connection is then
+/// closed once the answers queued before are written).
+async fn read_requests<'a, R: AsyncRead + Unpin>(
+    shard: &Rc<Shard>,
+    reader: &mut R,
+    session: &Rc<Session>,
+    slots: &'a glommio::sync::Semaphore,
+    depth: usize,
+    queue: glommio::channels::local_channel::LocalSender<InFlight<'a>>,
 ) -> Result<(), String> {
     let cfg = shard.config.clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Whether the request before runs alone, and the produce before's
+    // "placed" signal: what the next request waits for.
+    let mut after_alone = false;
+    let mut after_placed: Option<oneshot::Receiver<()>> = None;
+    let closed = |_| "connection closing".to_string();
     loop {
         let frame = loop {
             match frame::split_frame(&mut buf, cfg.max_request_bytes) {
@@ -221,7 +320,20 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 (cfg.request_read_timeout, "stalled mid-request")
             };
-            match read_more(&mut stream, &mut buf, timeout).await {
+            // A connection whose requests are still in progress is not idle:
+            // its idle time starts once the last of them is answered.
+            let in_progress = buf.is_empty() && slots.available() < depth as u64;
+            let give_up = async {
+                if in_progress {
+                    drop(slots.acquire_permit(depth as u64).await);
+                    Read::Answered
+                } else {
+                    glommio::timer::sleep(timeout).await;
+                    Read::TimedOut
+                }
+            };
+            match read_more(reader, &mut buf, give_up).await {
+                Read::Answered => {}
                 Read::Bytes(Ok(0)) if buf.is_empty() => return Ok(()),
                 Read::Bytes(Ok(0)) => {
                     return Err(format!("peer closed mid-request ({} bytes buffered)", buf.len()))
@@ -231,36 +343,97 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
                 Read::TimedOut => return Err(format!("{waiting_for} for {timeout:?}")),
             }
         };
+        if std::mem::take(&mut after_alone) {
+            // Its answer written (and the session's state it changed seen).
+            drop(slots.acquire_permit(depth as u64).await.map_err(closed)?);
+        }
+        if let Some(placed) = after_placed.take() {
+            let _ = placed.await;
+        }
         if session.raw_sasl.get() {
             // SaslHandshake v0: a bare token in, a bare token out; a failure
             // just closes the connection.
+            let permit = slots.acquire_permit(depth as u64).await.map_err(closed)?;
             let reply = handlers::sasl_authenticate::step(shard, session, &frame)
                 .await
                 .map_err(|e| format!("SASL authentication failed: {e}"))?;
             session.raw_sasl.set(!session.authenticated());
             let len = u32::try_from(reply.len()).expect("SASL replies are small");
-            stream
-                .write_all(&len.to_be_bytes())
-                .await
-                .map_err(|e| io_error("write", &e))?;
-            stream
-                .write_all(&reply)
-                .await
-                .map_err(|e| io_error("write", &e))?;
-            stream.flush().await.map_err(|e| io_error("write", &e))?;
+            let mut out = BytesMut::with_capacity(4 + reply.len());
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&reply);
+            queue
+                .try_send(InFlight {
+                    answer: Answer::Ready(out),
+                    _permit: permit,
+                })
+                .map_err(|_| "connection closing".to_string())?;
+            after_alone = true;
             continue;
         }
-        let out = handle_frame(shard, frame, session).await?;
-        if let Some(out) = out {
-            stream.write_all(&out).await.map_err(|e| io_error("write", &e))?;
-            // TLS holds records until flushed; on TCP this is a no-op.
-            stream.flush().await.map_err(|e| io_error("write", &e))?;
+        // Decoded here, in order: a frame that cannot be decoded (or may not
+        // be sent yet) closes the connection before anything after it runs.
+        let started = Instant::now();
+        let decoded = decode_frame(shard, frame, session)?;
+        let order = if shard.config.security.require_auth && !session.authenticated() {
+            Order::Alone
+        } else {
+            order_of(&decoded)
+        };
+        let units = if order == Order::Alone { depth } else { 1 } as u64;
+        let permit = slots.acquire_permit(units).await.map_err(closed)?;
+        if slots.available() + units < depth as u64 {
+            shard.metrics.requests_pipelined.inc();
         }
+        let queued = if order == Order::Queued {
+            let (tx, rx) = oneshot::channel();
+            after_placed = Some(rx);
+            Some(tx)
+        } else {
+            None
+        };
+        after_alone = order == Order::Alone;
+        let (shard, session) = (shard.clone(), session.clone());
+        let task =
+            glommio::spawn_local(async move { answer(&shard, decoded, &session, queued, started).await })
+                .detach();
+        queue
+            .try_send(InFlight {
+                answer: Answer::Running(task),
+                _permit: permit,
+            })
+            .map_err(|_| "connection closing".to_string())?;
+    }
+}
+
+/// The write side of a connection: writes each answer in the order of the
+/// requests, then returns the request's permit. Ends when the read side
+/// closed the queue and every answer is written, or on the first error
+/// (a handler's, which closes the connection, or the stream's).
+async fn write_answers<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    session: &Session,
+    answers: glommio::channels::local_channel::LocalReceiver<InFlight<'_>>,
+) -> Result<(), String> {
+    while let Some(in_flight) = answers.recv().await {
+        let out = match in_flight.answer {
+            Answer::Ready(bytes) => Some(bytes),
+            Answer::Running(task) => task
+                .await
+                .unwrap_or_else(|| Err("request handler cancelled".into()))?,
+        };
+        if let Some(out) = out {
+            writer.write_all(&out).await.map_err(|e| io_error("write", &e))?;
+            // TLS holds records until flushed; on TCP this is a no-op.
+            writer.flush().await.map_err(|e| io_error("write", &e))?;
+        }
+        drop(in_flight._permit);
         if let Some(reason) = session.take_close_reason() {
-            let _ = stream.close().await;
+            let _ = writer.close().await;
             return Err(reason);
         }
     }
+    Ok(())
 }
 
 /// Decodes one request frame (without its size prefix) of the connection
@@ -271,50 +444,75 @@ pub async fn handle_frame(
     shard: &Rc<Shard>,
     frame: bytes::Bytes,
     session: &Rc<Session>,
+    queued: Option<oneshot::Sender<()>>,
 ) -> Result<Option<BytesMut>, String> {
+    let started = Instant::now();
+    let decoded = decode_frame(shard, frame, session)?;
+    answer(shard, decoded, session, queued, started).await
+}
+
+/// Decodes one request frame and checks that the connection may send it.
+/// `Err`: the connection must be closed (counted as a request error).
+fn decode_frame(shard: &Shard, frame: bytes::Bytes, session: &Session) -> Result<Decoded, String> {
     // The codec is third-party code fed hostile bytes: contain a panic to
     // this request.
-    let started = Instant::now();
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame::decode_request(frame)))
-        .map_err(|_| "request decoder panicked".to_string());
+        .map_err(|_| "request decoder panicked".to_string())
+        .and_then(|d| d.map_err(|e| e.to_string()));
+    let decoded = match decoded {
+        Ok(Decoded::Request(req))
+            if shard.config.security.require_auth
+                && !matches!(
+                    req.api,
+                    ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+                )
+                && !session.authenticated() =>
+        {
+            Err(format!(
+                "{:?} request before SASL authentication on a listener that requires it",
+                req.api
+            ))
+        }
+        other => other,
+    };
+    if decoded.is_err() {
+        shard.metrics.request_errors.inc();
+    }
+    decoded
+}
+
+/// Runs the handler of a decoded request and encodes its response frame
+/// (see [`handle_frame`]); `started` is when its frame was taken.
+async fn answer(
+    shard: &Rc<Shard>,
+    decoded: Decoded,
+    session: &Rc<Session>,
+    queued: Option<oneshot::Sender<()>>,
+    started: Instant,
+) -> Result<Option<BytesMut>, String> {
     let (api, out) = match decoded {
-        Ok(Ok(Decoded::Request(req))) => {
+        Decoded::Request(req) => {
             let api = req.api;
             let version = req.header.request_api_version;
             let correlation_id = req.header.correlation_id;
-            if shard.config.security.require_auth
-                && !matches!(
-                    api,
-                    ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
-                )
-                && !session.authenticated()
-            {
-                shard.metrics.request_errors.inc();
-                return Err(format!(
-                    "{api:?} request before SASL authentication on a listener that requires it"
-                ));
-            }
-            let out = match handlers::dispatch(shard.clone(), *req, session).await {
+            let out = match handlers::dispatch(shard.clone(), *req, session, queued).await {
                 Some(body) => frame::encode_response(api, version, correlation_id, &body).map(Some),
                 None => Ok(None),
             };
-            (Some(api), out)
+            (api, out)
         }
-        Ok(Ok(Decoded::UnsupportedApiVersions { correlation_id })) => {
+        Decoded::UnsupportedApiVersions { correlation_id } => {
             let body = ResponseKind::ApiVersions(handlers::api_versions::unsupported_version());
             let out = frame::encode_response(ApiKey::ApiVersions, 0, correlation_id, &body).map(Some);
-            (Some(ApiKey::ApiVersions), out)
+            (ApiKey::ApiVersions, out)
         }
-        Ok(Err(e)) => (None, Err(e.to_string())),
-        Err(e) => (None, Err(e)),
     };
-    match (&out, api) {
-        (Ok(_), Some(api)) => {
-            let m = shard.metrics.api(api);
-            m.requests.inc();
-            m.latency.record(started.elapsed());
-        }
-        _ => shard.metrics.request_errors.inc(),
+    if out.is_ok() {
+        let m = shard.metrics.api(api);
+        m.requests.inc();
+        m.latency.record(started.elapsed());
+    } else {
+        shard.metrics.request_errors.inc();
     }
     out
 }

@@ -14,7 +14,7 @@ import time
 
 from confluent_kafka import Producer, TopicPartition
 
-from wire import i8, i16, i32, i64, string
+from wire import Reader, compact_string, frame, header, i16, i32, record_batch, string
 from e2e import (
     WAIT_S,
     Sent,
@@ -48,75 +48,6 @@ PROMISED = {API_PRODUCE: (3, 9), API_FETCH: (4, 12), API_METADATA: (0, 12), API_
 
 
 # --- Kafka wire encoding, just enough for these requests -------------------------
-
-
-def uvarint(v):
-    out = bytearray()
-    while v >= 0x80:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def varint(v):
-    return uvarint((v << 1) ^ (v >> 63))
-
-
-def compact_string(s):
-    b = s.encode()
-    return uvarint(len(b) + 1) + b
-
-
-def header(api_key, version, correlation_id, flexible=False):
-    """Request header v1 (v2 adds an empty tagged-field section)."""
-    h = i16(api_key) + i16(version) + i32(correlation_id) + string("raw-e2e")
-    return h + (b"\x00" if flexible else b"")
-
-
-def frame(payload):
-    return i32(len(payload)) + payload
-
-
-def _crc32c_table():
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-CRC32C_TABLE = _crc32c_table()
-
-
-def crc32c(data):
-    c = 0xFFFFFFFF
-    for b in data:
-        c = CRC32C_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
-
-
-def record_batch(value, corrupt_crc=False):
-    """A RecordBatch v2 with one record (null key, no headers)."""
-    now = int(time.time() * 1000)
-    record = i8(0) + varint(0) + varint(0) + varint(-1) + varint(len(value)) + value + varint(0)
-    after_crc = (
-        i16(0)  # attributes: no compression, create time
-        + i32(0)  # last offset delta
-        + i64(now)
-        + i64(now)
-        + i64(-1)  # producer id
-        + i16(-1)  # producer epoch
-        + i32(-1)  # base sequence
-        + i32(1)  # record count
-        + varint(len(record))
-        + record
-    )
-    crc = crc32c(after_crc) ^ (1 if corrupt_crc else 0)
-    after_length = i32(-1) + i8(2) + struct.pack(">I", crc) + after_crc
-    return i64(0) + i32(len(after_length)) + after_length
 
 
 def produce_request(correlation_id, topic, partition, batch):
@@ -192,41 +123,6 @@ def send(payload):
 
 
 # --- response parsing -----------------------------------------------------------------
-
-
-class Reader:
-    def __init__(self, data):
-        self.data = data
-        self.pos = 0
-
-    def take(self, fmt):
-        (v,) = struct.unpack_from(fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return v
-
-    def uvarint(self):
-        shift = v = 0
-        while True:
-            b = self.data[self.pos]
-            self.pos += 1
-            v |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return v
-            shift += 7
-
-    def skip_tags(self):
-        for _ in range(self.uvarint()):
-            self.uvarint()
-            self.pos += self.uvarint()
-
-    def string(self):
-        n = self.take(">h")
-        s = self.data[self.pos : self.pos + max(n, 0)].decode()
-        self.pos += max(n, 0)
-        return s
-
-    def done(self, what):
-        check_eq(len(self.data) - self.pos, 0, f"{what}: unparsed bytes at the end of the response")
 
 
 def api_versions(version, correlation_id, response_version=None):

@@ -61,6 +61,19 @@ pub struct Ctx {
     pub peer: Rc<str>,
     /// The connection's state: its principal.
     pub session: Rc<Session>,
+    /// Told when the request has its place in the order of the partitions
+    /// it writes (Produce), so that the connection may start the next
+    /// request; dropped with the context otherwise (see `server`).
+    queued: std::cell::RefCell<Option<futures_channel::oneshot::Sender<()>>>,
+}
+
+impl Ctx {
+    /// Lets the connection start its next request (see [`Ctx::queued`]).
+    pub fn mark_queued(&self) {
+        if let Some(q) = self.queued.borrow_mut().take() {
+            let _ = q.send(());
+        }
+    }
 }
 
 /// Kafka config resource types.
@@ -82,7 +95,14 @@ pub const NO_LEADER_EPOCH: i32 = -1;
 
 /// Runs the handler for `req`. `None` means no response is sent (Produce with
 /// acks=0).
-pub async fn dispatch(shard: Rc<Shard>, req: Request, session: &Rc<Session>) -> Option<ResponseKind> {
+/// `queued` is told (or dropped) once the next request of the connection may
+/// start (see `server`).
+pub async fn dispatch(
+    shard: Rc<Shard>,
+    req: Request,
+    session: &Rc<Session>,
+    queued: Option<futures_channel::oneshot::Sender<()>>,
+) -> Option<ResponseKind> {
     let ctx = Ctx {
         shard,
         version: req.header.request_api_version,
@@ -94,6 +114,7 @@ pub async fn dispatch(shard: Rc<Shard>, req: Request, session: &Rc<Session>) -> 
             .unwrap_or_default(),
         peer: session.peer.clone(),
         session: session.clone(),
+        queued: std::cell::RefCell::new(queued),
     };
     Some(match req.body {
         RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(&ctx, r)),

@@ -80,6 +80,7 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     let mut layout: Layout = Vec::new();
     let mut items = Vec::new();
+    let mut places = Vec::new();
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let writable = ctx.topic_allowed(op::WRITE, &name);
@@ -102,11 +103,14 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
                     "unknown topic or partition",
                 ))
             } else if let (Some(records), Some(acks)) = (p.records, acks) {
+                let (queued, placed) = futures_channel::oneshot::channel();
+                places.push(placed);
                 items.push(ProduceItem {
                     ntp,
                     records,
                     acks,
                     timeout,
+                    queued: Some(queued),
                 });
                 Ok(items.len() - 1)
             } else {
@@ -116,11 +120,17 @@ pub async fn handle(ctx: &Ctx, req: ProduceRequest) -> Option<ProduceResponse> {
         }
         layout.push((name, parts));
     }
-    let mut answers: Vec<Option<_>> = scatter(items, |i: &ProduceItem| &i.ntp, produce_local)
-        .await
-        .into_iter()
-        .map(Some)
-        .collect();
+    // Once every partition's owner has queued its share (or dropped it),
+    // the connection may start its next request.
+    let queued = async {
+        for placed in places {
+            let _ = placed.await;
+        }
+        ctx.mark_queued();
+    };
+    let (answers, ()) =
+        futures_lite::future::zip(scatter(items, |i: &ProduceItem| &i.ntp, produce_local), queued).await;
+    let mut answers: Vec<Option<_>> = answers.into_iter().map(Some).collect();
     if req.acks == 0 {
         return None;
     }
