@@ -45,7 +45,7 @@ fn profile(root: &Path, name: &str, interface: &str) -> String {
 struct Cluster {
     nodes: Vec<Node>,
     net: Net,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -60,11 +60,7 @@ impl Cluster {
         wait_until(&nodes, 1, "a controller leader and three live nodes", |v| {
             leader_of(v) > 0 && alive_members(v) == 3
         });
-        Cluster {
-            nodes,
-            net,
-            _root: root,
-        }
+        Cluster { nodes, net, root }
     }
 
     fn bootstrap(&self) -> String {
@@ -295,10 +291,12 @@ fn a_node_without_the_interface_warns_once_and_replicates_over_tcp() {
     }
 }
 
-/// A measurement, not a check (ignored): acks=all publish latency of a
-/// 3-node cluster, replication over TCP, over AF_XDP polled every
-/// `xdp_poll_us`, and over AF_XDP with spinning shards. Needs
-/// `cargo build -p ferrolog-loadgen` first (or FERROLOG_LOADGEN=path):
+/// A measurement, not a check (ignored): a 3-node cluster (RF 3, 3 partitions), replication over
+/// TCP, over AF_XDP polled every `xdp_poll_us`, and over AF_XDP with spinning shards. Per mode:
+/// acks=all publish latency at 100 msg/s of 1 KiB, then the max rate for 10 s with the nodes'
+/// CPU per GB published and the AF_XDP datagrams they sent per second. Needs
+/// `cargo build -p ferrolog-loadgen` first (or FERROLOG_LOADGEN=path; FERROLOG_BIN=path runs
+/// another broker binary, e.g. a release build):
 /// `cargo test -p ferrolog --test xdp_replication -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -317,31 +315,69 @@ fn measure_acks_all_latency_tcp_against_af_xdp() {
             "[network]\nxdp_interface = \"eth0\"\nxdp_mode = \"generic\"\nspin_before_park_us = 200\n",
         ),
     ];
-    let mut results = Vec::new();
+    let mut rows = Vec::new();
     for (name, text) in modes {
         let c = Cluster::start(|root, _| {
             let path = root.join("measure.toml");
             std::fs::write(&path, text).expect("write profile");
             vec!["--profile".into(), path.to_string_lossy().into_owned()]
         });
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", c.net.hub(), &loadgen])
-            .args(["--bootstrap", &c.bootstrap(), "--topic", "latency"])
-            .args([
-                "--partitions",
-                "3",
-                "--replication-factor",
-                "3",
-                "--consumers",
-                "0",
-            ])
-            .args(["--rate", "100", "--message-size", "1024", "--acks", "all"])
-            .args(["--warmup-s", "3", "--duration-s", "15"]);
-        let (status, out, err) = common::output_bounded(cmd, Duration::from_secs(120));
-        assert!(status.success(), "{name}: loadgen: {err}\n{out}\n{}", c.logs());
-        let xdp: u64 = c.nodes.iter().map(|n| af_xdp_frames(n, "sent")).sum();
-        println!("== {name} (AF_XDP frames sent {xdp})\n{}", out.trim_end());
-        results.push(format!("{name}: {}", out.lines().last().unwrap_or_default()));
+        let run = |topic: &str, load: &[&str]| -> serde_json::Value {
+            let json = c.root.path().join(format!("{topic}.json"));
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", c.net.hub(), &loadgen])
+                .args(["--bootstrap", &c.bootstrap(), "--topic", topic])
+                .args([
+                    "--partitions",
+                    "3",
+                    "--replication-factor",
+                    "3",
+                    "--consumers",
+                    "0",
+                ])
+                .args(["--message-size", "1024", "--acks", "all"])
+                .args(load)
+                .arg("--json")
+                .arg(&json);
+            let (status, out, err) = common::output_bounded(cmd, Duration::from_secs(120));
+            assert!(status.success(), "{name}: loadgen: {err}\n{out}\n{}", c.logs());
+            println!("== {name}, {topic}\n{}", out.trim_end());
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("loadgen json")).expect("json")
+        };
+        let latency = run(
+            "latency",
+            &["--rate", "100", "--warmup-s", "3", "--duration-s", "15"],
+        );
+        let cpu = |c: &Cluster| c.nodes.iter().map(Node::cpu_seconds).sum::<f64>();
+        let datagrams = |c: &Cluster| -> u64 {
+            c.nodes
+                .iter()
+                .map(|n| {
+                    let text = n
+                        .metrics()
+                        .unwrap_or_else(|e| panic!("node {}: /metrics: {e}", n.id));
+                    metric_sum(&text, "ferrolog_xdp_datagrams_total", &["direction=\"sent\""])
+                })
+                .sum()
+        };
+        let (cpu0, dg0, t0) = (cpu(&c), datagrams(&c), Instant::now());
+        let max = run("max", &["--rate", "0", "--warmup-s", "0", "--duration-s", "10"]);
+        let (cpu1, dg1, secs) = (cpu(&c), datagrams(&c), t0.elapsed().as_secs_f64());
+        let p = &latency["latency_us"]["publish"];
+        let t = &max["throughput"];
+        let gb =
+            t["publish_mb_per_s"].as_f64().unwrap_or(0.0) * t["window_s"].as_f64().unwrap_or(0.0) / 1000.0;
+        rows.push(format!(
+            "| {name} | {} / {} / {} | {:.1} | {:.1} | {:.0} |",
+            p["p50_us"],
+            p["p99_us"],
+            p["p99_9_us"],
+            t["publish_mb_per_s"].as_f64().unwrap_or(0.0),
+            (cpu1 - cpu0) / gb.max(1e-9),
+            (dg1 - dg0) as f64 / secs,
+        ));
     }
-    println!("{}", results.join("\n"));
+    println!("| replication | publish p50 / p99 / p99.9 at 100 msg/s (us) | max MB/s | nodes' CPU-s per GB published (whole max run) | AF_XDP datagrams sent per s |");
+    println!("|---|---|---|---|---|");
+    println!("{}", rows.join("\n"));
 }

@@ -17,6 +17,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferrolog");
+
+/// The broker binary nodes run: [`BIN`], or FERROLOG_BIN (a measurement against a release
+/// build).
+pub fn bin() -> String {
+    std::env::var("FERROLOG_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 pub const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 /// An election, a catch-up, a node marked down or live again.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(40);
@@ -352,7 +358,7 @@ impl Node {
                 "netns",
                 "exec",
                 &self.ns,
-                BIN,
+                &bin(),
                 "start",
                 "--node-id",
                 &self.id.to_string(),
@@ -372,6 +378,24 @@ impl Node {
             .spawn()
             .expect("spawn ferrolog in its namespace");
         self.child = Some(child);
+    }
+
+    /// The broker's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU seconds (user + system) the running broker has used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.pid().expect("node runs");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // After the name in parentheses: state, ..., utime and stime (fields 12 and 13).
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        ticks as f64 / hz as f64
     }
 
     pub fn running(&mut self) -> bool {
@@ -453,7 +477,7 @@ impl Node {
             "netns",
             "exec",
             &self.ns,
-            BIN,
+            &bin(),
             "cluster",
             "status",
             "--admin-addr",
