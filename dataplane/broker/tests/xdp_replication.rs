@@ -322,6 +322,7 @@ fn measure_acks_all_latency_tcp_against_af_xdp() {
             std::fs::write(&path, text).expect("write profile");
             vec!["--profile".into(), path.to_string_lossy().into_owned()]
         });
+        // The loadgen's report; a run that did not deliver everything still reports.
         let run = |topic: &str, load: &[&str]| -> serde_json::Value {
             let json = c.root.path().join(format!("{topic}.json"));
             let mut cmd = std::process::Command::new("ip");
@@ -340,9 +341,10 @@ fn measure_acks_all_latency_tcp_against_af_xdp() {
                 .arg("--json")
                 .arg(&json);
             let (status, out, err) = common::output_bounded(cmd, Duration::from_secs(120));
-            assert!(status.success(), "{name}: loadgen: {err}\n{out}\n{}", c.logs());
-            println!("== {name}, {topic}\n{}", out.trim_end());
-            serde_json::from_str(&std::fs::read_to_string(&json).expect("loadgen json")).expect("json")
+            println!("== {name}, {topic} ({status})\n{}", out.trim_end());
+            let report = std::fs::read_to_string(&json)
+                .unwrap_or_else(|e| panic!("{name}: loadgen wrote no report ({e}): {err}\n{}", c.logs()));
+            serde_json::from_str(&report).expect("json")
         };
         let latency = run(
             "latency",
@@ -363,12 +365,29 @@ fn measure_acks_all_latency_tcp_against_af_xdp() {
         let (cpu0, dg0, t0) = (cpu(&c), datagrams(&c), Instant::now());
         let max = run("max", &["--rate", "0", "--warmup-s", "0", "--duration-s", "10"]);
         let (cpu1, dg1, secs) = (cpu(&c), datagrams(&c), t0.elapsed().as_secs_f64());
+        for n in &c.nodes {
+            let text = n.metrics().unwrap_or_default();
+            let drops: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("ferrolog_xdp_drops_total{") && !l.ends_with(" 0"))
+                .collect();
+            println!(
+                "node {}: resends {}, AF_XDP drops {drops:?}",
+                n.id,
+                metric_sum(&text, "ferrolog_replication_resends_total", &[])
+            );
+        }
         let p = &latency["latency_us"]["publish"];
         let t = &max["throughput"];
         let gb =
             t["publish_mb_per_s"].as_f64().unwrap_or(0.0) * t["window_s"].as_f64().unwrap_or(0.0) / 1000.0;
+        let failed = if max["ok"].as_bool() == Some(true) {
+            ""
+        } else {
+            " (not all delivered)"
+        };
         rows.push(format!(
-            "| {name} | {} / {} / {} | {:.1} | {:.1} | {:.0} |",
+            "| {name} | {} / {} / {} | {:.1}{failed} | {:.1} | {:.0} |",
             p["p50_us"],
             p["p99_us"],
             p["p99_9_us"],
