@@ -5,7 +5,7 @@
 //! SIGTERM or SIGINT (every log flushed, synced and closed; exit 0).
 
 use crate::node;
-use ferrolog_cluster::repl_xdp::{XdpNode, XdpNodeConfig};
+use ferrolog_cluster::repl_xdp::{self, TestFaults, XdpNode, XdpNodeConfig};
 use ferrolog_controlplane::acls::AuthorizerConfig;
 use ferrolog_hw_profiles::irq;
 use ferrolog_hw_profiles::{
@@ -21,7 +21,7 @@ use ferrolog_model::NodeId;
 use ferrolog_shard::{ControlConfig, RuntimeConfig};
 use ferrolog_storage::{CompactionConfig, Durability, LogConfig};
 use ferrolog_transport::{NodeTls, NodeTlsFiles};
-use ferrolog_xdp::{AttachMode, ProgramConfig, SocketConfig, XdpError, XdpProgram, XskSocket};
+use ferrolog_xdp::{AttachMode, ProgramConfig, XdpError, XdpProgram, XskSocket};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -203,6 +203,12 @@ pub struct StartArgs {
     /// AF_XDP is dropped instead, to show the replicas' resend recovers it.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(2..))]
     pub test_only_xdp_drop_every: Option<u64>,
+    /// TEST ONLY: every Nth such frame is sent twice.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(2..))]
+    pub test_only_xdp_duplicate_every: Option<u64>,
+    /// TEST ONLY: every Nth such frame is held back and sent after the next.
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(2..))]
+    pub test_only_xdp_reorder_every: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -667,7 +673,11 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         &profile,
         data_listen,
         node_tls.is_some(),
-        args.test_only_xdp_drop_every,
+        TestFaults {
+            drop_every: args.test_only_xdp_drop_every,
+            duplicate_every: args.test_only_xdp_duplicate_every,
+            reorder_every: args.test_only_xdp_reorder_every,
+        },
     );
     info!(
         tls = security.tls.is_some(),
@@ -822,7 +832,7 @@ fn xdp_setup(
     profile: &Profile,
     data_listen: Option<SocketAddr>,
     node_tls: bool,
-    test_drop_every: Option<u64>,
+    test_faults: TestFaults,
 ) -> Option<Arc<XdpNode>> {
     let interface = profile.network.xdp_interface.as_deref()?;
     let queue = profile.network.xdp_queue;
@@ -851,13 +861,13 @@ fn xdp_setup(
     let setup = || -> Result<Arc<XdpNode>, XdpError> {
         let ip = ferrolog_xdp::interface_ipv4(interface)?;
         let program = XdpProgram::attach(&ProgramConfig::new(interface, port, mode))?;
-        drop(XskSocket::open(&program, SocketConfig::new(queue, ip, 0))?);
+        drop(XskSocket::open(&program, repl_xdp::socket_config(queue, ip, 0))?);
         let config = XdpNodeConfig {
             local: SocketAddrV4::new(ip, port),
             first_queue: queue,
             spin: Duration::from_micros(profile.network.spin_before_park_us),
             poll: Duration::from_micros(profile.network.xdp_poll_us),
-            test_drop_every,
+            test_faults,
         };
         Ok(Arc::new(XdpNode::new(program, config)))
     };
@@ -956,14 +966,23 @@ mod tests {
     #[test]
     fn af_xdp_is_not_tried_without_a_replication_listener_or_with_node_tls() {
         let mut p = Profile::default();
-        assert!(xdp_setup(&p, None, false, None).is_none(), "no interface named");
+        assert!(
+            xdp_setup(&p, None, false, TestFaults::default()).is_none(),
+            "no interface named"
+        );
         // An interface that cannot exist: the checks below return before touching it.
         p.network.xdp_interface = Some("ferrolog-none0".to_owned());
-        assert!(xdp_setup(&p, None, false, None).is_none(), "no listener");
-        let listen: SocketAddr = "127.0.0.1:9094".parse().expect("addr");
-        assert!(xdp_setup(&p, Some(listen), true, None).is_none(), "node TLS");
         assert!(
-            xdp_setup(&p, Some(listen), false, None).is_none(),
+            xdp_setup(&p, None, false, TestFaults::default()).is_none(),
+            "no listener"
+        );
+        let listen: SocketAddr = "127.0.0.1:9094".parse().expect("addr");
+        assert!(
+            xdp_setup(&p, Some(listen), true, TestFaults::default()).is_none(),
+            "node TLS"
+        );
+        assert!(
+            xdp_setup(&p, Some(listen), false, TestFaults::default()).is_none(),
             "no such interface"
         );
     }

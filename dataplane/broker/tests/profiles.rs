@@ -396,3 +396,56 @@ fn start_lowers_an_fd_budget_that_the_open_files_limit_cannot_hold() {
     assert_eq!(numbers, ["4096", "4096"], "{open_files}");
     stop(broker);
 }
+
+/// A node whose profile names an AF_XDP interface but that lacks the capabilities AF_XDP needs
+/// (root with CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_SYS_ADMIN dropped from its bounding
+/// set by `setpriv`) starts, says why in one warning, and serves; replication would use TCP.
+#[test]
+fn start_without_the_permissions_af_xdp_needs_warns_once_and_serves() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to drop capabilities from");
+        return;
+    }
+    let dir = scratch_dir();
+    let profile = dir.path().join("xdp.toml");
+    std::fs::write(
+        &profile,
+        "[network]\nxdp_interface = \"lo\"\nxdp_mode = \"generic\"\n",
+    )
+    .expect("write profile");
+    let port = free_port();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--bounding-set",
+        "-net_admin,-net_raw,-bpf,-sys_admin",
+        BIN,
+        "start",
+    ])
+    .arg("--data-dir")
+    .arg(dir.path().join("data"))
+    .args(["--admin-addr", "127.0.0.1:0"])
+    .args(["--kafka-addr", &format!("127.0.0.1:{port}")])
+    .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
+    .arg("--profile")
+    .arg(&profile);
+    let (child, rx) = common::spawn_with_stderr(cmd);
+    let seen = common::wait_for_line(&rx, common::SERVING, Duration::from_secs(30));
+    let warnings: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("AF_XDP is not available"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one AF_XDP warning: {seen:#?}");
+    assert!(
+        warnings[0].contains("WARN")
+            && warnings[0].contains("no permission")
+            && warnings[0].contains("use TCP"),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the broker serves: {seen:#?}"
+    );
+    stop(child);
+}

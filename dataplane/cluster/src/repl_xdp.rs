@@ -71,10 +71,8 @@ pub struct XdpShardConfig {
     pub spin: Duration,
     /// The poll period outside the spin window (`network.xdp_poll_us`).
     pub poll: Duration,
-    /// TEST ONLY: every Nth frame this socket would send is dropped instead
-    /// (counted in `test_dropped`), to show the replication protocol's
-    /// resend recovers it.
-    pub test_drop_every: Option<u64>,
+    /// TEST ONLY: frames dropped, sent twice or held back on purpose.
+    pub test_faults: TestFaults,
 }
 
 /// The node's AF_XDP setup, shared by its shards (`Send + Sync`). The
@@ -87,7 +85,18 @@ pub struct XdpNode {
     pub first_queue: u32,
     pub spin: Duration,
     pub poll: Duration,
-    pub test_drop_every: Option<u64>,
+    pub test_faults: TestFaults,
+}
+
+/// TEST ONLY faults on the sending side of every shard's socket: every Nth
+/// frame (counting all frames the socket is asked to send) dropped, sent
+/// twice, or held back and sent after the next one, to show that
+/// replication survives lost, duplicated and reordered frames.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestFaults {
+    pub drop_every: Option<u64>,
+    pub duplicate_every: Option<u64>,
+    pub reorder_every: Option<u64>,
 }
 
 /// [`XdpNode`]'s settings besides the program.
@@ -97,7 +106,7 @@ pub struct XdpNodeConfig {
     pub first_queue: u32,
     pub spin: Duration,
     pub poll: Duration,
-    pub test_drop_every: Option<u64>,
+    pub test_faults: TestFaults,
 }
 
 impl XdpNode {
@@ -108,7 +117,7 @@ impl XdpNode {
             first_queue: c.first_queue,
             spin: c.spin,
             poll: c.poll,
-            test_drop_every: c.test_drop_every,
+            test_faults: c.test_faults,
         }
     }
 
@@ -121,7 +130,7 @@ impl XdpNode {
             first_queue: self.first_queue,
             spin: self.spin,
             poll: self.poll,
-            test_drop_every: self.test_drop_every,
+            test_faults: self.test_faults,
         })
     }
 
@@ -157,14 +166,28 @@ pub struct XdpPath {
     node: NodeId,
     spin: Duration,
     poll: Duration,
-    test_drop_every: Option<u64>,
+    test_faults: TestFaults,
+    /// A frame held back by `test_faults.reorder_every`, sent after the next
+    /// one (or at the next poll).
+    test_held: RefCell<Option<(PeerId, Frame)>>,
     last_traffic: Cell<Instant>,
     /// Frames the socket refused for a reason other than a full send queue
     /// (counted by the socket itself); the replica resends.
     pub send_errors: Cell<u64>,
-    /// Frames dropped on purpose by `test_drop_every`.
+    /// Frames dropped, sent twice and held back on purpose (`test_faults`).
     pub test_dropped: Cell<u64>,
+    pub test_duplicated: Cell<u64>,
+    pub test_reordered: Cell<u64>,
     sends: Cell<u64>,
+}
+
+/// The settings of a shard's socket (also what start opens to prove the path, so that a
+/// node advertises AF_XDP only where its shards' sockets fit, memlock included).
+pub fn socket_config(queue: u32, ip: std::net::Ipv4Addr, stream: u32) -> SocketConfig {
+    let mut c = SocketConfig::new(queue, ip, stream);
+    c.neighbour_wait = NEIGHBOUR_WAIT;
+    c.rx_ring = RX_RING;
+    c
 }
 
 impl XdpPath {
@@ -174,20 +197,20 @@ impl XdpPath {
             .first_queue
             .checked_add(shard)
             .ok_or_else(|| XdpError::Config("queue number overflows".into()))?;
-        let mut socket_config = SocketConfig::new(queue, *config.local.ip(), shard);
-        socket_config.neighbour_wait = NEIGHBOUR_WAIT;
-        socket_config.rx_ring = RX_RING;
-        let socket = XskSocket::open(&config.program, socket_config)?;
+        let socket = XskSocket::open(&config.program, socket_config(queue, *config.local.ip(), shard))?;
         Ok(XdpPath {
             socket: RefCell::new(socket),
             peers: RefCell::new(HashMap::new()),
             node,
             spin: config.spin,
             poll: config.poll,
-            test_drop_every: config.test_drop_every,
+            test_faults: config.test_faults,
+            test_held: RefCell::new(None),
             last_traffic: Cell::new(Instant::now()),
             send_errors: Cell::new(0),
             test_dropped: Cell::new(0),
+            test_duplicated: Cell::new(0),
+            test_reordered: Cell::new(0),
             sends: Cell::new(0),
         })
     }
@@ -209,19 +232,44 @@ impl XdpPath {
         };
         let n = self.sends.get() + 1;
         self.sends.set(n);
-        if self.test_drop_every.is_some_and(|every| n % every == 0) {
+        let nth = |every: Option<u64>| every.is_some_and(|every| n % every == 0);
+        let faults = self.test_faults;
+        if nth(faults.drop_every) {
             self.test_dropped.set(self.test_dropped.get() + 1);
             return Ok(true);
         }
         self.last_traffic.set(Instant::now());
+        if nth(faults.reorder_every) && self.test_held.borrow().is_none() {
+            self.test_reordered.set(self.test_reordered.get() + 1);
+            *self.test_held.borrow_mut() = Some((id, frame));
+            return Ok(true);
+        }
+        if nth(faults.duplicate_every) {
+            self.test_duplicated.set(self.test_duplicated.get() + 1);
+            self.send_frame(to, id, frame.clone());
+        }
+        let sent = self.send_frame(to, id, frame);
+        self.send_held();
+        Ok(sent)
+    }
+
+    /// Puts one frame on the socket's send queue; false when refused.
+    fn send_frame(&self, to: impl std::fmt::Display, id: PeerId, frame: Frame) -> bool {
         match self.socket.borrow_mut().send(id, frame) {
-            Ok(()) => Ok(true),
-            Err(SendError::QueueFull { .. }) => Ok(false),
+            Ok(()) => true,
+            Err(SendError::QueueFull { .. }) => false,
             Err(e) => {
                 debug!(peer = %to, "AF_XDP send refused: {e}");
                 self.send_errors.set(self.send_errors.get() + 1);
-                Ok(false)
+                false
             }
+        }
+    }
+
+    /// Sends the frame `test_faults.reorder_every` held back, if any.
+    fn send_held(&self) {
+        if let Some((id, frame)) = self.test_held.borrow_mut().take() {
+            self.send_frame("(held back)", id, frame);
         }
     }
 
@@ -290,6 +338,7 @@ impl XdpPath {
     /// One pass: received frames to `deliver`, queued sends pushed on.
     /// Returns whether anything moved.
     fn poll(&self, deliver: &mut impl FnMut(Frame)) -> bool {
+        self.send_held();
         let mut frames = Vec::new();
         let (received, sent) = {
             let mut socket = self.socket.borrow_mut();
@@ -307,7 +356,12 @@ impl XdpPath {
     /// The counters, the kernel's read now.
     pub fn snapshot(&self) -> XdpSnapshot {
         let c = self.socket.borrow_mut().counters();
-        XdpSnapshot::new(self.queue(), &c, self.send_errors.get(), self.test_dropped.get())
+        let test = [
+            self.test_dropped.get(),
+            self.test_duplicated.get(),
+            self.test_reordered.get(),
+        ];
+        XdpSnapshot::new(self.queue(), &c, self.send_errors.get(), test)
     }
 }
 
@@ -354,7 +408,8 @@ pub struct XdpSnapshot {
 }
 
 impl XdpSnapshot {
-    fn new(queue: u32, c: &Counters, send_errors: u64, test_dropped: u64) -> XdpSnapshot {
+    /// `test`: frames dropped, duplicated and held back on purpose (`TestFaults`).
+    fn new(queue: u32, c: &Counters, send_errors: u64, test: [u64; 3]) -> XdpSnapshot {
         let i = &c.invalid;
         let k = &c.kernel;
         let drops = [
@@ -378,7 +433,9 @@ impl XdpSnapshot {
             ("tx_queue_full", c.tx_queue_full),
             ("tx_kick_errors", c.tx_kick_errors),
             ("send_errors", send_errors),
-            ("test_dropped", test_dropped),
+            ("test_dropped", test[0]),
+            ("test_duplicated", test[1]),
+            ("test_reordered", test[2]),
         ]
         .into_iter()
         .map(|(r, n)| (r.to_owned(), n))
