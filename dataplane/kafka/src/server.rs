@@ -35,6 +35,10 @@ use tracing::{debug, warn};
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Pause after a failed accept (e.g. EMFILE) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a connection stays open after the answer to a failed
+/// authentication (Kafka's `connection.failed.authentication.delay.ms`
+/// default).
+const FAILED_AUTHENTICATION_CLOSE_DELAY: Duration = Duration::from_millis(100);
 
 /// Binds this shard's listener and starts accepting.
 pub fn start_listening() -> Result<glommio::task::JoinHandle<()>, String> {
@@ -429,6 +433,11 @@ async fn write_answers<W: AsyncWrite + Unpin>(
         }
         drop(in_flight._permit);
         if let Some(reason) = session.take_close_reason() {
+            // As Kafka's connection.failed.authentication.delay.ms: the
+            // client reads the failure before the connection ends (a client
+            // that sees the answer and the close in one read may report only
+            // the close), and a password guesser is slowed down.
+            glommio::timer::sleep(FAILED_AUTHENTICATION_CLOSE_DELAY).await;
             let _ = writer.close().await;
             return Err(reason);
         }
