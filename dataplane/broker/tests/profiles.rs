@@ -8,11 +8,11 @@
 
 mod common;
 
-use common::{free_port, wait_exit};
+use common::{free_port, wait_exit, KillOnDrop};
 use ferrolog_hw_profiles::{detect, irq, Profile};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -186,7 +186,7 @@ fn start_serving(
     data: &Path,
     profile: &Path,
     extra: &[&str],
-) -> (Child, Vec<String>, mpsc::Receiver<String>) {
+) -> (KillOnDrop, Vec<String>, mpsc::Receiver<String>) {
     start_serving_limited(data, profile, extra, None)
 }
 
@@ -197,7 +197,7 @@ fn start_serving_limited(
     profile: &Path,
     extra: &[&str],
     open_files: Option<u64>,
-) -> (Child, Vec<String>, mpsc::Receiver<String>) {
+) -> (KillOnDrop, Vec<String>, mpsc::Receiver<String>) {
     let port = free_port();
     let mut cmd = Command::new(BIN);
     if let Some(limit) = open_files {
@@ -222,7 +222,8 @@ fn start_serving_limited(
         .args(["--kafka-addr", &format!("127.0.0.1:{port}"), "--profile"])
         .arg(profile)
         .args(extra);
-    let (mut child, rx) = common::spawn_with_stderr(cmd);
+    let (child, rx) = common::spawn_with_stderr(cmd);
+    let mut child = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
@@ -244,7 +245,7 @@ fn start_serving_limited(
     }
 }
 
-fn stop(mut child: Child) {
+fn stop(mut child: KillOnDrop) {
     // SAFETY: sending a signal to a child we spawned.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let status = wait_exit(&mut child, Duration::from_secs(15));
@@ -430,6 +431,7 @@ fn start_without_the_permissions_af_xdp_needs_warns_once_and_serves() {
     .arg("--profile")
     .arg(&profile);
     let (child, rx) = common::spawn_with_stderr(cmd);
+    let child = KillOnDrop(child);
     let seen = common::wait_for_line(&rx, common::SERVING, Duration::from_secs(30));
     let warnings: Vec<&String> = seen
         .iter()

@@ -142,6 +142,16 @@ struct Broker {
     addr: String,
 }
 
+impl Drop for Broker {
+    /// A test that fails before `stop` leaves no broker running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Broker {
     fn start(dir: &Path, extra: &[&str]) -> Broker {
         let addr = format!("127.0.0.1:{}", free_port());
