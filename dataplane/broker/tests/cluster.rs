@@ -528,6 +528,10 @@ fn a_killed_broker_is_marked_down_its_partitions_move_and_it_comes_back_as_a_new
     let incarnation = member(&before, victim).expect("victim")["incarnation"]
         .as_u64()
         .expect("incarnation");
+    // The probe follows a connection that carried the victim's heartbeats:
+    // give the victim a few heartbeats to the current controller leader first
+    // (on an idle machine the leaders spread within its first one).
+    std::thread::sleep(Duration::from_secs(1));
     c.node(victim).kill9();
     // Marked down after its session, and every partition it led moves.
     let v = c.wait_until(leader, "the victim marked down and drained of leadership", |v| {
