@@ -377,6 +377,7 @@ fn data_plane(
 ) -> Result<(Option<SocketAddr>, Option<String>), String> {
     let listen = match (args.data_addr, rpc_listen) {
         (Some(listen), _) => listen,
+        (None, Some(rpc)) if rpc.port() == 0 => SocketAddr::new(rpc.ip(), 0),
         (None, Some(rpc)) => {
             let port = rpc.port().checked_add(1).ok_or_else(|| {
                 format!(
@@ -390,6 +391,14 @@ fn data_plane(
         }
         (None, None) => return Ok((None, None)),
     };
+    // Shard s listens on PORT + s and only shard 0's address is advertised,
+    // so an ephemeral port cannot work (and 0 + s would be a privileged port).
+    if listen.port() == 0 {
+        return Err(format!(
+            "the replication listeners need a fixed port (shard s listens on PORT + s), not {listen}: \
+             give --data-addr, or an --rpc-addr with a port other than 0"
+        ));
+    }
     let advertised = match &args.advertised_data_addr {
         Some(a) => a.clone(),
         None => match rpc_advertised.rsplit_once(':') {
@@ -1046,5 +1055,9 @@ mod tests {
         assert!(data_plane_of(&["--data-addr", "0.0.0.0:9200"]).is_err());
         assert!(data_plane_of(&["--advertised-data-addr", "h:1"]).is_err());
         assert!(data_plane_of(&["--rpc-addr", "127.0.0.1:65535"]).is_err());
+        let ephemeral = data_plane_of(&["--rpc-addr", "127.0.0.1:0"]).expect_err("port 0");
+        assert!(ephemeral.contains("fixed port"), "{ephemeral}");
+        assert!(data_plane_of(&["--rpc-addr", "127.0.0.1:0", "--data-addr", "127.0.0.1:9200"]).is_ok());
+        assert!(data_plane_of(&["--data-addr", "127.0.0.1:0"]).is_err());
     }
 }

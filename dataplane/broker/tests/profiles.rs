@@ -416,6 +416,8 @@ fn start_without_the_permissions_af_xdp_needs_warns_once_and_serves() {
     )
     .expect("write profile");
     let port = free_port();
+    // A shard per CPU by default.
+    let shards = u16::try_from(detect().expect("detect").cpus.len()).expect("CPU count");
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--bounding-set",
@@ -427,7 +429,12 @@ fn start_without_the_permissions_af_xdp_needs_warns_once_and_serves() {
     .arg(dir.path().join("data"))
     .args(["--admin-addr", "127.0.0.1:0"])
     .args(["--kafka-addr", &format!("127.0.0.1:{port}")])
-    .args(["--rpc-addr", &format!("127.0.0.1:{}", free_port())])
+    // The RPC port and one replication port per shard (PORT + 1 + shard), all claimed: a CI run
+    // once lost shard 0's unclaimed replication port to another test's process and exited.
+    .args([
+        "--rpc-addr",
+        &format!("127.0.0.1:{}", common::free_ports(1 + shards)),
+    ])
     .arg("--profile")
     .arg(&profile);
     let (child, rx) = common::spawn_with_stderr(cmd);
