@@ -8,8 +8,11 @@
 //! `tools/setup.sh`; a missing one fails the test, it never skips it. A failing test
 //! prints the script's output and the tail of the broker's log.
 
+mod common;
+
+use common::free_port;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -365,14 +368,6 @@ impl Drop for Background {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
 }
 
 /// The last `n` lines of `text`, framed and titled.

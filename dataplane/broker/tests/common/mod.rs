@@ -111,7 +111,33 @@ static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
 /// A free loopback port not handed out before in this process, nor held by
 /// another live test process (nextest runs every test in its own process,
 /// and the kernel may give a port that one probed and closed to the next).
+///
+/// Taken below the kernel's ephemeral range where it leaves room: a port in
+/// that range can be taken between the probe and the broker's bind by any
+/// other process's bind of port 0 or outbound connection (every broker of
+/// the suite makes both), which no claim here can prevent.
 pub fn free_port() -> u16 {
+    let (low, _) = ephemeral_range();
+    const FIRST: u32 = 10_000;
+    if low >= FIRST + 4_096 {
+        let span = low - FIRST;
+        let seed = std::process::id().wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        for i in 0..span {
+            let port = u16::try_from(FIRST + (seed.wrapping_add(i) % span)).expect("below 65536");
+            if HANDED_OUT.lock().expect("port set").contains(&port) {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && HANDED_OUT.lock().expect("port set").insert(port)
+                && claim_across_processes(port)
+            {
+                return port;
+            }
+        }
+    }
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .expect("bind")
@@ -121,6 +147,17 @@ pub fn free_port() -> u16 {
         if HANDED_OUT.lock().expect("port set").insert(port) && claim_across_processes(port) {
             return port;
         }
+    }
+}
+
+/// The kernel's ephemeral port range (`ip_local_port_range`), Linux's
+/// default where it cannot be read.
+fn ephemeral_range() -> (u32, u32) {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|w| w.parse().ok());
+    match (it.next(), it.next()) {
+        (Some(low), Some(high)) => (low, high),
+        _ => (32_768, 60_999),
     }
 }
 
