@@ -1215,7 +1215,7 @@ impl Log {
         for (handle, mut pos, limit, end) in candidates {
             let path = handle.path.clone();
             let file = self.resolve(handle).await?;
-            let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes);
+            let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes, limit);
             while pos < limit {
                 let head = reader.get(pos, ferrolog_model::batch::HEADER_BYTES).await?;
                 let h = BatchHeader::parse(head).map_err(|e| corrupt(&path, pos, e))?;
@@ -1359,7 +1359,7 @@ impl Log {
         let (cut_id, path) = (handle.id, handle.path.clone());
         let file = self.resolve(handle).await?;
         let cut = {
-            let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes);
+            let mut reader = WindowReader::new(&file, &path, self.config().read_chunk_bytes, limit);
             let mut pos = from;
             loop {
                 if pos >= limit {
@@ -1554,7 +1554,12 @@ struct ReadSpan {
 /// Reads whole batches from a segment file, verifying each one's CRC: a batch
 /// that fails is never returned.
 async fn read_batches(file: &DmaFile, path: &Path, span: ReadSpan, chunk_bytes: usize) -> Result<Vec<Bytes>> {
-    let mut reader = WindowReader::new(file, path, chunk_bytes.max(span.max_bytes.min(1 << 20)));
+    let mut reader = WindowReader::new(
+        file,
+        path,
+        chunk_bytes.max(span.max_bytes.min(1 << 20)),
+        span.limit,
+    );
     let mut pos = span.position;
     let mut out: Vec<Bytes> = Vec::new();
     let mut total = 0usize;

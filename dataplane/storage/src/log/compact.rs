@@ -565,7 +565,7 @@ impl Log {
         if cand.size == 0 {
             return Ok(cand.max_timestamp);
         }
-        let mut reader = WindowReader::new(&cand.file, &cand.path, BLOCK_BYTES as usize);
+        let mut reader = WindowReader::new(&cand.file, &cand.path, BLOCK_BYTES as usize, cand.size);
         let head = reader.get(0, ferrolog_model::batch::HEADER_BYTES).await?;
         let h = BatchHeader::parse(head).map_err(|e| corrupt(&cand.path, 0, e))?;
         Ok(record_timestamp(&h, 0))
@@ -574,7 +574,7 @@ impl Log {
     fn cursor<'a>(&self, cand: &'a Candidate) -> BatchCursor<'a> {
         let chunk = self.config().read_chunk_bytes.max(COMPACTION_IO_BYTES);
         BatchCursor {
-            reader: WindowReader::new(&cand.file, &cand.path, chunk),
+            reader: WindowReader::new(&cand.file, &cand.path, chunk, cand.size),
             path: &cand.path,
             pos: 0,
             limit: cand.size,
