@@ -667,12 +667,15 @@ impl Partition {
     }
 }
 
-/// Reads and removes the producer snapshot of `log`'s directory. Returns
+/// Reads and empties the producer snapshot of `log`'s directory. Returns
 /// the table if the snapshot is valid and was taken at the log's current
-/// end. It is removed (durably) before anything is appended: it describes
+/// end. It is emptied (durably) before anything is appended: it describes
 /// the log only until the log changes, and a stale one left behind by a
 /// crash could otherwise match a log that was truncated and refilled to the
-/// same end.
+/// same end. Emptied rather than removed, so that the close writes into the
+/// same file: a new file per partition at every clean stop made the file
+/// system allocate (and, ext4 without a journal, search for) 10,000 inodes
+/// per stop of a 10,000-partition node. An empty file is no snapshot.
 async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerStateTable>, StorageError> {
     let path = log.dir().join(PRODUCER_SNAPSHOT_FILE);
     let file = path.clone();
@@ -680,11 +683,16 @@ async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerS
     let taken = ferrolog_shard::blocking(
         move || -> Result<Option<Vec<u8>>, (&'static str, std::io::Error)> {
             let bytes = match std::fs::read(&file) {
+                Ok(b) if b.is_empty() => return Ok(None),
                 Ok(b) => b,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(("read", e)),
             };
-            std::fs::remove_file(&file).map_err(|e| ("remove", e))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .and_then(|f| f.set_len(0))
+                .map_err(|e| ("empty", e))?;
             Ok(Some(bytes))
         },
     )
@@ -694,11 +702,11 @@ async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerS
         Ok(None) => return Ok(None),
         Err((op, source)) => return Err(StorageError::Io { op, path, source }),
     };
-    // The directory sync goes through io_uring, not the blocking pool's one
-    // thread: partitions open many at a time, and the file system commits
+    // The sync goes through io_uring, not the blocking pool's one thread:
+    // partitions open many at a time, and the file system commits
     // concurrent syncs together.
-    sync_dir(log.dir()).await.map_err(|source| StorageError::Io {
-        op: "sync dir of",
+    sync_file(&path).await.map_err(|source| StorageError::Io {
+        op: "sync",
         path: path.clone(),
         source,
     })?;
@@ -716,20 +724,20 @@ async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerS
     }
 }
 
-async fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let d = glommio::io::Directory::open(dir).await?;
-    d.sync().await?;
-    d.close().await?;
+/// fdatasync of a file (its new length) through io_uring.
+async fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
+    let f = glommio::io::BufferedFile::open(path).await?;
+    f.fdatasync().await?;
+    f.close().await?;
     Ok(())
 }
 
-/// Writes the snapshot through a temporary file and a rename, so the file
-/// is whole or absent. Not fsynced: a snapshot lost or torn by a power
-/// failure fails its CRC or is missing, and the next open scans.
+/// Writes the snapshot into the file the open emptied (or a new one), in
+/// place. Not fsynced, and not through a temporary file: a snapshot cut
+/// short by a kill or a power failure, or lost, fails its CRC, is empty or
+/// is missing, and the next open scans the log instead.
 fn write_producer_snapshot(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::write(path, bytes)
 }
 
 /// The producer state a log implies: every batch header from the log start,

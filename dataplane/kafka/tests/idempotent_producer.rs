@@ -293,7 +293,12 @@ async fn assert_retries_recognised(p: &Partition, rounds: i32) {
     );
 }
 
-/// A clean close leaves a snapshot that the next open uses (and removes); a
+/// The snapshot file's length; 0 if it is missing.
+fn snapshot_len(dir: &std::path::Path) -> u64 {
+    std::fs::metadata(dir.join(PRODUCER_SNAPSHOT_FILE)).map_or(0, |m| m.len())
+}
+
+/// A clean close leaves a snapshot that the next open uses (and empties); a
 /// crash leaves none, and the open after it scans. A stale snapshot (one
 /// from before the last appends) is not used.
 #[test]
@@ -313,7 +318,7 @@ fn restart_recognises_retries_from_the_snapshot_or_by_scanning() {
     run(|| async move {
         let (p, source) = open_partition(&d, LogContext::new(1 << 20)).await;
         assert_eq!(source, ProducerStateSource::Snapshot);
-        assert!(!d.join(PRODUCER_SNAPSHOT_FILE).exists(), "removed at open");
+        assert_eq!(snapshot_len(&d), 0, "emptied at open");
         assert_retries_recognised(&p, 100).await;
         append_rounds(&p, 100, 110).await;
         // Dropped without a close, like a kill -9 after the
@@ -328,7 +333,7 @@ fn restart_recognises_retries_from_the_snapshot_or_by_scanning() {
             ProducerStateSource::Scan,
             "the stale snapshot is not used"
         );
-        assert!(!d.join(PRODUCER_SNAPSHOT_FILE).exists());
+        assert_eq!(snapshot_len(&d), 0, "emptied at open");
         assert_retries_recognised(&p, 110).await;
         append_rounds(&p, 110, 111).await;
         p.close().await.expect("close");
@@ -344,6 +349,26 @@ fn restart_recognises_retries_from_the_snapshot_or_by_scanning() {
         assert_eq!(source, ProducerStateSource::Scan);
         assert_retries_recognised(&p, 111).await;
         p.close().await.expect("close");
+    });
+    // Nor one cut short (the close writes in place: a kill in the middle).
+    let bytes = std::fs::read(&snapshot).expect("snapshot");
+    assert!(bytes.len() > 8, "the close wrote a snapshot again");
+    std::fs::write(&snapshot, &bytes[..bytes.len() / 2]).expect("cut the snapshot");
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let (p, source) = open_partition(&d, LogContext::new(1 << 20)).await;
+        assert_eq!(source, ProducerStateSource::Scan);
+        assert_retries_recognised(&p, 111).await;
+        p.close().await.expect("close");
+    });
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let (_p, source) = open_partition(&d, LogContext::new(1 << 20)).await;
+        assert_eq!(
+            source,
+            ProducerStateSource::Snapshot,
+            "a clean close after a scan leaves a whole snapshot"
+        );
     });
 }
 

@@ -1426,7 +1426,7 @@ impl Log {
     pub async fn close(&self) -> Result<()> {
         let _at_rest = self.at_rest().await?;
         self.flush_locked().await?;
-        let (file, path, index, time_index, size) = {
+        let (file, path, index, time_index, size, unchanged) = {
             let mut st = self.state.borrow_mut();
             st.closed = true;
             self.ctx.forget_files(st.segments.values().map(|s| s.id));
@@ -1437,14 +1437,17 @@ impl Log {
                 s.index.clone(),
                 s.time_index.clone(),
                 s.size,
+                s.indexes_on_disk == Some(s.indexes_digest()),
             )
         };
         // Drop the block padding so the next open finds the file ending at its
         // last batch and keeps the index files written below.
         file.truncate(size).await.map_err(gio("truncate", &path))?;
         self.sync_file(&file, &path).await?;
-        write_small_file(&index_path(&path), &index.encode()).await?;
-        write_small_file(&time_index_path(&path), &time_index.encode()).await?;
+        if !unchanged {
+            write_small_file(&index_path(&path), &index.encode()).await?;
+            write_small_file(&time_index_path(&path), &time_index.encode()).await?;
+        }
         self.ctx.cache.borrow_mut().remove_from(self.id, Offset(i64::MIN));
         self.flush_permit.close();
         self.seal_permit.close();
@@ -1625,6 +1628,7 @@ async fn recover_segment(
             seg.index = index.clone();
             seg.time_index = time_index.clone();
             seg.max_timestamp = time_index.last().map_or(i64::MIN, |e| e.max_timestamp_before);
+            seg.indexes_on_disk = Some(seg.indexes_digest());
             let _ = h;
             (
                 u64::from(entry.position),
@@ -1681,6 +1685,7 @@ async fn recover_segment(
                 // Every loaded entry precedes the scan start, so none is past the
                 // cut; drop the files anyway after damage, to be rebuilt from the log.
                 remove_index_files(&path).await?;
+                seg.indexes_on_disk = None;
             }
         } else {
             tracing::error!(

@@ -71,6 +71,11 @@ pub(crate) struct Segment {
     /// below it overwrite written blocks, which ext4 does without a metadata
     /// update; see `LogConfig::prezero_bytes`. 0 when unknown (recovered).
     pub file_end: u64,
+    /// [`Segment::indexes_digest`] of the index files on disk, where they
+    /// were loaded at open: a close that would write the same bytes skips
+    /// them (each write is a new file renamed over the old one, and a clean
+    /// stop of thousands of partitions is mostly such writes).
+    pub indexes_on_disk: Option<u32>,
 }
 
 /// The state of a segment at its last successful flush. Rollback after a
@@ -110,7 +115,13 @@ impl Segment {
                 tail: Vec::new(),
             },
             file_end: 0,
+            indexes_on_disk: None,
         }
+    }
+
+    /// CRC-32C of both index encodings, as written to their files.
+    pub fn indexes_digest(&self) -> u32 {
+        crc32c::crc32c_append(crc32c::crc32c(&self.index.encode()), &self.time_index.encode())
     }
 
     /// Records a batch of `len` bytes at `position` in the indexes, adding an

@@ -771,3 +771,51 @@ fn sealed_segments_are_opened_on_read_within_the_shards_file_budget() {
         assert_eq!(open_files_under(dir.path()), 0, "after close");
     });
 }
+
+/// A close whose active segment's indexes are what the open loaded leaves
+/// their files alone (same inodes); one after appends that added entries
+/// writes them, and the next open trusts what it wrote.
+#[test]
+fn close_rewrites_the_index_files_only_when_they_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tmp();
+    run(|| async move {
+        let config = small_config(Durability::Fsync);
+        let inodes = |log: &Log| {
+            let active = *log.segment_bases().last().expect("a segment");
+            let path = dir.path().join(ferrolog_storage::log_file_name(active));
+            let ino = |p: std::path::PathBuf| std::fs::metadata(p).expect("index file").ino();
+            (
+                ino(ferrolog_storage::index_path(&path)),
+                ino(ferrolog_storage::time_index_path(&path)),
+            )
+        };
+        let log = open(dir.path(), config.clone()).await;
+        for i in 0..10 {
+            log.append(batch(2, 300, i)).await.expect("append");
+        }
+        log.close().await.expect("close");
+        let reopen = || Log::open(dir.path(), config.clone(), LogContext::new(1 << 20));
+
+        let (log, report) = reopen().await.expect("reopen");
+        assert!(report.rebuilt_indexes.is_empty(), "{report:?}");
+        let written = inodes(&log);
+        log.close().await.expect("close unchanged");
+        let (log, report) = reopen().await.expect("reopen");
+        assert!(report.rebuilt_indexes.is_empty(), "{report:?}");
+        assert_eq!(inodes(&log), written, "unchanged indexes are not written again");
+
+        // Batches that add entries: written at close, trusted at the next open.
+        for i in 0..5 {
+            log.append(batch(2, 600, 200 + i)).await.expect("append");
+        }
+        let before = read_all(&log, Offset(0)).await;
+        log.close().await.expect("close changed");
+        let (log, report) = reopen().await.expect("reopen");
+        assert!(report.rebuilt_indexes.is_empty(), "{report:?}");
+        assert!(report.truncated.is_empty(), "{report:?}");
+        assert_ne!(inodes(&log), written, "changed indexes are written");
+        assert_eq!(read_all(&log, Offset(0)).await, before);
+        log.close().await.expect("close");
+    });
+}
