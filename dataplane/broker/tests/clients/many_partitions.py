@@ -23,9 +23,9 @@ from e2e import WAIT_S, check, fail, log, parse_args
 
 # One CreateTopics of many partitions, a produce to all of them, a read of all of them:
 # bounds that catch a hang, not speed checks.
-CREATE_S = 60.0
-PRODUCE_S = 60.0
-READ_S = 60.0
+CREATE_S = 120.0
+PRODUCE_S = 120.0
+READ_S = 120.0
 
 
 def expected(args):
