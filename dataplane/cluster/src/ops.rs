@@ -431,38 +431,80 @@ pub struct ReadAnswer {
     pub records: Option<Bytes>,
 }
 
+/// Partitions of one fetch read at once on a shard: each read from disk
+/// holds a window of up to `read_chunk_bytes`, so this bounds a fetch of
+/// many partitions to a few MiB of read buffers.
+const READ_CONCURRENCY: usize = 8;
+
 pub async fn read_local(items: Vec<ReadItem>) -> Vec<ReadAnswer> {
     let m = manager::local();
-    let mut out = Vec::with_capacity(items.len());
-    let mut budget = items.first().map_or(0, |i| i.response_budget);
-    for item in items {
-        let p = match led(&m, &item.ntp)
-            .and_then(|p| p.check_leader_epoch(item.current_leader_epoch).map(|()| p))
-        {
-            Ok(p) => p,
-            Err(e) => {
+    let budget = items.first().map_or(0, |i| i.response_budget);
+    let found: Vec<Result<Rc<Partition>, PartitionError>> = items
+        .iter()
+        .map(|item| {
+            led(&m, &item.ntp).and_then(|p| p.check_leader_epoch(item.current_leader_epoch).map(|()| p))
+        })
+        .collect();
+    // Where every partition's limit fits the response budget, none can
+    // take another's share: the reads run at once, so the disk reads of a
+    // consumer that fell out of the batch cache overlap instead of queueing
+    // one behind the other. Otherwise in order, each within what the ones
+    // before left.
+    let wanted: usize = items.iter().map(|i| i.max_bytes).fold(0, usize::saturating_add);
+    let answers: Vec<Option<ReadAnswer>> = if wanted <= budget {
+        use futures::StreamExt;
+        futures::stream::iter(items.iter().zip(&found))
+            .map(|(item, p)| async {
+                match p {
+                    Ok(p) => Some(read_one(&m, p, item, budget).await),
+                    Err(_) => None,
+                }
+            })
+            .buffered(READ_CONCURRENCY)
+            .collect()
+            .await
+    } else {
+        let mut left = budget;
+        let mut out = Vec::with_capacity(items.len());
+        for (item, p) in items.iter().zip(&found) {
+            out.push(match p {
+                Ok(p) => {
+                    let answer = read_one(&m, p, item, left).await;
+                    left = left.saturating_sub(answer.records.as_ref().map_or(0, Bytes::len));
+                    Some(answer)
+                }
+                Err(_) => None,
+            });
+        }
+        out
+    };
+    items
+        .iter()
+        .zip(found)
+        .zip(answers)
+        .map(|((item, p), answer)| match (p, answer) {
+            (Ok(p), Some(answer)) => {
+                let len = answer.records.as_ref().map_or(0, Bytes::len);
+                if let (Some(w), None, 0) = (item.waiter, &answer.error, len) {
+                    let seen = answer.offsets.map_or(item.offset, |o| o.high_watermark);
+                    p.add_waiter(seen.max(item.offset), w, m.config.fetch_waiters_per_partition_max);
+                }
+                answer
+            }
+            (Err(e), _) => {
                 if let Some(w) = item.waiter {
                     // Deleted or moved meanwhile: let the fetch re-read and see the error.
                     w.wake();
                 }
-                out.push(ReadAnswer {
+                ReadAnswer {
                     error: Some(e),
                     offsets: None,
                     records: None,
-                });
-                continue;
+                }
             }
-        };
-        let answer = read_one(&m, &p, &item, budget).await;
-        let len = answer.records.as_ref().map_or(0, Bytes::len);
-        budget = budget.saturating_sub(len);
-        if let (Some(w), None, 0) = (item.waiter, &answer.error, len) {
-            let seen = answer.offsets.map_or(item.offset, |o| o.high_watermark);
-            p.add_waiter(seen.max(item.offset), w, m.config.fetch_waiters_per_partition_max);
-        }
-        out.push(answer);
-    }
-    out
+            (Ok(_), None) => unreachable!("a found partition is read"),
+        })
+        .collect()
 }
 
 async fn read_one(m: &PartitionManager, p: &Partition, item: &ReadItem, budget: usize) -> ReadAnswer {

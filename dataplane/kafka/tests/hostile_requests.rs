@@ -663,3 +663,66 @@ fn write_fuzz_corpus() {
         std::fs::write(dir.join(format!("seed-{i:02}")), seed).expect("write seed");
     }
 }
+
+/// One Fetch of six partitions, most of them read from disk (the harness's
+/// batch cache is 1 MiB): read at once when their limits fit the response,
+/// each partition still answers with its own records, in the request's
+/// order; when they do not fit, in order, until the response is full.
+#[test]
+fn a_fetch_of_many_partitions_answers_each_with_its_own_records() {
+    let h = harness();
+    create_topic(&h, "six", 6, &[("max.message.bytes", "2000000")]);
+    let sent: Vec<Vec<u8>> = (0..6u8)
+        .map(|p| {
+            let value = vec![b'a' + p; 300_000];
+            let b = batch(&[&value]);
+            assert_eq!(produce(&h, "six", i32::from(p), b.clone()), (0, 0));
+            at_offset(b, 0)
+        })
+        .collect();
+    let fetch_all = |max_bytes: i32| {
+        let parts: Vec<FetchPartition> = (0..6)
+            .map(|p| {
+                FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)
+            })
+            .collect();
+        let body = RequestKind::Fetch(
+            FetchRequest::default()
+                .with_max_wait_ms(10)
+                .with_min_bytes(1)
+                .with_max_bytes(max_bytes)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(topic_name("six"))
+                    .with_partitions(parts)]),
+        );
+        let ResponseKind::Fetch(r) = call(&h, ApiKey::Fetch, 12, body) else {
+            panic!("not a Fetch response")
+        };
+        r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| {
+                assert_eq!(p.error_code, 0);
+                (p.partition_index, p.records.clone().unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+    };
+    // 6 x 1 MiB limits fit a 50 MiB response: read at once.
+    let got = fetch_all(50 << 20);
+    assert_eq!(
+        got.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4, 5]
+    );
+    for ((p, records), want) in got.iter().zip(&sent) {
+        assert_eq!(&records[..], &want[..], "partition {p}");
+    }
+    // A 700,000-byte response: the first two batches fit, the rest wait.
+    let got = fetch_all(700_000);
+    for (p, records) in &got {
+        let want: &[u8] = if *p < 2 { &sent[*p as usize] } else { &[] };
+        assert_eq!(&records[..], want, "partition {p}");
+    }
+}
