@@ -20,7 +20,8 @@ One single-node broker (no --seeds) in a temporary directory. In order:
 With --latency-bin target/release/kafka_latency, `kafka_latency --quick --bootstrap` runs
 against the broker before step 2 (no topic but its own) and after step 4 (the --partitions
 idle ones exist; after a sync and --settle seconds), then --latency-rounds times in turns
-against a second broker started without them and against this one, so produce latency to a
+against a second broker started without them and against this one (which goes first
+alternates), so produce latency to a
 few hot partitions is compared with and without the idle ones in the same minutes.
 
 Every wait is bounded. The broker is killed on any exit; the directory is removed unless --keep.
@@ -216,10 +217,12 @@ def run(args, root):
         control.start()
         time.sleep(IDLE_SETTLE_S)
         for i in range(args.latency_rounds):
-            hot_rounds.append({
-                "without_idle": hot_latency(args, control_root, f"control.{i}", control.nodes[0]),
-                "with_idle": hot_latency(args, root, f"idle.{i}", node),
-            })
+            # Which broker goes first alternates, so neither always follows the other.
+            pair = [("without_idle", control_root, f"control.{i}", control.nodes[0]),
+                    ("with_idle", root, f"idle.{i}", node)]
+            if i % 2:
+                pair.reverse()
+            hot_rounds.append({key: hot_latency(args, where, label, n) for key, where, label, n in pair})
         control.stop_hard()
     clean = restart(node, topics, args.partitions, "clean", 1)
     killed = restart(node, topics, args.partitions, "kill9", 2)
