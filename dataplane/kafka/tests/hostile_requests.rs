@@ -667,7 +667,10 @@ fn write_fuzz_corpus() {
 /// One Fetch of six partitions, most of them read from disk (the harness's
 /// batch cache is 1 MiB): read at once when their limits fit the response,
 /// each partition still answers with its own records, in the request's
-/// order; when they do not fit, in order, until the response is full.
+/// order (answers taken out of order fail this, checked); when they do not
+/// fit, the response is filled in order until full. The shard reads those
+/// one after the other only to read no more than the response takes: the
+/// handler's trim would give clients the same answer either way.
 #[test]
 fn a_fetch_of_many_partitions_answers_each_with_its_own_records() {
     let h = harness();
