@@ -361,14 +361,10 @@ fn start_pins_the_main_thread_and_falls_back_to_tcp_where_af_xdp_is_not_availabl
             "no warning {needle:?} in {seen:#?}"
         );
     }
-    let fallback: Vec<&String> = seen
-        .iter()
-        .filter(|l| l.contains("AF_XDP is not available"))
-        .collect();
-    assert_eq!(fallback.len(), 1, "one fallback line: {seen:#?}");
+    let fallback = the_af_xdp_fallback_line(&seen);
     assert!(
-        fallback[0].contains("WARN") && fallback[0].contains("lo") && fallback[0].contains("use TCP"),
-        "{fallback:#?}"
+        fallback.contains("WARN") && fallback.contains("lo") && fallback.contains("use TCP"),
+        "{fallback}"
     );
     stop(broker);
 }
@@ -440,21 +436,25 @@ fn start_without_the_permissions_af_xdp_needs_warns_once_and_serves() {
     let (child, rx) = common::spawn_with_stderr(cmd);
     let child = KillOnDrop(child);
     let seen = common::wait_for_line(&rx, common::SERVING, Duration::from_secs(30));
-    let warnings: Vec<&String> = seen
-        .iter()
-        .filter(|l| l.contains("AF_XDP is not available"))
-        .collect();
-    assert_eq!(warnings.len(), 1, "one AF_XDP warning: {seen:#?}");
+    let warning = the_af_xdp_fallback_line(&seen);
     assert!(
-        warnings[0].contains("WARN")
-            && warnings[0].contains("no permission")
-            && warnings[0].contains("use TCP"),
-        "{}",
-        warnings[0]
+        warning.contains("WARN") && warning.contains("no permission") && warning.contains("use TCP"),
+        "{warning}"
     );
     assert!(
         TcpStream::connect(("127.0.0.1", port)).is_ok(),
         "the broker serves: {seen:#?}"
     );
     stop(child);
+}
+
+/// The one line of a start's log saying that AF_XDP is not available;
+/// fails unless there is exactly one.
+fn the_af_xdp_fallback_line(seen: &[String]) -> &str {
+    let lines: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.contains("AF_XDP is not available"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one AF_XDP fallback line: {seen:#?}");
+    lines[0]
 }
