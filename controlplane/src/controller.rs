@@ -25,6 +25,7 @@
 use crate::commands::{self, CommandError, TopicChange, TopicCommand, TopicDelta};
 use crate::elections::{self, Election, LocalReplicas, PartitionKey};
 use crate::metadata::{Broker, MetadataSnapshot};
+use crate::peer_hints::PeerHints;
 use crate::producer_ids::{ProducerIdAllocator, ProducerIdError};
 use crate::raft_core::{AppliedEntry, Bootstrap, CoreConfig, CoreError, Outcome, RaftCore};
 use crate::rpc::{self, HeartbeatReply, MemberInfo, Peer, PrepareReply, RegisterReply, RpcError};
@@ -129,6 +130,10 @@ pub struct ControllerConfig {
     pub auto_leader_rebalance: bool,
     /// Mutual TLS on the control-plane RPC, both ways; `None`: plain TCP.
     pub tls: Option<Arc<NodeTls>>,
+    /// The node's hints about its peers (shared with its data shards): the
+    /// leader records heartbeat connections that end and heartbeats that
+    /// arrive.
+    pub peer_hints: Arc<PeerHints>,
 }
 
 /// The outcome of a preferred-leader election (ElectLeaders).
@@ -1167,6 +1172,7 @@ impl Controller {
         match core.state().members.get(&from) {
             Some(m) if m.incarnation == incarnation && m.state != MemberState::Removed => {
                 self.heard.borrow_mut().insert(from, Instant::now());
+                self.config.peer_hints.heard_from(from);
                 Ok(HeartbeatReply {
                     leader: core.leader(),
                     term: core.term(),
@@ -2235,6 +2241,7 @@ impl rpc::Handler for RpcHandler {
     }
 
     fn heartbeats_lost(&self, from: u64) {
+        self.0.config.peer_hints.connection_lost(node_id(from));
         glommio::spawn_local(self.0.clone().probe_lost_member(node_id(from))).detach();
     }
 

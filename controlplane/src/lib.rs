@@ -9,6 +9,9 @@
 //!   same order and reaches the same table.
 //! - `metadata`: the immutable snapshot (live brokers + topic table) a node
 //!   publishes to its shards.
+//! - `peer_hints`: what this node's own connections say about its peers
+//!   (a connection to a node ended, nothing heard since), for the Kafka
+//!   layer's Metadata answers in the moments before the controller's verdict.
 //! - `placement`: which brokers hold the replicas of new partitions (pure,
 //!   deterministic, rack-aware, leaders spread evenly across topics).
 //!
@@ -35,6 +38,7 @@ pub mod controller;
 pub mod credentials;
 pub mod elections;
 pub mod metadata;
+pub mod peer_hints;
 pub mod placement;
 pub mod producer_ids;
 pub mod raft_core;

@@ -725,6 +725,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         data_advertised,
         xdp: xdp.clone(),
         node_tls,
+        peer_hints: Arc::default(),
         control_timing: control_timing(&profile),
         max_request_bytes: args.max_request_bytes as usize,
         auto_create_topics: args.auto_create_topics,

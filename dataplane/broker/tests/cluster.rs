@@ -14,6 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{encode_request_header_into_buffer, Decodable, Encodable, StrBytes};
+
 mod common;
 use common::certs::{make_ca, openssl};
 use common::{free_port, free_ports, output_bounded, process_report, wait_exit};
@@ -750,6 +757,127 @@ fn an_idempotent_producer_and_a_group_member_ride_through_a_kill_of_the_partitio
         c.logs()
     );
     c.assert_running();
+}
+
+/// One Metadata v1 request for `topic` on an open connection, and its answer.
+fn metadata_of(stream: &mut TcpStream, topic: &str) -> MetadataResponse {
+    const VERSION: i16 = 1;
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Metadata as i16)
+        .with_request_api_version(VERSION)
+        .with_correlation_id(7)
+        .with_client_id(Some(StrBytes::from_static_str("cluster-test")));
+    let body =
+        MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(topic.into()))))]));
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[0; 4]);
+    encode_request_header_into_buffer(&mut out, &header).expect("encode header");
+    body.encode(&mut out, VERSION).expect("encode body");
+    let size = (out.len() - 4) as i32;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    stream.write_all(&out).expect("send Metadata");
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).expect("response size");
+    let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut frame).expect("response");
+    let mut frame = Bytes::from(frame);
+    let header = ResponseHeader::decode(&mut frame, ApiKey::Metadata.response_header_version(VERSION))
+        .expect("response header");
+    assert_eq!(header.correlation_id, 7);
+    MetadataResponse::decode(&mut frame, VERSION).expect("Metadata response")
+}
+
+/// Partition index -> leader id, from one topic's Metadata.
+fn leaders(r: &MetadataResponse) -> Vec<(i32, i32, i16)> {
+    r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id.0, p.error_code))
+        .collect()
+}
+
+/// A client whose partition leader is killed asks a survivor for Metadata at
+/// once (librdkafka does, and ends its fast leader query on any answer that
+/// names a leader it knows; it then waits for its one-second topic scan).
+/// The survivor saw its replication link to the victim end before the
+/// controller's verdict: its answer waits for that verdict instead of
+/// naming the dead leader, and it still lists the victim among the brokers
+/// (librdkafka, seeing a broker leave the list in the same answer that moves
+/// its partition, can lose the new leader; see departed_brokers).
+#[test]
+fn metadata_asked_of_a_survivor_right_after_a_leader_is_killed_names_no_dead_leader() {
+    const TOPIC: &str = "lost-leader";
+    let mut c = Cluster::start(3);
+    let controller = c.leader();
+    c.wait_until(controller, "three live members", |v| alive_members(v) == 3);
+    c.python(controller, &["create", TOPIC, "6", "3"]);
+    // The controller leader stays up: its verdict is what the answer waits for.
+    let asked = (1..=3).find(|id| *id != controller).expect("a second node");
+    let victim = (1..=3)
+        .find(|id| *id != controller && *id != asked)
+        .expect("a third node");
+    c.wait_until(controller, "leaders spread", |v| {
+        member(v, victim).is_some_and(|m| m["partitions_led"].as_u64() > Some(0))
+    });
+    c.python(asked, &["wait-topics", "3", &format!("{TOPIC}:6")]);
+    let asked_node = c.nodes.iter().find(|n| n.id == asked).expect("asked node");
+    let (kafka, log_path) = (asked_node.kafka, asked_node.log_path(asked_node.starts));
+    let mut stream = TcpStream::connect(kafka).expect("connect to the survivor");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let before = metadata_of(&mut stream, TOPIC);
+    let led: Vec<i32> = leaders(&before)
+        .iter()
+        .filter(|(_, l, _)| *l == victim)
+        .map(|(p, _, _)| *p)
+        .collect();
+    assert!(!led.is_empty(), "node {victim} leads nothing: {before:?}");
+    // The controller's probe follows a connection that carried the victim's
+    // heartbeats (see a_killed_broker_...): a few heartbeats first, else the
+    // verdict is the session's (seconds), beyond the answer's bounded wait.
+    std::thread::sleep(Duration::from_secs(1));
+    c.node(victim).kill9();
+    let killed = Instant::now();
+    // The survivor's log says when it saw the connection end: the question
+    // is asked then, well before the controller's probe, Raft commit and
+    // election (tens of milliseconds) move the partitions.
+    let seen = format!("a connection to node {victim} ended");
+    while !std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(&seen)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "node {asked} did not see its connections to node {victim} end\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let asked_at = killed.elapsed();
+    let after = metadata_of(&mut stream, TOPIC);
+    let answered_at = killed.elapsed();
+    println!(
+        "killed node {victim}; asked node {asked} {asked_at:?} later, answered {answered_at:?} after the kill: {:?}",
+        leaders(&after)
+    );
+    const LEADER_NOT_AVAILABLE: i16 = 5;
+    for (p, leader, error) in leaders(&after) {
+        assert_ne!(
+            leader, victim,
+            "partition {p} still led by the killed node: {after:?}"
+        );
+        if led.contains(&p) {
+            assert!(
+                leader == controller || leader == asked || (leader == -1 && error == LEADER_NOT_AVAILABLE),
+                "partition {p}: leader {leader}, error {error}: {after:?}"
+            );
+        }
+    }
+    assert!(
+        after.brokers.iter().any(|b| b.node_id.0 == victim),
+        "node {victim} left the brokers list in the answer that moved its partitions: {after:?}"
+    );
 }
 
 /// The whole failover script: warm-up, the ride, the restart, two members.

@@ -19,7 +19,8 @@ use crate::reconcile::{self, Desired};
 use crate::repl_wire::PartitionKey;
 use crate::replicated::{self, ReplNet, Replication};
 use crate::waiters::Waiters;
-use ferrolog_controlplane::metadata::MetadataSnapshot;
+use ferrolog_controlplane::metadata::{Broker, MetadataSnapshot};
+use ferrolog_controlplane::peer_hints::PeerHints;
 use ferrolog_controlplane::topic_configs::{self, ProducePolicy};
 use ferrolog_controlplane::topics::{self, TopicDefaults};
 use ferrolog_model::{NodeId, Ntp, ShardId};
@@ -32,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 /// Partitions one shard opens (at start, or for a CreateTopics) or closes
@@ -77,6 +78,10 @@ pub struct InternalTopic {
     pub log: LogConfig,
 }
 
+/// How long a broker that left the live set stays in
+/// [`PartitionManager::departed_brokers`].
+pub const DEPARTED_BROKER_LISTED_FOR: Duration = Duration::from_secs(5);
+
 /// How a shard asks the controller for a new election of a partition.
 pub type ElectionRequests = Rc<dyn Fn(Ntp)>;
 
@@ -94,6 +99,9 @@ pub struct ClusterConfig {
     pub fetch_waiters_per_partition_max: usize,
     pub topic_defaults: TopicDefaults,
     pub internal_topics: Vec<InternalTopic>,
+    /// The node's hints about its peers (one per process, shared with the
+    /// controller): this shard's replication links report to it.
+    pub peer_hints: Arc<PeerHints>,
 }
 
 impl ClusterConfig {
@@ -148,6 +156,10 @@ pub struct PartitionManager {
     pub log_ctx: Rc<LogContext>,
     placement: Arc<Placement>,
     metadata: RefCell<Arc<MetadataSnapshot>>,
+    /// Brokers that left the live set, each with when this shard saw it
+    /// happen; kept for [`DEPARTED_BROKER_LISTED_FOR`] (see
+    /// [`PartitionManager::departed_brokers`]).
+    departed: RefCell<Vec<(Broker, Instant)>>,
     partitions: RefCell<HashMap<Ntp, Rc<Partition>>>,
     /// The settings each open partition was opened or last reconfigured with.
     applied: RefCell<BTreeMap<Ntp, Desired>>,
@@ -198,6 +210,7 @@ impl PartitionManager {
             log_ctx,
             placement,
             metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
+            departed: RefCell::new(Vec::new()),
             partitions: RefCell::new(HashMap::new()),
             applied: RefCell::new(BTreeMap::new()),
             waiters: Waiters::default(),
@@ -251,6 +264,40 @@ impl PartitionManager {
     /// The shard that owns `ntp`.
     pub fn owner(&self, ntp: &Ntp) -> ShardId {
         self.placement.owner(ntp)
+    }
+
+    /// Brokers that were live in an earlier snapshot of this shard and are
+    /// not in the current one, for at most [`DEPARTED_BROKER_LISTED_FOR`]
+    /// after they left. The Kafka layer keeps listing them in Metadata's
+    /// brokers (not as leaders): librdkafka decommissions a broker that
+    /// drops out of that list, and when the same answer also moves a
+    /// partition off it, the broker's thread can take the partition back
+    /// from the new leader ("delegate to broker (none)") and leave it
+    /// leaderless until the next one-second topic scan.
+    pub fn departed_brokers(&self) -> Vec<Broker> {
+        let now = Instant::now();
+        self.departed
+            .borrow()
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < DEPARTED_BROKER_LISTED_FOR)
+            .map(|(b, _)| b.clone())
+            .collect()
+    }
+
+    /// Records the brokers `next` drops from the current snapshot's live
+    /// set, and forgets those live again or departed long ago.
+    fn note_departures(&self, next: &MetadataSnapshot) {
+        let now = Instant::now();
+        let current = self.metadata.borrow().clone();
+        let mut departed = self.departed.borrow_mut();
+        departed.retain(|(b, at)| {
+            !next.is_live(b.id) && now.saturating_duration_since(*at) < DEPARTED_BROKER_LISTED_FOR
+        });
+        for b in &current.brokers {
+            if !next.is_live(b.id) && !departed.iter().any(|(d, _)| d.id == b.id) {
+                departed.push((b.clone(), now));
+            }
+        }
     }
 
     /// The metadata snapshot this shard last applied.
@@ -422,6 +469,7 @@ impl PartitionManager {
             .map(|(name, meta)| (meta.id, name.clone()))
             .collect();
         self.isr.borrow_mut().retain(|ntp| snap.topics.contains(ntp));
+        self.note_departures(&snap);
         *self.metadata.borrow_mut() = snap;
         for ntp in &plan.remove {
             if !self.step() {

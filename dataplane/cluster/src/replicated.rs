@@ -44,7 +44,7 @@ use ferrolog_replication::{
 };
 use ferrolog_storage::{ReadRequest, StorageError};
 use ferrolog_transport::tls::{host_of, NodeTls};
-use ferrolog_transport::{Frame, Link};
+use ferrolog_transport::{Frame, Link, PeerEvents};
 use futures_channel::oneshot;
 use glommio::sync::Semaphore;
 use serde::{Deserialize, Serialize};
@@ -916,7 +916,14 @@ impl ReplNet {
             .or_insert_with(|| {
                 // The peer's certificate must name the host it registered.
                 let tls = self.tls.borrow().clone().map(|t| (t, host_of(&host).to_string()));
-                Link::with_tls(addr, FRAME_PAYLOAD_MAX, LINK_FRAMES_MAX, LINK_BYTES_MAX, tls)
+                let link = Link::with_tls(addr, FRAME_PAYLOAD_MAX, LINK_FRAMES_MAX, LINK_BYTES_MAX, tls);
+                // The node's Metadata answers use what this link sees of its peer.
+                let (lost, connected) = (m.config.peer_hints.clone(), m.config.peer_hints.clone());
+                link.on_peer_events(PeerEvents {
+                    connected: Rc::new(move || connected.heard_from(to)),
+                    lost: Rc::new(move || lost.connection_lost(to)),
+                });
+                link
             })
             .clone();
         match link.send(frame) {

@@ -87,6 +87,7 @@ fn cluster_config(data_dir: &Path) -> ClusterConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
         internal_topics: Vec::new(),
+        peer_hints: Default::default(),
     }
 }
 
@@ -146,6 +147,7 @@ fn life<R: Send + 'static>(
                     offsets_topic: false,
                     auto_leader_rebalance: true,
                     tls: None,
+                    peer_hints: Default::default(),
                 },
                 publish,
             )

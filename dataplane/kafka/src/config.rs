@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// Mutual TLS between nodes (the control-plane RPC and the replication
     /// data links, both ways); `None`: plain TCP.
     pub node_tls: Option<std::sync::Arc<ferrolog_transport::NodeTls>>,
+    /// The node's hints about its peers, shared by its controller and data
+    /// shards (see ferrolog_controlplane::peer_hints).
+    pub peer_hints: std::sync::Arc<ferrolog_controlplane::peer_hints::PeerHints>,
     pub control_timing: ferrolog_controlplane::controller::ControlTiming,
     /// Largest request frame accepted; a larger size field closes the connection.
     pub max_request_bytes: usize,
@@ -107,6 +110,7 @@ impl ServerConfig {
             fetch_waiters_per_partition_max: self.fetch_waiters_per_partition_max,
             topic_defaults: self.topic_defaults.clone(),
             internal_topics: vec![crate::groups::coordinator::internal_topic(&self.groups)],
+            peer_hints: self.peer_hints.clone(),
         }
     }
 }

@@ -206,6 +206,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         data_advertised: None,
         xdp: None,
         node_tls: None,
+        peer_hints: Default::default(),
         control_timing: Default::default(),
         max_request_bytes: MAX_REQUEST_BYTES,
         auto_create_topics: true,

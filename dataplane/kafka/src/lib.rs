@@ -129,6 +129,7 @@ pub async fn start_controller(smp: Rc<Smp>, config: &ServerConfig) -> Result<Rc<
         offsets_topic: true,
         auto_leader_rebalance: config.auto_leader_rebalance,
         tls: config.node_tls.clone(),
+        peer_hints: config.peer_hints.clone(),
     };
     let controller = Controller::bootstrap(controller, publish)
         .await

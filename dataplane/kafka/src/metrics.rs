@@ -41,6 +41,9 @@ pub struct ShardMetrics {
     /// Requests started while an earlier request of the same connection was
     /// still in progress (pipelining, `network.pipeline_depth`).
     pub requests_pipelined: Counter,
+    /// Metadata answers that waited for the controller's verdict on a
+    /// partition leader this node had just lost its connection to.
+    pub metadata_waits_for_lost_leaders: Counter,
     pub connections_accepted: Counter,
     /// Refused at accept: the shard's connection limit was reached.
     pub connections_rejected: Counter,
@@ -84,6 +87,7 @@ pub struct ShardSnapshot {
     pub apis: Vec<ApiSnapshot>,
     pub request_errors: u64,
     pub requests_pipelined: u64,
+    pub metadata_waits_for_lost_leaders: u64,
     pub connections_open: u64,
     pub connections_accepted: u64,
     pub connections_rejected: u64,
@@ -115,6 +119,7 @@ impl ShardSnapshot {
             apis: m.api_snapshots(),
             request_errors: m.request_errors.get(),
             requests_pipelined: m.requests_pipelined.get(),
+            metadata_waits_for_lost_leaders: m.metadata_waits_for_lost_leaders.get(),
             connections_open: m.connections_open.get(),
             connections_accepted: m.connections_accepted.get(),
             connections_rejected: m.connections_rejected.get(),
@@ -173,7 +178,7 @@ type PartitionValue = fn(&PartitionSnapshot) -> u64;
 pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
     let mut out = String::new();
     let shard_labels = |s: &ShardSnapshot| format!("shard=\"{}\"", s.shard);
-    let shard_counters: [(&str, &str, &str, ShardValue); 12] = [
+    let shard_counters: [(&str, &str, &str, ShardValue); 13] = [
         (
             "ferrolog_request_errors_total",
             "counter",
@@ -185,6 +190,12 @@ pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
             "counter",
             "Requests started while an earlier request of the same connection was still in progress.",
             |s| s.requests_pipelined,
+        ),
+        (
+            "ferrolog_metadata_waits_for_lost_leader_total",
+            "counter",
+            "Metadata answers that waited for the controller's verdict on a partition leader this node had just lost its connection to.",
+            |s| s.metadata_waits_for_lost_leaders,
         ),
         (
             "ferrolog_connections_open",

@@ -89,6 +89,6 @@ pub use codec::{
     check_header_crc, decode_header, encode_header, split_frame, Frame, FrameError, Header, Split,
     EXT_BYTES_MAX, FLAGS_KNOWN, HEADER_BYTES, MAGIC, VERSION,
 };
-pub use link::{Link, SendError, CONNECT_TIMEOUT, RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN};
+pub use link::{Link, PeerEvents, SendError, CONNECT_TIMEOUT, RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN};
 pub use server::{listen, listen_with_tls, Handler, CONNECTIONS_MAX, MID_FRAME_TIMEOUT};
 pub use tls::{NodeStream, NodeTls, NodeTlsFiles};

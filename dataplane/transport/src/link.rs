@@ -89,6 +89,32 @@ struct Inner {
     state: RefCell<State>,
     sent: Cell<u64>,
     dropped: Cell<u64>,
+    /// Told when a connection is made and when an established one ends
+    /// (see [`Link::on_peer_events`]).
+    events: RefCell<Option<PeerEvents>>,
+}
+
+/// What a link tells its owner about its peer: `connected` when a
+/// connection is made, `lost` when an established connection ends (closed
+/// or reset by the peer while idle, or broken while writing). A failed
+/// connection attempt is neither.
+#[derive(Clone)]
+pub struct PeerEvents {
+    pub connected: Rc<dyn Fn()>,
+    pub lost: Rc<dyn Fn()>,
+}
+
+impl Inner {
+    fn tell(&self, connected: bool) {
+        let events = self.events.borrow().clone();
+        if let Some(e) = events {
+            if connected {
+                (e.connected)()
+            } else {
+                (e.lost)()
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -153,9 +179,15 @@ impl Link {
             state: RefCell::new(State::default()),
             sent: Cell::new(0),
             dropped: Cell::new(0),
+            events: RefCell::new(None),
         });
         let writer = glommio::spawn_local(writer(inner.clone())).detach();
         Rc::new(Link { inner, writer })
+    }
+
+    /// Tells `events` about this link's connections from now on.
+    pub fn on_peer_events(&self, events: PeerEvents) {
+        self.inner.events.replace(Some(events));
     }
 
     /// Queues `frame` for the peer; never waits. The frame's buffers are kept
@@ -327,6 +359,7 @@ async fn writer(inner: Rc<Inner>) {
             if let Idle::Closed(reason) = idle {
                 debug!(%peer, %reason, "transport: idle link disconnected");
                 stream = None;
+                inner.tell(false);
                 continue;
             }
         } else {
@@ -341,6 +374,7 @@ async fn writer(inner: Rc<Inner>) {
                     failing = false;
                     backoff = RECONNECT_BACKOFF_MIN;
                     stream = Some(s);
+                    inner.tell(true);
                 }
                 Err(e) => {
                     let dropped = inner.drop_queued();
@@ -373,6 +407,7 @@ async fn writer(inner: Rc<Inner>) {
                 "transport: link broken while writing; reconnecting on the next frame"
             );
             stream = None;
+            inner.tell(false);
         }
         glommio::yield_if_needed().await;
     }

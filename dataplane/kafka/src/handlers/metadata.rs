@@ -8,14 +8,23 @@ use ferrolog_controlplane::metadata::MetadataSnapshot;
 use ferrolog_controlplane::topics::PartitionAssignment;
 use ferrolog_model::{NodeId, Ntp};
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
-use tracing::warn;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 pub const VERSIONS: Versions = Versions::new(0, 12);
+
+/// The longest a Metadata answer waits for the controller's verdict on a
+/// partition leader this node just lost its connection to (see
+/// [`wait_out_lost_leaders`]), counted from the loss.
+pub const LOST_LEADER_WAIT_MAX: Duration = Duration::from_secs(1);
+/// How often a waiting Metadata answer looks at the shard's snapshot again.
+const LOST_LEADER_POLL: Duration = Duration::from_millis(2);
 
 /// "Authorized operations not requested".
 const OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -89,7 +98,60 @@ fn error_entry(name: Option<&str>, id: Uuid, error: ResponseError) -> MetadataRe
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
 }
 
+/// Whether `name` is among the topics a request asks for (`None`: all).
+fn asked_for(requested: Option<&[MetadataRequestTopic]>, name: &str, id: u128) -> bool {
+    requested.is_none_or(|list| {
+        list.iter().any(|t| match &t.name {
+            Some(n) => n.0.as_str() == name,
+            None => t.topic_id.as_u128() == id,
+        })
+    })
+}
+
+/// Waits while a partition this request asks about is led, in the shard's
+/// snapshot, by a node this node lost a connection to less than
+/// [`LOST_LEADER_WAIT_MAX`] ago and has not heard from since
+/// (`PeerHints`), so that the answer names the leader the controller
+/// elects instead of a dead one. A killed leader's clients ask a survivor
+/// at once; librdkafka ends its fast leader query on any answer that names
+/// a leader it knows, and re-asks only on its one-second topic scan. The
+/// wait ends when no such partition is left (the controller moved them, or
+/// heard from the node) or at the bound; then the answer is built as
+/// always. Returns how long it waited.
+async fn wait_out_lost_leaders(ctx: &Ctx, requested: Option<&[MetadataRequestTopic]>) -> Duration {
+    let started = Instant::now();
+    let me = ctx.shard.cluster.config.node_id;
+    loop {
+        let lost = ctx.shard.config.peer_hints.lost_within(LOST_LEADER_WAIT_MAX);
+        if lost.is_empty() {
+            return started.elapsed();
+        }
+        let table = ctx.shard.topics();
+        let until = table
+            .topics
+            .iter()
+            .filter(|(name, meta)| asked_for(requested, name, meta.id))
+            .flat_map(|(_, meta)| meta.assignments.iter())
+            .filter(|a| a.leader != me)
+            .filter_map(|a| lost.iter().find(|(n, _)| *n == a.leader))
+            .map(|(_, at)| *at + LOST_LEADER_WAIT_MAX)
+            .max();
+        match until {
+            Some(t) if Instant::now() < t => glommio::timer::sleep(LOST_LEADER_POLL).await,
+            _ => return started.elapsed(),
+        }
+    }
+}
+
 pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
+    let waited = wait_out_lost_leaders(ctx, req.topics.as_deref()).await;
+    if !waited.is_zero() {
+        ctx.shard.metrics.metadata_waits_for_lost_leaders.inc();
+        debug!(
+            waited_us = waited.as_micros() as u64,
+            "a Metadata answer waited for the controller's verdict on a lost leader"
+        );
+    }
     let cfg = &ctx.shard.config;
     let cluster = &ctx.shard.cluster;
     let snap = ctx.shard.metadata();
@@ -171,9 +233,13 @@ pub async fn handle(ctx: &Ctx, req: MetadataRequest) -> MetadataResponse {
             }
         }
     }
+    // Brokers that just left the live set stay listed for a while (not as
+    // leaders): see PartitionManager::departed_brokers.
+    let departed = cluster.departed_brokers();
     let brokers = snap
         .brokers
         .iter()
+        .chain(departed.iter().filter(|b| !snap.is_live(b.id)))
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.id.0))
