@@ -442,14 +442,14 @@ class Cluster:
 # ---------------------------------------------------------------- Kafka admin
 
 
-def create_topic(bootstrap, name, rf, durability):
-    """CreateTopics of a 1-partition topic, retried on retriable errors until CREATE_S; then
-    waits until Metadata names a leader of partition 0."""
+def create_topic(bootstrap, name, rf, durability, partitions=1):
+    """CreateTopics of a topic (1 partition unless told), retried on retriable errors until
+    CREATE_S; then waits until Metadata names a leader of partition 0."""
     deadline = time.monotonic() + CREATE_S
     last = None
     while True:
         a = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
-        topic = NewTopic(name, 1, rf, config={"ferrolog.durability": durability})
+        topic = NewTopic(name, partitions, rf, config={"ferrolog.durability": durability})
         fut = a.create_topics([topic], operation_timeout=10, request_timeout=10)[name]
         try:
             fut.result(timeout=CREATE_S)
@@ -470,21 +470,21 @@ def create_topic(bootstrap, name, rf, durability):
     leader_of(bootstrap, name, LEADER_S)
 
 
-def leader_of(bootstrap, topic, within_s):
-    """The leader of partition 0 in Metadata from any node of bootstrap."""
+def leader_of(bootstrap, topic, within_s, partition=0):
+    """The leader of the partition (0 unless told) in Metadata from any node of bootstrap."""
     deadline = time.monotonic() + within_s
     last = None
     while time.monotonic() < deadline:
         try:
             a = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000})
-            p = a.list_topics(topic, timeout=2).topics[topic].partitions.get(0)
+            p = a.list_topics(topic, timeout=2).topics[topic].partitions.get(partition)
             if p is not None and p.leader >= 0:
                 return p.leader
             last = "no leader"
         except KafkaException as e:
             last = e
         time.sleep(POLL_SLEEP_S)
-    raise RuntimeError(f"no leader of {topic}/0 within {within_s} s ({last})")
+    raise RuntimeError(f"no leader of {topic}/{partition} within {within_s} s ({last})")
 
 
 # ---------------------------------------------------------------- latency
@@ -573,8 +573,9 @@ def run_latency(args, cluster, root):
 
 
 class PacedProducer(threading.Thread):
-    """Sends one value every SEND_INTERVAL_S to partition 0 of a topic and records
-    (ack time, send time) of every acknowledgement, and every delivery error."""
+    """Sends one value every SEND_INTERVAL_S to one partition of a topic (`partition`, 0 until
+    changed) and records (ack time, send time) of every acknowledgement, and every delivery
+    error."""
 
     def __init__(self, bootstrap, topic, debug=None):
         super().__init__(daemon=True)
@@ -582,6 +583,7 @@ class PacedProducer(threading.Thread):
         self.acks = []  # (monotonic ack time, monotonic send time); appended by this thread only
         self.errors = []
         self.sent = 0
+        self.partition = 0
         self.stop = threading.Event()
         self.producer = Producer(dict(FAST_CLIENT, **{
             "bootstrap.servers": bootstrap,
@@ -605,7 +607,7 @@ class PacedProducer(threading.Thread):
         while not self.stop.is_set():
             now = time.monotonic()
             if now >= next_send:
-                self.producer.produce(self.topic, value, partition=0,
+                self.producer.produce(self.topic, value, partition=self.partition,
                                       on_delivery=lambda e, m, t=now: self._report(e, m, t))
                 self.sent += 1
                 next_send += SEND_INTERVAL_S
@@ -625,7 +627,7 @@ def wait_first_ack_after(prod, t):
     raise RuntimeError(f"no acknowledgement of a message sent after the kill within {RECOVER_S} s")
 
 
-def wait_caught_up(cluster, node, topic):
+def wait_caught_up(cluster, node, topic, partition=0):
     """Waits until the restarted node's copy of the partition reaches the leader's high
     watermark of the moment it started serving."""
     deadline = time.monotonic() + CATCH_UP_S
@@ -634,19 +636,19 @@ def wait_caught_up(cluster, node, topic):
     while time.monotonic() < deadline:
         try:
             if target is None:
-                leader = cluster.node(leader_of(cluster.bootstrap, topic, LEADER_S))
-                lp = leader.partition(topic)
+                leader = cluster.node(leader_of(cluster.bootstrap, topic, LEADER_S, partition))
+                lp = leader.partition(topic, partition)
                 if lp is not None:
                     target = lp["high_watermark"]
             else:
-                p = node.partition(topic)
+                p = node.partition(topic, partition)
                 last = p
                 if p is not None and p["log_end_offset"] >= target:
                     return target
         except (OSError, ValueError, KeyError) as e:
             last = e
         time.sleep(POLL_SLEEP_S)
-    raise RuntimeError(f"node {node.id}: copy of {topic}/0 not at the leader's high watermark {target} "
+    raise RuntimeError(f"node {node.id}: copy of {topic}/{partition} not at the leader's high watermark {target} "
                        f"within {CATCH_UP_S} s (last: {last})\n{cluster.logs()}")
 
 
@@ -673,18 +675,21 @@ def log_events(cluster, pattern):
 def breakdown(cluster, topic, rounds):
     """Adds, per kill, when the controller marked the killed node down and when it elected the
     partition's next leader (the nodes' log lines, wall clock; same machine, same clock)."""
-    downs = log_events(cluster, r"missed its session; marking it down")
-    elected = log_events(cluster, rf"partition leader elected topic={re.escape(topic)} partition=0 ")
-    leading = log_events(cluster, rf"replica role changed partition={re.escape(topic)}/0 role=Leader ")
+    downs = log_events(cluster, r"missed its session; marking it down|refuses connections; marking it down")
+    elected = log_events(cluster, rf"partition leader elected topic={re.escape(topic)} partition=")
+    leading = log_events(cluster, rf"replica role changed partition={re.escape(topic)}/")
     explained = set()
     for r in rounds:
         t = r["killed_unix"]
+        p = r.get("partition", 0)
+        elected_p = [(u, line) for u, line in elected if f" partition={p} " in line]
+        leading_p = [(u, line) for u, line in leading if f"/{p} role=Leader " in line]
         d = next((u for u, line in downs if u >= t and f"node={r['killed']}" in line), None)
         explained.add(d)
-        e = next((u for u, _ in elected if u >= t), None)
+        e = next((u for u, _ in elected_p if u >= t), None)
         r["kill_to_marked_down_ms"] = None if d is None else round((d - t) * 1000, 1)
         r["kill_to_elected_ms"] = None if e is None else round((e - t) * 1000, 1)
-        lead = next((u for u, _ in leading if u >= t), None)
+        lead = next((u for u, _ in leading_p if u >= t), None)
         r["kill_to_leading_ms"] = None if lead is None else round((lead - t) * 1000, 1)
     # A node marked down that no kill explains is a false failover (or a second marking of a
     # killed node); each is returned whole, with its time after the first kill.
@@ -692,9 +697,27 @@ def breakdown(cluster, topic, rounds):
     return [f"+{u - t0:.3f} s: {line}" for u, line in downs if u not in explained]
 
 
+def partition_led_by(cluster, topic, node, partitions, within_s):
+    """A partition of topic that node leads, waiting (the controller's balancing gives a
+    restarted node its preferred leadership back after 10 s of being live) up to within_s."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for p in range(partitions):
+            try:
+                if leader_of(cluster.bootstrap, topic, LEADER_S, p) == node:
+                    return p
+            except RuntimeError:
+                pass
+        time.sleep(0.5)
+    raise RuntimeError(f"node {node} led no partition of {topic} within {within_s} s")
+
+
 def run_failover(args, cluster, root):
     topic = "repl-bench-failover"
-    create_topic(cluster.bootstrap, topic, 3, args.durability)
+    # Killing the controller leader: one partition per node, and the producer writes to the
+    # one the controller leader leads in each round.
+    partitions = len(cluster.nodes) if args.victim == "controller-leader" else 1
+    create_topic(cluster.bootstrap, topic, 3, args.durability, partitions)
     prod = PacedProducer(cluster.bootstrap, topic, args.client_debug)
     prod.start()
     time.sleep(WARMUP_S)
@@ -706,7 +729,10 @@ def run_failover(args, cluster, root):
             if not prod.is_alive():
                 raise RuntimeError("the producer thread stopped")
             controller = cluster.agreed()
-            leader_id = leader_of(cluster.bootstrap, topic, LEADER_S)
+            if args.victim == "controller-leader":
+                prod.partition = partition_led_by(cluster, topic, controller, partitions, 60)
+                time.sleep(1.0)  # acknowledgements flow on that partition before the kill
+            leader_id = leader_of(cluster.bootstrap, topic, LEADER_S, prod.partition)
             leader = cluster.node(leader_id)
             killed_wall = time.time()
             killed_at = leader.kill9()
@@ -714,14 +740,15 @@ def run_failover(args, cluster, root):
             before = [a for a, _ in prod.acks if a <= killed_at]
             last_before = max(before)
             new_leader = leader_of(",".join(f"{n.host}:{n.kafka}" for n in cluster.nodes if n.running()),
-                                   topic, LEADER_S)
+                                   topic, LEADER_S, prod.partition)
             restart_at = time.monotonic()
             leader.spawn(cluster.seeds)
             leader.wait_serving()
             cluster.wait_agreed()
-            hw = wait_caught_up(cluster, leader, topic)
+            hw = wait_caught_up(cluster, leader, topic, prod.partition)
             back_s = time.monotonic() - restart_at
             r = {
+                "partition": prod.partition,
                 "killed": leader_id,
                 "controller_leader": controller,
                 "killed_unix": killed_wall,
@@ -746,6 +773,7 @@ def run_failover(args, cluster, root):
     res = {
         "scenario": "failover",
         "kills": args.kills,
+        "victim": args.victim,
         "control": FAST_CONTROL if args.fast_control else "built-in defaults",
         "client": FAST_CLIENT,
         "send_interval_ms": SEND_INTERVAL_S * 1000,
@@ -918,6 +946,9 @@ def main():
     fo.add_argument("--kills", type=int, default=20)
     fo.add_argument("--fast-control", action="store_true", help=f"[control] {FAST_CONTROL}")
     fo.add_argument("--client-debug", help="librdkafka debug contexts of the producer (to stderr)")
+    fo.add_argument("--victim", choices=["partition-leader", "controller-leader"], default="partition-leader",
+                    help="whom each round kills: the leader of the producer's partition, or the controller "
+                         "leader (the producer then writes to a partition it leads: both die together)")
     tp = sub.add_parser("throughput")
     tp.add_argument("--messages", type=int, default=200_000, help="per round (1 KiB each)")
     tp.add_argument("--rounds", type=int, default=3, help="rounds per replication factor")

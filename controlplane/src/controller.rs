@@ -71,6 +71,11 @@ const LOST_MEMBER_PROBE_PAUSES: [Duration; 4] = [
     Duration::from_millis(100),
 ];
 
+/// Between the campaigns of two surviving voters after the controller
+/// leader's process died (see `Controller::raft_leader_lost`): time for the
+/// first to win before the next one tries.
+const LEADER_LOST_STAGGER: Duration = Duration::from_millis(150);
+
 /// Timing of the control plane (profile fields; see docs/tuning.md).
 #[derive(Clone, Debug)]
 pub struct ControlTiming {
@@ -608,6 +613,11 @@ impl Controller {
                 );
                 self.leader_since.set(Some(Instant::now()));
                 self.heard.borrow_mut().clear();
+                // This executor's controller is this one (one per executor).
+                let me = CONTROLLER.with(|c| c.borrow().clone());
+                if let Some(me) = me.filter(|c| std::ptr::eq(Rc::as_ptr(c), self)) {
+                    me.probe_members_after_election();
+                }
             }
             (false, Some(_)) => {
                 info!("this node is no longer the controller leader");
@@ -1090,33 +1100,19 @@ impl Controller {
         }
     }
 
-    /// Leader: the connection that carried `node`'s heartbeats ended. When
-    /// nothing listens on its control-plane address any more (connection
-    /// refused: its process is gone, as after kill -9), it is marked down
-    /// now rather than after its session, and the elections of the
-    /// partitions it led start at once. Anything else (the connection
-    /// works: it only reconnected; it times out: a network fault) is left to
-    /// the session timeout, so a pause or a partition is judged as before.
-    async fn probe_lost_member(self: Rc<Self>, node: NodeId) {
-        let lost_at = Instant::now();
-        let addr = {
-            let core = self.core.borrow();
-            if !core.is_leader() || node == self.config.me.id {
-                return;
-            }
-            match core.state().members.get(&node) {
-                Some(m) if m.alive && m.state != MemberState::Removed => m.rpc_addr.clone(),
-                _ => return,
-            }
-        };
-        // A process being killed may close the heartbeat connection before
-        // its listener: a connect that works is tried again a few times.
-        let mut refused = false;
+    /// Whether nothing listens on a peer's control-plane address any more:
+    /// `Some(true)` when a connection is refused (its process is gone, as
+    /// after kill -9), `Some(false)` when connections work (tried
+    /// [`LOST_MEMBER_PROBE_PAUSES`] times: a process being killed may close
+    /// its connections before its listener), `None` when an attempt timed
+    /// out or failed otherwise (a network fault or a pause, not a dead
+    /// process).
+    async fn control_port_refuses(addr: &str) -> Option<bool> {
         for pause in LOST_MEMBER_PROBE_PAUSES {
             glommio::timer::sleep(pause).await;
             let attempt = futures_lite::future::or(
                 async {
-                    match glommio::net::TcpStream::connect(addr.as_str()).await {
+                    match glommio::net::TcpStream::connect(addr).await {
                         Err(glommio::GlommioError::IoError(e))
                             if e.kind() == std::io::ErrorKind::ConnectionRefused =>
                         {
@@ -1133,21 +1129,40 @@ impl Controller {
             )
             .await;
             match attempt {
-                Some(true) => {
-                    refused = true;
-                    break;
-                }
+                Some(true) => return Some(true),
                 Some(false) => continue,
-                // Timed out or another error: a network fault, not a dead
-                // process; the session timeout judges it.
-                None => return,
+                None => return None,
             }
         }
+        Some(false)
+    }
+
+    /// Leader: probes `node`'s control port and marks it down at once when
+    /// the port refuses connections (its process is gone), so that the
+    /// elections of the partitions it led start now rather than after its
+    /// session. Anything else (the connection works: it only reconnected; it
+    /// times out: a network fault) is left to the session timeout, so a
+    /// pause or a partition is judged as before. `why` says what started the
+    /// probe: the connection that carried its heartbeats ended, or this node
+    /// was just elected and the member's heartbeats went to the old leader.
+    async fn probe_lost_member(self: Rc<Self>, node: NodeId, why: &'static str) {
+        let lost_at = Instant::now();
+        let addr = {
+            let core = self.core.borrow();
+            if !core.is_leader() || node == self.config.me.id {
+                return;
+            }
+            match core.state().members.get(&node) {
+                Some(m) if m.alive && m.state != MemberState::Removed => m.rpc_addr.clone(),
+                _ => return,
+            }
+        };
+        let refused = Self::control_port_refuses(&addr).await == Some(true);
         let heard_since = self.heard.borrow().get(&node).is_some_and(|t| *t > lost_at);
         if !refused || heard_since || !self.core.borrow().is_leader() {
             return;
         }
-        warn!(node = %node, addr = %addr, "member's heartbeat connection closed and its control port refuses connections; marking it down now");
+        warn!(node = %node, addr = %addr, "{why} and its control port refuses connections; marking it down now");
         // Its last heartbeat must not make the next duty mark it up again;
         // a restart registers and heartbeats anew.
         self.heard.borrow_mut().remove(&node);
@@ -1157,6 +1172,72 @@ impl Controller {
             .await;
         self.probing_down.borrow_mut().remove(&node);
         self.start_elections();
+    }
+
+    /// Leader, just elected: probes every other member marked alive. A
+    /// member that died with the previous leader (its heartbeats went
+    /// there, so no connection here ends) would otherwise be judged by a
+    /// whole session counted from this election.
+    fn probe_members_after_election(self: &Rc<Self>) {
+        let members: Vec<NodeId> = {
+            let core = self.core.borrow();
+            core.state()
+                .members
+                .values()
+                .filter(|m| m.alive && m.state != MemberState::Removed && m.id != self.config.me.id)
+                .map(|m| m.id)
+                .collect()
+        };
+        for node in members {
+            let why = "controller leader just elected; member probed";
+            glommio::spawn_local(self.clone().probe_lost_member(node, why)).detach();
+        }
+    }
+
+    /// Follower: the connection that carried the Raft leader `node`'s
+    /// messages ended. When its control port refuses connections (its
+    /// process is gone), this voter campaigns now instead of after an
+    /// election timeout, as a leadership transfer would
+    /// (`RaftCore::campaign_after_leader_died`). Surviving voters go in turn,
+    /// [`LEADER_LOST_STAGGER`] apart by their rank (lowest id first), so that
+    /// they do not split the vote; one that sees a new term by its turn does
+    /// nothing. A pause or a network fault (no refusal) is left to the
+    /// election timeout, as before.
+    async fn raft_leader_lost(self: Rc<Self>, node: NodeId) {
+        let dead = node_u64(node);
+        let (term, rank, addr) = {
+            let core = self.core.borrow();
+            if core.is_leader() || core.leader() != dead || !core.is_voter() {
+                return;
+            }
+            let mut survivors: Vec<u64> = core
+                .conf_state()
+                .voters
+                .into_iter()
+                .filter(|v| *v != dead)
+                .collect();
+            survivors.sort_unstable();
+            let Some(rank) = survivors.iter().position(|v| *v == core.id()) else {
+                return;
+            };
+            let Some(addr) = core.state().members.get(&node).map(|m| m.rpc_addr.clone()) else {
+                return;
+            };
+            (core.term(), rank, addr)
+        };
+        if Self::control_port_refuses(&addr).await != Some(true) {
+            return;
+        }
+        glommio::timer::sleep(LEADER_LOST_STAGGER * u32::try_from(rank).unwrap_or(u32::MAX)).await;
+        let started = self.core.borrow_mut().campaign_after_leader_died(dead, term);
+        match started {
+            Ok(true) => {
+                warn!(leader = %node, addr = %addr, term, "the controller leader's connection ended and its control port refuses connections; campaigning now");
+                self.drive();
+            }
+            Ok(false) => {}
+            Err(e) => warn!("cannot campaign after the controller leader died: {e}"),
+        }
     }
 
     /// Leader side of a heartbeat.
@@ -2242,7 +2323,13 @@ impl rpc::Handler for RpcHandler {
 
     fn heartbeats_lost(&self, from: u64) {
         self.0.config.peer_hints.connection_lost(node_id(from));
-        glommio::spawn_local(self.0.clone().probe_lost_member(node_id(from))).detach();
+        let why = "member's heartbeat connection closed";
+        glommio::spawn_local(self.0.clone().probe_lost_member(node_id(from), why)).detach();
+    }
+
+    fn raft_peer_lost(&self, from: u64) {
+        self.0.config.peer_hints.connection_lost(node_id(from));
+        glommio::spawn_local(self.0.clone().raft_leader_lost(node_id(from))).detach();
     }
 
     fn propose(

@@ -270,6 +270,29 @@ impl RaftCore {
         Ok(self.node.campaign()?)
     }
 
+    /// Campaigns at once because the leader `dead` is known to be gone (its
+    /// connection ended and its control port refuses connections), the way
+    /// a leadership transfer does (raft-rs's MsgTimeoutNow): without the
+    /// pre-vote, and asking voters to set aside the leader lease that would
+    /// otherwise hold them for an election timeout after the leader's last
+    /// message. Raft's safety does not rest on either (votes still go only
+    /// to a log at least as up to date, one per term); they keep a live
+    /// leader from being disturbed, which is why this runs only for a leader
+    /// whose process is gone. Does nothing (false) unless this node is a
+    /// voter that still follows `dead` in `term`.
+    pub fn campaign_after_leader_died(&mut self, dead: u64, term: u64) -> Result<bool, CoreError> {
+        if self.is_leader() || self.leader() != dead || self.term() != term || !self.is_voter() {
+            return Ok(false);
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgTimeoutNow);
+        m.from = dead;
+        m.to = self.config.id;
+        m.term = term;
+        self.node.step(m)?;
+        Ok(true)
+    }
+
     /// Whether a configuration change is proposed and not yet applied
     /// (raft takes one at a time).
     pub fn has_pending_conf(&self) -> bool {

@@ -206,6 +206,9 @@ pub trait Handler: 'static {
     /// A connection that carried heartbeats of node `from` ended (the peer
     /// closed it or its process died).
     fn heartbeats_lost(&self, _from: u64) {}
+    /// A connection that carried Raft messages of node `from` ended (the
+    /// peer closed it or its process died).
+    fn raft_peer_lost(&self, _from: u64) {}
 }
 
 fn reader_options() -> capnp::message::ReaderOptions {
@@ -311,12 +314,14 @@ async fn serve_connection(
         },
     };
     let heartbeats_from = Rc::new(Cell::new(None));
+    let raft_from = Rc::new(Cell::new(None));
     let server = ConnectionServer {
         handler: handler.clone(),
         peer,
         mismatch_warned: Cell::new(false),
         calls_in_flight: Rc::new(Cell::new(0)),
         heartbeats_from: heartbeats_from.clone(),
+        raft_from: raft_from.clone(),
     };
     let client: control::Client = capnp_rpc::new_client(server);
     let rpc = RpcSystem::new(vat_network(stream, Side::Server), Some(client.client));
@@ -334,6 +339,9 @@ async fn serve_connection(
     if let Some(from) = heartbeats_from.get() {
         handler.heartbeats_lost(from);
     }
+    if let Some(from) = raft_from.get() {
+        handler.raft_peer_lost(from);
+    }
 }
 
 /// The server of one connection.
@@ -344,6 +352,8 @@ struct ConnectionServer {
     calls_in_flight: Rc<Cell<usize>>,
     /// The node whose heartbeats this connection carried, if any.
     heartbeats_from: Rc<Cell<Option<u64>>>,
+    /// The node whose Raft messages this connection carried, if any.
+    raft_from: Rc<Cell<Option<u64>>>,
 }
 
 /// A slot among a connection's [`CALLS_IN_FLIGHT_MAX`], freed on drop.
@@ -404,6 +414,7 @@ impl control::Server for ConnectionServer {
                 .iter()
                 .map(|m| m.map(<[u8]>::to_vec))
                 .collect::<Result<Vec<_>, _>>()?;
+            self.raft_from.set(Some(p.get_from()));
             self.handler.raft(p.get_from(), messages);
             Ok(())
         };

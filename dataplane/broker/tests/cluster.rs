@@ -423,6 +423,41 @@ fn three_nodes_agree_on_topics_through_leader_kills_full_restarts_a_join_and_a_d
     c.node(leader).kill9();
     let next = c.leader();
     assert_ne!(next, leader);
+    // Without waiting out an election timeout and a session: the connection
+    // that carried the old leader's Raft messages ended and its control port
+    // refuses connections, so a survivor campaigned at once, and the new
+    // leader's probe of every member marked the old one down.
+    c.wait_until(next, "the killed controller leader marked down", |v| {
+        member(v, leader).is_some_and(|m| m["alive"] == false)
+    });
+    let survivors_log: String = c
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| std::fs::read_to_string(n.log_path(n.starts)).expect("node log"))
+        .collect();
+    assert!(
+        survivors_log.contains(&format!("campaigning now leader={leader} ")),
+        "no survivor campaigned at once after node {leader} died\n{}",
+        c.logs()
+    );
+    let about_leader =
+        |l: &&str| l.contains(&format!("node={leader} ")) || l.ends_with(&format!("node={leader}"));
+    assert!(
+        survivors_log.lines().filter(about_leader).any(
+            |l| l.contains("member probed and its control port refuses connections; marking it down now")
+        ),
+        "the new controller leader did not mark node {leader} down by its probe\n{}",
+        c.logs()
+    );
+    assert!(
+        !survivors_log
+            .lines()
+            .filter(about_leader)
+            .any(|l| l.contains("missed its session")),
+        "node {leader} was marked down by its session timeout\n{}",
+        c.logs()
+    );
     let survivor = (1..=3).find(|id| *id != leader).expect("a survivor");
     c.python(survivor, &["create", "after-failover", "1", "1"]);
     // The killed node restarts and catches up.
