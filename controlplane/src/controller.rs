@@ -71,6 +71,22 @@ const LOST_MEMBER_PROBE_PAUSES: [Duration; 4] = [
     Duration::from_millis(100),
 ];
 
+/// A member's place in `Controller::probing`, given back on drop.
+struct ProbeSlot<'a>(&'a RefCell<BTreeSet<NodeId>>, NodeId);
+
+impl<'a> ProbeSlot<'a> {
+    fn take(set: &'a RefCell<BTreeSet<NodeId>>, node: NodeId) -> Option<ProbeSlot<'a>> {
+        let fresh = set.borrow_mut().insert(node);
+        fresh.then(|| ProbeSlot(set, node))
+    }
+}
+
+impl Drop for ProbeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.borrow_mut().remove(&self.1);
+    }
+}
+
 /// Between the campaigns of two surviving voters after the controller
 /// leader's process died (see `Controller::raft_leader_lost`): time for the
 /// first to win before the next one tries.
@@ -237,6 +253,8 @@ pub struct Controller {
     /// Leader: members a probe is marking down (`probe_lost_member`); the
     /// periodic liveness check leaves them alone meanwhile.
     probing_down: RefCell<BTreeSet<NodeId>>,
+    /// Leader: members a probe is running for (`probe_lost_member`).
+    probing: RefCell<BTreeSet<NodeId>>,
     /// Leader: balancing elections tried, and when.
     balance_tried: RefCell<HashMap<PartitionKey, Instant>>,
     last_balance: Cell<Option<Instant>>,
@@ -372,6 +390,7 @@ impl Controller {
             reassigning: Cell::new(false),
             alive_since: RefCell::new(HashMap::new()),
             probing_down: RefCell::new(BTreeSet::new()),
+            probing: RefCell::new(BTreeSet::new()),
             balance_tried: RefCell::new(HashMap::new()),
             last_balance: Cell::new(None),
             election_round: RefCell::new(None),
@@ -1146,6 +1165,11 @@ impl Controller {
     /// probe: the connection that carried its heartbeats ended, or this node
     /// was just elected and the member's heartbeats went to the old leader.
     async fn probe_lost_member(self: Rc<Self>, node: NodeId, why: &'static str) {
+        // One probe of a member at a time (its heartbeat and Raft
+        // connections may end together).
+        let Some(_slot) = ProbeSlot::take(&self.probing, node) else {
+            return;
+        };
         let lost_at = Instant::now();
         let addr = {
             let core = self.core.borrow();
@@ -2329,7 +2353,12 @@ impl rpc::Handler for RpcHandler {
 
     fn raft_peer_lost(&self, from: u64) {
         self.0.config.peer_hints.connection_lost(node_id(from));
+        // A follower: was it the leader? The leader: a member's Raft
+        // responses came on that connection, as good a sign as heartbeats
+        // (and there before a member's first heartbeat).
         glommio::spawn_local(self.0.clone().raft_leader_lost(node_id(from))).detach();
+        let why = "member's Raft connection closed";
+        glommio::spawn_local(self.0.clone().probe_lost_member(node_id(from), why)).detach();
     }
 
     fn propose(

@@ -16,11 +16,12 @@
 //! handler only waits (bounded) for the controller's next snapshot while a
 //! partition it is asked about is led by a node with a fresh hint.
 //!
-//! Fed by: the controller leader (a heartbeat connection ended; a heartbeat
-//! arrived) and every shard's replication links (an established connection
-//! ended; a connection was made). Shared by the whole process (`Arc`,
-//! thread-safe): written on the control executor and the data shards, read
-//! by the data shards.
+//! Fed by: the controller (a connection that carried a peer's heartbeats or
+//! Raft messages ended; the leader: a heartbeat arrived) and every shard's
+//! replication links (an established connection ended; a link's connect is
+//! not a sign of life: a dying process's backlog still accepts). Shared by
+//! the whole process (`Arc`, thread-safe): written on the control executor
+//! and the data shards, read by the data shards.
 
 use ferrolog_model::NodeId;
 use std::collections::HashMap;
@@ -52,8 +53,8 @@ impl PeerHints {
         info!(node = %node, "a connection to node {node} ended: Metadata answers about partitions it leads wait (bounded) for the controller's verdict");
     }
 
-    /// `node` was heard from: a heartbeat arrived, or a connection to it
-    /// was made. Clears a loss before `now`.
+    /// `node` was heard from (a heartbeat arrived). Clears a loss before
+    /// now.
     pub fn heard_from(&self, node: NodeId) {
         self.at(node, Instant::now(), false);
     }

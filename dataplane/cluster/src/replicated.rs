@@ -918,10 +918,9 @@ impl ReplNet {
                 let tls = self.tls.borrow().clone().map(|t| (t, host_of(&host).to_string()));
                 let link = Link::with_tls(addr, FRAME_PAYLOAD_MAX, LINK_FRAMES_MAX, LINK_BYTES_MAX, tls);
                 // The node's Metadata answers use what this link sees of its peer.
-                let (lost, connected) = (m.config.peer_hints.clone(), m.config.peer_hints.clone());
+                let hints = m.config.peer_hints.clone();
                 link.on_peer_events(PeerEvents {
-                    connected: Rc::new(move || connected.heard_from(to)),
-                    lost: Rc::new(move || lost.connection_lost(to)),
+                    lost: Rc::new(move || hints.connection_lost(to)),
                 });
                 link
             })

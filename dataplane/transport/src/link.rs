@@ -89,30 +89,25 @@ struct Inner {
     state: RefCell<State>,
     sent: Cell<u64>,
     dropped: Cell<u64>,
-    /// Told when a connection is made and when an established one ends
-    /// (see [`Link::on_peer_events`]).
+    /// Told when an established connection ends (see [`Link::on_peer_events`]).
     events: RefCell<Option<PeerEvents>>,
 }
 
-/// What a link tells its owner about its peer: `connected` when a
-/// connection is made, `lost` when an established connection ends (closed
-/// or reset by the peer while idle, or broken while writing). A failed
-/// connection attempt is neither.
+/// What a link tells its owner about its peer: `lost` when an established
+/// connection ends (closed or reset by the peer while idle, or broken while
+/// writing). A failed connection attempt is not a loss, and a connection
+/// made is not a sign of life: a dying process's listen backlog still
+/// completes handshakes, and the peer never writes on a link.
 #[derive(Clone)]
 pub struct PeerEvents {
-    pub connected: Rc<dyn Fn()>,
     pub lost: Rc<dyn Fn()>,
 }
 
 impl Inner {
-    fn tell(&self, connected: bool) {
+    fn tell_lost(&self) {
         let events = self.events.borrow().clone();
         if let Some(e) = events {
-            if connected {
-                (e.connected)()
-            } else {
-                (e.lost)()
-            }
+            (e.lost)()
         }
     }
 }
@@ -359,7 +354,7 @@ async fn writer(inner: Rc<Inner>) {
             if let Idle::Closed(reason) = idle {
                 debug!(%peer, %reason, "transport: idle link disconnected");
                 stream = None;
-                inner.tell(false);
+                inner.tell_lost();
                 continue;
             }
         } else {
@@ -374,7 +369,6 @@ async fn writer(inner: Rc<Inner>) {
                     failing = false;
                     backoff = RECONNECT_BACKOFF_MIN;
                     stream = Some(s);
-                    inner.tell(true);
                 }
                 Err(e) => {
                     let dropped = inner.drop_queued();
@@ -407,7 +401,7 @@ async fn writer(inner: Rc<Inner>) {
                 "transport: link broken while writing; reconnecting on the next frame"
             );
             stream = None;
-            inner.tell(false);
+            inner.tell_lost();
         }
         glommio::yield_if_needed().await;
     }

@@ -83,18 +83,8 @@ pub fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str, within: Duration
 pub fn free_ports(n: u16) -> u16 {
     for _ in 0..100 {
         let first = free_port();
-        let all_free = (1..n).all(|i| {
-            first.checked_add(i).is_some_and(|p| {
-                !HANDED_OUT.lock().expect("port set").contains(&p)
-                    && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-                    && claim_across_processes(p)
-            })
-        });
+        let all_free = (1..n).all(|i| first.checked_add(i).is_some_and(try_take));
         if all_free {
-            let mut handed = HANDED_OUT.lock().expect("port set");
-            for i in 1..n {
-                handed.insert(first + i);
-            }
             return first;
         }
     }
@@ -127,13 +117,7 @@ pub fn free_port() -> u16 {
                 .map_or(0, |d| d.subsec_nanos());
         for i in 0..span {
             let port = u16::try_from(FIRST + (seed.wrapping_add(i) % span)).expect("below 65536");
-            if HANDED_OUT.lock().expect("port set").contains(&port) {
-                continue;
-            }
-            if TcpListener::bind(("127.0.0.1", port)).is_ok()
-                && HANDED_OUT.lock().expect("port set").insert(port)
-                && claim_across_processes(port)
-            {
+            if try_take(port) {
                 return port;
             }
         }
@@ -158,6 +142,33 @@ fn ephemeral_range() -> (u32, u32) {
     match (it.next(), it.next()) {
         (Some(low), Some(high)) => (low, high),
         _ => (32_768, 60_999),
+    }
+}
+
+/// Takes `port` if no test process (this one included) holds it and it can be
+/// bound now: claimed first, then probed, so that a probe never binds, even
+/// for a moment, a port another test process has claimed and its broker may
+/// be binding (the likely way a run of the suite once saw a node's RPC
+/// listener refused with "address in use"). A port that cannot be bound is
+/// given back.
+fn try_take(port: u16) -> bool {
+    if HANDED_OUT.lock().expect("port set").contains(&port) || !claim_across_processes(port) {
+        return false;
+    }
+    if TcpListener::bind(("127.0.0.1", port)).is_ok() && HANDED_OUT.lock().expect("port set").insert(port) {
+        return true;
+    }
+    release_claim(port);
+    false
+}
+
+/// Gives back this process's claim of `port`.
+fn release_claim(port: u16) {
+    let path = std::env::temp_dir()
+        .join("ferrolog-test-ports")
+        .join(port.to_string());
+    if std::fs::read_to_string(&path).is_ok_and(|holder| holder.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(&path);
     }
 }
 
