@@ -7,11 +7,11 @@
 use crate::node;
 use ferrolog_cluster::repl_xdp::{self, TestFaults, XdpNode, XdpNodeConfig};
 use ferrolog_controlplane::acls::AuthorizerConfig;
-use ferrolog_hw_profiles::irq;
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, parse_cpuset, pin_current_thread,
     Durability as ProfileDurability, Profile, XdpMode,
 };
+use ferrolog_hw_profiles::{cpuidle, irq};
 use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
 use ferrolog_kafka::sasl::{FileUsers, Mechanism};
 use ferrolog_kafka::security::{server_tls, ClientAuth, SecurityConfig, TlsFiles};
@@ -627,6 +627,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         info!(%device, "device measured by ferrolog tune");
     }
     place_interrupts(irq_cpus.as_deref(), &cpus, &args.data_dir);
+    check_idle_wait(profile.network.spin_before_park_us);
     // The main thread only waits for the shards; pinning it (and the threads it starts later,
     // which inherit its affinity) keeps it off the shards' cores.
     if let Some(control) = &control_cpus {
@@ -908,6 +909,25 @@ fn control_timing(p: &Profile) -> ferrolog_controlplane::controller::ControlTimi
         heartbeat_interval: Duration::from_millis(c.heartbeat_interval_ms),
         session_timeout: Duration::from_millis(c.session_timeout_ms),
         ..Default::default()
+    }
+}
+
+/// One warning when the shards park at once (`spin_before_park_us` 0) on a KVM guest whose idle
+/// CPUs halt without polling first: every wake-up of a parked shard (a cross-shard call, a
+/// completion) then pays a halted vCPU's wake-up through the host. Changing it is the
+/// operator's call (it makes idle vCPUs poll up to 200 us), as `rpk tune`'s system tuners are.
+fn check_idle_wait(spin_before_park_us: u64) {
+    if spin_before_park_us > 0 {
+        return;
+    }
+    let idle = cpuidle::survey(Path::new("/sys"));
+    if let Some(fix) = idle.proposal() {
+        warn!(
+            "idle CPUs halt without polling first ({}): every wake-up of a parked shard pays a \
+             halted vCPU's wake-up (docs/tuning.md); `{fix}` lets the guest poll first (ferrolog \
+             tune proposes it)",
+            idle.describe()
+        );
     }
 }
 

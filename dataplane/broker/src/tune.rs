@@ -15,6 +15,7 @@
 //! before it is written, and records the measurements in `[io.device]`. The scratch file is
 //! removed on success and on error; only an interrupted run can leave `.ferrolog-tune-*` behind.
 
+use ferrolog_hw_profiles::cpuidle;
 use ferrolog_hw_profiles::irq::{self, DeviceIrqs};
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, AlignedBuffer, Device, Machine, Profile,
@@ -244,6 +245,15 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         format_bytes(plan.io_memory_bytes),
         plan.group_commit_window_us
     );
+    let idle = cpuidle::survey(Path::new("/sys"));
+    println!("idle CPUs: {}", idle.describe());
+    if let Some(fix) = idle.proposal() {
+        println!(
+            "  they halt without polling first, so every wake-up of a parked shard pays a halted \
+             vCPU's wake-up; to let the guest poll first (not in the profile: a system setting, \
+             lost at reboot): {fix}"
+        );
+    }
     if irqs.is_empty() {
         println!("interrupts: none found for the data disk or a NIC");
     }
