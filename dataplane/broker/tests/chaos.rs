@@ -24,7 +24,7 @@
 //! without them the test fails, it does not skip.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod common;
@@ -657,6 +657,16 @@ fn run_chaos(size: usize, partitions: u32) {
         println!("REPLICA {p}");
     }
     println!("fault log (seed {seed}):\n{}", c.faults.join("\n"));
+    if !checked {
+        // What librdkafka's idempotence did (epoch bumps, sequence errors, drains) is what
+        // explains a value written twice; the file goes with the temporary directory.
+        let client_log = PathBuf::from(format!("{}.client.log", produced.to_string_lossy()));
+        println!(
+            "librdkafka eos log ({}):\n{}",
+            client_log.display(),
+            eos_excerpt(&client_log)
+        );
+    }
     assert!(
         checked && problems.is_empty(),
         "chaos run with FERROLOG_CHAOS_SEED={seed} failed\nchecker:\n{}{check_err}\nreplicas:\n{}",
@@ -664,6 +674,31 @@ fn run_chaos(size: usize, partitions: u32) {
         problems.join("\n")
     );
 }
+
+/// The lines of the workload's librdkafka `eos` debug log that say what its idempotent
+/// producers did about errors (epoch bumps, sequence errors, drains, retries), the last
+/// [`EOS_EXCERPT_LINES`] of them.
+fn eos_excerpt(path: &Path) -> String {
+    const WORDS: [&str; 8] = [
+        "bump",
+        "Bump",
+        "SEQUENCE",
+        "PRODUCER_ID",
+        "ERRSEQ",
+        "DRAIN",
+        "retry",
+        "PID",
+    ];
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(cannot read: {e})"));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| WORDS.iter().any(|w| l.contains(w)))
+        .collect();
+    lines[lines.len().saturating_sub(EOS_EXCERPT_LINES)..].join("\n")
+}
+
+/// Lines of the client's eos log printed when the checker fails.
+const EOS_EXCERPT_LINES: usize = 300;
 
 #[test]
 fn the_checker_fails_on_crafted_lost_duplicated_reordered_and_phantom_histories() {

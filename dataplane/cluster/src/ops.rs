@@ -189,6 +189,7 @@ async fn append_all(
     records: Bytes,
     acks: Acks,
     turn: Turn,
+    deadline: Option<(Instant, Duration)>,
 ) -> Result<Appended, PartitionError> {
     let insync = match acks {
         Acks::All => InsyncCheck::Enforce,
@@ -223,7 +224,7 @@ async fn append_all(
             let delta =
                 ferrolog_model::BatchHeader::parse(&batch).map_or(0, |h| i64::from(h.last_offset_delta));
             let appended = p
-                .append_producer_batch_in_turn(batch, insync, &turn, i + 1 == count)
+                .append_producer_batch_in_turn(batch, insync, &turn, i + 1 == count, deadline)
                 .await;
             if p.replication().is_some() {
                 // Durable here: followers may count it, the HW may move.
@@ -245,26 +246,30 @@ async fn append_all(
 }
 
 /// Appends, then waits as `acks` asks. For acks=all the wait is bounded by
-/// the timeout; the append itself is never cancelled (it runs on in its own
-/// task, may still become durable and then wakes long polls, as in Kafka).
+/// the timeout; an append under way is never cancelled (it runs on in its
+/// own task, may still become durable and then wakes long polls, as in
+/// Kafka), but a replicated batch that has not reached its append when the
+/// client is answered "timed out" is not appended later (see
+/// `Partition::append_producer_batch_held`).
 async fn produce_one(
     p: Rc<Partition>,
     item: ProduceItem,
     turn: Turn,
 ) -> Result<(Offset, i64), PartitionError> {
     if item.acks != Acks::All {
-        return append_all(p, item.records, item.acks, turn)
+        return append_all(p, item.records, item.acks, turn, None)
             .await
             .map(|a| (a.base, a.log_append_time_ms));
     }
     let timeout = item.timeout;
+    let deadline = Some((Instant::now() + timeout, timeout));
     let hwm_of = p.clone();
     let task = glommio::spawn_local(async move {
         let Appended {
             base,
             last,
             log_append_time_ms,
-        } = append_all(p, item.records, Acks::All, turn).await?;
+        } = append_all(p, item.records, Acks::All, turn, deadline).await?;
         if hwm_of.replication().is_some() {
             // A majority of the replica set must hold it durably.
             replicated::wait_committed(&hwm_of, last.plus(1), timeout).await?;

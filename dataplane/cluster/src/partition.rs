@@ -227,7 +227,7 @@ impl Partition {
         insync: InsyncCheck,
     ) -> Result<Offset, PartitionError> {
         let turn = self.append_turn();
-        self.append_producer_batch_in_turn(batch, insync, &turn, true)
+        self.append_producer_batch_in_turn(batch, insync, &turn, true, None)
             .await
     }
 
@@ -240,16 +240,21 @@ impl Partition {
     /// [`Partition::append_producer_batch`] in `turn`: waits for it, and
     /// when `last` (the last batch of the entry the turn was taken for)
     /// passes it on as soon as the batch's fate is decided, before the batch
-    /// is durable.
+    /// is durable. With a `deadline` (when the request was answered "timed
+    /// out", and its timeout), a replicated batch not appended by then never
+    /// is (see `append_producer_batch_held`).
     pub async fn append_producer_batch_in_turn(
         &self,
         batch: Bytes,
         insync: InsyncCheck,
         turn: &Turn,
         last: bool,
+        deadline: Option<(Instant, Duration)>,
     ) -> Result<Offset, PartitionError> {
         turn.ready().await;
-        let result = self.append_producer_batch_held(batch, insync, turn, last).await;
+        let result = self
+            .append_producer_batch_held(batch, insync, turn, last, deadline)
+            .await;
         if last {
             turn.release();
         }
@@ -262,6 +267,7 @@ impl Partition {
         insync: InsyncCheck,
         turn: &Turn,
         last: bool,
+        deadline: Option<(Instant, Duration)>,
     ) -> Result<Offset, PartitionError> {
         // Passes the turn on from inside the log's append section, once the
         // batch has its offsets.
@@ -295,9 +301,23 @@ impl Partition {
         let appended = loop {
             let epoch = repl.epoch();
             let refused: Cell<Option<AppendError>> = Cell::new(None);
+            let late = Cell::new(false);
             let appended = self
                 .log
                 .append_guarded(batch.clone(), Some(epoch), |at| {
+                    // The client was answered "timed out" (possibly
+                    // persisted) and may send the producer's next batch at
+                    // once. Appended later, this batch would land after
+                    // that one was refused as out of order, which librdkafka
+                    // answers with an epoch bump that renumbers, and so
+                    // writes twice, every batch it holds that a leader kept
+                    // (seen in the chaos test). Not appended, and noted as
+                    // refused, the next batch is answered "not the leader"
+                    // and the client resends both in order.
+                    if deadline.is_some_and(|(d, _)| Instant::now() >= d) {
+                        late.set(true);
+                        return false;
+                    }
                     if let Err(e) = repl.check_client_append(epoch, at.base_offset, insync) {
                         refused.set(Some(e));
                         return false;
@@ -319,6 +339,13 @@ impl Partition {
                 })
                 .await
                 .map_err(|e| self.storage_error(e))?;
+            if late.get() {
+                debug!(partition = %self.ntp, "a batch whose request timed out before its append is not appended");
+                self.note_refused(&batch);
+                return Err(PartitionError::TimedOut(
+                    deadline.map_or(Duration::ZERO, |(_, t)| t),
+                ));
+            }
             match refused.take() {
                 None => break appended,
                 // The metadata names this node the leader, but its replica
@@ -352,7 +379,7 @@ impl Partition {
             }
             (Ok(Verdict::Append), _) => unreachable!("the guard refused an append it agreed to"),
             (Err(e), _) if self.refusal_explains(&e) => {
-                debug!(partition = %self.ntp, "{e}: the batch before it was refused here as not the leader; answering not the leader");
+                debug!(partition = %self.ntp, "{e}: the batch before it was refused here (not the leader, or its request timed out before the append); answering not the leader");
                 self.note_refused(&batch);
                 Err(PartitionError::NotLeader(self.ntp.clone()))
             }
@@ -582,7 +609,8 @@ impl Partition {
     }
 
     /// Notes that the idempotent batches of `records` were refused as "not
-    /// the leader" (never appended).
+    /// the leader", or not appended because their request timed out first
+    /// (never appended either way).
     pub fn note_refused(&self, records: &Bytes) {
         let Ok(batches) = crate::ops::split_batches(records) else {
             return;
