@@ -208,6 +208,14 @@ impl Node {
     }
 
     /// `GET /v1/cluster` from this node, parsed.
+    fn metrics(&self) -> Result<String, String> {
+        let (code, body) = http(self.admin, "GET", "/metrics")?;
+        if code != 200 {
+            return Err(format!("{code}: {}", body.trim_end()));
+        }
+        Ok(body)
+    }
+
     fn cluster(&self) -> Result<serde_json::Value, String> {
         let (code, body) = http(self.admin, "GET", "/v1/cluster")?;
         if code != 200 {
@@ -930,6 +938,57 @@ fn put(dir: &Path, name: &str, text: &str) {
 /// controller's prepares, the controller elects among the others), so
 /// clients find a live leader without waiting for its session to expire;
 /// acknowledged messages are all there afterwards.
+/// `(shard, value)` of every sample of `name` whose labels contain every
+/// item of `labels`.
+fn shard_samples(text: &str, name: &str, labels: &[&str]) -> Vec<(u32, u64)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| {
+            let shard = l.split("shard=\"").nth(1)?.split('"').next()?.parse().ok()?;
+            let value = l.rsplit_once(' ')?.1.parse::<f64>().ok()?;
+            Some((shard, value as u64))
+        })
+        .collect()
+}
+
+/// Replication frames go to the listener of the shard that owns their
+/// partition on the receiving node: none is handed between shards there,
+/// and (with more than one shard) shards other than 0 receive some.
+fn assert_frames_reach_owner_shards(c: &Cluster) {
+    for n in &c.nodes {
+        let text = n
+            .metrics()
+            .unwrap_or_else(|e| panic!("node {}: /metrics: {e}", n.id));
+        let received = shard_samples(
+            &text,
+            "ferrolog_replication_frames_total",
+            &["transport=\"tcp\"", "direction=\"received\""],
+        );
+        let forwarded = shard_samples(&text, "ferrolog_replication_frames_forwarded_total", &[]);
+        assert!(
+            received.iter().map(|(_, v)| v).sum::<u64>() > 0,
+            "node {}: no replication frame received: {received:?}",
+            n.id
+        );
+        assert_eq!(
+            forwarded.iter().map(|(_, v)| v).sum::<u64>(),
+            0,
+            "node {}: frames handed between shards {forwarded:?} (received {received:?})",
+            n.id
+        );
+        if received.len() > 1 {
+            assert!(
+                received.iter().any(|(s, v)| *s > 0 && *v > 0),
+                "node {}: only shard 0 received frames: {received:?}",
+                n.id
+            );
+        } else {
+            println!("node {}: one shard; frames cannot miss their owner", n.id);
+        }
+    }
+}
+
 #[test]
 fn a_node_stopped_with_sigterm_hands_its_leaderships_over_before_it_exits() {
     let mut c = Cluster::start(3);
@@ -937,6 +996,7 @@ fn a_node_stopped_with_sigterm_hands_its_leaderships_over_before_it_exits() {
     c.wait_until(leader, "three live members", |v| alive_members(v) == 3);
     c.python(leader, &["create", "handover", "6", "3"]);
     c.python(leader, &["roundtrip", "handover"]);
+    assert_frames_reach_owner_shards(&c);
     let v = c.wait_until(
         leader,
         "a node other than the controller leading partitions",

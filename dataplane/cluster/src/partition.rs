@@ -334,6 +334,9 @@ impl Partition {
                         }
                     }
                     repl.take_client_append(n, insync);
+                    // Runs once this section ends and the batch is in the
+                    // cache: followers need not wait for this write.
+                    crate::replicated::kick_taken(&self.ntp);
                     appended_in_turn();
                     true
                 })

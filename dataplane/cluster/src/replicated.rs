@@ -437,7 +437,8 @@ pub async fn prepare(p: Rc<Partition>, epoch: Epoch) -> Result<ElectionInfo, Str
     Ok(info)
 }
 
-/// Schedules a task that carries out the replica's queued actions.
+/// Starts a task that carries out the replica's queued actions (glommio
+/// runs it at once, up to its first wait).
 pub fn kick(p: &Rc<Partition>) {
     let r = repl(p);
     if r.kicked.replace(true) {
@@ -447,6 +448,30 @@ pub fn kick(p: &Rc<Partition>) {
     glommio::spawn_local(async move {
         repl(&p).kicked.set(false);
         drive(&p, Input::None).await;
+    })
+    .detach();
+}
+
+/// The leader took a client's batch into its log (in the append section,
+/// before the write is durable): its followers get the batch as soon as the
+/// section ends, while the leader's own write is under way, as a Raft
+/// leader may (the high watermark counts durable copies only, the
+/// leader's own included, and the client is answered only once the
+/// leader's copy is durable too).
+pub(crate) fn kick_taken(ntp: &Ntp) {
+    let Some(p) = manager::local().partition(ntp) else {
+        return;
+    };
+    if repl(&p).kicked.get() {
+        return;
+    }
+    // glommio runs a task spawned in the same queue at once, up to its
+    // first wait: carried out now, the actions would see the replica ahead
+    // of the log (the section has not added the batch yet). One yield puts
+    // them after the section.
+    glommio::spawn_local(async move {
+        futures_lite::future::yield_now().await;
+        kick(&p);
     })
     .detach();
 }
@@ -835,6 +860,10 @@ pub struct ReplNet {
     pub frames_refused: Cell<u64>,
     /// Received frames that did not decode (either transport).
     pub frames_invalid: Cell<u64>,
+    /// Received frames handed to another shard of this node (the
+    /// partition's owner): a sender that routes by the default placement
+    /// sends none over TCP.
+    pub frames_forwarded: Cell<u64>,
     /// Go-back-N resends of this shard's leader replicas (see
     /// `Replica::resends`).
     pub resends: Cell<u64>,
@@ -847,6 +876,7 @@ pub struct ReplNetSnapshot {
     pub tcp_frames_received: u64,
     pub frames_refused: u64,
     pub frames_invalid: u64,
+    pub frames_forwarded: u64,
     pub resends: u64,
     /// `None`: this shard has no AF_XDP socket.
     pub xdp: Option<XdpSnapshot>,
@@ -864,6 +894,7 @@ impl ReplNet {
             tcp_frames_received: self.frames_received.get(),
             frames_refused: self.frames_refused.get(),
             frames_invalid: self.frames_invalid.get(),
+            frames_forwarded: self.frames_forwarded.get(),
             resends: self.resends.get(),
             xdp: self.xdp().map(|x| x.snapshot()),
         }
@@ -905,7 +936,7 @@ impl ReplNet {
                 Err(back) => frame = back,
             }
         }
-        let Some((addr, host)) = self.peer_addr(m, to) else {
+        let Some((addr, host)) = self.peer_addr(m, to, ntp) else {
             self.frames_refused.set(self.frames_refused.get() + 1);
             return false;
         };
@@ -938,15 +969,30 @@ impl ReplNet {
         }
     }
 
-    /// The peer's replication address, resolved, and as it registered it.
-    fn peer_addr(&self, m: &PartitionManager, to: NodeId) -> Option<(SocketAddr, String)> {
+    /// The replication listener of the peer's shard that owns `ntp` by
+    /// default (shard `s` listens on the advertised port + `s`), resolved,
+    /// and the address as the peer registered it. Sent there, a frame
+    /// reaches the replica without a hop between the peer's shards; a peer
+    /// whose placement differs forwards it.
+    fn peer_addr(&self, m: &PartitionManager, to: NodeId, ntp: &Ntp) -> Option<(SocketAddr, String)> {
         let snap = m.metadata();
-        let text = snap.broker(to)?.data_addr.clone()?;
-        if let Some(a) = self.resolved.borrow().get(&text) {
-            return Some((*a, text));
+        let broker = snap.broker(to)?;
+        let text = broker.data_addr.clone()?;
+        let shards = usize::try_from(broker.shards).unwrap_or(0);
+        let cached = self.resolved.borrow().get(&text).copied();
+        let mut addr = match cached {
+            Some(a) => a,
+            None => {
+                let a = text.to_socket_addrs().ok()?.next()?;
+                self.resolved.borrow_mut().insert(text.clone(), a);
+                a
+            }
+        };
+        if shards > 1 {
+            let shard = crate::placement::hash_owner(ntp, shards).0;
+            let port = u16::try_from(u32::from(addr.port()) + shard).ok()?;
+            addr.set_port(port);
         }
-        let addr = text.to_socket_addrs().ok()?.next()?;
-        self.resolved.borrow_mut().insert(text.clone(), addr);
         Some((addr, text))
     }
 }
@@ -1080,6 +1126,9 @@ fn handle_frame(from: impl std::fmt::Display, frame: Frame) {
     };
     let owner = m.owner(&ntp);
     if owner != m.id() {
+        m.repl_net
+            .frames_forwarded
+            .set(m.repl_net.frames_forwarded.get() + 1);
         forward(&m, owner, ntp, message, frame.payload);
         return;
     }

@@ -497,7 +497,7 @@ fn render_replication(out: &mut String, shards: &[ShardSnapshot]) {
             f.sample(name, &labels, n);
         }
     }
-    let shard_counters: [(&str, &str, ShardValue); 3] = [
+    let shard_counters: [(&str, &str, ShardValue); 4] = [
         (
             "ferrolog_replication_frames_refused_total",
             "Replication frames that could not be queued (no address, a full link or socket queue); the replica resends.",
@@ -507,6 +507,11 @@ fn render_replication(out: &mut String, shards: &[ShardSnapshot]) {
             "ferrolog_replication_frames_invalid_total",
             "Received replication frames that did not decode.",
             |s| s.replication.frames_invalid,
+        ),
+        (
+            "ferrolog_replication_frames_forwarded_total",
+            "Received replication frames handed to the shard that owns their partition (a hop between shards).",
+            |s| s.replication.frames_forwarded,
         ),
         (
             "ferrolog_replication_resends_total",
