@@ -97,6 +97,52 @@ pub fn make_batch(records: usize, value_bytes: usize, ts: i64) -> Bytes {
     Bytes::from(b.build())
 }
 
+/// One ProduceRequest of one batch to one partition, as the wire clients of
+/// the benches send it.
+pub struct ProduceFrame<'a> {
+    pub version: i16,
+    pub correlation_id: i32,
+    pub client_id: &'static str,
+    pub acks: i16,
+    pub timeout_ms: i32,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub records: Bytes,
+}
+
+impl ProduceFrame<'_> {
+    /// Replaces `buf` with the size-prefixed request.
+    pub fn encode(&self, buf: &mut bytes::BytesMut) -> std::io::Result<()> {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
+        use kafka_protocol::protocol::{Encodable, HeaderVersion, StrBytes};
+        let v = self.version;
+        let header = RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(v)
+            .with_correlation_id(self.correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str(self.client_id)));
+        let request = ProduceRequest::default()
+            .with_acks(self.acks)
+            .with_timeout_ms(self.timeout_ms)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(self.topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(self.partition)
+                    .with_records(Some(self.records.clone()))])]);
+        buf.clear();
+        buf.extend_from_slice(&[0; 4]);
+        header
+            .encode(buf, ProduceRequest::header_version(v))
+            .and_then(|()| request.encode(buf, v))
+            .map_err(|e| std::io::Error::other(format!("encoding a ProduceRequest: {e}")))?;
+        let len =
+            u32::try_from(buf.len() - 4).map_err(|_| std::io::Error::other("ProduceRequest too large"))?;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+}
+
 /// A heap buffer aligned for O_DIRECT, for raw `pwrite` loops.
 pub struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,

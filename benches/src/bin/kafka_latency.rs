@@ -52,14 +52,11 @@
 use bytes::{Bytes, BytesMut};
 use ferrolog_benches::{
     bench_dir, fmt_us, fs_description, load_average, machine_busy_seconds, make_batch, new_histogram,
-    own_cpu_seconds, process_cpu_seconds, record, Json, Latency,
+    own_cpu_seconds, process_cpu_seconds, record, Json, Latency, ProduceFrame,
 };
 use hdrhistogram::Histogram;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, HeaderVersion};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::bindings as rdsys;
 use rdkafka::config::RDKafkaLogLevel;
@@ -1003,28 +1000,18 @@ impl RawProducer {
     fn produce(&mut self, topic: &str) -> io::Result<Duration> {
         let v = RAW_PRODUCE_VERSION;
         self.correlation_id = self.correlation_id.wrapping_add(1);
-        let header = RequestHeader::default()
-            .with_request_api_key(ApiKey::Produce as i16)
-            .with_request_api_version(v)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("ferrolog-kafka-latency-raw")));
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(i32::try_from(CLIENT_MESSAGE_TIMEOUT_MS).unwrap_or(i32::MAX))
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(self.batch.clone()))])]);
-        let buf = &mut self.request;
-        buf.clear();
-        buf.extend_from_slice(&[0; 4]);
-        header
-            .encode(buf, ProduceRequest::header_version(v))
-            .and_then(|()| request.encode(buf, v))
-            .map_err(|e| other(format!("encoding a ProduceRequest: {e}")))?;
-        let len = u32::try_from(buf.len() - 4).map_err(|_| other("ProduceRequest too large"))?;
-        buf[..4].copy_from_slice(&len.to_be_bytes());
+        ProduceFrame {
+            version: v,
+            correlation_id: self.correlation_id,
+            client_id: "ferrolog-kafka-latency-raw",
+            acks: -1,
+            timeout_ms: i32::try_from(CLIENT_MESSAGE_TIMEOUT_MS).unwrap_or(i32::MAX),
+            topic,
+            partition: 0,
+            records: self.batch.clone(),
+        }
+        .encode(&mut self.request)?;
+        let buf = &self.request;
 
         let start = Instant::now();
         self.stream.write_all(buf)?;

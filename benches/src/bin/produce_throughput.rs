@@ -26,12 +26,9 @@
 //! CPU-seconds per GB acknowledged) over the measured window.
 
 use bytes::{Bytes, BytesMut};
-use ferrolog_benches::{make_batch, mb_per_s, process_cpu_seconds, AlignedBuf, Json};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use ferrolog_benches::{make_batch, mb_per_s, process_cpu_seconds, AlignedBuf, Json, ProduceFrame};
+use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, HeaderVersion};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -186,7 +183,17 @@ fn connection(
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         while !stopping && in_flight < depth {
-            encode(&mut request, next_id, topic, partition, &batch)?;
+            ProduceFrame {
+                version: PRODUCE_VERSION,
+                correlation_id: next_id,
+                client_id: "ferrolog-produce-throughput",
+                acks: -1,
+                timeout_ms: REQUEST_TIMEOUT_MS,
+                topic,
+                partition,
+                records: batch.clone(),
+            }
+            .encode(&mut request)?;
             stream.write_all(&request)?;
             next_id = next_id.wrapping_add(1);
             in_flight += 1;
@@ -231,32 +238,6 @@ fn connection(
         progress.bytes.fetch_add(batch.len() as u64, Ordering::Relaxed);
         progress.batches.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-fn encode(buf: &mut BytesMut, id: i32, topic: &str, partition: i32, batch: &Bytes) -> io::Result<()> {
-    let v = PRODUCE_VERSION;
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(v)
-        .with_correlation_id(id)
-        .with_client_id(Some(StrBytes::from_static_str("ferrolog-produce-throughput")));
-    let request = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(REQUEST_TIMEOUT_MS)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition)
-                .with_records(Some(batch.clone()))])]);
-    buf.clear();
-    buf.extend_from_slice(&[0; 4]);
-    header
-        .encode(buf, ProduceRequest::header_version(v))
-        .and_then(|()| request.encode(buf, v))
-        .map_err(|e| other(format!("encoding a ProduceRequest: {e}")))?;
-    let len = u32::try_from(buf.len() - 4).map_err(|_| other("ProduceRequest too large"))?;
-    buf[..4].copy_from_slice(&len.to_be_bytes());
-    Ok(())
 }
 
 fn run(o: &Opts) -> Result<(), String> {
