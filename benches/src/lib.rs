@@ -143,6 +143,37 @@ impl ProduceFrame<'_> {
     }
 }
 
+/// What a ProduceResponse says about its first partition.
+pub struct ProduceAnswer {
+    pub correlation_id: i32,
+    pub error_code: i16,
+    pub error_message: Option<String>,
+}
+
+/// Decodes a ProduceResponse of `version` (the bytes after its size
+/// prefix), as answered to a [`ProduceFrame`].
+pub fn produce_answer(body: &[u8], version: i16) -> std::io::Result<ProduceAnswer> {
+    use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
+    use kafka_protocol::protocol::{Decodable, HeaderVersion};
+    let other = |m: String| std::io::Error::other(m);
+    let mut body = Bytes::copy_from_slice(body);
+    let rh = ResponseHeader::decode(&mut body, ProduceResponse::header_version(version))
+        .map_err(|e| other(format!("decoding a response header: {e}")))?;
+    let response = ProduceResponse::decode(&mut body, version)
+        .map_err(|e| other(format!("decoding a ProduceResponse: {e}")))?;
+    let partition = response
+        .responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter())
+        .next()
+        .ok_or_else(|| other("a ProduceResponse without a partition".into()))?;
+    Ok(ProduceAnswer {
+        correlation_id: rh.correlation_id,
+        error_code: partition.error_code,
+        error_message: partition.error_message.as_ref().map(|m| m.to_string()),
+    })
+}
+
 /// A heap buffer aligned for O_DIRECT, for raw `pwrite` loops.
 pub struct AlignedBuf {
     ptr: std::ptr::NonNull<u8>,

@@ -52,11 +52,9 @@
 use bytes::{Bytes, BytesMut};
 use ferrolog_benches::{
     bench_dir, fmt_us, fs_description, load_average, machine_busy_seconds, make_batch, new_histogram,
-    own_cpu_seconds, process_cpu_seconds, record, Json, Latency, ProduceFrame,
+    own_cpu_seconds, process_cpu_seconds, produce_answer, record, Json, Latency, ProduceFrame,
 };
 use hdrhistogram::Histogram;
-use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, HeaderVersion};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::bindings as rdsys;
 use rdkafka::config::RDKafkaLogLevel;
@@ -1025,26 +1023,17 @@ impl RawProducer {
         self.stream.read_exact(&mut self.response)?;
         let elapsed = start.elapsed();
 
-        let mut body = Bytes::copy_from_slice(&self.response);
-        let (rh, response) = ResponseHeader::decode(&mut body, ProduceResponse::header_version(v))
-            .and_then(|rh| Ok((rh, ProduceResponse::decode(&mut body, v)?)))
-            .map_err(|e| other(format!("decoding a ProduceResponse: {e}")))?;
-        if rh.correlation_id != self.correlation_id {
+        let answer = produce_answer(&self.response, v)?;
+        if answer.correlation_id != self.correlation_id {
             return Err(other(format!(
                 "ProduceResponse correlation id {} for request {}",
-                rh.correlation_id, self.correlation_id
+                answer.correlation_id, self.correlation_id
             )));
         }
-        let partition = response
-            .responses
-            .iter()
-            .flat_map(|t| t.partition_responses.iter())
-            .next()
-            .ok_or_else(|| other("a ProduceResponse without a partition"))?;
-        if partition.error_code != 0 {
+        if answer.error_code != 0 {
             return Err(other(format!(
                 "raw produce to {topic}: error code {} ({:?})",
-                partition.error_code, partition.error_message
+                answer.error_code, answer.error_message
             )));
         }
         Ok(elapsed)

@@ -26,9 +26,9 @@
 //! CPU-seconds per GB acknowledged) over the measured window.
 
 use bytes::{Bytes, BytesMut};
-use ferrolog_benches::{make_batch, mb_per_s, process_cpu_seconds, AlignedBuf, Json, ProduceFrame};
-use kafka_protocol::messages::{ProduceResponse, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, HeaderVersion};
+use ferrolog_benches::{
+    make_batch, mb_per_s, process_cpu_seconds, produce_answer, AlignedBuf, Json, ProduceFrame,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -209,28 +209,17 @@ fn connection(
         }
         response.resize(size, 0);
         stream.read_exact(&mut response)?;
-        let mut body = Bytes::copy_from_slice(&response);
-        let v = PRODUCE_VERSION;
-        let rh = ResponseHeader::decode(&mut body, ProduceResponse::header_version(v))
-            .map_err(|e| other(format!("decoding a response header: {e}")))?;
-        if rh.correlation_id != oldest_id {
+        let answer = produce_answer(&response, PRODUCE_VERSION)?;
+        if answer.correlation_id != oldest_id {
             return Err(other(format!(
                 "response {} where {oldest_id} was due: answers out of request order",
-                rh.correlation_id
+                answer.correlation_id
             )));
         }
-        let r = ProduceResponse::decode(&mut body, v)
-            .map_err(|e| other(format!("decoding a ProduceResponse: {e}")))?;
-        let p = r
-            .responses
-            .iter()
-            .flat_map(|t| t.partition_responses.iter())
-            .next()
-            .ok_or_else(|| other("a ProduceResponse without a partition"))?;
-        if p.error_code != 0 {
+        if answer.error_code != 0 {
             return Err(other(format!(
                 "partition {partition}: error code {}",
-                p.error_code
+                answer.error_code
             )));
         }
         oldest_id = oldest_id.wrapping_add(1);
