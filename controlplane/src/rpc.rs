@@ -246,7 +246,10 @@ pub fn serve_with_tls(
     handler: Rc<dyn Handler>,
     tls: Option<Arc<NodeTls>>,
 ) -> std::io::Result<(JoinHandle<()>, SocketAddr)> {
-    let listener = TcpListener::bind(addr).map_err(std::io::Error::from)?;
+    // Not glommio's `TcpListener::bind`: without SO_REUSEADDR it fails while
+    // a connection on this port from a listener without SO_REUSEPORT (the
+    // replication transport's, a previous run's) is in TIME_WAIT.
+    let listener = ferrolog_transport::bind(addr)?;
     let local = listener.local_addr().map_err(std::io::Error::from)?;
     let task = glommio::spawn_local(accept_loop(listener, handler, tls)).detach();
     Ok((task, local))

@@ -90,5 +90,5 @@ pub use codec::{
     EXT_BYTES_MAX, FLAGS_KNOWN, HEADER_BYTES, MAGIC, VERSION,
 };
 pub use link::{Link, PeerEvents, SendError, CONNECT_TIMEOUT, RECONNECT_BACKOFF_MAX, RECONNECT_BACKOFF_MIN};
-pub use server::{listen, listen_with_tls, Handler, CONNECTIONS_MAX, MID_FRAME_TIMEOUT};
+pub use server::{bind, listen, listen_with_tls, Handler, CONNECTIONS_MAX, MID_FRAME_TIMEOUT};
 pub use tls::{NodeStream, NodeTls, NodeTlsFiles};

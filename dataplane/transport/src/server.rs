@@ -76,7 +76,13 @@ pub fn listen_with_tls(
     Ok((task, local))
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A listening socket for a node-to-node listener: SO_REUSEADDR so that a
+/// restarted node gets its port back while connections of its previous life
+/// (or of any socket bound there without SO_REUSEPORT) linger in TIME_WAIT,
+/// which glommio's own `TcpListener::bind` (SO_REUSEPORT only) refuses with
+/// "address in use"; no SO_REUSEPORT, so a second listener on the same
+/// address fails instead of sharing it.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

@@ -525,3 +525,35 @@ proptest! {
         }
     }
 }
+
+/// A port whose last listener had no SO_REUSEPORT (the transport's own, or a
+/// previous run's) and whose accepted connection the server closed first
+/// lingers in TIME_WAIT. `bind` takes it back at once; glommio's own
+/// `TcpListener::bind` (SO_REUSEPORT, no SO_REUSEADDR) refuses it with
+/// "address in use", which is how a cluster test once saw a node's
+/// control-plane listener refused on a port a previous test had used.
+#[test]
+fn bind_takes_back_a_port_held_in_time_wait() {
+    run(|| async {
+        let first = ferrolog_transport::bind(localhost()).expect("bind");
+        let addr = first.local_addr().expect("local addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let mut accepted = first.accept().await.expect("accept");
+        // The side that closes first holds TIME_WAIT: the server's.
+        accepted.close().await.expect("close");
+        let mut byte = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &client, &mut byte).expect("read EOF"), 0);
+        drop(client);
+        drop(first);
+        assert!(
+            glommio::net::TcpListener::bind(addr).is_err(),
+            "glommio's bind took a port in TIME_WAIT: this test no longer shows the case"
+        );
+        let again = ferrolog_transport::bind(addr).expect("bind a port in TIME_WAIT");
+        assert_eq!(again.local_addr().expect("local addr"), addr);
+        assert!(
+            ferrolog_transport::bind(addr).is_err(),
+            "a second listener on one address"
+        );
+    });
+}
