@@ -390,16 +390,17 @@ impl Partition {
         }
     }
 
-    /// A follower writes a batch of its leader's log, as the leader stored
-    /// it (offsets and leader epoch kept), recording its producer's
-    /// sequence state so a failover keeps idempotence. Returns the batch's
-    /// last offset.
-    pub async fn append_replicated_batch(&self, batch: Bytes) -> Result<Offset, StorageError> {
+    /// A follower takes a batch of its leader's log into its own, as the
+    /// leader stored it (offsets and leader epoch kept), recording its
+    /// producer's sequence state so a failover keeps idempotence. Returns the
+    /// batch's last offset once the batch is queued, not written: the caller
+    /// flushes (the log's `append_queued`).
+    pub async fn queue_replicated_batch(&self, batch: Bytes) -> Result<Offset, StorageError> {
         let header = BatchHeader::parse(&batch)?;
         let producer = ProducerBatch::from_header(&header);
         let appended = self
             .log
-            .append_guarded(batch, None, |at: Appended| {
+            .append_queued(batch, None, |at: Appended| {
                 if let Some(pb) = &producer {
                     self.producers
                         .borrow_mut()

@@ -121,6 +121,8 @@ pub struct Replication {
     replicas: RefCell<Vec<NodeId>>,
     /// A task to carry out queued actions is scheduled.
     kicked: Cell<bool>,
+    /// A follower's task writing its queued appends runs ([`sync_queued`]).
+    syncing: Cell<bool>,
     state_path: PathBuf,
     /// Times carrying out an action failed and the replica was rebuilt.
     pub resets: Cell<u64>,
@@ -202,6 +204,7 @@ impl Replication {
             acks: RefCell::new(Vec::new()),
             replicas: RefCell::new(Vec::new()),
             kicked: Cell::new(false),
+            syncing: Cell::new(false),
             state_path,
             resets: Cell::new(0),
             unattached_ticks: Cell::new(0),
@@ -678,8 +681,7 @@ async fn execute(p: &Rc<Partition>, action: Action, payload: Option<&Bytes>) -> 
         Action::AppendFromRequest { start, end } => {
             let payload = payload.ok_or("records to append without a request")?;
             append_from(p, r, payload, start, end).await?;
-            let durable = p.log.offsets().durable_next;
-            r.replica.borrow_mut().durable(durable);
+            sync_queued(p);
             Ok(())
         }
         Action::Send { to, message } => {
@@ -738,8 +740,40 @@ async fn open_run(r: &Replication, offset: Offset, epoch: Epoch) -> Result<(), S
     Ok(())
 }
 
-/// Writes the batches of `payload` that cover `[start, end)` at their
-/// offsets (those before `start` are already here).
+/// Makes a follower's queued appends durable and tells the replica, which
+/// reports the new durable end to the leader. One such task per partition
+/// at a time; the batches of requests queued while its write runs go in its
+/// next write (group commit across the leader's pipelined requests, where
+/// waiting for each request's write under the permit made one write per
+/// request). A failed write discards the queued batches; the next drive
+/// sees the log behind the replica and rebuilds it.
+fn sync_queued(p: &Rc<Partition>) {
+    let r = repl(p);
+    if r.syncing.replace(true) {
+        return;
+    }
+    let p = p.clone();
+    glommio::spawn_local(async move {
+        loop {
+            let written = p.log.flush().await;
+            let o = p.log.offsets();
+            if let Err(e) = &written {
+                debug!(partition = %p.ntp, "writing the leader's batches failed: {e}");
+            }
+            if written.is_err() || o.durable_next >= o.dirty_next {
+                repl(&p).syncing.set(false);
+                report_durable(&p);
+                return;
+            }
+            report_durable(&p);
+        }
+    })
+    .detach();
+}
+
+/// Queues the batches of `payload` that cover `[start, end)` at their
+/// offsets (those before `start` are already here); [`sync_queued`] writes
+/// them.
 async fn append_from(
     p: &Rc<Partition>,
     r: &Replication,
@@ -765,10 +799,7 @@ async fn append_from(
             ));
         }
         open_run(r, h.base_offset, h.partition_leader_epoch).await?;
-        let appended = p
-            .append_replicated_batch(batch)
-            .await
-            .map_err(|e| e.to_string())?;
+        let appended = p.queue_replicated_batch(batch).await.map_err(|e| e.to_string())?;
         next = appended.plus(1);
     }
     if next != end {

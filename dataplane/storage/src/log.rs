@@ -605,6 +605,43 @@ impl Log {
         leader_epoch: Option<Epoch>,
         guard: impl FnOnce(Appended) -> bool,
     ) -> Result<Option<Appended>> {
+        let Some((appended, generation)) = self.queue_guarded(batch, leader_epoch, guard).await? else {
+            return Ok(None);
+        };
+        self.wait_durable(appended.last_offset.plus(1), generation)
+            .await?;
+        Ok(Some(appended))
+    }
+
+    /// Like `append_guarded`, but returns once the batch is in the log (its
+    /// offsets taken, readable from the cache) without waiting for its
+    /// write: the caller makes it durable with [`Log::flush`], or a later
+    /// append's wait carries it. A follower queues a leader's request this
+    /// way and answers as its writes complete, so that the batches of
+    /// requests arriving meanwhile share one write. If the write fails, the
+    /// batch is discarded like any other (the discard listener hears of it)
+    /// and `dirty_next` falls back.
+    pub async fn append_queued(
+        &self,
+        batch: Bytes,
+        leader_epoch: Option<Epoch>,
+        guard: impl FnOnce(Appended) -> bool,
+    ) -> Result<Option<Appended>> {
+        Ok(self
+            .queue_guarded(batch, leader_epoch, guard)
+            .await?
+            .map(|(appended, _)| appended))
+    }
+
+    /// The append section shared by `append_guarded` and `append_queued`:
+    /// back-pressure, rolling, the guard and the offsets, without waiting for
+    /// the write. Returns the batch's place and the log's generation then.
+    async fn queue_guarded(
+        &self,
+        batch: Bytes,
+        leader_epoch: Option<Epoch>,
+        guard: impl FnOnce(Appended) -> bool,
+    ) -> Result<Option<(Appended, u64)>> {
         if batch.len() > self.config().max_batch_bytes {
             return Err(StorageError::BatchTooLarge {
                 size: batch.len(),
@@ -671,9 +708,7 @@ impl Log {
             )
         };
         debug_assert_eq!(appended, proposed);
-        self.wait_durable(appended.last_offset.plus(1), generation)
-            .await?;
-        Ok(Some(appended))
+        Ok(Some((appended, generation)))
     }
 
     /// Sets the function told `from` whenever every appended batch at or

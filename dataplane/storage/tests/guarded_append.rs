@@ -137,3 +137,48 @@ fn failed_flush_and_truncation_tell_the_discard_listener() {
         log.close().await.expect("close");
     });
 }
+
+/// `append_queued` returns with the batches in the log but not written:
+/// readable, not durable; one flush writes every batch queued so far (what
+/// a follower relies on to write a leader's pipelined requests together);
+/// a reopened log holds them.
+#[test]
+fn queued_appends_are_readable_at_once_and_durable_after_one_flush() {
+    for durability in [Durability::Fsync, Durability::Direct] {
+        let dir = tmp();
+        run(|| async move {
+            let log = open(dir.path(), small_config(durability)).await;
+            log.append(batch(1, 10, 1)).await.expect("append");
+            let mut ends = Vec::new();
+            for i in 0..3 {
+                let a = log
+                    .append_queued(batch(2, 100, 2 + i), None, |_| true)
+                    .await
+                    .expect("queue")
+                    .expect("the guard agreed");
+                ends.push(a.last_offset);
+            }
+            assert_eq!(ends, vec![Offset(2), Offset(4), Offset(6)]);
+            let o = log.offsets();
+            assert_eq!(o.dirty_next, Offset(7));
+            assert_eq!(
+                o.durable_next,
+                Offset(1),
+                "queued batches were written before a flush"
+            );
+            assert_eq!(log.read_cached(Offset(1), Offset(7), 1 << 20).len(), 3);
+            let refused = log
+                .append_queued(batch(1, 10, 9), None, |_| false)
+                .await
+                .expect("no I/O error");
+            assert_eq!(refused, None);
+            log.flush().await.expect("flush");
+            assert_eq!(log.offsets().durable_next, Offset(7));
+            log.close().await.expect("close");
+            let log = open(dir.path(), small_config(durability)).await;
+            assert_eq!(log.offsets().durable_next, Offset(7));
+            assert_eq!(read_all(&log, Offset(0)).await.len(), 4);
+            log.close().await.expect("close");
+        });
+    }
+}
