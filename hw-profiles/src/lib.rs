@@ -267,6 +267,10 @@ pub struct Network {
     /// Requests of one client connection handled at once (answered in the order received, as
     /// Kafka clients require); 1 handles them one at a time.
     pub pipeline_depth: u32,
+    /// A client connection whose Produce or Fetch request names only partitions another shard
+    /// owns moves to that shard (once per connection), so its requests run without a
+    /// cross-shard hop each way. Plain TCP without SASL only.
+    pub move_connections: bool,
     /// NIC for AF_XDP replication traffic (UDP to the node's replication port, see
     /// docs/replication.md). Where AF_XDP cannot be set up, start logs why and uses TCP.
     pub xdp_interface: Option<String>,
@@ -308,6 +312,7 @@ impl Default for Network {
             busy_poll_us: 0,
             listen_backlog: 1024,
             pipeline_depth: PIPELINE_DEPTH_DEFAULT,
+            move_connections: true,
             xdp_interface: None,
             xdp_queue: 0,
             xdp_mode: XdpMode::Native,

@@ -764,6 +764,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         },
         listen_backlog: profile.network.listen_backlog,
         pipeline_depth: profile.network.pipeline_depth as usize,
+        move_connections: profile.network.move_connections,
         admin_addr: args.admin_addr.map_or(DEFAULT_ADMIN_ADDR, |a| a.0),
         shard_cpus: cpus.clone(),
         stall_threshold: Duration::from_millis(args.reactor_stall_threshold_ms),

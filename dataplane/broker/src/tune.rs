@@ -633,6 +633,8 @@ pub fn render(input: &RenderInput<'_>) -> String {
     line(&format!("listen_backlog = {}", dev.network.listen_backlog));
     line("# Requests of one connection handled at once, answered in order.");
     line(&format!("pipeline_depth = {}", dev.network.pipeline_depth));
+    line("# A connection whose requests name only another shard's partitions moves there.");
+    line(&format!("move_connections = {}", dev.network.move_connections));
     line("");
     line("[storage]");
     line(&format!("segment_bytes = {}", dev.storage.segment_bytes));

@@ -1139,3 +1139,48 @@ fn many_partitions_serve_and_survive_restarts() {
     check_files(&third, "after a kill -9");
     third.terminate_cleanly_within(MANY_PARTITIONS_SCRIPT_TIMEOUT);
 }
+
+/// A raw client's connections write and read one partition each on a broker with two
+/// shards: with the default profile every Produce and Fetch runs on the shard that owns its
+/// partition (a connection accepted elsewhere moves there, pipelined bytes and all), and the
+/// answers, offsets and values are as without the move.
+#[test]
+fn connections_move_to_the_shard_that_owns_their_partition() {
+    moved_connections(None, "1");
+}
+
+/// The same with `network.move_connections = false`: nothing moves, and some requests run
+/// on the shard that does not own their partition (the check above can fail).
+#[test]
+fn with_move_connections_off_requests_run_where_they_were_accepted() {
+    moved_connections(Some(false), "0");
+}
+
+fn moved_connections(setting: Option<bool>, expect_moves: &str) {
+    let node = Node::new();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut flags = vec![
+        "--admin-addr".to_string(),
+        admin.clone(),
+        "--cpuset".into(),
+        "0,1".into(),
+    ];
+    if let Some(on) = setting {
+        let profile = node.dir.path().join("move.toml");
+        std::fs::write(&profile, format!("[network]\nmove_connections = {on}\n")).expect("profile");
+        flags.push("--profile".into());
+        flags.push(profile.display().to_string());
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut broker = node.start(&flags);
+    broker.python(
+        "moved_connections.py",
+        &[
+            "--metrics",
+            &format!("http://{admin}/metrics"),
+            "--expect-moves",
+            expect_moves,
+        ],
+    );
+    broker.terminate_cleanly();
+}

@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// Requests of one connection in progress at once (`server`): at least 1.
     pub pipeline_depth: usize,
+    /// A plain-TCP connection whose Produce or Fetch names only partitions
+    /// of another shard moves there, once (`server::moves_to`).
+    pub move_connections: bool,
     /// The admin HTTP listener (/metrics, /v1/status), on the controller
     /// shard; `None`: no admin listener.
     pub admin_addr: Option<SocketAddr>,

@@ -242,6 +242,7 @@ pub fn server_config(data_dir: &Path) -> ServerConfig {
         },
         listen_backlog: 128,
         pipeline_depth: 16,
+        move_connections: true,
         admin_addr: None,
         shard_cpus: vec![ferrolog_shard::first_allowed_cpu()],
         stall_threshold: Duration::from_millis(10),

@@ -50,6 +50,11 @@ pub struct ShardMetrics {
     /// Closed by the broker because of an error (bad frame, timeout).
     pub connections_failed: Counter,
     pub connections_open: Cell<u64>,
+    /// Connections handed to the shard that owns the partitions of their
+    /// requests (`network.move_connections`), counted where they left.
+    pub connections_moved_out: Counter,
+    /// Connections taken over from another shard, counted where they came.
+    pub connections_moved_in: Counter,
     /// Times the reactor was late by more than the stall threshold.
     pub reactor_stalls: Counter,
     /// How late the reactor ran the stall probe's timer.
@@ -92,6 +97,8 @@ pub struct ShardSnapshot {
     pub connections_accepted: u64,
     pub connections_rejected: u64,
     pub connections_failed: u64,
+    pub connections_moved_out: u64,
+    pub connections_moved_in: u64,
     pub cross_shard_calls_sent: u64,
     pub cross_shard_calls_served: u64,
     pub reactor_stalls: u64,
@@ -124,6 +131,8 @@ impl ShardSnapshot {
             connections_accepted: m.connections_accepted.get(),
             connections_rejected: m.connections_rejected.get(),
             connections_failed: m.connections_failed.get(),
+            connections_moved_out: m.connections_moved_out.get(),
+            connections_moved_in: m.connections_moved_in.get(),
             reactor_stalls: m.reactor_stalls.get(),
             reactor_lag: m.reactor_lag.snapshot(),
             ..ShardSnapshot::default()
@@ -178,7 +187,7 @@ type PartitionValue = fn(&PartitionSnapshot) -> u64;
 pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
     let mut out = String::new();
     let shard_labels = |s: &ShardSnapshot| format!("shard=\"{}\"", s.shard);
-    let shard_counters: [(&str, &str, &str, ShardValue); 13] = [
+    let shard_counters: [(&str, &str, &str, ShardValue); 15] = [
         (
             "ferrolog_request_errors_total",
             "counter",
@@ -220,6 +229,18 @@ pub fn render_prometheus(shards: &[ShardSnapshot]) -> String {
             "counter",
             "Client connections the broker closed because of an error (bad frame, timeout).",
             |s| s.connections_failed,
+        ),
+        (
+            "ferrolog_connections_moved_out_total",
+            "counter",
+            "Client connections this shard handed to the shard that owns the partitions of their requests.",
+            |s| s.connections_moved_out,
+        ),
+        (
+            "ferrolog_connections_moved_in_total",
+            "counter",
+            "Client connections this shard took over from another shard.",
+            |s| s.connections_moved_in,
         ),
         (
             "ferrolog_cross_shard_calls_sent_total",

@@ -20,13 +20,14 @@ use crate::handlers;
 use crate::session::Session;
 use crate::shard::{local, Shard};
 use bytes::BytesMut;
+use ferrolog_model::{Ntp, ShardId};
 use futures_channel::oneshot;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use kafka_protocol::messages::{ApiKey, ResponseKind};
-use std::cell::{Cell, RefCell};
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -68,7 +69,6 @@ pub fn bind(addr: SocketAddr, backlog: u32, reuse_port: bool) -> std::io::Result
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    let open = Rc::new(Cell::new(0usize));
     let m = &shard.metrics;
     loop {
         let stream = match listener.accept().await {
@@ -79,7 +79,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 continue;
             }
         };
-        if open.get() >= shard.config.connections_per_shard_max {
+        if m.connections_open.get() as usize >= shard.config.connections_per_shard_max {
             m.connections_rejected.inc();
             warn!(
                 shard = %shard.id(),
@@ -89,30 +89,110 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             );
             continue;
         }
-        open.set(open.get() + 1);
         m.connections_accepted.inc();
-        m.connections_open.set(open.get() as u64);
-        let open = open.clone();
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "?".into());
-            match serve_connection(&shard, stream).await {
-                Ok(()) => debug!(%peer, "connection closed"),
-                // A client that goes away without a goodbye is normal.
-                Err(reason) if reason.starts_with(PEER_GONE) => debug!(%peer, "{reason}"),
-                Err(reason) => {
-                    shard.metrics.connections_failed.inc();
-                    warn!(%peer, shard = %shard.id(), "closing connection: {reason}")
-                }
-            }
-            open.set(open.get() - 1);
-            shard.metrics.connections_open.set(open.get() as u64);
-        })
-        .detach();
+        spawn_connection(shard.clone(), stream, Moved::No);
     }
+}
+
+/// Whether a connection came from another shard, and with what.
+enum Moved {
+    No,
+    /// Handed over by another shard: the bytes it had read and not yet
+    /// run (a whole request first). Such a connection never moves again.
+    With(BytesMut),
+}
+
+/// Serves one connection in its own task, counted in this shard's open
+/// connections while it lasts.
+fn spawn_connection(shard: Rc<Shard>, stream: TcpStream, moved: Moved) {
+    let open = &shard.metrics.connections_open;
+    open.set(open.get() + 1);
+    glommio::spawn_local(async move {
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        match serve_connection(&shard, stream, moved).await {
+            Ok(()) => debug!(%peer, "connection closed"),
+            // A client that goes away without a goodbye is normal.
+            Err(reason) if reason.starts_with(PEER_GONE) => debug!(%peer, "{reason}"),
+            Err(reason) => {
+                shard.metrics.connections_failed.inc();
+                warn!(%peer, shard = %shard.id(), "closing connection: {reason}")
+            }
+        }
+        let open = &shard.metrics.connections_open;
+        open.set(open.get() - 1);
+    })
+    .detach();
+}
+
+/// A plain-TCP connection to hand to the shard that owns every partition
+/// of its next request (see [`moves_to`]).
+struct Handoff {
+    target: ShardId,
+    /// The request that decided it, with its size prefix, then the bytes
+    /// read after it: the new shard takes these before reading the socket.
+    pending: BytesMut,
+}
+
+/// The shard a connection should move to before `decoded` runs: another
+/// shard that owns every partition (of the client's topic table) the
+/// Produce or Fetch request names, so that this request and, as a client
+/// mostly keeps to its partitions, the ones after it run where their
+/// partitions live, without a cross-shard hop each way. Only a connection
+/// with no session state beyond its peer moves (no SASL exchange begun).
+fn moves_to(shard: &Shard, decoded: &Decoded, session: &Session) -> Option<ShardId> {
+    let Decoded::Request(req) = decoded else {
+        return None;
+    };
+    if shard.config.security.require_auth
+        || session.raw_sasl.get()
+        || !matches!(*session.sasl.borrow(), crate::sasl::SaslState::Start)
+    {
+        return None;
+    }
+    let table = shard.topics();
+    let mut owner = None;
+    let mut one_owner = |topic: &str, partition: i32| {
+        let ntp = Ntp::new(topic.to_string(), partition);
+        if !table.contains(&ntp) {
+            return true;
+        }
+        let o = shard.cluster.owner(&ntp);
+        *owner.get_or_insert(o) == o
+    };
+    let agree = match &req.body {
+        RequestKind::Produce(r) => r
+            .topic_data
+            .iter()
+            .all(|t| t.partition_data.iter().all(|p| one_owner(&t.name.0, p.index))),
+        RequestKind::Fetch(r) => r
+            .topics
+            .iter()
+            .all(|t| t.partitions.iter().all(|p| one_owner(&t.topic.0, p.partition))),
+        _ => return None,
+    };
+    owner.filter(|o| agree && *o != shard.id())
+}
+
+fn is_produce_or_fetch(decoded: &Decoded) -> bool {
+    matches!(decoded, Decoded::Request(r) if matches!(r.api, ApiKey::Produce | ApiKey::Fetch))
+}
+
+/// Hands `socket` (a duplicate of the connection's) and the bytes read
+/// from it to `handoff.target`, which serves the connection from there on.
+async fn hand_over(shard: &Shard, socket: socket2::Socket, handoff: Handoff) -> Result<(), String> {
+    let Handoff { target, pending } = handoff;
+    shard
+        .smp
+        .submit_to(target, move || async move {
+            let shard = local();
+            shard.metrics.connections_moved_in.inc();
+            spawn_connection(shard, TcpStream::from(socket), Moved::With(pending));
+        })
+        .await
+        .map_err(|e| format!("cannot hand the connection to shard {target}: {e}"))
 }
 
 fn set_busy_poll(stream: &TcpStream, us: u32) {
@@ -181,19 +261,38 @@ fn io_error(op: &str, e: &std::io::Error) -> String {
     }
 }
 
-async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> Result<(), String> {
+async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream, moved: Moved) -> Result<(), String> {
     let cfg = shard.config.clone();
-    stream
-        .set_nodelay(true)
-        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
-    set_busy_poll(&stream, cfg.busy_poll_us);
     // Kafka's client host format (DescribeGroups).
     let session = Session::new(match stream.peer_addr() {
         Ok(a) => format!("/{}", a.ip()).into(),
         Err(_) => "/unknown".into(),
     });
+    let (buf, may_move) = match moved {
+        Moved::With(pending) => (pending, false),
+        Moved::No => {
+            stream
+                .set_nodelay(true)
+                .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+            set_busy_poll(&stream, cfg.busy_poll_us);
+            let may_move = cfg.move_connections && shard.smp.nr_shards() > 1;
+            (BytesMut::with_capacity(READ_CHUNK_BYTES), may_move)
+        }
+    };
     match &cfg.security.tls {
-        None => serve_stream(shard, stream, &session).await,
+        None => {
+            let start = Start {
+                buf,
+                socket: may_move.then(|| stream.as_raw_fd()),
+            };
+            match serve_stream(shard, stream, &session, start).await? {
+                None => Ok(()),
+                Some((handoff, socket)) => {
+                    shard.metrics.connections_moved_out.inc();
+                    hand_over(shard, socket, handoff).await
+                }
+            }
+        }
         Some(tls) => {
             let accept = futures_rustls::TlsAcceptor::from(tls.clone()).accept(stream);
             let timeout = cfg.request_read_timeout;
@@ -202,13 +301,33 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> Result<(), St
                 None
             })
             .await;
+            let start = Start { buf, socket: None };
             match tls_stream {
-                Some(Ok(s)) => serve_stream(shard, s, &session).await,
+                Some(Ok(s)) => serve_stream(shard, s, &session, start).await.map(|_| ()),
                 Some(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                 None => Err(format!("TLS handshake not done within {timeout:?}")),
             }
         }
     }
+}
+
+/// Where a connection's request loop starts.
+struct Start {
+    /// Bytes already read (a moved connection's), or an empty buffer.
+    buf: BytesMut,
+    /// The socket's fd where the connection may move to another shard
+    /// (plain TCP, not moved before, `network.move_connections`).
+    socket: Option<RawFd>,
+}
+
+/// A duplicate of the socket `fd` names, for another shard to own.
+fn duplicate(fd: RawFd) -> std::io::Result<socket2::Socket> {
+    // SAFETY: `fd` is the socket of a stream that is alive for this call
+    // (the caller still holds it).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    Ok(socket2::Socket::from(std::net::TcpStream::from(
+        borrowed.try_clone_to_owned()?,
+    )))
 }
 
 /// How a request runs beside the others of its connection.
@@ -272,25 +391,40 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     shard: &Rc<Shard>,
     stream: S,
     session: &Rc<Session>,
-) -> Result<(), String> {
+    start: Start,
+) -> Result<Option<(Handoff, socket2::Socket)>, String> {
     let depth = shard.config.pipeline_depth.max(1);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let slots = glommio::sync::Semaphore::new(depth as u64);
     let (queue, answers) = glommio::channels::local_channel::new_unbounded::<InFlight<'_>>();
-    let read_error: RefCell<Option<String>> = RefCell::new(None);
+    let read_end: RefCell<Result<Option<Handoff>, String>> = RefCell::new(Ok(None));
+    let may_move = start.socket.is_some();
     let read_side = async {
-        if let Err(e) = read_requests(shard, &mut reader, session, &slots, depth, queue).await {
-            *read_error.borrow_mut() = Some(e);
-        }
+        let end = read_requests(
+            shard,
+            &mut reader,
+            session,
+            &slots,
+            depth,
+            queue,
+            start.buf,
+            may_move,
+        )
+        .await;
+        *read_end.borrow_mut() = end;
         // The queue is closed now: the write side ends once it answered
         // every request before.
         std::future::pending::<Result<(), String>>().await
     };
     futures_lite::future::or(write_answers(&mut writer, session, answers), read_side).await?;
-    match read_error.take() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    let Some(handoff) = read_end.into_inner()? else {
+        return Ok(None);
+    };
+    // Every answer is written and the stream is still open here: its
+    // duplicate carries the connection on.
+    let fd = start.socket.expect("only a connection that may move hands off");
+    let socket = duplicate(fd).map_err(|e| format!("cannot duplicate the socket to move it: {e}"))?;
+    Ok(Some((handoff, socket)))
 }
 
 /// The read side of a connection: splits request frames, starts each one's
@@ -304,9 +438,10 @@ async fn read_requests<'a, R: AsyncRead + Unpin>(
     slots: &'a glommio::sync::Semaphore,
     depth: usize,
     queue: glommio::channels::local_channel::LocalSender<InFlight<'a>>,
-) -> Result<(), String> {
+    mut buf: BytesMut,
+    mut may_move: bool,
+) -> Result<Option<Handoff>, String> {
     let cfg = shard.config.clone();
-    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     // Whether the request before runs alone, and the produce before's
     // "placed" signal: what the next request waits for.
     let mut after_alone = false;
@@ -338,7 +473,7 @@ async fn read_requests<'a, R: AsyncRead + Unpin>(
             };
             match read_more(reader, &mut buf, give_up).await {
                 Read::Answered => {}
-                Read::Bytes(Ok(0)) if buf.is_empty() => return Ok(()),
+                Read::Bytes(Ok(0)) if buf.is_empty() => return Ok(None),
                 Read::Bytes(Ok(0)) => {
                     return Err(format!("peer closed mid-request ({} bytes buffered)", buf.len()))
                 }
@@ -378,7 +513,22 @@ async fn read_requests<'a, R: AsyncRead + Unpin>(
         // Decoded here, in order: a frame that cannot be decoded (or may not
         // be sent yet) closes the connection before anything after it runs.
         let started = Instant::now();
-        let decoded = decode_frame(shard, frame, session)?;
+        let decoded = decode_frame(shard, frame.clone(), session)?;
+        // At its first Produce or Fetch with nothing in progress (every
+        // answer written), the connection may move to the shard that
+        // request's partitions live on, request included, undone; it is
+        // decided then, once (no check on every request, no ping-pong).
+        if may_move && slots.available() == depth as u64 && is_produce_or_fetch(&decoded) {
+            may_move = false;
+            if let Some(target) = moves_to(shard, &decoded, session) {
+                let len = u32::try_from(frame.len()).expect("a frame's length came in 4 bytes");
+                let mut pending = BytesMut::with_capacity(4 + frame.len() + buf.len());
+                pending.extend_from_slice(&len.to_be_bytes());
+                pending.extend_from_slice(&frame);
+                pending.extend_from_slice(&buf);
+                return Ok(Some(Handoff { target, pending }));
+            }
+        }
         let order = if shard.config.security.require_auth && !session.authenticated() {
             Order::Alone
         } else {
