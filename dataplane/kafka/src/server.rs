@@ -400,17 +400,7 @@ async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let read_end: RefCell<Result<Option<Handoff>, String>> = RefCell::new(Ok(None));
     let may_move = start.socket.is_some();
     let read_side = async {
-        let end = read_requests(
-            shard,
-            &mut reader,
-            session,
-            &slots,
-            depth,
-            queue,
-            start.buf,
-            may_move,
-        )
-        .await;
+        let end = read_requests(shard, &mut reader, session, &slots, queue, start.buf, may_move).await;
         *read_end.borrow_mut() = end;
         // The queue is closed now: the write side ends once it answered
         // every request before.
@@ -436,12 +426,13 @@ async fn read_requests<'a, R: AsyncRead + Unpin>(
     reader: &mut R,
     session: &Rc<Session>,
     slots: &'a glommio::sync::Semaphore,
-    depth: usize,
     queue: glommio::channels::local_channel::LocalSender<InFlight<'a>>,
     mut buf: BytesMut,
     mut may_move: bool,
 ) -> Result<Option<Handoff>, String> {
     let cfg = shard.config.clone();
+    // The connection's slots, as `serve_stream` made them.
+    let depth = cfg.pipeline_depth.max(1);
     // Whether the request before runs alone, and the produce before's
     // "placed" signal: what the next request waits for.
     let mut after_alone = false;
