@@ -259,6 +259,8 @@ impl Options {
 struct Broker {
     child: Child,
     addr: SocketAddr,
+    /// Its admin listener, where this bench chose it.
+    admin: Option<SocketAddr>,
     log_path: PathBuf,
     command_line: String,
     stopped: Option<BrokerExit>,
@@ -334,10 +336,15 @@ impl Broker {
             args.push("--cpuset".into());
             args.push(cpuset.into());
         }
-        if !extra.iter().any(|a| a == "--admin-addr") {
-            // Leave the default admin port to a broker someone runs by hand.
-            args.extend(["--admin-addr".into(), "127.0.0.1:0".into()]);
-        }
+        let admin = if extra.iter().any(|a| a == "--admin-addr") {
+            None
+        } else {
+            // Leave the default admin port to a broker someone runs by hand;
+            // a known one, for the /metrics read at the end.
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_local_port()?));
+            args.extend(["--admin-addr".into(), admin.to_string()]);
+            Some(admin)
+        };
         args.extend(extra.iter().cloned());
         let log = std::fs::File::create(log_path)?;
         let child = Command::new(bin)
@@ -352,6 +359,7 @@ impl Broker {
         let mut broker = Broker {
             child,
             addr,
+            admin,
             log_path: log_path.to_path_buf(),
             command_line,
             stopped: None,
@@ -467,7 +475,32 @@ impl Broker {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
-    /// The log lines at WARN or ERROR level (tracing's format).
+    /// The sums over shards of the broker's counters `names` (from its
+    /// /metrics), where it has an admin listener this bench knows; zero for
+    /// a name it does not report.
+    fn counter_totals(&self, names: &[&str]) -> Option<Vec<(String, f64)>> {
+        let admin = self.admin?;
+        let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(
+            names
+                .iter()
+                .map(|name| {
+                    let total = text
+                        .lines()
+                        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        .sum();
+                    (name.to_string(), total)
+                })
+                .collect(),
+        )
+    }
+
     /// `(partition, shard)` from the broker's "opened partition" log lines
     /// (`partition=TOPIC/0 shard=N`), in log order; empty if it logs none.
     fn partition_shards(&self) -> Vec<(String, String)> {
@@ -1635,7 +1668,13 @@ fn run_main() -> io::Result<()> {
     let mut broker_exit = None;
     let mut broker_problems = Vec::new();
     let mut shards = Vec::new();
+    let mut counters = None;
     if let Some(b) = broker.as_mut() {
+        counters = b.counter_totals(&[
+            "ferrolog_cross_shard_calls_sent_total",
+            "ferrolog_connections_accepted_total",
+            "ferrolog_connections_moved_out_total",
+        ]);
         let exit = b.stop();
         if let Some(parent) = broker_log_path.parent() {
             let _ = std::fs::create_dir_all(parent);
@@ -1671,6 +1710,10 @@ fn run_main() -> io::Result<()> {
         if !shards.is_empty() {
             let list: Vec<String> = shards.iter().map(|(p, s)| format!("{p} on shard {s}")).collect();
             println!("partitions (broker log): {}", list.join(", "));
+        }
+        if let Some(c) = &counters {
+            let list: Vec<String> = c.iter().map(|(n, v)| format!("{n} {v}")).collect();
+            println!("broker counters at the end (all shards): {}", list.join(", "));
         }
         println!("broker log: {}", broker_log_path.display());
     }
@@ -1711,6 +1754,12 @@ fn run_main() -> io::Result<()> {
             "broker_exit_clean",
             Json::Bool(!exit.killed && exit.status.is_some_and(|s| s.success())),
         ));
+        if let Some(c) = &counters {
+            meta.push((
+                "broker_counters",
+                Json::obj(c.iter().map(|(n, v)| (n.clone(), Json::Num(*v)))),
+            ));
+        }
         meta.push((
             "partition_shards",
             Json::obj(shards.iter().map(|(p, s)| (p.clone(), Json::str(s)))),
