@@ -682,7 +682,8 @@ impl Replica {
             self.actions.push(Action::Truncate { to: at });
         }
         let end = self.log.end();
-        if req.end > end {
+        let writes = req.end > end;
+        if writes {
             for (i, run) in req.epochs.iter().enumerate() {
                 let run_end = req.epochs.get(i + 1).map_or(req.end, |s| s.start);
                 if run_end > end {
@@ -698,6 +699,13 @@ impl Replica {
         }
         self.matched_end = self.matched_end.max(req.end);
         self.set_hw(req.leader_hw.min(self.matched_end));
+        if writes {
+            // The answer waits for the write: `durable` reports the match and
+            // the durable end together (one answer per write instead of one
+            // now and one then; a write that never completes leaves the
+            // leader to resend after `retry_ticks`).
+            return;
+        }
         let durable_end = self.durable_end.min(self.matched_end);
         self.durable_reported = self.durable_reported.max(durable_end);
         self.respond(
@@ -1276,5 +1284,53 @@ mod tests {
         g.r(2).durable(Offset(4));
         g.run(&[]);
         assert_eq!(g.r(0).high_watermark(), Offset(4));
+    }
+
+    /// A follower answers a request that brings records once they are
+    /// durable, with the match and the durable end in one answer; a request
+    /// that brings nothing new (a heartbeat) is answered at once.
+    #[test]
+    fn a_follower_answers_new_records_once_they_are_durable() {
+        let mut g = Group::new(vec![(cfg(0), Restart::empty()), (cfg(1), Restart::empty())]);
+        g.auto_sync = false;
+        elect(&mut g, 1, 0, &[0, 1]);
+        g.r(0).append(3, InsyncCheck::Enforce).expect("appends");
+        g.r(0).durable(Offset(4));
+        let answers = |g: &Group| -> Vec<AppendResult> {
+            g.seen
+                .iter()
+                .filter_map(|(who, a)| match a {
+                    Action::Send {
+                        message: Message::Response(r),
+                        ..
+                    } if *who == n(1) => Some(r.result),
+                    _ => None,
+                })
+                .collect()
+        };
+        let before = answers(&g).len();
+        g.run(&[]);
+        assert_eq!(g.r(1).log_end(), Offset(4), "the follower took the records");
+        assert_eq!(answers(&g).len(), before, "answered before the write was durable");
+        assert_eq!(g.r(0).follower_durable_end(n(1)), Some(Offset(0)));
+        g.r(1).durable(Offset(4));
+        g.run(&[]);
+        assert_eq!(
+            answers(&g).get(before),
+            Some(&AppendResult::Accepted {
+                matched_end: Offset(4),
+                durable_end: Offset(4)
+            }),
+            "the first answer carries the match and the durable end"
+        );
+        assert_eq!(g.r(0).follower_durable_end(n(1)), Some(Offset(4)));
+        assert_eq!(g.r(0).high_watermark(), Offset(4));
+        // A heartbeat (nothing new) is answered at once.
+        let answered = answers(&g).len();
+        for _ in 0..3 {
+            g.r(0).tick();
+        }
+        g.run(&[]);
+        assert!(answers(&g).len() > answered, "a heartbeat went unanswered");
     }
 }
