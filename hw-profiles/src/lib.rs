@@ -58,6 +58,11 @@ pub const XDP_POLL_US_MAX: u64 = 100_000;
 /// `network.pipeline_depth` by default: a librdkafka or Java producer keeps at most 5 requests
 /// in flight per connection, a consumer 1.
 pub const PIPELINE_DEPTH_DEFAULT: u32 = 16;
+/// `shards.nice` by default: a shard thread's weight is then about nine times a normal
+/// process's, so it preempts a process spinning on its CPU when it wakes (a busy-polling
+/// client's 1-4 ms wake-up stalls, docs/benchmarks.md) without starving that process.
+pub const SHARD_NICE_DEFAULT: i32 = -10;
+
 /// The largest `network.pipeline_depth`.
 pub const PIPELINE_DEPTH_MAX: u32 = 1024;
 /// Longest group-commit window: every fsync-durable append may wait this long, so beyond 10 ms it
@@ -163,6 +168,11 @@ pub struct Shards {
     /// Memory budget of one shard; must cover its consumers (batch cache, io memory), and all
     /// shards' budgets must fit in the machine's memory.
     pub memory_bytes: u64,
+    /// Nice value of the shard threads and the control executor's thread (-20..=19): below 0
+    /// a shard woken by a completion or a packet takes its CPU from a busy process of normal
+    /// priority at once instead of waiting for that process's time slice. Applied at start
+    /// when permitted (root or CAP_SYS_NICE), else one warning.
+    pub nice: i32,
 }
 
 impl Default for Shards {
@@ -172,6 +182,7 @@ impl Default for Shards {
             control_cpuset: None,
             irq_cpuset: None,
             memory_bytes: 512 * MIB as u64,
+            nice: SHARD_NICE_DEFAULT,
         }
     }
 }
@@ -566,6 +577,12 @@ impl Profile {
             return Err(invalid(
                 "network.xdp_poll_us",
                 format!("{} must be between 1 and {XDP_POLL_US_MAX}", network.xdp_poll_us),
+            ));
+        }
+        if !(-20..=19).contains(&self.shards.nice) {
+            return Err(invalid(
+                "shards.nice",
+                format!("{} must be between -20 and 19", self.shards.nice),
             ));
         }
         if !(1..=PIPELINE_DEPTH_MAX).contains(&network.pipeline_depth) {
@@ -1605,7 +1622,9 @@ write_4k_p51_us = 9
     #[test]
     fn each_numeric_rule_names_its_field_and_value() {
         type Edit = fn(&mut Profile);
-        let cases: [(Edit, &str, &str); 22] = [
+        let cases: [(Edit, &str, &str); 24] = [
+            (|p| p.shards.nice = -21, "shards.nice", "-21"),
+            (|p| p.shards.nice = 20, "shards.nice", "20"),
             (|p| p.network.listen_backlog = 0, "network.listen_backlog", "0"),
             (|p| p.network.pipeline_depth = 0, "network.pipeline_depth", "0"),
             (

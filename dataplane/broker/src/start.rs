@@ -792,13 +792,20 @@ pub fn run(mut args: StartArgs) -> ExitCode {
     );
     let shard_stop = stop.clone();
     let (control_server, control_stop) = (server.clone(), stop.clone());
+    let nice = profile.shards.nice;
     let results = ferrolog_shard::run_with_control(
         runtime,
         ControlConfig {
             cpus: control_cpus.clone(),
         },
-        move |smp| ferrolog_kafka::run_shard(smp, server.clone(), shard_stop.clone()),
-        move |smp| ferrolog_kafka::run_control(smp, control_server, control_stop),
+        move |smp| {
+            set_thread_nice(nice);
+            ferrolog_kafka::run_shard(smp, server.clone(), shard_stop.clone())
+        },
+        move |smp| {
+            set_thread_nice(nice);
+            ferrolog_kafka::run_control(smp, control_server, control_stop)
+        },
     );
     // Every shard closed its socket: dropping the node's handle detaches the
     // XDP program (a crash leaves it attached; the next start clears it).
@@ -830,6 +837,30 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Sets the calling thread's nice value (`shards.nice`; Linux's nice is per
+/// thread): a shard or the control executor, as it starts. 0 leaves it. A
+/// refusal (no CAP_SYS_NICE) is one warning for the whole node.
+fn set_thread_nice(nice: i32) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain system calls on this thread's own id.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if rc != 0 && !WARNED.swap(true, Ordering::SeqCst) {
+        warn!(
+            nice,
+            "cannot set the shards' nice value ({}): they run at the default priority, and a busy \
+             process sharing a shard's CPU delays its wake-ups; run as root or with CAP_SYS_NICE, or \
+             set shards.nice = 0",
+            std::io::Error::last_os_error()
+        );
     }
 }
 

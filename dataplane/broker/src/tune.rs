@@ -586,6 +586,8 @@ pub fn render(input: &RenderInput<'_>) -> String {
     ));
     line("# the rest is headroom for the page cache, the control plane and the OS.");
     line(&format!("memory_bytes = {}", plan.memory_bytes));
+    line("# Shards preempt a busy process of normal priority on their CPU when they wake.");
+    line(&format!("nice = {}", dev.shards.nice));
     line("");
     line("[io]");
     line(&format!(

@@ -458,3 +458,58 @@ fn the_af_xdp_fallback_line(seen: &[String]) -> &str {
     assert_eq!(lines.len(), 1, "one AF_XDP fallback line: {seen:#?}");
     lines[0]
 }
+
+/// (thread name, nice value) of every thread of `pid`, from /proc.
+fn thread_nices(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        // After "(comm)": state is field 3; nice is field 19.
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        if let Some(nice) = fields.get(16).and_then(|f| f.parse().ok()) {
+            out.push((name.trim().to_string(), nice));
+        }
+    }
+    out
+}
+
+/// `shards.nice` is applied to every shard's executor thread and the control executor's (as
+/// root here; without CAP_SYS_NICE start would warn once), and 0 leaves every thread at 0.
+#[test]
+fn start_sets_the_nice_value_of_the_shard_threads() {
+    let machine = detect().expect("detect");
+    for nice in [-5, 0] {
+        let dir = scratch_dir();
+        let profile: PathBuf = dir.path().join("nice.toml");
+        std::fs::write(&profile, format!("[shards]\nnice = {nice}\n")).expect("write profile");
+        let (broker, seen, _rx) = start_serving(&dir.path().join("data"), &profile, &[]);
+        let threads = thread_nices(broker.id());
+        for s in 0..machine.cpus.len() {
+            let prefix = format!("shard-{s}-");
+            assert!(
+                threads.iter().any(|(n, v)| n.starts_with(&prefix) && *v == nice),
+                "no thread {prefix}* at nice {nice}: {threads:?}"
+            );
+        }
+        assert!(
+            threads
+                .iter()
+                .any(|(n, v)| n.starts_with("control-") && *v == nice),
+            "no control thread at nice {nice}: {threads:?}"
+        );
+        if nice == 0 {
+            assert!(threads.iter().all(|(_, v)| *v == 0), "{threads:?}");
+        }
+        assert!(
+            !seen
+                .iter()
+                .any(|l| l.contains("cannot set the shards' nice value")),
+            "{seen:#?}"
+        );
+        stop(broker);
+    }
+}

@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""Where a busy-polling client's produce tail is spent: in the broker or around it.
+
+  benches/busy_attribution.py [--bin target/release/ferrolog] [--messages 20000]
+                              [--durability direct] [--rounds 2] [--cpuset LIST]
+
+Starts one release broker (temporary data directory, free ports, `--cpuset` passed on),
+creates a one-partition topic with the given durability, then runs, in turns, --rounds
+times each, two closed-loop confluent-kafka producers of 1 KiB values, acks=all,
+linger.ms=0, one message in flight: a blocking one (flush per message, i.e. poll with a
+timeout) and a busy-polling one (poll(0) in a loop until the delivery report, the issue's
+client). For every round it reads the broker's own Produce latency histogram
+(ferrolog_request_latency_seconds{api="Produce"}, decode to encoded answer) and the
+partition's flush histogram before and after, and prints, per round (every broker thread
+is set to nice 0 for the plain rows, whatever the profile says; --nice N adds rows at N,
+--slice-us N rows asking the scheduler for an N us slice):
+
+  client p50 / p99 / p99.9 (send to delivery report, measured in this process)
+  broker p50 / p99 / p99.9 of the same requests (from the histogram deltas: bucket bounds)
+  flush  p50 / p99 / p99.9 of the partition's flushes in the round
+
+If the broker's percentiles stay where the blocking client's are while the busy client's
+p99 is far above them, the busy client's tail is spent outside the broker's handling of the
+request: in the client, the kernel's delivery of the bytes, or scheduling.
+"""
+
+import argparse
+import ctypes
+import os
+import struct
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+VALUE = b"x" * 1024
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def histogram(text, name, match):
+    """{le: cumulative count} summed over the samples of `name` whose labels contain `match`."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "_bucket{") or match not in line:
+            continue
+        labels, value = line.rsplit(" ", 1)
+        le = labels.split('le="', 1)[1].split('"', 1)[0]
+        le = float("inf") if le == "+Inf" else float(le)
+        out[le] = out.get(le, 0) + float(value)
+    return out
+
+
+def quantiles(before, after, qs):
+    """Upper bucket bounds (us) holding the quantiles `qs` of the observations between two
+    cumulative histograms."""
+    les = sorted(after)
+    delta = [(le, after[le] - before.get(le, 0)) for le in les]
+    total = delta[-1][1] if delta else 0
+    out = []
+    for q in qs:
+        want = q * total
+        bound = None
+        for le, c in delta:
+            if c >= want and total:
+                bound = le * 1e6
+                break
+        out.append(bound)
+    return out, int(total)
+
+
+SYS_SCHED_SETATTR, SYS_SCHED_GETATTR = 314, 315  # x86_64
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_slice(pid, ns):
+    """sched_setattr on every thread of `pid`: policy and nice kept, the requested slice
+    (sched_runtime of SCHED_OTHER, Linux 6.12+) set to `ns`; 0 = the kernel's default."""
+    for tid in map(int, os.listdir(f"/proc/{pid}/task")):
+        buf = ctypes.create_string_buffer(56)
+        if _libc.syscall(SYS_SCHED_GETATTR, tid, buf, 56, 0) != 0:
+            continue
+        _, policy, _, nice, prio = struct.unpack_from("<IIQiI", buf.raw)
+        attr = struct.pack("<IIQiIQQQ", 48, policy, 0, nice, prio, ns, 0, 0)
+        if _libc.syscall(SYS_SCHED_SETATTR, tid, ctypes.create_string_buffer(attr), 0) != 0:
+            err = ctypes.get_errno()
+            sys.exit(f"sched_setattr({tid}, runtime {ns}): {os.strerror(err)}")
+
+
+def pct(samples, q):
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if v == float("inf"):
+        return "inf"
+    return f"{v:.0f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default="target/release/ferrolog")
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--durability", default="direct")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--cpuset")
+    ap.add_argument("--nice", type=int,
+                    help="also run every round with the broker's threads at this nice value "
+                         "(setpriority per thread), alternating with nice 0")
+    ap.add_argument("--slice-us", type=int,
+                    help="also run every round with the broker's threads asking for this slice "
+                         "(sched_setattr), alternating with the default")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="busy_attribution.")
+    kafka, admin = free_port(), free_port()
+    cmd = [args.bin, "start", "--data-dir", f"{tmp}/data", "--kafka-addr", f"127.0.0.1:{kafka}",
+           "--admin-addr", f"127.0.0.1:{admin}"]
+    if args.cpuset:
+        cmd += ["--cpuset", args.cpuset]
+    log = open(f"{tmp}/broker.log", "w")
+    broker = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "NO_COLOR": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", kafka), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or broker.poll() is not None:
+                    sys.exit(f"broker did not come up; log in {tmp}/broker.log")
+                time.sleep(0.05)
+        bootstrap = f"127.0.0.1:{kafka}"
+        topic = f"busy-attribution-{args.durability}"
+        adm = AdminClient({"bootstrap.servers": bootstrap})
+        fs = adm.create_topics(
+            [NewTopic(topic, 1, 1, config={"ferrolog.durability": args.durability})])
+        for f in fs.values():
+            f.result(10)
+        metrics_url = f"http://127.0.0.1:{admin}/metrics"
+
+        def scrape():
+            with urllib.request.urlopen(metrics_url, timeout=10) as r:
+                return r.read().decode()
+
+        p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0,
+                      "enable.idempotence": False, "max.in.flight": 1})
+        delivered = []
+
+        def on_delivery(err, _msg):
+            if err is not None:
+                sys.exit(f"delivery failed: {err}")
+            delivered.append(time.perf_counter_ns())
+
+        def one(busy):
+            n = len(delivered)
+            t0 = time.perf_counter_ns()
+            p.produce(topic, VALUE, on_delivery=on_delivery)
+            if busy:
+                while len(delivered) == n:
+                    p.poll(0)
+            else:
+                while len(delivered) == n:
+                    p.poll(0.01)
+            return (delivered[-1] - t0) / 1000
+
+        for _ in range(2000):  # warm-up
+            one(False)
+        print(f"broker: {' '.join(cmd)}")
+        print(f"{args.messages} messages per round, durability {args.durability}; p50 / p99 / p99.9 in us "
+              "(broker and flush: upper bounds of histogram buckets)")
+        print("| round | broker threads | client | client latency | broker Produce latency (same requests) | flushes | flush latency |")
+        print("|---|---|---|---|---|---|---|")
+        settings = [(0, 0)]
+        if args.slice_us is not None:
+            settings.append((args.slice_us * 1000, 0))
+        if args.nice is not None:
+            settings.append((0, args.nice))
+        for r in range(args.rounds):
+            for (slice_ns, nice), busy in [(st, b) for st in settings for b in (False, True)]:
+                set_slice(broker.pid, slice_ns)
+                for tid in map(int, os.listdir(f"/proc/{broker.pid}/task")):
+                    os.setpriority(os.PRIO_PROCESS, tid, nice)
+                before = scrape()
+                lat = [one(busy) for _ in range(args.messages)]
+                after = scrape()
+                qs = (0.5, 0.99, 0.999)
+                b, bn = quantiles(histogram(before, "ferrolog_request_latency_seconds", 'api="Produce"'),
+                                  histogram(after, "ferrolog_request_latency_seconds", 'api="Produce"'), qs)
+                f, fn = quantiles(histogram(before, "ferrolog_partition_flush_latency_seconds", f'topic="{topic}"'),
+                                  histogram(after, "ferrolog_partition_flush_latency_seconds", f'topic="{topic}"'), qs)
+                client = " / ".join(f"{pct(lat, q):.0f}" for q in qs)
+                slice_text = f"nice {nice}" + (f", slice {slice_ns // 1000} us" if slice_ns else "")
+                print(f"| {r + 1} | {slice_text} | {'busy-polling' if busy else 'blocking'} | {client} | "
+                      f"{' / '.join(fmt(x) for x in b)} ({bn} requests) | {fn} | {' / '.join(fmt(x) for x in f)} |")
+        p.flush(10)
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        try:
+            broker.wait(15)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
