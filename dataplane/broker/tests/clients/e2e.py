@@ -13,6 +13,8 @@ calls exit_on_thread_exception() and fails from a thread with fail_now().
 import argparse
 import os
 import random
+import socket
+import struct
 import sys
 import threading
 import time
@@ -437,3 +439,30 @@ def high_watermarks(bootstrap, topic, partitions):
         }
     finally:
         c.close()
+
+
+# --- raw connections (scripts that write requests themselves, with wire.py) -------------
+
+
+def raw_connect(bootstrap, timeout):
+    """A plain socket to `bootstrap` (HOST:PORT) with `timeout` on every operation."""
+    host, port = bootstrap.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def recv_exact(sock, n):
+    """n bytes; fails the script if the broker closes the connection first."""
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        check(chunk, f"connection closed with {n - len(buf)} bytes of an answer missing")
+        buf += chunk
+    return buf
+
+
+def read_frame(sock):
+    """One response frame without its size prefix."""
+    (n,) = struct.unpack(">i", recv_exact(sock, 4))
+    return recv_exact(sock, n)

@@ -18,21 +18,18 @@ CONNECTIONS more connections each only fetch. Then /metrics must say where the r
 Last, a confluent-kafka consumer reads every value of both partitions in the order written.
 """
 
-import socket
 import struct
 import urllib.request
 
 from confluent_kafka import OFFSET_BEGINNING
 
-from e2e import admin, check, check_eq, consume, create_topic, log, parse_args
+from e2e import admin, check, check_eq, consume, create_topic, log, parse_args, raw_connect, read_frame
 from wire import Reader, frame, header, i8, i16, i32, i64, record_batch, string
 
 args = parse_args(
     ("--metrics", {"required": True}),
     ("--expect-moves", {"type": int, "required": True}),
 )
-host, port = args.bootstrap.rsplit(":", 1)
-ADDR = (host, int(port))
 ANSWER_S = 20.0
 API_PRODUCE, API_FETCH = 0, 1
 TOPIC = "moved"
@@ -41,23 +38,7 @@ REQUESTS = 5
 
 
 def connect():
-    s = socket.create_connection(ADDR, timeout=ANSWER_S)
-    s.settimeout(ANSWER_S)
-    return s
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        check(chunk, f"connection closed with {n - len(buf)} bytes of an answer missing")
-        buf += chunk
-    return buf
-
-
-def read_frame(sock):
-    (n,) = struct.unpack(">i", recv_exact(sock, 4))
-    return recv_exact(sock, n)
+    return raw_connect(args.bootstrap, ANSWER_S)
 
 
 def produce(cid, partition, value):

@@ -9,14 +9,13 @@ overlap: more than zero with the default depth, zero with --expect-pipelined 0 (
 started with network.pipeline_depth = 1). Last, a long-poll Fetch that waits longer than the
 broker's idle timeout must be answered, not cut off as idle."""
 
-import socket
 import struct
 import time
 import urllib.request
 
 from confluent_kafka import OFFSET_BEGINNING
 
-from e2e import admin, check, check_eq, consume, create_topic, log, parse_args
+from e2e import admin, check, check_eq, consume, create_topic, log, parse_args, raw_connect, read_frame
 from wire import Reader, frame, header, i8, i16, i32, i64, record_batch, string
 
 args = parse_args(
@@ -24,8 +23,6 @@ args = parse_args(
     ("--expect-pipelined", {"type": int, "required": True}),
     ("--long-poll-ms", {"type": int, "required": True}),
 )
-host, port = args.bootstrap.rsplit(":", 1)
-ADDR = (host, int(port))
 ANSWER_S = 20.0
 
 API_PRODUCE, API_FETCH, API_METADATA, API_INIT_PRODUCER_ID = 0, 1, 3, 22
@@ -34,23 +31,7 @@ PER_BATCH = 3
 
 
 def connect():
-    s = socket.create_connection(ADDR, timeout=ANSWER_S)
-    s.settimeout(ANSWER_S)
-    return s
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        check(chunk, f"connection closed with {n - len(buf)} bytes of an answer missing")
-        buf += chunk
-    return buf
-
-
-def read_frame(sock):
-    (n,) = struct.unpack(">i", recv_exact(sock, 4))
-    return recv_exact(sock, n)
+    return raw_connect(args.bootstrap, ANSWER_S)
 
 
 def produce(correlation_id, acks, partitions):
