@@ -37,6 +37,9 @@ const LEADERSHIP_SETTLE_POLL: Duration = Duration::from_millis(2);
 /// Refused idempotent batches a partition remembers, and for how long.
 const REFUSED_REMEMBERED: usize = 64;
 const REFUSED_MEMORY: Duration = Duration::from_secs(10);
+/// The largest sequence gap a new leader explains as batches lost with the
+/// old one (a client holds at most a few requests in flight per partition).
+const SEQUENCE_GAP_EXPLAINED_MAX: i64 = 1 << 20;
 
 /// Bytes the producer-state rebuild reads from the log at a time.
 pub const PRODUCER_REBUILD_READ_BYTES: usize = 4 << 20;
@@ -67,6 +70,9 @@ pub struct Partition {
     /// id, epoch, first sequence, when), newest last, at most
     /// [`REFUSED_REMEMBERED`]. See [`Partition::refusal_explains`].
     refused: RefCell<std::collections::VecDeque<(i64, i16, i32, Instant)>>,
+    /// When this node's replica last took the lead (replicated partitions).
+    /// See [`Partition::refusal_explains`].
+    led_since: Cell<Option<Instant>>,
     /// Fetches waiting for data past their offset; woken (and dropped) by the
     /// next append. They may be waiting on other shards.
     waiters: RefCell<Vec<WaiterRef>>,
@@ -156,6 +162,7 @@ impl Partition {
             leader_epoch: Cell::new(Epoch(0)),
             leads: Cell::new(true),
             refused: RefCell::new(std::collections::VecDeque::new()),
+            led_since: Cell::new(None),
             waiters: RefCell::new(Vec::new()),
             producers,
             discards,
@@ -634,6 +641,11 @@ impl Partition {
         }
     }
 
+    /// This node's replica took the lead now.
+    pub fn note_took_lead(&self) {
+        self.led_since.set(Some(Instant::now()));
+    }
+
     /// Whether an out-of-order batch of `producer_id`/`epoch` is explained
     /// by a batch this node refused as "not the leader" lately: the one at
     /// the sequence it expects. That happens when a client learns of this
@@ -642,19 +654,35 @@ impl Partition {
     /// that one "out of order" makes librdkafka bump its epoch and renumber
     /// every batch it holds, which writes twice any batch another leader
     /// kept; "not the leader" makes it retry both, in order.
+    ///
+    /// Also explained: any gap within [`REFUSED_MEMORY`] of this replica
+    /// taking the lead. The missing batch was then most likely sent to the
+    /// old leader and lost with it (a 5-node chaos run saw it: the request
+    /// timed out in the client while the old leader was cut off, the next
+    /// batch reached the new leader, came back out of order, and the epoch
+    /// bump that followed wrote a batch of another partition twice). The
+    /// client still holds the missing batch and retries it; told "not the
+    /// leader", it resends both in order. A gap that is really a client's
+    /// (the batch is gone for good) is answered out of order once the window
+    /// has passed.
     fn refusal_explains(&self, e: &crate::producer_state::SequenceError) -> bool {
         let crate::producer_state::SequenceError::OutOfOrder {
             producer_id,
             epoch,
+            first_seq,
             expected,
-            ..
         } = *e
         else {
             return false;
         };
-        self.refused.borrow().iter().any(|&(pid, ep, seq, at)| {
-            pid == producer_id && ep == epoch && seq == expected && at.elapsed() < REFUSED_MEMORY
-        })
+        // Sequences wrap from i32::MAX to 0: how far the batch is ahead.
+        let ahead = (i64::from(first_seq) - i64::from(expected)).rem_euclid(1 << 31);
+        let gap_at_new_leader = (1..SEQUENCE_GAP_EXPLAINED_MAX).contains(&ahead)
+            && self.led_since.get().is_some_and(|t| t.elapsed() < REFUSED_MEMORY);
+        gap_at_new_leader
+            || self.refused.borrow().iter().any(|&(pid, ep, seq, at)| {
+                pid == producer_id && ep == epoch && seq == expected && at.elapsed() < REFUSED_MEMORY
+            })
     }
 
     pub fn set_leads(&self, leads: bool) {
@@ -814,4 +842,53 @@ async fn rebuild_producer_state(ntp: &Ntp, log: &Log) -> Result<ProducerStateTab
         }
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer_state::SequenceError;
+    use ferrolog_storage::{LogConfig, LogContext};
+
+    fn out_of_order(first_seq: i32, expected: i32) -> SequenceError {
+        SequenceError::OutOfOrder {
+            producer_id: 7,
+            epoch: 0,
+            first_seq,
+            expected,
+        }
+    }
+
+    /// A sequence gap is explained (answered "not the leader", so the client
+    /// resends the missing batch and the gap closes in order) within the
+    /// window after this replica took the lead, where the missing batch most
+    /// likely went to the old leader; an overlap never is, nor a gap with
+    /// no new leadership; the gap is measured across the wrap at i32::MAX.
+    #[test]
+    fn a_gap_right_after_taking_the_lead_is_explained() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor")
+            .run(async move {
+                let (log, _) = Log::open(path.join("t-0"), LogConfig::default(), LogContext::new(1 << 20))
+                    .await
+                    .expect("open");
+                let p = Partition::new(Ntp::new("t", 0), log);
+                assert!(!p.refusal_explains(&out_of_order(3, 1)), "no leadership taken");
+                p.note_took_lead();
+                assert!(p.refusal_explains(&out_of_order(3, 1)), "a gap at a new leader");
+                assert!(
+                    p.refusal_explains(&out_of_order(2, i32::MAX)),
+                    "a gap across the wrap"
+                );
+                assert!(!p.refusal_explains(&out_of_order(1, 3)), "an overlap");
+                assert!(!p.refusal_explains(&out_of_order(1 << 21, 0)), "a gap too large");
+                p.led_since.set(Some(Instant::now() - REFUSED_MEMORY));
+                assert!(!p.refusal_explains(&out_of_order(3, 1)), "after the window");
+                p.log.close().await.expect("close");
+            });
+    }
 }

@@ -706,7 +706,9 @@ async fn execute(p: &Rc<Partition>, action: Action, payload: Option<&Bytes>) -> 
         }
         Action::RoleChanged(role) => {
             info!(partition = %p.ntp, role = ?role, epoch = %r.epoch(), "replica role changed");
-            if role != Role::Leader {
+            if role == Role::Leader {
+                p.note_took_lead();
+            } else {
                 r.fail_waiting(&p.ntp);
             }
             p.wake_waiters();
