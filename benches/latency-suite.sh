@@ -18,6 +18,7 @@
 # Needs the release build it starts with; takes about 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/broker-lib.sh
 OUT=target/latency-suite
 PROFILE=${PROFILE:-hw-profiles/dev.toml}
 DURATION_S=${DURATION_S:-30}
@@ -35,10 +36,6 @@ settle() {
     sleep 2
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 echo "== floors: raw disk (storage_bench --quick)" >&2
 FERROLOG_BENCH_DIR=$PWD/target "$BIN/storage_bench" --quick --json "$OUT/storage_bench.json" \
     > "$OUT/storage_bench.txt"
@@ -48,14 +45,6 @@ echo "== one message in flight (kafka_latency --quick), with the loopback floor"
 "$BIN/kafka_latency" --quick --json "$OUT/kafka_latency.json" \
     --broker-arg --profile --broker-arg "$PROFILE" > "$OUT/kafka_latency.txt"
 
-broker_pid=
-stop_broker() {
-    if [ -n "$broker_pid" ]; then
-        kill -TERM "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-        broker_pid=
-    fi
-}
 trap stop_broker EXIT
 
 for durability in fsync direct; do

@@ -11,6 +11,7 @@
 #   ROUNDS=3 DURATION_S=30 DEPTH=16 benches/pipeline-ab.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. benches/broker-lib.sh
 
 OUT=target/pipeline-ab
 ROUNDS=${ROUNDS:-2}
@@ -23,18 +24,6 @@ rm -f "$OUT"/*.json "$OUT"/*.txt "$OUT"/*.log
 
 cargo build --release -q -p ferrolog -p ferrolog-loadgen -p ferrolog-benches --bins
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-broker_pid=
-stop_broker() {
-    if [ -n "$broker_pid" ]; then
-        kill "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-        broker_pid=
-    fi
-}
 trap stop_broker EXIT
 
 echo "== floors: storage_bench --quick" >&2

@@ -11,6 +11,7 @@
 #   ROUNDS=3 SECONDS_EACH=30 DURABILITY=fsync PARTITIONS=4 DEPTH=4 RECORDS=256 benches/throughput.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. benches/broker-lib.sh
 
 OUT=target/throughput
 ROUNDS=${ROUNDS:-2}
@@ -27,19 +28,7 @@ rm -f "$OUT"/*.json "$OUT"/*.log
 
 cargo build --release -q -p ferrolog -p ferrolog-loadgen -p ferrolog-benches --bins
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 DATA=$(mktemp -d "${TMPDIR:-/var/tmp}/ferrolog-throughput.XXXXXX")
-broker_pid=
-stop_broker() {
-    if [ -n "$broker_pid" ]; then
-        kill "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-        broker_pid=
-    fi
-}
 cleanup() {
     stop_broker
     rm -rf "$DATA"
