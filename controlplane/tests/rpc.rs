@@ -638,3 +638,23 @@ fn the_raft_queue_drops_beyond_its_bound_and_delivers_the_rest() {
         server.cancel();
     });
 }
+
+/// The RPC listener is the node's alone: a second `serve` on the same
+/// address fails (glommio's own bind, with SO_REUSEPORT, would share it), and
+/// once the first is gone its port can be served again at once, TIME_WAIT
+/// of its connections or not (SO_REUSEADDR; the transport's `bind`).
+#[test]
+fn a_second_listener_on_the_rpc_address_is_refused_and_a_restart_gets_it_back() {
+    run(|| async {
+        let handler = Recorder::new("c-1");
+        let (server, addr) = serve(loopback(), handler.clone()).expect("serve");
+        assert!(serve(addr, handler.clone()).is_err(), "two listeners on {addr}");
+        let (peer, _) = new_peer(7, addr, "c-1", CALL_TIMEOUT);
+        assert_eq!(peer.propose(b"abc".to_vec()).await, Ok((42, b"cba".to_vec())));
+        server.cancel();
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let (again, bound) = serve(addr, handler.clone()).expect("serve the same address again");
+        assert_eq!(bound, addr);
+        again.cancel();
+    });
+}
