@@ -128,6 +128,11 @@ impl Partition {
                 warn!(partition = %self.ntp, "cannot checkpoint the replica state: {e}");
             }
         }
+        if self.log.is_unborn() {
+            // Never written: no directory to put a snapshot in, and no
+            // producer to remember.
+            return Ok(());
+        }
         let end = self.log.offsets().durable_next;
         // An append that queued while the close flushed is neither written
         // nor reported discarded; it must not be in the snapshot.

@@ -348,6 +348,13 @@ impl Replication {
 /// or the new one, and the new one is on disk when this returns.
 fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        // The partition's log is unborn (nothing written yet), so its
+        // directory does not exist: created here, durably.
+        std::fs::create_dir_all(dir)?;
+        std::fs::File::open(dir.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    }
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
@@ -355,7 +362,6 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir)?.sync_all()
 }
 

@@ -257,6 +257,11 @@ pub struct Log {
     config: RefCell<Rc<LogConfig>>,
     ctx: Rc<LogContext>,
     id: LogId,
+    /// No segment file exists yet, and maybe no directory: the log was
+    /// opened where none was and nothing has been written since. The
+    /// active segment is in memory only (empty, no file); the first flush
+    /// creates both (`give_birth`).
+    unborn: Cell<bool>,
     flush_permit: Semaphore,
     /// Held by the task that seals the last rolled segment (sync, trim,
     /// indexes) in the background; taken by whatever must see sealed
@@ -470,7 +475,15 @@ impl Log {
         // pool: with thousands of partitions opening at once, each trip is a
         // wait in the pool's one queue.
         let listed = dir.clone();
-        let found = off_reactor(move || -> Result<(u64, Vec<Offset>, Option<Offset>)> {
+        let found = off_reactor(move || -> Result<(u64, PathBuf, Vec<Offset>, Option<Offset>)> {
+            // A log without its directory (a new partition) stays unborn:
+            // nothing is created until its first write (`Log::give_birth`),
+            // so creating thousands of partitions costs no file system work.
+            if !listed.is_dir() {
+                let parent = listed.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let dev = crate::probe::create_dir_and_device(&parent)?;
+                return Ok((dev, parent, Vec::new(), None));
+            }
             let dev = crate::probe::create_dir_and_device(&listed)?;
             compact::finish_interrupted_swaps(&listed)?;
             let mut bases = Vec::new();
@@ -482,18 +495,19 @@ impl Log {
                 }
             }
             bases.sort();
-            Ok((dev, bases, crate::start_offset::load(&listed)?))
+            let floor = crate::start_offset::load(&listed)?;
+            Ok((dev, listed, bases, floor))
         })
         .await?;
-        let (dev, bases, floor) = found;
-        crate::probe::probe_device(&dir, dev).await?;
+        let (dev, probe_dir, bases, floor) = found;
+        crate::probe::probe_device(&probe_dir, dev).await?;
 
         let now = ctx.clock.now_ms();
         let mut segments = BTreeMap::new();
-        if bases.is_empty() {
-            let seg = create_segment(&dir, Offset(0), now).await?;
-            sync_dir(&dir).await?;
-            segments.insert(seg.base, seg);
+        let unborn = bases.is_empty();
+        if unborn {
+            let path = dir.join(log_file_name(Offset(0)));
+            segments.insert(Offset(0), Segment::unborn(Offset(0), path, now));
         }
         let count = bases.len();
         for (i, base) in bases.into_iter().enumerate() {
@@ -516,6 +530,7 @@ impl Log {
             config: RefCell::new(Rc::new(config)),
             ctx,
             id,
+            unborn: Cell::new(unborn),
             flush_permit: Semaphore::new(1),
             seal_permit: Rc::new(Semaphore::new(1)),
             unsynced: Cell::new(0),
@@ -538,6 +553,12 @@ impl Log {
             }),
         });
         Ok((log, report))
+    }
+
+    /// Whether nothing was ever written to this log here: it has no
+    /// segment file, and its directory may not exist (see `Log::open`).
+    pub fn is_unborn(&self) -> bool {
+        self.unborn.get()
     }
 
     pub fn dir(&self) -> &Path {
@@ -805,6 +826,12 @@ impl Log {
     /// appended-but-not-durable batch is rolled back and the log is exactly as
     /// it was after the last successful flush.
     async fn flush_locked(&self) -> Result<()> {
+        if self.unborn.get() && !self.state.borrow().pending.is_empty() {
+            if let Err(e) = self.give_birth().await {
+                self.rollback(&e);
+                return Err(e);
+            }
+        }
         let plan = {
             let mut st = self.state.borrow_mut();
             if st.pending.is_empty() {
@@ -864,6 +891,36 @@ impl Log {
                 Err(e)
             }
         }
+    }
+
+    /// Creates an unborn log's directory (durably: the data directory is
+    /// synced) and its first segment file, and gives the in-memory active
+    /// segment that file. The caller holds `flush_permit`.
+    async fn give_birth(&self) -> Result<()> {
+        let dir = self.dir.clone();
+        off_reactor(move || -> Result<()> {
+            if dir.is_dir() {
+                return Ok(());
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| StorageError::io("create dir", &dir, e))?;
+            let parent = dir.parent().unwrap_or(Path::new("."));
+            std::fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::io("sync dir", parent, e))
+        })
+        .await?;
+        let path = self.state.borrow().active().path.clone();
+        let file = open_rw(&path, true).await?;
+        sync_dir(&self.dir).await?;
+        let mut st = self.state.borrow_mut();
+        let seg = st.active_mut();
+        assert!(
+            seg.file.is_none() && seg.durable.size == 0,
+            "an unborn segment has no file and nothing durable"
+        );
+        seg.file = Some(Rc::new(file));
+        self.unborn.set(false);
+        Ok(())
     }
 
     /// Writes the plan's bytes in aligned chunks, `write_depth` at a time, then
@@ -1245,6 +1302,9 @@ impl Log {
                     };
                     (s.handle(), u64::from(entry.position), limit, st.durable_next)
                 })
+                // Nothing durable to read (an unborn log's appended batch
+                // has a timestamp but no file yet).
+                .filter(|&(_, _, limit, _)| limit > 0)
                 .collect()
         };
         for (handle, mut pos, limit, end) in candidates {
@@ -1461,6 +1521,16 @@ impl Log {
     pub async fn close(&self) -> Result<()> {
         let _at_rest = self.at_rest().await?;
         self.flush_locked().await?;
+        if self.unborn.get() {
+            // Nothing was ever written: there is no file to close.
+            let mut st = self.state.borrow_mut();
+            st.closed = true;
+            self.ctx.forget_files(st.segments.values().map(|s| s.id));
+            drop(st);
+            self.flush_permit.close();
+            self.seal_permit.close();
+            return Ok(());
+        }
         let (file, path, index, time_index, size, unchanged) = {
             let mut st = self.state.borrow_mut();
             st.closed = true;

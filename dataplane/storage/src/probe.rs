@@ -11,10 +11,12 @@
 
 use crate::error::{Result, StorageError};
 use glommio::io::DmaFile;
+use glommio::sync::Semaphore;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::rc::Rc;
 
 const PROBE_FILE: &str = ".ferrolog-direct-io-probe";
 
@@ -22,6 +24,10 @@ thread_local! {
     // glommio keeps its per-device answer per thread (one executor each), so
     // the probe runs once per device on every executor thread.
     static PROBED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+    // One probe at a time per thread: logs open many at a time, and two
+    // probes of one directory would share its probe file, one truncating
+    // it while glommio's detection reads it through the other.
+    static PROBING: Rc<Semaphore> = Rc::new(Semaphore::new(1));
 }
 
 /// Checks that `dir` supports O_DIRECT and settles glommio's poll detection
@@ -46,7 +52,15 @@ pub(crate) async fn probe_device(dir: &Path, dev: u64) -> Result<()> {
     if PROBED.with(|p| p.borrow().contains(&dev)) {
         return Ok(());
     }
-    let path = dir.join(PROBE_FILE);
+    let probing = PROBING.with(Rc::clone);
+    let _one_at_a_time = probing.acquire_permit(1).await;
+    if PROBED.with(|p| p.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    // A name of this thread's own: the shards of a node probe at the same
+    // time, often in the same directory (the data directory, for new logs),
+    // and one removing its probe file must not pull it from under another.
+    let path = dir.join(format!("{PROBE_FILE}.{}", thread_id()));
     std::fs::write(&path, vec![0u8; 4096]).map_err(|e| StorageError::io("write", &path, e))?;
     let opened = DmaFile::open(&path).await;
     let result = match opened {
@@ -77,4 +91,10 @@ pub(crate) async fn probe_device(dir: &Path, dev: u64) -> Result<()> {
     result?;
     PROBED.with(|p| p.borrow_mut().insert(dev));
     Ok(())
+}
+
+/// The calling thread's kernel id.
+fn thread_id() -> u64 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() as u64 }
 }

@@ -97,10 +97,18 @@ impl Segment {
     /// A segment with no batches yet over an open file.
     pub fn empty(base: Offset, path: PathBuf, file: DmaFile, now_ms: i64) -> Segment {
         Segment {
+            file: Some(Rc::new(file)),
+            ..Segment::unborn(base, path, now_ms)
+        }
+    }
+
+    /// An empty segment whose file does not exist yet (an unborn log's).
+    pub fn unborn(base: Offset, path: PathBuf, now_ms: i64) -> Segment {
+        Segment {
             base,
             path,
             id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
-            file: Some(Rc::new(file)),
+            file: None,
             size: 0,
             next_offset: base,
             max_timestamp: i64::MIN,

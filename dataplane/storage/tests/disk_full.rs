@@ -66,7 +66,9 @@ fn full_disk_gives_typed_error_keeps_acknowledged_data_and_recovers() {
             // Leave ~2 MiB free, then append 64 KiB batches until the disk is full.
             let free = {
                 let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-                let p = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()).expect("path");
+                // The file system's root: a new log's directory is made by its first write.
+                let root = d.parent().expect("a parent");
+                let p = std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).expect("path");
                 // SAFETY: statvfs fills the struct we pass for a NUL-terminated path.
                 assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, 0);
                 st.f_bavail * st.f_frsize

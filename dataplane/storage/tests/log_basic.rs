@@ -819,3 +819,76 @@ fn close_rewrites_the_index_files_only_when_they_changed() {
         log.close().await.expect("close");
     });
 }
+
+/// A log opened where no directory is (a new partition) creates nothing
+/// until its first write: no directory, no file, at open or at close. The
+/// first append creates both and is durable like any other; a reopen finds
+/// it. A failed first write (the directory cannot be made) fails its append,
+/// moves no offset, and the log works once the cause is gone.
+#[test]
+fn a_new_log_creates_nothing_until_its_first_write() {
+    for durability in [Durability::Fsync, Durability::Direct] {
+        let root = tmp();
+        let dir = root.path().join("orders-0");
+        let config = small_config(durability);
+        let (d, c) = (dir.clone(), config.clone());
+        run(|| async move {
+            let log = open(&d, c.clone()).await;
+            assert!(log.is_unborn());
+            assert!(!d.exists(), "open created {}", d.display());
+            let o = log.offsets();
+            assert_eq!(
+                (o.start, o.durable_next, o.dirty_next),
+                (Offset(0), Offset(0), Offset(0))
+            );
+            let r = log
+                .read(ReadRequest {
+                    offset: Offset(0),
+                    max_bytes: 1 << 20,
+                    end: None,
+                })
+                .await
+                .expect("read an empty log");
+            assert!(r.batches.is_empty());
+            assert_eq!(
+                log.offset_for_timestamp(TimestampMs(0)).await.expect("lookup"),
+                None
+            );
+            log.truncate(Offset(0)).await.expect("truncate to the end");
+            log.close().await.expect("close");
+            assert!(!d.exists(), "close created {}", d.display());
+
+            // The directory's name taken by a file: the first write fails.
+            std::fs::write(&d, b"in the way").expect("a file in the way");
+            let log = open(&d, c.clone()).await;
+            let e = log
+                .append(batch(2, 100, 1))
+                .await
+                .expect_err("no directory can be made");
+            assert!(e.to_string().contains("create dir"), "{e}");
+            assert_eq!(
+                log.offsets().dirty_next,
+                Offset(0),
+                "a failed append moved offsets"
+            );
+            assert!(log.is_unborn());
+            std::fs::remove_file(&d).expect("remove the file");
+            let a = log
+                .append(batch(2, 100, 1))
+                .await
+                .expect("append once the way is clear");
+            assert_eq!(a.base_offset, Offset(0));
+            assert!(!log.is_unborn());
+            assert_eq!(segment_files(&d).len(), 1, "one segment file");
+            log.append(batch(3, 100, 2)).await.expect("append");
+            log.close().await.expect("close");
+        });
+        run(|| async move {
+            let log = open(&dir, config).await;
+            assert!(!log.is_unborn());
+            assert_eq!(log.offsets().durable_next, Offset(5));
+            assert_eq!(read_all(&log, Offset(0)).await.len(), 2);
+            log.close().await.expect("close");
+        });
+    }
+}
