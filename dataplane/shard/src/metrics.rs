@@ -15,11 +15,13 @@ use std::cell::Cell;
 use std::time::Duration;
 
 /// Upper bounds (inclusive, µs) of the latency buckets; one more bucket
-/// counts everything slower. 1-2.5-5 steps from 10 µs to 10 s: the range
-/// between a loopback round trip and a stuck disk.
-pub const LATENCY_BUCKETS_US: [u64; 19] = [
-    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+/// counts everything slower. From 10 µs to 10 s: the range between a
+/// loopback round trip and a stuck disk; 25-50 µs steps between 50 µs and
+/// 300 µs, where a direct write and a produce answer fall on NVMe (and the
+/// latency goals sit), then 1-1.5-2-2.5-5 and 1-2.5-5 steps.
+pub const LATENCY_BUCKETS_US: [u64; 28] = [
+    10, 25, 50, 75, 100, 125, 150, 200, 250, 300, 400, 500, 750, 1_000, 1_500, 2_000, 2_500, 5_000,
+    10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 const BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;
 
