@@ -3,8 +3,10 @@
 
   benches/busy_attribution.py [--bin target/release/ferrolog] [--messages 20000]
                               [--durability direct] [--rounds 2] [--cpuset LIST]
+                              [--profile FILE] [--nice N] [--slice-us N]
 
-Starts one release broker (temporary data directory, free ports, `--cpuset` passed on),
+Starts one release broker (temporary data directory, free ports, `--cpuset` and `--profile`
+passed on),
 creates a one-partition topic with the given durability, then runs, in turns, --rounds
 times each, two closed-loop confluent-kafka producers of 1 KiB values, acks=all,
 linger.ms=0, one message in flight: a blocking one (flush per message, i.e. poll with a
@@ -118,6 +120,7 @@ def main():
     ap.add_argument("--durability", default="direct")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cpuset")
+    ap.add_argument("--profile", help="a hardware profile for the broker (default: the built-in dev profile)")
     ap.add_argument("--nice", type=int,
                     help="also run every round with the broker's threads at this nice value "
                          "(setpriority per thread), alternating with nice 0")
@@ -132,6 +135,8 @@ def main():
            "--admin-addr", f"127.0.0.1:{admin}"]
     if args.cpuset:
         cmd += ["--cpuset", args.cpuset]
+    if args.profile:
+        cmd += ["--profile", args.profile]
     log = open(f"{tmp}/broker.log", "w")
     broker = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "NO_COLOR": "1"})
     try:
