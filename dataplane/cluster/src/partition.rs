@@ -43,15 +43,21 @@ const SEQUENCE_GAP_EXPLAINED_MAX: i64 = 1 << 20;
 
 /// Bytes the producer-state rebuild reads from the log at a time.
 pub const PRODUCER_REBUILD_READ_BYTES: usize = 4 << 20;
-/// In a partition's directory between a clean close and the next open: the
-/// producer state as of the close, so that open can skip the scan.
+/// In a partition's directory: the producer state as of the log end at the
+/// last clean close, so that an open replays only the batches after it
+/// instead of scanning the whole log. It describes the log's batches below
+/// that end, which only a truncation below it changes: `Partition::truncate`
+/// empties the file (durably) before it truncates.
 pub const PRODUCER_SNAPSHOT_FILE: &str = "producer_state.snapshot";
 
 /// Where a recovered partition's producer state came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProducerStateSource {
-    /// The snapshot its last clean close left.
+    /// The snapshot its last clean close left, taken at the log's end.
     Snapshot,
+    /// That snapshot, taken at an earlier end, and the batches appended
+    /// after it (a crash came after the appends, before the next close).
+    SnapshotAndTail,
     /// A scan of every batch header in the log.
     Scan,
 }
@@ -107,14 +113,36 @@ impl Partition {
     /// recognised: the snapshot of the last clean close if it matches the
     /// log, else rebuilt from every batch header in the log.
     pub async fn recover(ntp: Ntp, log: Rc<Log>) -> Result<(Partition, ProducerStateSource), StorageError> {
-        let (producers, source) = match take_producer_snapshot(&ntp, &log).await? {
-            Some(table) => (table, ProducerStateSource::Snapshot),
+        let start = log.offsets().start;
+        let (producers, source) = match read_producer_snapshot(&ntp, &log).await? {
+            Some((table, at)) if at == log.offsets().durable_next => (table, ProducerStateSource::Snapshot),
+            Some((table, at)) => (
+                replay_producer_state(&ntp, &log, table, at).await?,
+                ProducerStateSource::SnapshotAndTail,
+            ),
             None => (
-                rebuild_producer_state(&ntp, &log).await?,
+                replay_producer_state(
+                    &ntp,
+                    &log,
+                    ProducerStateTable::new(PRODUCERS_PER_PARTITION_MAX),
+                    start,
+                )
+                .await?,
                 ProducerStateSource::Scan,
             ),
         };
         Ok((Self::with_producers(ntp, log, producers), source))
+    }
+
+    /// Removes every batch of the log at or after `to` (a divergent suffix).
+    /// The producer snapshot is emptied first, durably: it may describe
+    /// batches this removes, and a crash after the log refills past its end
+    /// would otherwise find it matching.
+    pub async fn truncate(&self, to: Offset) -> Result<(), StorageError> {
+        if !self.log.is_unborn() {
+            empty_producer_snapshot(&self.log).await?;
+        }
+        self.log.truncate(to).await
     }
 
     /// Closes the log and, if that worked, leaves a snapshot of the producer
@@ -732,54 +760,43 @@ impl Partition {
     }
 }
 
-/// Reads and empties the producer snapshot of `log`'s directory. Returns
-/// the table if the snapshot is valid and was taken at the log's current
-/// end. It is emptied (durably) before anything is appended: it describes
-/// the log only until the log changes, and a stale one left behind by a
-/// crash could otherwise match a log that was truncated and refilled to the
-/// same end. Emptied rather than removed, so that the close writes into the
-/// same file: a new file per partition at every clean stop made the file
-/// system allocate (and, ext4 without a journal, search for) 10,000 inodes
-/// per stop of a 10,000-partition node. An empty file is no snapshot.
-async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerStateTable>, StorageError> {
+/// Reads the producer snapshot of `log`'s directory: the table and the log
+/// end it was taken at, if the file is whole (CRC) and that end is within
+/// the log (at or after its start, at or before its end). Kept as it is:
+/// it stays true of the batches below its end, which only a truncation
+/// changes (`Partition::truncate` empties it first), so a crash after more
+/// appends costs the next open only a replay of those. An empty or missing
+/// file is no snapshot.
+async fn read_producer_snapshot(
+    ntp: &Ntp,
+    log: &Log,
+) -> Result<Option<(ProducerStateTable, Offset)>, StorageError> {
+    if log.is_unborn() {
+        return Ok(None);
+    }
     let path = log.dir().join(PRODUCER_SNAPSHOT_FILE);
     let file = path.clone();
     // Blocking file calls go to the shard's blocking pool, off the reactor.
-    let taken = ferrolog_shard::blocking(
-        move || -> Result<Option<Vec<u8>>, (&'static str, std::io::Error)> {
-            let bytes = match std::fs::read(&file) {
-                Ok(b) if b.is_empty() => return Ok(None),
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(("read", e)),
-            };
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&file)
-                .and_then(|f| f.set_len(0))
-                .map_err(|e| ("empty", e))?;
-            Ok(Some(bytes))
-        },
-    )
-    .await;
-    let bytes = match taken {
-        Ok(Some(b)) => b,
-        Ok(None) => return Ok(None),
-        Err((op, source)) => return Err(StorageError::Io { op, path, source }),
-    };
-    // The sync goes through io_uring, not the blocking pool's one thread:
-    // partitions open many at a time, and the file system commits
-    // concurrent syncs together.
-    sync_file(&path).await.map_err(|source| StorageError::Io {
-        op: "sync",
+    let read = ferrolog_shard::blocking(move || match std::fs::read(&file) {
+        Ok(b) if b.is_empty() => Ok(None),
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|source| StorageError::Io {
+        op: "read",
         path: path.clone(),
         source,
     })?;
-    let end = log.offsets().durable_next;
+    let Some(bytes) = read else {
+        return Ok(None);
+    };
+    let o = log.offsets();
     match decode_snapshot(&bytes, PRODUCERS_PER_PARTITION_MAX) {
-        Ok((table, at)) if at == end => Ok(Some(table)),
+        Ok((table, at)) if o.start <= at && at <= o.durable_next => Ok(Some((table, at))),
         Ok((_, at)) => {
-            warn!(partition = %ntp, snapshot_end = %at, log_end = %end, "producer snapshot does not match the log; scanning");
+            warn!(partition = %ntp, snapshot_end = %at, log_start = %o.start, log_end = %o.durable_next, "producer snapshot outside the log; scanning");
             Ok(None)
         }
         Err(e) => {
@@ -787,6 +804,37 @@ async fn take_producer_snapshot(ntp: &Ntp, log: &Log) -> Result<Option<ProducerS
             Ok(None)
         }
     }
+}
+
+/// Empties the producer snapshot of `log`'s directory, durably (before a
+/// truncation: the snapshot may describe batches the truncation removes).
+async fn empty_producer_snapshot(log: &Log) -> Result<(), StorageError> {
+    let path = log.dir().join(PRODUCER_SNAPSHOT_FILE);
+    let file = path.clone();
+    let emptied =
+        ferrolog_shard::blocking(
+            move || match std::fs::OpenOptions::new().write(true).open(&file) {
+                Ok(f) if f.metadata()?.len() == 0 => Ok(false),
+                Ok(f) => f.set_len(0).map(|()| true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            },
+        )
+        .await
+        .map_err(|source| StorageError::Io {
+            op: "empty",
+            path: path.clone(),
+            source,
+        })?;
+    if emptied {
+        // Through io_uring, not the blocking pool's one thread.
+        sync_file(&path).await.map_err(|source| StorageError::Io {
+            op: "sync",
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// fdatasync of a file (its new length) through io_uring.
@@ -797,10 +845,14 @@ async fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes the snapshot into the file the open emptied (or a new one), in
-/// place. Not fsynced, and not through a temporary file: a snapshot cut
-/// short by a kill or a power failure, or lost, fails its CRC, is empty or
-/// is missing, and the next open scans the log instead.
+/// Writes the snapshot over the one in the file (or into a new one), in
+/// place: a new file per partition at every clean stop made the file system
+/// allocate (and, ext4 without a journal, search for) 10,000 inodes per stop
+/// of a 10,000-partition node. Not fsynced, and not through a temporary
+/// file: a snapshot cut short by a kill or a power failure fails its CRC or
+/// is empty, and the next open scans the log instead; one lost whole leaves
+/// the previous one, still true of the batches below its end (a truncation
+/// since would have emptied it durably).
 fn write_producer_snapshot(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
@@ -809,9 +861,15 @@ fn write_producer_snapshot(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
 /// read [`PRODUCER_REBUILD_READ_BYTES`] at a time. A damaged stretch (which
 /// reads report as corrupt) is skipped to the next segment, with a warning:
 /// retries of batches in it are not recognised.
-async fn rebuild_producer_state(ntp: &Ntp, log: &Log) -> Result<ProducerStateTable, StorageError> {
-    let mut table = ProducerStateTable::new(PRODUCERS_PER_PARTITION_MAX);
-    let mut at = log.offsets().start;
+/// `table` (the producer state of the log below `from`, a batch boundary)
+/// brought to the log's end by recording every batch from `from` on.
+async fn replay_producer_state(
+    ntp: &Ntp,
+    log: &Log,
+    mut table: ProducerStateTable,
+    from: Offset,
+) -> Result<ProducerStateTable, StorageError> {
+    let mut at = from;
     let end = log.offsets().durable_next;
     while at < end {
         let req = ReadRequest {

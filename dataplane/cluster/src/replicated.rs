@@ -678,7 +678,7 @@ async fn execute(p: &Rc<Partition>, action: Action, payload: Option<&Bytes>) -> 
             Ok(())
         }
         Action::Truncate { to } => {
-            p.log.truncate(to).await.map_err(|e| e.to_string())?;
+            p.truncate(to).await.map_err(|e| e.to_string())?;
             r.runs.borrow_mut().retain(|x| x.start < to);
             r.persist().await.map_err(|e| e.to_string())?;
             info!(partition = %p.ntp, to = %to, "truncated a divergent suffix");

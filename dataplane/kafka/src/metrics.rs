@@ -568,7 +568,10 @@ mod tests {
         assert_eq!(s.count(), 4);
         assert_eq!(s.counts[0], 1, "10 µs is in the le=10µs bucket");
         assert_eq!(s.counts[1], 1, "11 µs is in the le=25µs bucket");
-        let one_ms = LATENCY_BUCKETS_US.iter().position(|&b| b == 1_000).expect("a 1 ms bound");
+        let one_ms = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| b == 1_000)
+            .expect("a 1 ms bound");
         assert_eq!(s.counts[one_ms], 1, "1 ms is in the le=1ms bucket");
         assert_eq!(s.counts[one_ms - 1] + s.counts[one_ms + 1], 0);
         assert_eq!(s.counts[BUCKETS - 1], 1, "60 s overflows");

@@ -298,9 +298,10 @@ fn snapshot_len(dir: &std::path::Path) -> u64 {
     std::fs::metadata(dir.join(PRODUCER_SNAPSHOT_FILE)).map_or(0, |m| m.len())
 }
 
-/// A clean close leaves a snapshot that the next open uses (and empties); a
-/// crash leaves none, and the open after it scans. A stale snapshot (one
-/// from before the last appends) is not used.
+/// A clean close leaves a snapshot that the next open uses and keeps: after
+/// a crash that came after more appends, the open replays only the batches
+/// after the snapshot's end. A damaged or cut snapshot is not used, and a
+/// truncation empties it first (below).
 #[test]
 fn restart_recognises_retries_from_the_snapshot_or_by_scanning() {
     let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
@@ -313,27 +314,29 @@ fn restart_recognises_retries_from_the_snapshot_or_by_scanning() {
         assert!(p.log.segment_bases().len() > 3, "the log should span segments");
         p.close().await.expect("close");
     });
-    let stale = std::fs::read(&snapshot).expect("a clean close leaves a snapshot");
+    let at_close = std::fs::read(&snapshot).expect("a clean close leaves a snapshot");
     let d = dir.path().to_path_buf();
     run(|| async move {
         let (p, source) = open_partition(&d, LogContext::new(1 << 20)).await;
         assert_eq!(source, ProducerStateSource::Snapshot);
-        assert_eq!(snapshot_len(&d), 0, "emptied at open");
+        assert_eq!(
+            std::fs::read(d.join(PRODUCER_SNAPSHOT_FILE)).expect("snapshot"),
+            at_close,
+            "kept as it was at open"
+        );
         assert_retries_recognised(&p, 100).await;
         append_rounds(&p, 100, 110).await;
         // Dropped without a close, like a kill -9 after the
         // acknowledgements (fsync mode: every acknowledged batch is durable).
     });
-    std::fs::write(&snapshot, &stale).expect("plant the stale snapshot");
     let d = dir.path().to_path_buf();
     run(|| async move {
         let (p, source) = open_partition(&d, LogContext::new(1 << 20)).await;
         assert_eq!(
             source,
-            ProducerStateSource::Scan,
-            "the stale snapshot is not used"
+            ProducerStateSource::SnapshotAndTail,
+            "the snapshot of offset 300 and the 30 offsets after it"
         );
-        assert_eq!(snapshot_len(&d), 0, "emptied at open");
         assert_retries_recognised(&p, 110).await;
         append_rounds(&p, 110, 111).await;
         p.close().await.expect("close");
@@ -503,4 +506,46 @@ fn rebuild_time() {
             });
         }
     }
+}
+
+/// A truncation empties the producer snapshot (durably) before it cuts the
+/// log: a snapshot of the old end would otherwise match a log refilled to
+/// the same end after a crash, and retries of the removed batches would be
+/// answered as duplicates of batches that are gone.
+#[test]
+fn a_truncation_empties_the_snapshot_before_the_log_refills() {
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let (p, _) = open_partition(&d, LogContext::new(1 << 20)).await;
+        append_rounds(&p, 0, 20).await;
+        p.close().await.expect("close");
+    });
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let (p, source) = open_partition(&d, LogContext::new(1 << 20)).await;
+        assert_eq!(source, ProducerStateSource::Snapshot);
+        // Round 19 (offsets 57-59) is a divergent suffix.
+        p.truncate(Offset(57)).await.expect("truncate");
+        assert_eq!(snapshot_len(&d), 0, "emptied by the truncation");
+        // Refilled to the same end by another producer's batch, then a crash.
+        let refill = Bytes::from(batch(7, 0, 0, 3, "refill"));
+        assert_eq!(
+            p.append_producer_batch(refill, InsyncCheck::Skip).await.ok(),
+            Some(Offset(57))
+        );
+        assert_eq!(p.log.offsets().durable_next, Offset(60));
+    });
+    let d = dir.path().to_path_buf();
+    run(|| async move {
+        let (p, source) = open_partition(&d, LogContext::new(1 << 20)).await;
+        assert_eq!(source, ProducerStateSource::Scan);
+        assert_eq!(p.producer_count(), 3);
+        // The removed round is new again: appended, not answered as a retry.
+        assert_eq!(
+            p.append_producer_batch(batch_a(19), InsyncCheck::Skip).await.ok(),
+            Some(Offset(60))
+        );
+        p.close().await.expect("close");
+    });
 }
