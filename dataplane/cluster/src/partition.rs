@@ -775,21 +775,7 @@ async fn read_producer_snapshot(
         return Ok(None);
     }
     let path = log.dir().join(PRODUCER_SNAPSHOT_FILE);
-    let file = path.clone();
-    // Blocking file calls go to the shard's blocking pool, off the reactor.
-    let read = ferrolog_shard::blocking(move || match std::fs::read(&file) {
-        Ok(b) if b.is_empty() => Ok(None),
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    })
-    .await
-    .map_err(|source| StorageError::Io {
-        op: "read",
-        path: path.clone(),
-        source,
-    })?;
-    let Some(bytes) = read else {
+    let Some(bytes) = read_if_present(&path).await?.filter(|b| !b.is_empty()) else {
         return Ok(None);
     };
     let o = log.offsets();
@@ -804,6 +790,23 @@ async fn read_producer_snapshot(
             Ok(None)
         }
     }
+}
+
+/// The bytes of the file at `path`, or `None` if there is none; read on
+/// the shard's blocking pool, off the reactor.
+pub(crate) async fn read_if_present(path: &std::path::Path) -> Result<Option<Vec<u8>>, StorageError> {
+    let file = path.to_path_buf();
+    ferrolog_shard::blocking(move || match std::fs::read(&file) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|source| StorageError::Io {
+        op: "read",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Empties the producer snapshot of `log`'s directory, durably (before a

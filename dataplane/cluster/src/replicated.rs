@@ -141,18 +141,7 @@ impl Replication {
     /// by `scan` when no state file exists but the log has data).
     pub async fn load(key: PartitionKey, node: NodeId, p: &Partition) -> Result<Replication, StorageError> {
         let state_path = p.log.dir().join(STATE_FILE);
-        let read_path = state_path.clone();
-        let text = ferrolog_shard::blocking(move || match std::fs::read(&read_path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(|source| StorageError::Io {
-            op: "read",
-            path: state_path.clone(),
-            source,
-        })?;
+        let text = crate::partition::read_if_present(&state_path).await?;
         let end = p.log.offsets().durable_next;
         let state = match text {
             Some(b) => serde_json::from_slice::<StateFile>(&b).map_err(|e| StorageError::Io {
