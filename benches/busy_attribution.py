@@ -186,6 +186,11 @@ def main():
         for _ in range(2000):  # warm-up
             one(False)
         print(f"broker: {' '.join(cmd)}")
+        owner = [line.split('shard="', 1)[1].split('"', 1)[0] for line in scrape().splitlines()
+                 if line.startswith("ferrolog_partition_flush_latency_seconds_count{")
+                 and f'topic="{topic}"' in line]
+        print(f"partition {topic}/0 is on shard {', '.join(owner) or '?'} (the shards of the "
+              "dev profile run on CPUs 0, 1, ... in order unless --cpuset says otherwise)")
         print(f"{args.messages} messages per round, durability {args.durability}; p50 / p99 / p99.9 in us "
               "(broker and flush: upper bounds of histogram buckets)")
         print("| round | broker threads | client | client latency | broker Produce latency (same requests) | flushes | flush latency |")
