@@ -7,6 +7,9 @@
 //   gcc -O2 -o /tmp/spin_neighbour benches/spin_neighbour.c
 //   taskset -c 1 python3 -c 'while True: pass' &
 //   taskset -c 1 /tmp/spin_neighbour /path/on/the/data/disk/file 20000 [SLICE_US [NICE]]
+//
+// With FDATASYNC=1 in the environment every pwrite is followed by an fdatasync and the
+// pair is timed: the floor of `fsync` durability (a 4 KiB write + fdatasync).
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -30,10 +33,13 @@ int main(int argc, char **argv) {
     for (long off = 0; off < (long)n * 4096; off += 1 << 20) pwrite(fd, buf, 1 << 20, off);
     fsync(fd);
     memset(buf, 'x', 4096);
+    const char *sync_env = getenv("FDATASYNC");
+    int sync_each = sync_env && strcmp(sync_env, "1") == 0;
     long *lat = malloc(sizeof(long) * n);
     for (int i = 0; i < n; i++) {
         struct timespec a, b; clock_gettime(CLOCK_MONOTONIC, &a);
         if (pwrite(fd, buf, 4096, (long)i * 4096) != 4096) { perror("pwrite"); return 1; }
+        if (sync_each && fdatasync(fd)) { perror("fdatasync"); return 1; }
         clock_gettime(CLOCK_MONOTONIC, &b);
         lat[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
         usleep(100);
