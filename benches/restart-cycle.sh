@@ -10,6 +10,8 @@
 #
 # Binaries alternate per cycle-set, so a before/after pair shares the same minutes. The copy
 # goes to $WORK (default target/restart-cycle), on the same file system as the data should be.
+# SYNC_AFTER_STOP=1 runs `sync` (timed) after every stop, before the next start: the next
+# start then finds nothing of the stop still being written back.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,6 +20,7 @@ NODE_ID=${NODE_ID:-1}
 CYCLES=${CYCLES:-4}
 SETS=${SETS:-2}
 WORK=${WORK:-target/restart-cycle}
+SYNC_AFTER_STOP=${SYNC_AFTER_STOP:-0}
 PORT=${PORT:-19092}
 [ $# -ge 1 ] || { echo "usage: DATA=... $0 BIN [BIN ...]" >&2; exit 2; }
 mkdir -p "$WORK"
@@ -50,7 +53,12 @@ for set in $(seq 1 "$SETS"); do
             wait "$broker_pid" || true
             e=$(date +%s.%N)
             broker_pid=
-            echo "$bin set $set cycle $c: spawn to serving $(elapsed "$s" "$m") s, SIGTERM to exit $(elapsed "$t" "$e") s"
+            synced=
+            if [ "$SYNC_AFTER_STOP" = 1 ]; then
+                sync
+                synced=", then sync $(elapsed "$e" "$(date +%s.%N)") s"
+            fi
+            echo "$bin set $set cycle $c: spawn to serving $(elapsed "$s" "$m") s, SIGTERM to exit $(elapsed "$t" "$e") s$synced"
         done
     done
 done
