@@ -110,8 +110,9 @@ impl Partition {
 
     /// A partition over a recovered log, with the producer state the log
     /// implies, so retries sent before a restart (or a kill -9) are still
-    /// recognised: the snapshot of the last clean close if it matches the
-    /// log, else rebuilt from every batch header in the log.
+    /// recognised: the snapshot of the last clean close (with the batches
+    /// appended after it replayed, if any), else rebuilt from every batch
+    /// header in the log.
     pub async fn recover(ntp: Ntp, log: Rc<Log>) -> Result<(Partition, ProducerStateSource), StorageError> {
         let start = log.offsets().start;
         let (producers, source) = match read_producer_snapshot(&ntp, &log).await? {
@@ -860,12 +861,12 @@ fn write_producer_snapshot(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
     std::fs::write(path, bytes)
 }
 
-/// The producer state a log implies: every batch header from the log start,
-/// read [`PRODUCER_REBUILD_READ_BYTES`] at a time. A damaged stretch (which
+/// `table` (the producer state of the log below `from`, a batch boundary)
+/// brought to the log's end by recording every batch header from `from` on,
+/// read [`PRODUCER_REBUILD_READ_BYTES`] at a time; from the log start with an
+/// empty table, the state the whole log implies. A damaged stretch (which
 /// reads report as corrupt) is skipped to the next segment, with a warning:
 /// retries of batches in it are not recognised.
-/// `table` (the producer state of the log below `from`, a batch boundary)
-/// brought to the log's end by recording every batch from `from` on.
 async fn replay_producer_state(
     ntp: &Ntp,
     log: &Log,
