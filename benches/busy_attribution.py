@@ -3,7 +3,7 @@
 
   benches/busy_attribution.py [--bin target/release/ferrolog] [--messages 20000]
                               [--durability direct] [--rounds 2] [--cpuset LIST]
-                              [--profile FILE] [--nice N] [--slice-us N]
+                              [--profile FILE] [--nice N] [--slice-us N] [--floors]
 
 Starts one release broker (temporary data directory, free ports, `--cpuset` and `--profile`
 passed on),
@@ -20,6 +20,17 @@ is set to nice 0 for the plain rows, whatever the profile says; --nice N adds ro
   client p50 / p99 / p99.9 (send to delivery report, measured in this process)
   broker p50 / p99 / p99.9 of the same requests (from the histogram deltas: bucket bounds)
   flush  p50 / p99 / p99.9 of the partition's flushes in the round
+  broker CPU per message: the CPU time of all broker threads in the round
+         (/proc/PID/task/*/schedstat) divided by the messages
+
+With --floors, every round ends with the CPU floor of one message measured right after it
+(benches/spin_neighbour.c and benches/echo_cpu.c, built with gcc into the temporary
+directory): a raw 4 KiB O_DIRECT append next to the data directory, pinned to the CPU of
+the partition's shard (its latency and the CPU time of the write call), and a loopback
+request/answer of 1 KiB / 64 B between two threads on different CPUs (the server thread's
+CPU per request: its wake-up, recv and send). A broker cannot answer a durable produce
+with less than one of each; their sum is the floor the broker's CPU per message is
+compared with.
 
 If the broker's percentiles stay where the blocking client's are while the busy client's
 p99 is far above them, the busy client's tail is spent outside the broker's handling of the
@@ -113,6 +124,93 @@ def fmt(v):
     return f"{v:.0f}"
 
 
+def broker_cpu_ns(pid):
+    """{tid: ns on a CPU} of every thread of `pid` (schedstat's first field)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[0])
+        except OSError:
+            pass  # the thread ended
+    return out
+
+
+def build_floors(tmp):
+    here = os.path.dirname(os.path.abspath(__file__))
+    tools = {}
+    for name, extra in (("spin_neighbour", []), ("echo_cpu", ["-pthread"])):
+        out = f"{tmp}/{name}"
+        subprocess.run(["gcc", "-O2", *extra, "-o", out, f"{here}/{name}.c"], check=True)
+        tools[name] = out
+    return tools
+
+
+def floors(tools, tmp, cpu, writes):
+    """(raw append p50/p99/p99.9 text, raw write CPU us, echo server CPU us) measured now."""
+    env = {**os.environ, "FDATASYNC": "0"}
+    raw = subprocess.run(["taskset", "-c", str(cpu), tools["spin_neighbour"], f"{tmp}/raw-append",
+                          str(writes)], capture_output=True, text=True, check=True, env=env).stdout
+    # "p50 75 p99 107 p999 167 max 921 us; cpu per write 28.0 us, per iteration 49.9 us"
+    w = raw.split()
+    raw_lat = f"{w[1]} / {w[3]} / {w[5]}"
+    raw_cpu = float(raw.split("cpu per write ", 1)[1].split()[0])
+    other = 1 - cpu if cpu in (0, 1) else 0
+    echo = subprocess.run([tools["echo_cpu"], str(writes), str(cpu), str(other)],
+                          capture_output=True, text=True, check=True).stdout
+    echo_cpu = float(echo.split("server cpu per request ", 1)[1].split()[0])
+    return raw_lat, raw_cpu, echo_cpu
+
+
+def start_broker(binary, tmp, cpuset=None, profile=None):
+    """Starts `binary` on free loopback ports with its data directory in `tmp` and waits
+    until it accepts connections: (process, bootstrap "host:port", admin port)."""
+    kafka, admin = free_port(), free_port()
+    cmd = [binary, "start", "--data-dir", f"{tmp}/data", "--kafka-addr", f"127.0.0.1:{kafka}",
+           "--admin-addr", f"127.0.0.1:{admin}"]
+    if cpuset:
+        cmd += ["--cpuset", cpuset]
+    if profile:
+        cmd += ["--profile", profile]
+    log = open(f"{tmp}/broker.log", "w")
+    broker = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "NO_COLOR": "1"})
+    print(f"broker: {' '.join(cmd)}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", kafka), timeout=1).close()
+            return broker, f"127.0.0.1:{kafka}", admin
+        except OSError:
+            if time.monotonic() > deadline or broker.poll() is not None:
+                broker.kill()
+                sys.exit(f"broker did not come up; log in {tmp}/broker.log")
+            time.sleep(0.05)
+
+
+def stop_broker(broker, tmp):
+    broker.send_signal(signal.SIGTERM)
+    try:
+        broker.wait(15)
+    except subprocess.TimeoutExpired:
+        broker.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def create_topic(bootstrap, topic, durability):
+    """A one-partition topic with the given ferrolog.durability."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # alive until the futures resolve
+    fs = admin.create_topics([NewTopic(topic, 1, 1, config={"ferrolog.durability": durability})])
+    for f in fs.values():
+        f.result(10)
+
+
+def owner_shard(metrics_text, topic):
+    """The shards (as strings) whose flush histogram names `topic`: its partition's owner."""
+    return [line.split('shard="', 1)[1].split('"', 1)[0] for line in metrics_text.splitlines()
+            if line.startswith("ferrolog_partition_flush_latency_seconds_count{")
+            and f'topic="{topic}"' in line]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="target/release/ferrolog")
@@ -127,35 +225,16 @@ def main():
     ap.add_argument("--slice-us", type=int,
                     help="also run every round with the broker's threads asking for this slice "
                          "(sched_setattr), alternating with the default")
+    ap.add_argument("--floors", action="store_true",
+                    help="after every row, measure the raw append and a loopback request/answer "
+                         "(latency and CPU per message; needs gcc)")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="busy_attribution.")
-    kafka, admin = free_port(), free_port()
-    cmd = [args.bin, "start", "--data-dir", f"{tmp}/data", "--kafka-addr", f"127.0.0.1:{kafka}",
-           "--admin-addr", f"127.0.0.1:{admin}"]
-    if args.cpuset:
-        cmd += ["--cpuset", args.cpuset]
-    if args.profile:
-        cmd += ["--profile", args.profile]
-    log = open(f"{tmp}/broker.log", "w")
-    broker = subprocess.Popen(cmd, stdout=log, stderr=log, env={**os.environ, "NO_COLOR": "1"})
+    topic = f"busy-attribution-{args.durability}"
+    broker, bootstrap, admin = start_broker(args.bin, tmp, args.cpuset, args.profile)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", kafka), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or broker.poll() is not None:
-                    sys.exit(f"broker did not come up; log in {tmp}/broker.log")
-                time.sleep(0.05)
-        bootstrap = f"127.0.0.1:{kafka}"
-        topic = f"busy-attribution-{args.durability}"
-        adm = AdminClient({"bootstrap.servers": bootstrap})
-        fs = adm.create_topics(
-            [NewTopic(topic, 1, 1, config={"ferrolog.durability": args.durability})])
-        for f in fs.values():
-            f.result(10)
+        create_topic(bootstrap, topic, args.durability)
         metrics_url = f"http://127.0.0.1:{admin}/metrics"
 
         def scrape():
@@ -185,16 +264,22 @@ def main():
 
         for _ in range(2000):  # warm-up
             one(False)
-        print(f"broker: {' '.join(cmd)}")
-        owner = [line.split('shard="', 1)[1].split('"', 1)[0] for line in scrape().splitlines()
-                 if line.startswith("ferrolog_partition_flush_latency_seconds_count{")
-                 and f'topic="{topic}"' in line]
+        owner = owner_shard(scrape(), topic)
         print(f"partition {topic}/0 is on shard {', '.join(owner) or '?'} (the shards of the "
               "dev profile run on CPUs 0, 1, ... in order unless --cpuset says otherwise)")
         print(f"{args.messages} messages per round, durability {args.durability}; p50 / p99 / p99.9 in us "
-              "(broker and flush: upper bounds of histogram buckets)")
-        print("| round | broker threads | client | client latency | broker Produce latency (same requests) | flushes | flush latency |")
-        print("|---|---|---|---|---|---|---|")
+              "(broker and flush: upper bounds of histogram buckets); CPU in us per message")
+        tools = build_floors(tmp) if args.floors else None
+        shard_cpu = int(owner[0]) if len(owner) == 1 and owner[0].isdigit() and not args.cpuset else 0
+        head = ("| round | broker threads | client | client latency | broker Produce latency (same requests) "
+                "| flushes | flush latency | broker CPU per message |")
+        rule = "|---|---|---|---|---|---|---|---|"
+        if tools:
+            head += (f" raw append, CPU {shard_cpu} | raw write CPU | loopback answer CPU "
+                     "| broker CPU / (raw write + answer) |")
+            rule += "---|---|---|---|"
+        print(head)
+        print(rule)
         settings = [(0, 0)]
         if args.slice_us is not None:
             settings.append((args.slice_us * 1000, 0))
@@ -206,8 +291,11 @@ def main():
                 for tid in map(int, os.listdir(f"/proc/{broker.pid}/task")):
                     os.setpriority(os.PRIO_PROCESS, tid, nice)
                 before = scrape()
+                cpu_before = broker_cpu_ns(broker.pid)
                 lat = [one(busy) for _ in range(args.messages)]
+                cpu_after = broker_cpu_ns(broker.pid)
                 after = scrape()
+                cpu_us = sum(ns - cpu_before.get(tid, 0) for tid, ns in cpu_after.items()) / 1000 / args.messages
                 qs = (0.5, 0.99, 0.999)
                 b, bn = quantiles(histogram(before, "ferrolog_request_latency_seconds", 'api="Produce"'),
                                   histogram(after, "ferrolog_request_latency_seconds", 'api="Produce"'), qs)
@@ -215,16 +303,17 @@ def main():
                                   histogram(after, "ferrolog_partition_flush_latency_seconds", f'topic="{topic}"'), qs)
                 client = " / ".join(f"{pct(lat, q):.0f}" for q in qs)
                 slice_text = f"nice {nice}" + (f", slice {slice_ns // 1000} us" if slice_ns else "")
-                print(f"| {r + 1} | {slice_text} | {'busy-polling' if busy else 'blocking'} | {client} | "
-                      f"{' / '.join(fmt(x) for x in b)} ({bn} requests) | {fn} | {' / '.join(fmt(x) for x in f)} |")
+                row = (f"| {r + 1} | {slice_text} | {'busy-polling' if busy else 'blocking'} | {client} | "
+                       f"{' / '.join(fmt(x) for x in b)} ({bn} requests) | {fn} | {' / '.join(fmt(x) for x in f)} "
+                       f"| {cpu_us:.1f} |")
+                if tools:
+                    raw_lat, raw_cpu, echo_cpu = floors(tools, tmp, shard_cpu, min(args.messages, 10000))
+                    row += (f" {raw_lat} | {raw_cpu:.1f} | {echo_cpu:.1f} | "
+                            f"{cpu_us / (raw_cpu + echo_cpu):.2f} |")
+                print(row, flush=True)
         p.flush(10)
     finally:
-        broker.send_signal(signal.SIGTERM)
-        try:
-            broker.wait(15)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_broker(broker, tmp)
 
 
 if __name__ == "__main__":
