@@ -48,6 +48,19 @@ where
             None => groups.push((owner, vec![i], vec![item])),
         }
     }
+    if groups.len() == 1 {
+        // One owner (the usual case): no task of its own to spawn and
+        // schedule, and none when the owner is this shard (submit_to then
+        // runs `run` in place).
+        let (owner, idx, its) = groups.pop().expect("one group");
+        return match m.smp.submit_to(owner, move || run(its)).await {
+            Ok(answers) => {
+                assert_eq!(answers.len(), idx.len(), "scatter: one answer per item");
+                answers.into_iter().map(Ok).collect()
+            }
+            Err(e) => idx.iter().map(|_| Err(e.clone())).collect(),
+        };
+    }
     // Start every group before awaiting any, so shards work in parallel.
     let mut tasks = Vec::with_capacity(groups.len());
     for (owner, idx, its) in groups {

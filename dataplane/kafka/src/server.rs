@@ -34,6 +34,34 @@ use tracing::{debug, warn};
 
 /// Read buffer growth step.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// The smallest and largest window one read may fill (and so must zero
+/// first); see [`ReadWindow`].
+const READ_WINDOW_MIN: usize = 8 << 10;
+const READ_WINDOW_MAX: usize = 4 * READ_CHUNK_BYTES;
+
+/// How many bytes the next read of a connection offers the socket. A read
+/// needs initialized memory, so the window is zeroed before every read: a
+/// connection of small requests (one 1 KiB produce at a time) zeroes 8 KiB
+/// per read instead of the whole spare capacity (64-256 KiB), which cost
+/// about 1.6 us per message (perf, docs/benchmarks.md). A read that fills
+/// the window doubles it, so a connection of large or pipelined requests
+/// reaches READ_WINDOW_MAX within a few reads; one that uses under a
+/// quarter of it halves it.
+struct ReadWindow(usize);
+
+impl ReadWindow {
+    fn new() -> Self {
+        Self(READ_WINDOW_MIN)
+    }
+
+    fn after_read(&mut self, n: usize, offered: usize) {
+        if n >= offered {
+            self.0 = (self.0 * 2).min(READ_WINDOW_MAX);
+        } else if n < offered / 4 {
+            self.0 = (self.0 / 2).max(READ_WINDOW_MIN);
+        }
+    }
+}
 /// Pause after a failed accept (e.g. EMFILE) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// How long a connection stays open after the answer to a failed
@@ -223,19 +251,21 @@ enum Read {
 }
 
 /// Reads more bytes into `buf`. Only a bounded window of spare capacity is
-/// zeroed per read, so a large frame costs O(size), not O(size^2).
+/// zeroed per read ([`ReadWindow`]), so a large frame costs O(size), not
+/// O(size^2), and a small one does not pay for a large buffer.
 /// Gives up with `give_up`'s outcome if that completes first.
 async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
+    window: &mut ReadWindow,
     give_up: impl std::future::Future<Output = Read>,
 ) -> Read {
     if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
         buf.reserve(READ_CHUNK_BYTES);
     }
     let start = buf.len();
-    let window = (buf.capacity() - start).min(4 * READ_CHUNK_BYTES);
-    buf.resize(start + window, 0);
+    let offered = (buf.capacity() - start).min(window.0);
+    buf.resize(start + offered, 0);
     let r = futures_lite::future::or(
         async { Read::Bytes(stream.read(&mut buf[start..]).await) },
         give_up,
@@ -246,6 +276,9 @@ async fn read_more<S: AsyncRead + Unpin>(
         _ => 0,
     };
     buf.truncate(start + n);
+    if matches!(r, Read::Bytes(Ok(_))) {
+        window.after_read(n, offered);
+    }
     r
 }
 
@@ -437,6 +470,7 @@ async fn read_requests<'a, R: AsyncRead + Unpin>(
     // "placed" signal: what the next request waits for.
     let mut after_alone = false;
     let mut after_placed: Option<oneshot::Receiver<()>> = None;
+    let mut window = ReadWindow::new();
     let closed = |_| "connection closing".to_string();
     loop {
         let frame = loop {
@@ -462,7 +496,7 @@ async fn read_requests<'a, R: AsyncRead + Unpin>(
                     Read::TimedOut
                 }
             };
-            match read_more(reader, &mut buf, give_up).await {
+            match read_more(reader, &mut buf, &mut window, give_up).await {
                 Read::Answered => {}
                 Read::Bytes(Ok(0)) if buf.is_empty() => return Ok(None),
                 Read::Bytes(Ok(0)) => {
@@ -665,4 +699,52 @@ async fn answer(
         shard.metrics.request_errors.inc();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_window_grows_with_full_reads_and_shrinks_with_small_ones() {
+        let mut w = ReadWindow::new();
+        assert_eq!(w.0, READ_WINDOW_MIN);
+        // A 1 KiB request at a time keeps the smallest window.
+        w.after_read(1100, w.0);
+        assert_eq!(w.0, READ_WINDOW_MIN);
+        // Reads that fill it double it, up to the largest.
+        let mut seen = vec![w.0];
+        for _ in 0..10 {
+            let offered = w.0;
+            w.after_read(offered, offered);
+            seen.push(w.0);
+        }
+        assert_eq!(
+            &seen[..7],
+            &[
+                8 << 10,
+                16 << 10,
+                32 << 10,
+                64 << 10,
+                128 << 10,
+                256 << 10,
+                256 << 10
+            ]
+        );
+        assert_eq!(w.0, READ_WINDOW_MAX);
+        // A read of a third of it keeps it; one under a quarter halves it.
+        w.after_read(READ_WINDOW_MAX / 3, READ_WINDOW_MAX);
+        assert_eq!(w.0, READ_WINDOW_MAX);
+        w.after_read(100, READ_WINDOW_MAX);
+        assert_eq!(w.0, READ_WINDOW_MAX / 2);
+        for _ in 0..10 {
+            let offered = w.0;
+            w.after_read(0, offered);
+        }
+        assert_eq!(w.0, READ_WINDOW_MIN);
+        // A read offered less than the window (little spare capacity) that
+        // fills what it was offered still counts as full.
+        w.after_read(4 << 10, 4 << 10);
+        assert_eq!(w.0, 16 << 10);
+    }
 }

@@ -97,6 +97,13 @@ pub const NO_LEADER_EPOCH: i32 = -1;
 /// acks=0).
 /// `queued` is told (or dropped) once the next request of the connection may
 /// start (see `server`).
+///
+/// Each handler's future is boxed: unboxed, this future (and the task the
+/// server spawns per request around it) is as large as the largest handler's
+/// state (13,728 bytes), allocated and copied for every request; boxed, the
+/// task is 1,032 bytes and a request allocates only what its own handler
+/// needs (perf of a 1 KiB produce loop: the spawn was about 2 us per
+/// message; docs/benchmarks.md).
 pub async fn dispatch(
     shard: Rc<Shard>,
     req: Request,
@@ -118,70 +125,90 @@ pub async fn dispatch(
     };
     Some(match req.body {
         RequestKind::ApiVersions(r) => ResponseKind::ApiVersions(api_versions::handle(&ctx, r)),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata::handle(&ctx, r).await),
-        RequestKind::Produce(r) => ResponseKind::Produce(produce::handle(&ctx, r).await?),
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch::handle(&ctx, r).await),
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets::handle(&ctx, r).await),
-        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics::handle(&ctx, r).await),
-        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics::handle(&ctx, r).await),
-        RequestKind::ElectLeaders(r) => ResponseKind::ElectLeaders(elect_leaders::handle(&ctx, r).await),
-        RequestKind::AlterPartitionReassignments(r) => {
-            ResponseKind::AlterPartitionReassignments(alter_partition_reassignments::handle(&ctx, r).await)
+        RequestKind::Metadata(r) => ResponseKind::Metadata(Box::pin(metadata::handle(&ctx, r)).await),
+        RequestKind::Produce(r) => ResponseKind::Produce(Box::pin(produce::handle(&ctx, r)).await?),
+        RequestKind::Fetch(r) => ResponseKind::Fetch(Box::pin(fetch::handle(&ctx, r)).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(Box::pin(list_offsets::handle(&ctx, r)).await)
         }
-        RequestKind::ListPartitionReassignments(r) => {
-            ResponseKind::ListPartitionReassignments(list_partition_reassignments::handle(&ctx, r).await)
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(Box::pin(create_topics::handle(&ctx, r)).await)
         }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(Box::pin(delete_topics::handle(&ctx, r)).await)
+        }
+        RequestKind::ElectLeaders(r) => {
+            ResponseKind::ElectLeaders(Box::pin(elect_leaders::handle(&ctx, r)).await)
+        }
+        RequestKind::AlterPartitionReassignments(r) => ResponseKind::AlterPartitionReassignments(
+            Box::pin(alter_partition_reassignments::handle(&ctx, r)).await,
+        ),
+        RequestKind::ListPartitionReassignments(r) => ResponseKind::ListPartitionReassignments(
+            Box::pin(list_partition_reassignments::handle(&ctx, r)).await,
+        ),
         RequestKind::CreatePartitions(r) => {
-            ResponseKind::CreatePartitions(create_partitions::handle(&ctx, r).await)
+            ResponseKind::CreatePartitions(Box::pin(create_partitions::handle(&ctx, r)).await)
         }
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(describe_configs::handle(&ctx, r)),
-        RequestKind::AlterConfigs(r) => ResponseKind::AlterConfigs(alter_configs::handle(&ctx, r).await),
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(Box::pin(alter_configs::handle(&ctx, r)).await)
+        }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(init_producer_id::handle(&ctx, r).await)
+            ResponseKind::InitProducerId(Box::pin(init_producer_id::handle(&ctx, r)).await)
         }
         RequestKind::IncrementalAlterConfigs(r) => {
-            ResponseKind::IncrementalAlterConfigs(incremental_alter_configs::handle(&ctx, r).await)
+            ResponseKind::IncrementalAlterConfigs(Box::pin(incremental_alter_configs::handle(&ctx, r)).await)
         }
         RequestKind::FindCoordinator(r) => ResponseKind::FindCoordinator(find_coordinator::handle(&ctx, r)),
-        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(join_group::handle(&ctx, r).await),
-        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(sync_group::handle(&ctx, r).await),
-        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(heartbeat::handle(&ctx, r).await),
-        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(leave_group::handle(&ctx, r).await),
-        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offset_commit::handle(&ctx, r).await),
-        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offset_fetch::handle(&ctx, r).await),
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(list_groups::handle(&ctx, r).await),
-        RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(describe_groups::handle(&ctx, r).await)
+        RequestKind::JoinGroup(r) => ResponseKind::JoinGroup(Box::pin(join_group::handle(&ctx, r)).await),
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(Box::pin(sync_group::handle(&ctx, r)).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(Box::pin(heartbeat::handle(&ctx, r)).await),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(Box::pin(leave_group::handle(&ctx, r)).await),
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(Box::pin(offset_commit::handle(&ctx, r)).await)
         }
-        RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(delete_groups::handle(&ctx, r).await),
-        RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(offset_delete::handle(&ctx, r).await),
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(Box::pin(offset_fetch::handle(&ctx, r)).await)
+        }
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(Box::pin(list_groups::handle(&ctx, r)).await),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(Box::pin(describe_groups::handle(&ctx, r)).await)
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(Box::pin(delete_groups::handle(&ctx, r)).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(Box::pin(offset_delete::handle(&ctx, r)).await)
+        }
         RequestKind::DescribeCluster(r) => ResponseKind::DescribeCluster(describe_cluster::handle(&ctx, r)),
         RequestKind::OffsetForLeaderEpoch(r) => {
-            ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch::handle(&ctx, r).await)
+            ResponseKind::OffsetForLeaderEpoch(Box::pin(offset_for_leader_epoch::handle(&ctx, r)).await)
         }
-        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(delete_records::handle(&ctx, r).await),
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(Box::pin(delete_records::handle(&ctx, r)).await)
+        }
         RequestKind::DescribeLogDirs(r) => {
-            ResponseKind::DescribeLogDirs(describe_log_dirs::handle(&ctx, r).await)
+            ResponseKind::DescribeLogDirs(Box::pin(describe_log_dirs::handle(&ctx, r)).await)
         }
         RequestKind::DescribeProducers(r) => {
-            ResponseKind::DescribeProducers(describe_producers::handle(&ctx, r).await)
+            ResponseKind::DescribeProducers(Box::pin(describe_producers::handle(&ctx, r)).await)
         }
         RequestKind::AlterReplicaLogDirs(r) => {
             ResponseKind::AlterReplicaLogDirs(alter_replica_log_dirs::handle(&ctx, r))
         }
         RequestKind::SaslHandshake(r) => ResponseKind::SaslHandshake(sasl_handshake::handle(&ctx, r)),
         RequestKind::SaslAuthenticate(r) => {
-            ResponseKind::SaslAuthenticate(sasl_authenticate::handle(&ctx, r).await)
+            ResponseKind::SaslAuthenticate(Box::pin(sasl_authenticate::handle(&ctx, r)).await)
         }
-        RequestKind::AlterUserScramCredentials(r) => {
-            ResponseKind::AlterUserScramCredentials(alter_user_scram_credentials::handle(&ctx, r).await)
-        }
-        RequestKind::DescribeUserScramCredentials(r) => {
-            ResponseKind::DescribeUserScramCredentials(describe_user_scram_credentials::handle(&ctx, r).await)
-        }
-        RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(create_acls::handle(&ctx, r).await),
+        RequestKind::AlterUserScramCredentials(r) => ResponseKind::AlterUserScramCredentials(
+            Box::pin(alter_user_scram_credentials::handle(&ctx, r)).await,
+        ),
+        RequestKind::DescribeUserScramCredentials(r) => ResponseKind::DescribeUserScramCredentials(
+            Box::pin(describe_user_scram_credentials::handle(&ctx, r)).await,
+        ),
+        RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(Box::pin(create_acls::handle(&ctx, r)).await),
         RequestKind::DescribeAcls(r) => ResponseKind::DescribeAcls(describe_acls::handle(&ctx, r)),
-        RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(delete_acls::handle(&ctx, r).await),
+        RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(Box::pin(delete_acls::handle(&ctx, r)).await),
         other => unreachable!("decoder admitted an unregistered api: {other:?}"),
     })
 }
