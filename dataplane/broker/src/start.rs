@@ -793,6 +793,10 @@ pub fn run(mut args: StartArgs) -> ExitCode {
     let shard_stop = stop.clone();
     let (control_server, control_stop) = (server.clone(), stop.clone());
     let nice = profile.shards.nice;
+    let prefault = usize::try_from(profile.shards.prefault_bytes).unwrap_or(usize::MAX);
+    if prefault > 0 && !ferrolog_shard::memory::keep_freed_memory() {
+        warn!("malloc refused its thresholds: shards may return freed memory and fault it in again");
+    }
     let results = ferrolog_shard::run_with_control(
         runtime,
         ControlConfig {
@@ -800,6 +804,15 @@ pub fn run(mut args: StartArgs) -> ExitCode {
         },
         move |smp| {
             set_thread_nice(nice);
+            if prefault > 0 {
+                let took = ferrolog_shard::memory::prefault_heap(prefault);
+                info!(
+                    shard = smp.shard_id().0,
+                    bytes = prefault,
+                    ms = took.as_millis() as u64,
+                    "shard heap faulted in"
+                );
+            }
             ferrolog_kafka::run_shard(smp, server.clone(), shard_stop.clone())
         },
         move |smp| {

@@ -55,6 +55,7 @@
 //! connection's appends to one partition in order. Calls of one
 //! [`Smp::invoke_on_all`] to different shards are unordered between them.
 
+pub mod memory;
 pub mod metrics;
 
 use ferrolog_model::ShardId;
