@@ -7,7 +7,7 @@
 Starts one release broker (busy_attribution.py's helpers: temporary data directory, free
 ports), creates a one-partition topic, warms up with 2,000 messages, then records with
 `perf record -a` (root) while a closed-loop confluent-kafka producer (1 KiB, acks=all, one
-in flight, blocking) sends --messages, and right after it a raw 4 KiB O_DIRECT pwrite loop
+in flight, blocking, or with --busy polling in a loop) sends --messages, and right after it a raw 4 KiB O_DIRECT pwrite loop
 (benches/spin_neighbour.c) pinned to the CPU of the partition's shard. Tracepoints:
 syscalls (recvfrom exit, sendto entry, pwrite64), io_uring (submit_req, complete), block
 (rq_issue, rq_complete) and sched (wakeup, switch). For every message on the shard's thread
@@ -91,17 +91,20 @@ def sector(rest):
     return rest.split(") ", 1)[1].split(" +", 1)[0]
 
 
-def follow_wakeup(cur, name, rest, ts):
-    """Sets cur['wake'] / cur['run'] from sched events for cur['tid'] after cur['done']."""
+def follow_wakeup(cur, name, rest, ts, comm):
+    """Sets cur['wake'] (and who woke it) / cur['run'] from sched events for cur['tid'] after
+    cur['done']."""
     if name == "sched:sched_wakeup" and "done" in cur and "wake" not in cur \
             and f"pid={cur['tid']} " in rest:
         cur["wake"] = ts
+        cur["waker"] = re.sub(r"\d+$", "N", comm)
     elif name == "sched:sched_switch" and "wake" in cur and "run" not in cur \
             and f"next_pid={cur['tid']} " in rest:
         cur["run"] = ts
 
 
-def broker_stages(events, shard_tids):
+def broker_stages(events, shard_tids, wakers):
+    """Per-stage samples; `wakers` counts the threads that woke the shard after the write."""
     stages = {k: [] for k in BROKER_STAGES}
     cur, by_sector, seen = None, {}, 0
     for ts, comm, tid, cpu, name, rest in events:
@@ -110,7 +113,7 @@ def broker_stages(events, shard_tids):
             if c is not None:
                 c["done"] = ts
         if cur is not None:
-            follow_wakeup(cur, name, rest, ts)
+            follow_wakeup(cur, name, rest, ts, comm)
         if tid not in shard_tids:
             continue
         if name == "syscalls:sys_exit_recvfrom":
@@ -140,6 +143,7 @@ def broker_stages(events, shard_tids):
             for stage, a, b in zip(BROKER_STAGES, marks, marks[1:]):
                 stages[stage].append(b - a)
             stages[BROKER_STAGES[-1]].append(ts - c["recv"])
+            wakers[c["waker"]] += 1
     return stages
 
 
@@ -150,7 +154,7 @@ def raw_stages(events, raw_comm):
         if cur is not None:
             if name == "block:block_rq_complete" and " W" in rest and sector(rest) == cur.get("sec"):
                 cur["done"] = ts
-            follow_wakeup(cur, name, rest, ts)
+            follow_wakeup(cur, name, rest, ts, comm)
         if comm != raw_comm:
             continue
         if name == "syscalls:sys_enter_pwrite64":
@@ -191,6 +195,9 @@ def main():
     ap.add_argument("--durability", default="direct")
     ap.add_argument("--profile", help="a hardware profile for the broker (default: the built-in dev profile)")
     ap.add_argument("--raw-writes", type=int, default=5000)
+    ap.add_argument("--busy", action="store_true",
+                    help="the measured client polls with a zero timeout in a loop (busy_attribution's "
+                         "busy-polling client) instead of blocking")
     ap.add_argument("--faults", action="store_true",
                     help="also count user page faults on the shard's threads")
     args = ap.parse_args()
@@ -223,7 +230,11 @@ def main():
         time.sleep(1)
         for _ in range(args.messages):
             p.produce(topic, value)
-            p.flush(10)
+            if args.busy:
+                while len(p) > 0:
+                    p.poll(0)
+            else:
+                p.flush(10)
         raw = subprocess.run(["taskset", "-c", str(shard), tools["spin_neighbour"], f"{tmp}/raw-append",
                               str(args.raw_writes)], capture_output=True, text=True, check=True).stdout
         perf.send_signal(signal.SIGINT)
@@ -231,7 +242,13 @@ def main():
         tids = {int(t) for t in os.listdir(f"/proc/{broker.pid}/task")
                 if open(f"/proc/{broker.pid}/task/{t}/comm").read().startswith(f"shard-{shard}-")}
         evs = parse(data)
-        table(f"Broker, shard {shard}, one message at a time (us)", broker_stages(evs, tids))
+        wakers = collections.Counter()
+        client = "busy-polling" if args.busy else "blocking"
+        table(f"Broker, shard {shard}, one message at a time, {client} client (us)",
+              broker_stages(evs, tids, wakers))
+        total = sum(wakers.values()) or 1
+        print("\nwho woke the shard after its write completed (the task running when the wake-up "
+              "came; N = any number): " + ", ".join(f"{w} {100 * n / total:.1f}%" for w, n in wakers.most_common(4)))
         table(f"Raw 4 KiB O_DIRECT pwrite on CPU {shard} (us): {raw.strip()}",
               raw_stages(evs, os.path.basename(tools["spin_neighbour"])[:15]))
         if args.faults:
