@@ -25,8 +25,8 @@ is set to nice 0 for the plain rows, whatever the profile says; --nice N adds ro
 
 With --floors, every round ends with the CPU floor of one message measured right after it
 (benches/spin_neighbour.c and benches/echo_cpu.c, built with gcc into the temporary
-directory): a raw 4 KiB O_DIRECT append next to the data directory, pinned to the CPU of
-the partition's shard (its latency and the CPU time of the write call), and a loopback
+directory): a raw 4 KiB O_DIRECT append next to the data directory (followed by an
+fdatasync with --durability fsync), pinned to the CPU of the partition's shard (its latency and the CPU time of the write call), and a loopback
 request/answer of 1 KiB / 64 B between two threads on different CPUs (the server thread's
 CPU per request: its wake-up, recv and send). A broker cannot answer a durable produce
 with less than one of each; their sum is the floor the broker's CPU per message is
@@ -146,9 +146,10 @@ def build_floors(tmp):
     return tools
 
 
-def floors(tools, tmp, cpu, writes):
-    """(raw append p50/p99/p99.9 text, raw write CPU us, echo server CPU us) measured now."""
-    env = {**os.environ, "FDATASYNC": "0"}
+def floors(tools, tmp, cpu, writes, durability="direct"):
+    """(raw append p50/p99/p99.9 text, raw write CPU us, echo server CPU us) measured now; for
+    `fsync` durability the raw write is followed by an fdatasync, as the broker's flush is."""
+    env = {**os.environ, "FDATASYNC": "1" if durability == "fsync" else "0"}
     raw = subprocess.run(["taskset", "-c", str(cpu), tools["spin_neighbour"], f"{tmp}/raw-append",
                           str(writes)], capture_output=True, text=True, check=True, env=env).stdout
     # "p50 75 p99 107 p999 167 max 921 us; cpu per write 28.0 us, per iteration 49.9 us"
@@ -275,7 +276,8 @@ def main():
                 "| flushes | flush latency | broker CPU per message |")
         rule = "|---|---|---|---|---|---|---|---|"
         if tools:
-            head += (f" raw append, CPU {shard_cpu} | raw write CPU | loopback answer CPU "
+            raw_name = "raw write + fdatasync" if args.durability == "fsync" else "raw append"
+            head += (f" {raw_name}, CPU {shard_cpu} | raw write CPU | loopback answer CPU "
                      "| broker CPU / (raw write + answer) |")
             rule += "---|---|---|---|"
         print(head)
@@ -307,7 +309,8 @@ def main():
                        f"{' / '.join(fmt(x) for x in b)} ({bn} requests) | {fn} | {' / '.join(fmt(x) for x in f)} "
                        f"| {cpu_us:.1f} |")
                 if tools:
-                    raw_lat, raw_cpu, echo_cpu = floors(tools, tmp, shard_cpu, min(args.messages, 10000))
+                    raw_lat, raw_cpu, echo_cpu = floors(tools, tmp, shard_cpu, min(args.messages, 10000),
+                                                        args.durability)
                     row += (f" {raw_lat} | {raw_cpu:.1f} | {echo_cpu:.1f} | "
                             f"{cpu_us / (raw_cpu + echo_cpu):.2f} |")
                 print(row, flush=True)
