@@ -62,11 +62,6 @@ pub const PIPELINE_DEPTH_DEFAULT: u32 = 16;
 /// process's, so it preempts a process spinning on its CPU when it wakes (a busy-polling
 /// client's 1-4 ms wake-up stalls, docs/benchmarks.md) without starving that process.
 pub const SHARD_NICE_DEFAULT: i32 = -10;
-/// `shards.prefault_bytes` by default (64 MiB, the default batch cache): the heap a shard
-/// fills in its first minutes (read buffers the batch cache keeps) is faulted in at start,
-/// where a page fault on this VM takes 1.3 us at p50 and 50-250 us at p99-p99.9, not in the
-/// middle of a produce (docs/benchmarks.md, "Page faults on the produce path").
-pub const PREFAULT_BYTES_DEFAULT: u64 = 64 * MIB as u64;
 
 /// The largest `network.pipeline_depth`.
 pub const PIPELINE_DEPTH_MAX: u32 = 1024;
@@ -182,8 +177,10 @@ pub struct Shards {
     /// that the allocations of its first minutes reuse pages already mapped instead of
     /// taking a page fault in a request's path (the start also stops the allocator from
     /// returning freed memory to the kernel, so a shard keeps what it once used, as a
-    /// Seastar shard keeps its memory). At most `memory_bytes`; 0 = off.
-    pub prefault_bytes: u64,
+    /// Seastar shard keeps its memory). At most `memory_bytes`; 0 = off; `None`:
+    /// `storage.batch_cache_bytes`, what a shard's heap grows to as its batch cache fills
+    /// (see [`Profile::prefault_bytes`]).
+    pub prefault_bytes: Option<u64>,
 }
 
 impl Default for Shards {
@@ -194,7 +191,7 @@ impl Default for Shards {
             irq_cpuset: None,
             memory_bytes: 512 * MIB as u64,
             nice: SHARD_NICE_DEFAULT,
-            prefault_bytes: PREFAULT_BYTES_DEFAULT,
+            prefault_bytes: None,
         }
     }
 }
@@ -448,6 +445,15 @@ impl Profile {
         parse(&text, &path.display().to_string())
     }
 
+    /// The heap each shard faults in at start: `shards.prefault_bytes`, or where it is unset
+    /// `storage.batch_cache_bytes` (the batch cache keeps the read buffers produce requests
+    /// arrive in, so a shard's heap grows by about that much in its first minutes).
+    pub fn prefault_bytes(&self) -> u64 {
+        self.shards
+            .prefault_bytes
+            .unwrap_or(self.storage.batch_cache_bytes as u64)
+    }
+
     /// Checks every value against this machine (detected with hwloc) and the engine's limits.
     pub fn validate(&self) -> Result<(), ProfileError> {
         self.validate_on_host(&detect()?)
@@ -591,12 +597,16 @@ impl Profile {
                 format!("{} must be between 1 and {XDP_POLL_US_MAX}", network.xdp_poll_us),
             ));
         }
-        if self.shards.prefault_bytes > self.shards.memory_bytes {
+        if let Some(bytes) = self
+            .shards
+            .prefault_bytes
+            .filter(|b| *b > self.shards.memory_bytes)
+        {
             return Err(invalid(
                 "shards.prefault_bytes",
                 format!(
-                    "{} is more than shards.memory_bytes {}",
-                    self.shards.prefault_bytes, self.shards.memory_bytes
+                    "{bytes} is more than shards.memory_bytes {}",
+                    self.shards.memory_bytes
                 ),
             ));
         }
@@ -1646,7 +1656,7 @@ write_4k_p51_us = 9
         let cases: [(Edit, &str, &str); 25] = [
             (|p| p.shards.nice = -21, "shards.nice", "-21"),
             (
-                |p| p.shards.prefault_bytes = p.shards.memory_bytes + 1,
+                |p| p.shards.prefault_bytes = Some(p.shards.memory_bytes + 1),
                 "shards.prefault_bytes",
                 "536870913",
             ),

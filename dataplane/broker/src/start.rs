@@ -793,7 +793,7 @@ pub fn run(mut args: StartArgs) -> ExitCode {
     let shard_stop = stop.clone();
     let (control_server, control_stop) = (server.clone(), stop.clone());
     let nice = profile.shards.nice;
-    let prefault = usize::try_from(profile.shards.prefault_bytes).unwrap_or(usize::MAX);
+    let prefault = usize::try_from(profile.prefault_bytes()).unwrap_or(usize::MAX);
     if prefault > 0 && !ferrolog_shard::memory::keep_freed_memory() {
         warn!("malloc refused its thresholds: shards may return freed memory and fault it in again");
     }

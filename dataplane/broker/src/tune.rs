@@ -906,7 +906,7 @@ mod tests {
             assert_eq!(device.fdatasync_4k_p50_us, Some(sync));
             assert_eq!(device.seq_write_bytes_per_s, Some(500 * MIB));
             assert_eq!(profile.shards.memory_bytes, plan.memory_bytes);
-            assert_eq!(profile.shards.prefault_bytes, plan.batch_cache_bytes);
+            assert_eq!(profile.shards.prefault_bytes, Some(plan.batch_cache_bytes));
             assert_eq!(
                 profile.storage.group_commit_window_us,
                 plan.group_commit_window_us
