@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub mod blockpoll;
 pub mod cpuidle;
 mod detect;
 mod direct_io;

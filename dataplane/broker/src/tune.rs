@@ -15,8 +15,8 @@
 //! before it is written, and records the measurements in `[io.device]`. The scratch file is
 //! removed on success and on error; only an interrupted run can leave `.ferrolog-tune-*` behind.
 
-use ferrolog_hw_profiles::cpuidle;
 use ferrolog_hw_profiles::irq::{self, DeviceIrqs};
+use ferrolog_hw_profiles::{blockpoll, cpuidle};
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, AlignedBuffer, Device, Machine, Profile,
     ProfileError, DIRECT_IO_ALIGN_BYTES, GROUP_COMMIT_WINDOW_US_MAX,
@@ -253,6 +253,12 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
              vCPU's wake-up; to let the guest poll first (not in the profile: a system setting, \
              lost at reboot): {fix}"
         );
+    }
+    if let Some(polling) = blockpoll::survey(Path::new("/sys"), &args.data_dir) {
+        println!("{}", polling.describe());
+        if let Some(fix) = polling.proposal(plan.shard_cpus.len()) {
+            println!("  to let the shards poll their writes instead (not in the profile): {fix}");
+        }
     }
     if irqs.is_empty() {
         println!("interrupts: none found for the data disk or a NIC");

@@ -1,0 +1,205 @@
+//! Whether the data disk's writes can complete by polling, as it bears on a durable append.
+//!
+//! An O_DIRECT write issued through io_uring on a disk without poll queues completes by an
+//! interrupt, and iomap then finishes it on the file system's `dio/<disk>` workqueue: a kernel
+//! worker (nice 0) on the interrupt's CPU wakes the shard. Only a synchronous write (a blocking
+//! `pwrite`) is woken from the interrupt itself, and only a polled one (`REQ_POLLED`) skips both
+//! the interrupt and the worker. Measured on the development VM (docs/benchmarks.md, "The write's
+//! completion goes through a kernel worker"): 100% of the broker's write completions came
+//! through that worker, costing nothing at p50 and 38-88 us against 31-45 us for the raw write at
+//! p99. glommio uses its polling ring for a file whose device has poll queues (it probes
+//! `IORING_SETUP_IOPOLL` on the file), so there the shard polls its own completions. Poll queues
+//! are a driver parameter set at boot (`nvme.poll_queues`, `virtio_blk.poll_queues`); the
+//! block device shows them as `queue/io_poll` = 1.
+//!
+//! Every function takes the sysfs root or a sysfs directory, so the tests run on fixture trees.
+
+use crate::irq::block_device_dir;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The data disk's polling state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskPolling {
+    /// The whole disk's name (`vda`, `nvme0n1`): a partition's parent.
+    pub disk: String,
+    /// The disk's driver (`virtio_blk`, `nvme`), where sysfs names it.
+    pub driver: Option<String>,
+    /// `queue/io_poll`: whether the disk has poll queues; `None` where the file is missing.
+    pub io_poll: Option<bool>,
+}
+
+/// The whole disk of a block device's sysfs directory: the directory itself, or its parent when
+/// it is a partition (it has a `partition` file).
+fn whole_disk(dir: &Path) -> PathBuf {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if dir.join("partition").exists() {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+fn link_name(path: &Path) -> Option<String> {
+    fs::read_link(path)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+/// The polling state of the block device at `dir` (a `/sys/dev/block/MAJ:MIN` directory, a
+/// disk's or a partition's).
+pub fn disk_polling(dir: &Path) -> DiskPolling {
+    let disk = whole_disk(dir);
+    let name = disk
+        .file_name()
+        .map_or_else(|| "?".to_owned(), |n| n.to_string_lossy().into_owned());
+    // A virtio disk's `device` is the virtio device, whose `driver` is virtio_blk; an NVMe
+    // namespace's `device` is the controller, whose own `device` (the PCI function) has the
+    // `nvme` driver.
+    let driver =
+        link_name(&disk.join("device/driver")).or_else(|| link_name(&disk.join("device/device/driver")));
+    let io_poll = fs::read_to_string(disk.join("queue/io_poll"))
+        .ok()
+        .and_then(|t| match t.trim() {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        });
+    DiskPolling {
+        disk: name,
+        driver,
+        io_poll,
+    }
+}
+
+/// The polling state of the disk holding `data_dir`, from the sysfs root `sys`.
+pub fn survey(sys: &Path, data_dir: &Path) -> Option<DiskPolling> {
+    let dir = block_device_dir(sys, data_dir).ok()?;
+    dir.exists().then(|| disk_polling(&dir))
+}
+
+impl DiskPolling {
+    /// One line for `ferrolog tune`'s report.
+    pub fn describe(&self) -> String {
+        let driver = self
+            .driver
+            .as_deref()
+            .map_or(String::new(), |d| format!(" ({d})"));
+        let state = match self.io_poll {
+            Some(true) => "has poll queues (io_poll 1): glommio polls the shards' writes to completion",
+            Some(false) => {
+                "has no poll queues (io_poll 0): each write's completion reaches its shard through \
+                 the disk's interrupt and a kernel worker on that CPU"
+            }
+            None => "does not say whether it can poll (no queue/io_poll)",
+        };
+        format!("data disk {}{driver} {state}", self.disk)
+    }
+
+    /// What would give the disk poll queues, where it has none and its driver has the parameter:
+    /// the kernel command line setting for `queues` poll queues.
+    pub fn proposal(&self, queues: usize) -> Option<String> {
+        if self.io_poll != Some(false) {
+            return None;
+        }
+        let module = match self.driver.as_deref() {
+            Some("nvme") => "nvme",
+            Some("virtio_blk") => "virtio_blk",
+            _ => return None,
+        };
+        Some(format!(
+            "{module}.poll_queues={} on the kernel command line (a boot parameter; the shards then \
+             poll their writes to completion, spinning while one is in flight)",
+            queues.max(1)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A virtio disk vda with a partition vda1, and an NVMe namespace nvme0n1 with poll queues.
+    fn fixture() -> tempfile::TempDir {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path().join("sys");
+        let virtio = r.join("devices/pci0000:00/0000:00:02.0/virtio1");
+        fs::create_dir_all(virtio.join("block/vda/vda1")).expect("mkdir");
+        fs::create_dir_all(virtio.join("block/vda/queue")).expect("mkdir");
+        fs::create_dir_all(r.join("bus/virtio/drivers/virtio_blk")).expect("mkdir");
+        symlink(r.join("bus/virtio/drivers/virtio_blk"), virtio.join("driver")).expect("symlink");
+        symlink(&virtio, virtio.join("block/vda/device")).expect("symlink");
+        fs::write(virtio.join("block/vda/queue/io_poll"), "0\n").expect("write");
+        fs::write(virtio.join("block/vda/vda1/partition"), "1\n").expect("write");
+        let pci = r.join("devices/pci0000:00/0000:00:04.0");
+        let ctrl = pci.join("nvme/nvme0");
+        fs::create_dir_all(ctrl.join("nvme0n1/queue")).expect("mkdir");
+        fs::create_dir_all(r.join("bus/pci/drivers/nvme")).expect("mkdir");
+        symlink(r.join("bus/pci/drivers/nvme"), pci.join("driver")).expect("symlink");
+        symlink(&pci, ctrl.join("device")).expect("symlink");
+        symlink(&ctrl, ctrl.join("nvme0n1/device")).expect("symlink");
+        fs::write(ctrl.join("nvme0n1/queue/io_poll"), "1\n").expect("write");
+        fs::create_dir_all(r.join("dev/block")).expect("mkdir");
+        symlink(virtio.join("block/vda"), r.join("dev/block/254:0")).expect("symlink");
+        symlink(virtio.join("block/vda/vda1"), r.join("dev/block/254:1")).expect("symlink");
+        symlink(ctrl.join("nvme0n1"), r.join("dev/block/259:0")).expect("symlink");
+        t
+    }
+
+    #[test]
+    fn a_disk_without_poll_queues_is_named_with_its_driver_and_the_parameter() {
+        let t = fixture();
+        let blocks = t.path().join("sys/dev/block");
+        let vda = disk_polling(&blocks.join("254:0"));
+        assert_eq!(
+            vda,
+            DiskPolling {
+                disk: "vda".into(),
+                driver: Some("virtio_blk".into()),
+                io_poll: Some(false)
+            }
+        );
+        // A partition answers for its whole disk.
+        assert_eq!(disk_polling(&blocks.join("254:1")), vda);
+        assert!(
+            vda.describe()
+                .starts_with("data disk vda (virtio_blk) has no poll queues"),
+            "{}",
+            vda.describe()
+        );
+        let fix = vda.proposal(2).expect("a proposal");
+        assert!(
+            fix.starts_with("virtio_blk.poll_queues=2 on the kernel command line"),
+            "{fix}"
+        );
+        assert!(vda
+            .proposal(0)
+            .expect("a proposal")
+            .starts_with("virtio_blk.poll_queues=1 "));
+    }
+
+    #[test]
+    fn a_disk_with_poll_queues_needs_nothing_and_an_unknown_driver_gets_no_proposal() {
+        let t = fixture();
+        let nvme = disk_polling(&t.path().join("sys/dev/block/259:0"));
+        assert_eq!(nvme.disk, "nvme0n1");
+        assert_eq!(nvme.driver.as_deref(), Some("nvme"));
+        assert_eq!(nvme.io_poll, Some(true));
+        assert!(nvme.describe().contains("has poll queues (io_poll 1)"));
+        assert_eq!(nvme.proposal(4), None);
+        let other = DiskPolling {
+            disk: "sda".into(),
+            driver: Some("sd".into()),
+            io_poll: Some(false),
+        };
+        assert_eq!(other.proposal(4), None);
+        let unknown = DiskPolling {
+            disk: "md0".into(),
+            driver: None,
+            io_poll: None,
+        };
+        assert!(unknown.describe().contains("does not say"));
+        assert_eq!(unknown.proposal(4), None);
+    }
+}
