@@ -62,6 +62,7 @@ impl ReadWindow {
         }
     }
 }
+
 /// Pause after a failed accept (e.g. EMFILE) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// How long a connection stays open after the answer to a failed
