@@ -12,12 +12,13 @@ use std::rc::Rc;
 
 /// Runs `f` on a fresh glommio executor sized for an 8 MiB memlock limit.
 ///
-/// A watchdog thread reports a stall: if the executor's thread gets no CPU time for
-/// a minute (`FERROLOG_STALL_REPORT_S`) while `f` runs, it prints what the process is waiting for (its threads'
-/// wait channels, its io_uring rings' heads and tails, the block devices' requests in
-/// flight) to stderr, once per period. It does not interfere: no timer or wake-up is added to
-/// the executor, whose sleeps are what it watches. (One run of model_prop once took 183 s
-/// instead of 3, parked with nothing in flight; docs: the closing note of 2026-12-05.)
+/// A watchdog thread reports a stall: if the executor's thread gets no CPU time for a
+/// minute (`FERROLOG_STALL_REPORT_S`) while `f` runs, it prints what the process is waiting
+/// for (its threads' wait channels, its io_uring rings' heads and tails, the block devices'
+/// requests in flight) to stderr, once per period. It does not interfere: no timer or
+/// wake-up is added to the executor, whose sleeps are what it watches. (On 2026-12-05 one
+/// run of model_prop took 183 s instead of 3: its executor was parked with nothing in flight
+/// and went on when a debugger attached, which interrupts that sleep. Not reproduced since.)
 pub fn run<T, F: Future<Output = T>>(f: impl FnOnce() -> F) -> T {
     let ex = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(
