@@ -1,16 +1,32 @@
-//! Whether the data disk's writes can complete by polling, as it bears on a durable append.
+//! Whether the data disk can complete I/O by polling, and what that does for a durable append.
 //!
-//! An O_DIRECT write issued through io_uring on a disk without poll queues completes by an
-//! interrupt, and iomap then finishes it on the file system's `dio/<disk>` workqueue: a kernel
-//! worker (nice 0) on the interrupt's CPU wakes the shard. Only a synchronous write (a blocking
-//! `pwrite`) is woken from the interrupt itself, and only a polled one (`REQ_POLLED`) skips both
-//! the interrupt and the worker. Measured on the development VM (docs/benchmarks.md, "The write's
-//! completion goes through a kernel worker"): 100% of the broker's write completions came
-//! through that worker, costing nothing at p50 and 38-88 us against 31-45 us for the raw write at
-//! p99. glommio uses its polling ring for a file whose device has poll queues (it probes
-//! `IORING_SETUP_IOPOLL` on the file), so there the shard polls its own completions. Poll queues
-//! are a driver parameter set at boot (`nvme.poll_queues`, `virtio_blk.poll_queues`); the
-//! block device shows them as `queue/io_poll` = 1.
+//! An O_DIRECT write issued through io_uring on ext4 or XFS completes by an interrupt, and
+//! iomap then finishes it on the file system's `dio/<disk>` workqueue: a kernel worker (nice 0)
+//! on the CPU that completed the request wakes the shard. Only a synchronous write (a blocking
+//! `pwrite`) is woken from the interrupt itself. Measured on the development VM
+//! (docs/benchmarks.md, "The write's completion goes through a kernel worker"): 100% of the
+//! broker's write completions came through that worker, costing nothing at p50 and 38-88 us
+//! against 31-45 us for the raw write at p99.
+//!
+//! Poll queues do not change that for writes. iomap lets a request be polled only when its
+//! completion may run inline or in the caller's task, and an io_uring write gets neither: io_uring
+//! does not set `IOCB_DIO_CALLER_COMP` (turned off in Linux 6.6), and iomap clears `IOCB_HIPRI`
+//! for such a write (fs/iomap/direct-io.c, io_uring/rw.c). So on an `IORING_SETUP_IOPOLL` ring,
+//! which glommio uses for a file whose device has poll queues, a write still completes through
+//! the interrupt and the worker while the ring spins for it. Reads complete inline and are polled.
+//! Poll queues are a driver parameter set at boot (`nvme.poll_queues`, `virtio_blk.poll_queues`);
+//! the block device shows them as `queue/io_poll` = 1.
+//!
+//! Where that worker runs is the CPU that completes the request, which `queue/rq_affinity`
+//! chooses: 1 (the default) completes it on the interrupt's CPU when that CPU shares a cache with
+//! the one that issued the request, 2 always on the issuing CPU (an IPI when the interrupt
+//! landed elsewhere). A shard's write then completes, and its worker runs, on the shard's own
+//! CPU, which is idle while the shard waits, instead of the interrupt's CPU, where a client or
+//! anything else may be running. On the dev VM, whose disk interrupts all land on CPU 1 and
+//! cannot be moved, 2 took a busy-polling client's p99.9 from a median of 858 to 500 us over
+//! seven interleaved pairs (shards at nice -10; 1,058 to 534 us at nice 0), its p99 unchanged
+//! (docs/benchmarks.md, "A busy client's first messages after a pause, and where the disk's
+//! completions run").
 //!
 //! Every function takes the sysfs root or a sysfs directory, so the tests run on fixture trees.
 
@@ -18,16 +34,21 @@ use crate::irq::block_device_dir;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The data disk's polling state.
+/// The data disk's completion settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiskPolling {
+pub struct DataDisk {
     /// The whole disk's name (`vda`, `nvme0n1`): a partition's parent.
     pub disk: String,
     /// The disk's driver (`virtio_blk`, `nvme`), where sysfs names it.
     pub driver: Option<String>,
     /// `queue/io_poll`: whether the disk has poll queues; `None` where the file is missing.
     pub io_poll: Option<bool>,
+    /// `queue/rq_affinity` (0, 1 or 2); `None` where the file is missing.
+    pub rq_affinity: Option<u8>,
 }
+
+/// What `ferrolog tune` proposes for `queue/rq_affinity`: complete on the issuing CPU.
+pub const RQ_AFFINITY_ISSUER: u8 = 2;
 
 /// The whole disk of a block device's sysfs directory: the directory itself, or its parent when
 /// it is a partition (it has a `partition` file).
@@ -48,7 +69,7 @@ fn link_name(path: &Path) -> Option<String> {
 
 /// The polling state of the block device at `dir` (a `/sys/dev/block/MAJ:MIN` directory, a
 /// disk's or a partition's).
-pub fn disk_polling(dir: &Path) -> DiskPolling {
+pub fn disk_polling(dir: &Path) -> DataDisk {
     let disk = whole_disk(dir);
     let name = disk
         .file_name()
@@ -65,20 +86,24 @@ pub fn disk_polling(dir: &Path) -> DiskPolling {
             "1" => Some(true),
             _ => None,
         });
-    DiskPolling {
+    let rq_affinity = fs::read_to_string(disk.join("queue/rq_affinity"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    DataDisk {
         disk: name,
         driver,
         io_poll,
+        rq_affinity,
     }
 }
 
 /// The polling state of the disk holding `data_dir`, from the sysfs root `sys`.
-pub fn survey(sys: &Path, data_dir: &Path) -> Option<DiskPolling> {
+pub fn survey(sys: &Path, data_dir: &Path) -> Option<DataDisk> {
     let dir = block_device_dir(sys, data_dir).ok()?;
     dir.exists().then(|| disk_polling(&dir))
 }
 
-impl DiskPolling {
+impl DataDisk {
     /// One line for `ferrolog tune`'s report.
     pub fn describe(&self) -> String {
         let driver = self
@@ -86,18 +111,50 @@ impl DiskPolling {
             .as_deref()
             .map_or(String::new(), |d| format!(" ({d})"));
         let state = match self.io_poll {
-            Some(true) => "has poll queues (io_poll 1): glommio polls the shards' writes to completion",
+            Some(true) => {
+                "has poll queues (io_poll 1): glommio polls the shards' reads; their writes still \
+                 complete through the disk's interrupt and the file system's kernel worker"
+            }
             Some(false) => {
                 "has no poll queues (io_poll 0): each write's completion reaches its shard through \
-                 the disk's interrupt and a kernel worker on that CPU"
+                 the disk's interrupt and the file system's kernel worker"
             }
             None => "does not say whether it can poll (no queue/io_poll)",
         };
         format!("data disk {}{driver} {state}", self.disk)
     }
 
+    /// One line on where the disk's completions run, for `ferrolog tune`; `None` where sysfs
+    /// does not say.
+    pub fn describe_completions(&self) -> Option<String> {
+        let how = match self.rq_affinity? {
+            0 => "where the interrupt lands",
+            1 => "on the interrupt's CPU when it shares a cache with the issuing one",
+            2 => "on the CPU that issued the request",
+            _ => "in a way this build does not know",
+        };
+        Some(format!(
+            "data disk {} completes requests {how} (rq_affinity {})",
+            self.disk, self.rq_affinity?
+        ))
+    }
+
+    /// The command that makes the disk complete every request on the CPU that issued it (a
+    /// shard's writes on the shard's CPU), where it does not; the path is under the sysfs root
+    /// `/sys`.
+    pub fn rq_affinity_proposal(&self) -> Option<String> {
+        match self.rq_affinity {
+            Some(v) if v != RQ_AFFINITY_ISSUER => Some(format!(
+                "echo {RQ_AFFINITY_ISSUER} > /sys/block/{}/queue/rq_affinity",
+                self.disk
+            )),
+            _ => None,
+        }
+    }
+
     /// What would give the disk poll queues, where it has none and its driver has the parameter:
-    /// the kernel command line setting for `queues` poll queues.
+    /// the kernel command line setting for `queues` poll queues. It helps reads from disk only
+    /// (see the module's documentation).
     pub fn proposal(&self, queues: usize) -> Option<String> {
         if self.io_poll != Some(false) {
             return None;
@@ -108,8 +165,9 @@ impl DiskPolling {
             _ => return None,
         };
         Some(format!(
-            "{module}.poll_queues={} on the kernel command line (a boot parameter; the shards then \
-             poll their writes to completion, spinning while one is in flight)",
+            "{module}.poll_queues={} on the kernel command line (a boot parameter) lets the shards \
+             poll their reads from disk (Fetch of data no longer cached); writes through io_uring \
+             are not polled by the kernel, so it does not shorten an append",
             queues.max(1)
         ))
     }
@@ -131,6 +189,7 @@ mod tests {
         symlink(r.join("bus/virtio/drivers/virtio_blk"), virtio.join("driver")).expect("symlink");
         symlink(&virtio, virtio.join("block/vda/device")).expect("symlink");
         fs::write(virtio.join("block/vda/queue/io_poll"), "0\n").expect("write");
+        fs::write(virtio.join("block/vda/queue/rq_affinity"), "1\n").expect("write");
         fs::write(virtio.join("block/vda/vda1/partition"), "1\n").expect("write");
         let pci = r.join("devices/pci0000:00/0000:00:04.0");
         let ctrl = pci.join("nvme/nvme0");
@@ -140,6 +199,7 @@ mod tests {
         symlink(&pci, ctrl.join("device")).expect("symlink");
         symlink(&ctrl, ctrl.join("nvme0n1/device")).expect("symlink");
         fs::write(ctrl.join("nvme0n1/queue/io_poll"), "1\n").expect("write");
+        fs::write(ctrl.join("nvme0n1/queue/rq_affinity"), "2\n").expect("write");
         fs::create_dir_all(r.join("dev/block")).expect("mkdir");
         symlink(virtio.join("block/vda"), r.join("dev/block/254:0")).expect("symlink");
         symlink(virtio.join("block/vda/vda1"), r.join("dev/block/254:1")).expect("symlink");
@@ -154,10 +214,11 @@ mod tests {
         let vda = disk_polling(&blocks.join("254:0"));
         assert_eq!(
             vda,
-            DiskPolling {
+            DataDisk {
                 disk: "vda".into(),
                 driver: Some("virtio_blk".into()),
-                io_poll: Some(false)
+                io_poll: Some(false),
+                rq_affinity: Some(1),
             }
         );
         // A partition answers for its whole disk.
@@ -177,6 +238,14 @@ mod tests {
             .proposal(0)
             .expect("a proposal")
             .starts_with("virtio_blk.poll_queues=1 "));
+        assert_eq!(
+            vda.describe_completions().as_deref(),
+            Some("data disk vda completes requests on the interrupt's CPU when it shares a cache with the issuing one (rq_affinity 1)")
+        );
+        assert_eq!(
+            vda.rq_affinity_proposal().as_deref(),
+            Some("echo 2 > /sys/block/vda/queue/rq_affinity")
+        );
     }
 
     #[test]
@@ -188,18 +257,32 @@ mod tests {
         assert_eq!(nvme.io_poll, Some(true));
         assert!(nvme.describe().contains("has poll queues (io_poll 1)"));
         assert_eq!(nvme.proposal(4), None);
-        let other = DiskPolling {
+        assert_eq!(nvme.rq_affinity, Some(2));
+        assert_eq!(nvme.rq_affinity_proposal(), None);
+        assert!(nvme
+            .describe_completions()
+            .expect("a description")
+            .contains("on the CPU that issued the request (rq_affinity 2)"));
+        let other = DataDisk {
             disk: "sda".into(),
             driver: Some("sd".into()),
             io_poll: Some(false),
+            rq_affinity: Some(0),
         };
         assert_eq!(other.proposal(4), None);
-        let unknown = DiskPolling {
+        assert_eq!(
+            other.rq_affinity_proposal().as_deref(),
+            Some("echo 2 > /sys/block/sda/queue/rq_affinity")
+        );
+        let unknown = DataDisk {
             disk: "md0".into(),
             driver: None,
             io_poll: None,
+            rq_affinity: None,
         };
         assert!(unknown.describe().contains("does not say"));
         assert_eq!(unknown.proposal(4), None);
+        assert_eq!(unknown.describe_completions(), None);
+        assert_eq!(unknown.rq_affinity_proposal(), None);
     }
 }

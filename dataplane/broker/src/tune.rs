@@ -254,10 +254,20 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
              lost at reboot): {fix}"
         );
     }
-    if let Some(polling) = blockpoll::survey(Path::new("/sys"), &args.data_dir) {
-        println!("{}", polling.describe());
-        if let Some(fix) = polling.proposal(plan.shard_cpus.len()) {
-            println!("  to let the shards poll their writes instead (not in the profile): {fix}");
+    if let Some(disk) = blockpoll::survey(Path::new("/sys"), &args.data_dir) {
+        println!("{}", disk.describe());
+        if let Some(fix) = disk.proposal(plan.shard_cpus.len()) {
+            println!("  poll queues (not in the profile): {fix}");
+        }
+        if let Some(line) = disk.describe_completions() {
+            println!("{line}");
+        }
+        if let Some(fix) = disk.rq_affinity_proposal() {
+            println!(
+                "  to complete each write, and run the file system's worker that finishes it, on \
+                 the shard's own CPU instead of the interrupt's (not in the profile: a system \
+                 setting, lost at reboot): {fix}"
+            );
         }
     }
     if irqs.is_empty() {
