@@ -3,7 +3,8 @@
 
   benches/busy_attribution.py [--bin target/release/ferrolog] [--messages 20000]
                               [--durability direct] [--rounds 2] [--cpuset LIST]
-                              [--profile FILE] [--nice N] [--slice-us N] [--floors]
+                              [--profile FILE] [--nice N] [--slice-us N] [--client-nice N]
+                              [--row-warmup N] [--floors]
 
 Starts one release broker (temporary data directory, free ports, `--cpuset` and `--profile`
 passed on),
@@ -15,9 +16,18 @@ client). For every round it reads the broker's own Produce latency histogram
 (ferrolog_request_latency_seconds{api="Produce"}, decode to encoded answer) and the
 partition's flush histogram before and after, and prints, per round (every broker thread
 is set to nice 0 for the plain rows, whatever the profile says; --nice N adds rows at N,
---slice-us N rows asking the scheduler for an N us slice):
+--slice-us N rows asking the scheduler for an N us slice; --client-nice N one more
+busy-polling row with every thread of this process but the spinning one, i.e. librdkafka's,
+at nice N, beside the broker at the last setting):
 
-  client p50 / p99 / p99.9 (send to delivery report, measured in this process)
+  client p50 / p99 / p99.9 (send to delivery report, measured in this process), after the
+         row's --row-warmup messages (1000) of the same client: a busy-polling client that
+         starts spinning after a pause (the blocking row and the floors before it) shares a
+         CPU with its own librdkafka thread for its first ~20 messages, which wait 1-5 ms
+         each for it while the broker answers them in under 1 ms (docs/benchmarks.md); the
+         warm-up's count of messages over 1 ms and its maximum are printed, and the mean time
+         librdkafka's threads waited for a CPU per time slice (schedstat), in the warm-up and
+         in the measured messages
   broker p50 / p99 / p99.9 of the same requests (from the histogram deltas: bucket bounds)
   flush  p50 / p99 / p99.9 of the partition's flushes in the round
   broker CPU per message: the CPU time of all broker threads in the round
@@ -47,6 +57,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -109,6 +120,36 @@ def set_slice(pid, ns):
         if _libc.syscall(SYS_SCHED_SETATTR, tid, ctypes.create_string_buffer(attr), 0) != 0:
             err = ctypes.get_errno()
             sys.exit(f"sched_setattr({tid}, runtime {ns}): {os.strerror(err)}")
+
+
+def client_waits():
+    """(ns waiting for a CPU, slices) summed over this process's threads but the calling
+    (spinning) one, i.e. librdkafka's (schedstat's second and third fields)."""
+    me = threading.get_native_id()
+    wait = slices = 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                _, w, n = map(int, f.read().split())
+        except OSError:
+            continue  # the thread ended
+        wait += w
+        slices += n
+    return wait, slices
+
+
+def wait_per_slice(a, b):
+    """Mean wait for a CPU per slice (us) between two client_waits() readings."""
+    return (b[0] - a[0]) / 1000 / max(1, b[1] - a[1])
+
+
+def warm_text(samples):
+    """A row's unmeasured first messages: how many took over 1 ms, and the slowest (us)."""
+    if not samples:
+        return "-"
+    return f"{sum(v > 1000 for v in samples)} of {len(samples)}, {max(samples):.0f}"
 
 
 def pct(samples, q):
@@ -226,6 +267,15 @@ def main():
     ap.add_argument("--slice-us", type=int,
                     help="also run every round with the broker's threads asking for this slice "
                          "(sched_setattr), alternating with the default")
+    ap.add_argument("--client-nice", type=int,
+                    help="also run the busy-polling client with every thread of this process but the "
+                         "spinning one (librdkafka's) at this nice value: where the client's own "
+                         "threads wait for a CPU beside its spinning thread")
+    ap.add_argument("--row-warmup", type=int, default=1000,
+                    help="messages each row sends first, with its own client, before its measured "
+                         "ones (default 1000; their count over 1 ms and their maximum are printed: "
+                         "a busy-polling client that starts spinning after a pause waits for its "
+                         "own librdkafka thread for its first ~20 messages)")
     ap.add_argument("--floors", action="store_true",
                     help="after every row, measure the raw append and a loopback request/answer "
                          "(latency and CPU per message; needs gcc)")
@@ -273,8 +323,9 @@ def main():
         tools = build_floors(tmp) if args.floors else None
         shard_cpu = int(owner[0]) if len(owner) == 1 and owner[0].isdigit() and not args.cpuset else 0
         head = ("| round | broker threads | client | client latency | broker Produce latency (same requests) "
-                "| flushes | flush latency | broker CPU per message |")
-        rule = "|---|---|---|---|---|---|---|---|"
+                "| flushes | flush latency | broker CPU per message | row's warm-up: over 1 ms, max "
+                "| librdkafka threads' wait for a CPU per slice, warm-up / measured |")
+        rule = "|---|---|---|---|---|---|---|---|---|---|"
         if tools:
             raw_name = "raw write + fdatasync" if args.durability == "fsync" else "raw append"
             head += (f" {raw_name}, CPU {shard_cpu} | raw write CPU | loopback answer CPU "
@@ -287,15 +338,27 @@ def main():
             settings.append((args.slice_us * 1000, 0))
         if args.nice is not None:
             settings.append((0, args.nice))
+        rows = [(st, b, 0) for st in settings for b in (False, True)]
+        if args.client_nice is not None:
+            # the busy client again, its librdkafka threads at --client-nice, beside the broker
+            # at the last setting's nice
+            rows.append((settings[-1], True, args.client_nice))
         for r in range(args.rounds):
-            for (slice_ns, nice), busy in [(st, b) for st in settings for b in (False, True)]:
+            for (slice_ns, nice), busy, client_nice in rows:
                 set_slice(broker.pid, slice_ns)
                 for tid in map(int, os.listdir(f"/proc/{broker.pid}/task")):
                     os.setpriority(os.PRIO_PROCESS, tid, nice)
+                for tid in map(int, os.listdir("/proc/self/task")):
+                    if tid != threading.get_native_id():
+                        os.setpriority(os.PRIO_PROCESS, tid, client_nice)
+                w0 = client_waits()
+                settle = [one(busy) for _ in range(args.row_warmup)]
+                w1 = client_waits()
                 before = scrape()
                 cpu_before = broker_cpu_ns(broker.pid)
                 lat = [one(busy) for _ in range(args.messages)]
                 cpu_after = broker_cpu_ns(broker.pid)
+                w2 = client_waits()
                 after = scrape()
                 cpu_us = sum(ns - cpu_before.get(tid, 0) for tid, ns in cpu_after.items()) / 1000 / args.messages
                 qs = (0.5, 0.99, 0.999)
@@ -305,9 +368,13 @@ def main():
                                   histogram(after, "ferrolog_partition_flush_latency_seconds", f'topic="{topic}"'), qs)
                 client = " / ".join(f"{pct(lat, q):.0f}" for q in qs)
                 slice_text = f"nice {nice}" + (f", slice {slice_ns // 1000} us" if slice_ns else "")
-                row = (f"| {r + 1} | {slice_text} | {'busy-polling' if busy else 'blocking'} | {client} | "
+                kind = "busy-polling" if busy else "blocking"
+                if client_nice:
+                    kind += f", librdkafka threads nice {client_nice}"
+                row = (f"| {r + 1} | {slice_text} | {kind} | {client} | "
                        f"{' / '.join(fmt(x) for x in b)} ({bn} requests) | {fn} | {' / '.join(fmt(x) for x in f)} "
-                       f"| {cpu_us:.1f} |")
+                       f"| {cpu_us:.1f} | {warm_text(settle)} "
+                       f"| {wait_per_slice(w0, w1):.0f} / {wait_per_slice(w1, w2):.0f} |")
                 if tools:
                     raw_lat, raw_cpu, echo_cpu = floors(tools, tmp, shard_cpu, min(args.messages, 10000),
                                                         args.durability)
