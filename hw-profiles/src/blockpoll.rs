@@ -22,7 +22,9 @@
 //! the one that issued the request, 2 always on the issuing CPU (an IPI when the interrupt
 //! landed elsewhere). A shard's write then completes, and its worker runs, on the shard's own
 //! CPU, which is idle while the shard waits, instead of the interrupt's CPU, where a client or
-//! anything else may be running. On the dev VM, whose disk interrupts all land on CPU 1 and
+//! anything else may be running. That is what a machine wants whose interrupts cannot be kept off
+//! the shards' CPUs (`shards.irq_cpuset` unset: every CPU runs a shard); where they are moved to
+//! CPUs without a shard, those CPUs are meant to do the completion work and 1 is right. On the dev VM, whose disk interrupts all land on CPU 1 and
 //! cannot be moved, 2 took a busy-polling client's p99.9 from a median of 858 to 500 us over
 //! seven interleaved pairs (shards at nice -10; 1,058 to 534 us at nice 0), its p99 unchanged
 //! (docs/benchmarks.md, "A busy client's first messages after a pause, and where the disk's

@@ -7,11 +7,11 @@
 use crate::node;
 use ferrolog_cluster::repl_xdp::{self, TestFaults, XdpNode, XdpNodeConfig};
 use ferrolog_controlplane::acls::AuthorizerConfig;
+use ferrolog_hw_profiles::{blockpoll, cpuidle, irq};
 use ferrolog_hw_profiles::{
     check_direct_io, detect, format_bytes, format_cpuset, parse_cpuset, pin_current_thread,
     Durability as ProfileDurability, Profile, XdpMode,
 };
-use ferrolog_hw_profiles::{cpuidle, irq};
 use ferrolog_kafka::groups::{group::GroupLimits, GroupConfig};
 use ferrolog_kafka::sasl::{FileUsers, Mechanism};
 use ferrolog_kafka::security::{server_tls, ClientAuth, SecurityConfig, TlsFiles};
@@ -1003,6 +1003,18 @@ fn place_interrupts(irq_cpus: Option<&[usize]>, shard_cpus: &[usize], data_dir: 
             }
         }
         None => {
+            // The interrupts stay where they are: the disk's completion work is better done on
+            // the issuing shard's CPU than on the interrupt's, where anything may run.
+            if let Some(fix) =
+                blockpoll::survey(Path::new("/sys"), data_dir).and_then(|d| d.rq_affinity_proposal())
+            {
+                warn!(
+                    "the data disk completes requests on the interrupt's CPU (rq_affinity is not 2): \
+                     the kernel worker that finishes each write waits there behind whatever runs \
+                     on it; `{fix}` completes them on the issuing shard's CPU (ferrolog tune \
+                     proposes it; docs/tuning.md)"
+                );
+            }
             for (what, cpus) in irq::shared_with_shards(&devices, shard_cpus) {
                 let detail: Vec<String> = devices
                     .iter()

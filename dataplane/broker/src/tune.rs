@@ -262,11 +262,13 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         if let Some(line) = disk.describe_completions() {
             println!("{line}");
         }
-        if let Some(fix) = disk.rq_affinity_proposal() {
+        // Where the profile keeps the interrupts off the shards, their CPUs do the completion
+        // work, as intended; elsewhere it is better done on the shard's own CPU.
+        if let (None, Some(fix)) = (&plan.control_cpus, disk.rq_affinity_proposal()) {
             println!(
                 "  to complete each write, and run the file system's worker that finishes it, on \
-                 the shard's own CPU instead of the interrupt's (not in the profile: a system \
-                 setting, lost at reboot): {fix}"
+                 the shard's own CPU instead of the interrupt's, as no CPU is kept free of shards \
+                 for the interrupts (not in the profile: a system setting, lost at reboot): {fix}"
             );
         }
     }
