@@ -25,9 +25,9 @@ at nice N, beside the broker at the last setting):
          starts spinning after a pause (the blocking row and the floors before it) shares a
          CPU with its own librdkafka thread for its first ~20 messages, which wait 1-5 ms
          each for it while the broker answers them in under 1 ms (docs/benchmarks.md); the
-         warm-up's count of messages over 1 ms and its maximum are printed, and the mean time
-         librdkafka's threads waited for a CPU per time slice (schedstat), in the warm-up and
-         in the measured messages
+         warm-up's count of messages over 1 ms and its maximum are printed, and, over the row's
+         first 25 messages and over its measured ones, how long the librdkafka thread that
+         waited most for a CPU waited per time slice (schedstat)
   broker p50 / p99 / p99.9 of the same requests (from the histogram deltas: bucket bounds)
   flush  p50 / p99 / p99.9 of the partition's flushes in the round
   broker CPU per message: the CPU time of all broker threads in the round
@@ -122,11 +122,15 @@ def set_slice(pid, ns):
             sys.exit(f"sched_setattr({tid}, runtime {ns}): {os.strerror(err)}")
 
 
+# The messages at a row's start whose librdkafka waits are shown apart.
+FIRST = 25
+
+
 def client_waits():
-    """(ns waiting for a CPU, slices) summed over this process's threads but the calling
+    """{tid: (ns waiting for a CPU, slices)} of this process's threads but the calling
     (spinning) one, i.e. librdkafka's (schedstat's second and third fields)."""
     me = threading.get_native_id()
-    wait = slices = 0
+    out = {}
     for tid in os.listdir("/proc/self/task"):
         if int(tid) == me:
             continue
@@ -135,14 +139,18 @@ def client_waits():
                 _, w, n = map(int, f.read().split())
         except OSError:
             continue  # the thread ended
-        wait += w
-        slices += n
-    return wait, slices
+        out[tid] = (w, n)
+    return out
 
 
-def wait_per_slice(a, b):
-    """Mean wait for a CPU per slice (us) between two client_waits() readings."""
-    return (b[0] - a[0]) / 1000 / max(1, b[1] - a[1])
+def worst_wait(a, b):
+    """The thread that waited longest for a CPU between two client_waits() readings: its
+    mean wait per slice (us) and its total wait (ms), as text."""
+    waits = [(b[t][0] - a[t][0], b[t][1] - a[t][1]) for t in b if t in a]
+    if not waits:
+        return "-"
+    w, n = max(waits)
+    return f"{w / 1000 / max(1, n):.0f} us x {n} ({w / 1e6:.1f} ms)"
 
 
 def warm_text(samples):
@@ -324,7 +332,7 @@ def main():
         shard_cpu = int(owner[0]) if len(owner) == 1 and owner[0].isdigit() and not args.cpuset else 0
         head = ("| round | broker threads | client | client latency | broker Produce latency (same requests) "
                 "| flushes | flush latency | broker CPU per message | row's warm-up: over 1 ms, max "
-                "| librdkafka threads' wait for a CPU per slice, warm-up / measured |")
+                f"| the librdkafka thread that waited most for a CPU: per slice x slices (total), first {FIRST} messages / measured |")
         rule = "|---|---|---|---|---|---|---|---|---|---|"
         if tools:
             raw_name = "raw write + fdatasync" if args.durability == "fsync" else "raw append"
@@ -352,13 +360,15 @@ def main():
                     if tid != threading.get_native_id():
                         os.setpriority(os.PRIO_PROCESS, tid, client_nice)
                 w0 = client_waits()
-                settle = [one(busy) for _ in range(args.row_warmup)]
+                settle = [one(busy) for _ in range(min(FIRST, args.row_warmup))]
                 w1 = client_waits()
+                settle += [one(busy) for _ in range(args.row_warmup - len(settle))]
                 before = scrape()
+                w2 = client_waits()
                 cpu_before = broker_cpu_ns(broker.pid)
                 lat = [one(busy) for _ in range(args.messages)]
                 cpu_after = broker_cpu_ns(broker.pid)
-                w2 = client_waits()
+                w3 = client_waits()
                 after = scrape()
                 cpu_us = sum(ns - cpu_before.get(tid, 0) for tid, ns in cpu_after.items()) / 1000 / args.messages
                 qs = (0.5, 0.99, 0.999)
@@ -374,7 +384,7 @@ def main():
                 row = (f"| {r + 1} | {slice_text} | {kind} | {client} | "
                        f"{' / '.join(fmt(x) for x in b)} ({bn} requests) | {fn} | {' / '.join(fmt(x) for x in f)} "
                        f"| {cpu_us:.1f} | {warm_text(settle)} "
-                       f"| {wait_per_slice(w0, w1):.0f} / {wait_per_slice(w1, w2):.0f} |")
+                       f"| {worst_wait(w0, w1)} / {worst_wait(w2, w3)} |")
                 if tools:
                     raw_lat, raw_cpu, echo_cpu = floors(tools, tmp, shard_cpu, min(args.messages, 10000),
                                                         args.durability)
