@@ -24,8 +24,8 @@
 //! CPU, which is idle while the shard waits, instead of the interrupt's CPU, where a client or
 //! anything else may be running. That is what a machine wants whose interrupts cannot be kept off
 //! the shards' CPUs (`shards.irq_cpuset` unset: every CPU runs a shard); where they are moved to
-//! CPUs without a shard, those CPUs are meant to do the completion work and 1 is right. On the dev VM, whose disk interrupts all land on CPU 1 and
-//! cannot be moved, 2 took a busy-polling client's p99.9 from a median of 858 to 500 us over
+//! CPUs without a shard, those CPUs are meant to do the completion work and 1 is right. On the
+//! dev VM, whose disk interrupts all land on CPU 1 and cannot be moved, 2 took a busy-polling client's p99.9 from a median of 858 to 500 us over
 //! seven interleaved pairs (shards at nice -10; 1,058 to 534 us at nice 0), its p99 unchanged
 //! (docs/benchmarks.md, "A busy client's first messages after a pause, and where the disk's
 //! completions run").
@@ -69,9 +69,9 @@ fn link_name(path: &Path) -> Option<String> {
         .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
-/// The polling state of the block device at `dir` (a `/sys/dev/block/MAJ:MIN` directory, a
-/// disk's or a partition's).
-pub fn disk_polling(dir: &Path) -> DataDisk {
+/// The polling and completion settings of the block device at `dir` (a `/sys/dev/block/MAJ:MIN`
+/// directory, a disk's or a partition's).
+pub fn data_disk(dir: &Path) -> DataDisk {
     let disk = whole_disk(dir);
     let name = disk
         .file_name()
@@ -102,7 +102,7 @@ pub fn disk_polling(dir: &Path) -> DataDisk {
 /// The polling state of the disk holding `data_dir`, from the sysfs root `sys`.
 pub fn survey(sys: &Path, data_dir: &Path) -> Option<DataDisk> {
     let dir = block_device_dir(sys, data_dir).ok()?;
-    dir.exists().then(|| disk_polling(&dir))
+    dir.exists().then(|| data_disk(&dir))
 }
 
 impl DataDisk {
@@ -142,11 +142,13 @@ impl DataDisk {
     }
 
     /// The command that makes the disk complete every request on the CPU that issued it (a
-    /// shard's writes on the shard's CPU), where it does not; the path is under the sysfs root
-    /// `/sys`.
-    pub fn rq_affinity_proposal(&self) -> Option<String> {
+    /// shard's writes on the shard's CPU), where it does not and the interrupts stay on the
+    /// shards' CPUs; where `shards.irq_cpuset` moves them off (`interrupts_off_shards`), their
+    /// CPUs are meant to do the completion work, and there is nothing to propose. The path is
+    /// under the sysfs root `/sys`.
+    pub fn rq_affinity_proposal(&self, interrupts_off_shards: bool) -> Option<String> {
         match self.rq_affinity {
-            Some(v) if v != RQ_AFFINITY_ISSUER => Some(format!(
+            Some(v) if v != RQ_AFFINITY_ISSUER && !interrupts_off_shards => Some(format!(
                 "echo {RQ_AFFINITY_ISSUER} > /sys/block/{}/queue/rq_affinity",
                 self.disk
             )),
@@ -213,7 +215,7 @@ mod tests {
     fn a_disk_without_poll_queues_is_named_with_its_driver_and_the_parameter() {
         let t = fixture();
         let blocks = t.path().join("sys/dev/block");
-        let vda = disk_polling(&blocks.join("254:0"));
+        let vda = data_disk(&blocks.join("254:0"));
         assert_eq!(
             vda,
             DataDisk {
@@ -224,7 +226,7 @@ mod tests {
             }
         );
         // A partition answers for its whole disk.
-        assert_eq!(disk_polling(&blocks.join("254:1")), vda);
+        assert_eq!(data_disk(&blocks.join("254:1")), vda);
         assert!(
             vda.describe()
                 .starts_with("data disk vda (virtio_blk) has no poll queues"),
@@ -245,22 +247,24 @@ mod tests {
             Some("data disk vda completes requests on the interrupt's CPU when it shares a cache with the issuing one (rq_affinity 1)")
         );
         assert_eq!(
-            vda.rq_affinity_proposal().as_deref(),
+            vda.rq_affinity_proposal(false).as_deref(),
             Some("echo 2 > /sys/block/vda/queue/rq_affinity")
         );
+        // Interrupts moved to CPUs without a shard: those CPUs do the completion work.
+        assert_eq!(vda.rq_affinity_proposal(true), None);
     }
 
     #[test]
     fn a_disk_with_poll_queues_needs_nothing_and_an_unknown_driver_gets_no_proposal() {
         let t = fixture();
-        let nvme = disk_polling(&t.path().join("sys/dev/block/259:0"));
+        let nvme = data_disk(&t.path().join("sys/dev/block/259:0"));
         assert_eq!(nvme.disk, "nvme0n1");
         assert_eq!(nvme.driver.as_deref(), Some("nvme"));
         assert_eq!(nvme.io_poll, Some(true));
         assert!(nvme.describe().contains("has poll queues (io_poll 1)"));
         assert_eq!(nvme.proposal(4), None);
         assert_eq!(nvme.rq_affinity, Some(2));
-        assert_eq!(nvme.rq_affinity_proposal(), None);
+        assert_eq!(nvme.rq_affinity_proposal(false), None);
         assert!(nvme
             .describe_completions()
             .expect("a description")
@@ -273,7 +277,7 @@ mod tests {
         };
         assert_eq!(other.proposal(4), None);
         assert_eq!(
-            other.rq_affinity_proposal().as_deref(),
+            other.rq_affinity_proposal(false).as_deref(),
             Some("echo 2 > /sys/block/sda/queue/rq_affinity")
         );
         let unknown = DataDisk {
@@ -285,6 +289,6 @@ mod tests {
         assert!(unknown.describe().contains("does not say"));
         assert_eq!(unknown.proposal(4), None);
         assert_eq!(unknown.describe_completions(), None);
-        assert_eq!(unknown.rq_affinity_proposal(), None);
+        assert_eq!(unknown.rq_affinity_proposal(false), None);
     }
 }

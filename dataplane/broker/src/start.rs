@@ -1003,10 +1003,9 @@ fn place_interrupts(irq_cpus: Option<&[usize]>, shard_cpus: &[usize], data_dir: 
             }
         }
         None => {
-            // The interrupts stay where they are: the disk's completion work is better done on
-            // the issuing shard's CPU than on the interrupt's, where anything may run.
+            // The interrupts stay where they are, on the shards' CPUs or beside them.
             if let Some(fix) =
-                blockpoll::survey(Path::new("/sys"), data_dir).and_then(|d| d.rq_affinity_proposal())
+                blockpoll::survey(Path::new("/sys"), data_dir).and_then(|d| d.rq_affinity_proposal(false))
             {
                 warn!(
                     "the data disk completes requests on the interrupt's CPU (rq_affinity is not 2): \

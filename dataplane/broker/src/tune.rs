@@ -262,9 +262,8 @@ fn tune(args: &TuneArgs) -> Result<(), TuneError> {
         if let Some(line) = disk.describe_completions() {
             println!("{line}");
         }
-        // Where the profile keeps the interrupts off the shards, their CPUs do the completion
-        // work, as intended; elsewhere it is better done on the shard's own CPU.
-        if let (None, Some(fix)) = (&plan.control_cpus, disk.rq_affinity_proposal()) {
+        // The profile's irq_cpuset is the control core's CPUs, where there is one.
+        if let Some(fix) = disk.rq_affinity_proposal(plan.control_cpus.is_some()) {
             println!(
                 "  to complete each write, and run the file system's worker that finishes it, on \
                  the shard's own CPU instead of the interrupt's, as no CPU is kept free of shards \
